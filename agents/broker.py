@@ -1,0 +1,508 @@
+"""The embedded local Kafka broker: one KRaft node (broker + controller) in a JVM.
+
+``streamserve broker start|stop|status`` and ``streamserve demo`` use it when
+``STREAMSERVE_BROKER`` is unset. Everything lives under one home folder
+(``STREAMSERVE_HOME``, default ``.streamserve``)::
+
+    <home>/kafka/libs/         Kafka 3.9 jars, fetched once from Maven Central (agents/kafka/pom.xml)
+    <home>/broker/server.properties
+    <home>/broker/data/        KRaft metadata and topic data
+    <home>/broker/logs/        server.log (log4j, WARN and up) and broker.out (JVM stdout/stderr)
+    <home>/broker/broker.pid
+
+Pure standard library: readiness is checked with a raw Kafka Metadata request, so
+``start()`` returns only once the broker serves clients (not merely once its port
+accepts TCP connections, which happens before the broker processes requests).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pipeline.config is pure too, but keep this module importable alone
+    from pipeline.config import Settings
+
+__all__ = ["BrokerError", "BrokerStatus", "LocalBroker", "ensure_broker"]
+
+KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
+POM = KAFKA_DIR / "pom.xml"
+LOG4J = KAFKA_DIR / "log4j.properties"
+
+HOST = "127.0.0.1"
+HEAP = "-Xmx512m"
+STAMP = ".streamserve-complete"  # written into libs/ once every jar is there
+DOCKER_HINT = "or run `docker compose up` and set STREAMSERVE_BROKER=127.0.0.1:9092"
+
+
+class BrokerError(RuntimeError):
+    """The local broker cannot be installed, started or stopped; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class BrokerStatus:
+    running: bool
+    pid: int | None
+    bootstrap: str
+    home: Path
+
+
+class LocalBroker:
+    """A single-node KRaft Kafka broker run from jars under ``home``.
+
+    The broker listens on ``127.0.0.1:port`` (PLAINTEXT) and its controller on
+    ``127.0.0.1:port+1``. ``libs`` overrides where the jars live (tests share one
+    download); it defaults to ``home/kafka/libs``.
+    """
+
+    def __init__(self, home: Path, port: int = 9092, libs: Path | None = None) -> None:
+        if not 0 < port < 65535:
+            raise BrokerError(f"broker port {port} is not usable: pick a port between 1 and 65534")
+        self.home = Path(home).absolute()
+        self.port = port
+        self.controller_port = port + 1
+        self.libs = Path(libs).absolute() if libs is not None else self.home / "kafka" / "libs"
+        self.dir = self.home / "broker"
+        self.data_dir = self.dir / "data"
+        self.logs_dir = self.dir / "logs"
+        self.config_path = self.dir / "server.properties"
+        self.pid_path = self.dir / "broker.pid"
+        self.log_path = self.logs_dir / "server.log"
+        self.out_path = self.logs_dir / "broker.out"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_marks: dict[Path, int] = {}  # log sizes at launch: quote only this run's lines
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{HOST}:{self.port}"
+
+    @property
+    def installed(self) -> bool:
+        stamp = self.libs / STAMP
+        return stamp.is_file() and stamp.read_text().strip() == _pom_digest()
+
+    def status(self) -> BrokerStatus:
+        pid = self._running_pid()
+        running = pid is not None or _kafka_ready(HOST, self.port, timeout=2.0)
+        return BrokerStatus(running=running, pid=pid, bootstrap=self.bootstrap, home=self.home)
+
+    def server_properties(self) -> str:
+        """The broker's configuration: one KRaft node, every internal topic with one replica."""
+        props = {
+            "process.roles": "broker,controller",
+            "node.id": "1",
+            "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
+            "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
+            "inter.broker.listener.name": "PLAINTEXT",
+            "controller.listener.names": "CONTROLLER",
+            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "log.dirs": str(self.data_dir),
+            "num.partitions": "1",
+            "default.replication.factor": "1",
+            "min.insync.replicas": "1",
+            "offsets.topic.replication.factor": "1",
+            "offsets.topic.num.partitions": "4",
+            "transaction.state.log.replication.factor": "1",
+            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.num.partitions": "4",
+            "group.initial.rebalance.delay.ms": "0",
+            "auto.create.topics.enable": "true",
+            "log.retention.hours": "24",
+            # The compacted control topic needs the cleaner; its default 128 MiB
+            # buffer would take a quarter of the 512 MiB heap.
+            "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),
+        }
+        body = "".join(f"{k}={v}\n" for k, v in props.items())
+        return "# Written by streamserve (agents/broker.py) on every start; edits are lost.\n" + body
+
+    # ---------------------------------------------------------------- install
+
+    def install(self) -> None:
+        """Fetch the Kafka jars with Maven once; a no-op when a complete install is present."""
+        if shutil.which("java") is None:
+            raise BrokerError(
+                "the local Kafka broker needs Java (11 or newer) on PATH: install a JRE "
+                f"(e.g. `apt-get install default-jre-headless`), {DOCKER_HINT}"
+            )
+        if self.installed:
+            return
+        mvn = shutil.which("mvn")
+        if mvn is None:
+            raise BrokerError(
+                f"the local Kafka broker's jars are not in {self.libs} and fetching them needs "
+                f"Maven (`mvn`) on PATH: install Maven (e.g. `apt-get install maven`), {DOCKER_HINT}"
+            )
+        self.libs.parent.mkdir(parents=True, exist_ok=True)
+        with _locked(self.libs.parent / ".install.lock"):
+            if self.installed:  # another process finished while we waited
+                return
+            partial = self.libs.with_name(self.libs.name + ".partial")
+            shutil.rmtree(partial, ignore_errors=True)
+            cmd = [mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
+                   "-DincludeScope=runtime", f"-DoutputDirectory={partial}"]
+            _progress(f"fetching the Kafka broker's jars into {self.libs} (once)")
+            result = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+            jars = list(partial.glob("kafka_2.13-*.jar")) if partial.is_dir() else []
+            if result.returncode != 0 or not jars:
+                shutil.rmtree(partial, ignore_errors=True)
+                tail = _tail_text((result.stdout or "") + (result.stderr or ""), 4)
+                raise BrokerError(
+                    f"Maven could not fetch the Kafka jars (exit {result.returncode}; needs Maven "
+                    f"Central or a filled ~/.m2): {tail or 'no output'}; {DOCKER_HINT}"
+                )
+            (partial / STAMP).write_text(_pom_digest() + "\n")
+            shutil.rmtree(self.libs, ignore_errors=True)
+            partial.rename(self.libs)
+
+    # ------------------------------------------------------------ start, stop
+
+    def start(self, timeout: float = 90) -> bool:
+        """Start the broker and return once it serves clients.
+
+        Returns False, doing nothing, when a broker already runs on this port.
+        Raises BrokerError (with the last lines of the broker's log) when it
+        exits early or is not ready within ``timeout`` seconds.
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with _locked(self.dir / ".lock"):
+            pid = self._running_pid()
+            if pid is not None:
+                # Ours, perhaps still starting (another `broker start` raced us).
+                self._wait_ready(pid, time.monotonic() + timeout, stop_on_timeout=False)
+                return False
+            if _port_open(HOST, self.port):
+                if _kafka_ready(HOST, self.port, timeout=min(timeout, 10.0)):
+                    return False
+                raise BrokerError(
+                    f"port {self.port} is in use by something that does not answer as a Kafka "
+                    "broker: stop it, or set STREAMSERVE_LOCAL_BROKER_PORT to a free port"
+                )
+            if _port_open(HOST, self.controller_port):
+                raise BrokerError(
+                    f"port {self.controller_port} (the local broker's controller port, broker port + 1) "
+                    "is in use: free it, or set STREAMSERVE_LOCAL_BROKER_PORT to another port"
+                )
+            self.install()
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            self.logs_dir.mkdir(parents=True, exist_ok=True)
+            self.config_path.write_text(self.server_properties())
+            self._format_storage()
+            pid = self._launch()
+            try:
+                self._wait_ready(pid, time.monotonic() + timeout, stop_on_timeout=True)
+            except BrokerError:
+                self._terminate(pid, 10)
+                self.pid_path.unlink(missing_ok=True)
+                raise
+            return True
+
+    def stop(self, timeout: float = 30) -> bool:
+        """Stop the broker started from this home: SIGTERM, then SIGKILL after ``timeout``.
+
+        Returns False when none was running. A broker on this port that was not
+        started from this home (no pid file) is left alone.
+        """
+        if not self.dir.is_dir():
+            return False
+        with _locked(self.dir / ".lock"):
+            pid = self._running_pid()
+            if pid is None:
+                return False
+            self._terminate(pid, timeout)
+            self.pid_path.unlink(missing_ok=True)
+            return True
+
+    # -------------------------------------------------------------- internals
+
+    def _java(self, *args: str) -> list[str]:
+        java = shutil.which("java")
+        if java is None:
+            raise BrokerError(f"the local Kafka broker needs Java on PATH: install a JRE, {DOCKER_HINT}")
+        return [java, *args]
+
+    def _classpath(self) -> str:
+        return str(self.libs / "*")  # the JVM expands this wildcard itself
+
+    def _format_storage(self) -> None:
+        if (self.data_dir / "meta.properties").is_file():
+            return
+        cmd = self._java(
+            "-Xmx256m", f"-Dlog4j.configuration={LOG4J.as_uri()}", f"-Dkafka.logs.dir={self.logs_dir}",
+            "-cp", self._classpath(), "kafka.tools.StorageTool", "format",
+            "-t", _cluster_id(), "-c", str(self.config_path), "--ignore-formatted",
+        )
+        result = subprocess.run(cmd, cwd=self.dir, stdin=subprocess.DEVNULL,
+                                capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            tail = _tail_text(result.stdout + result.stderr, 4)
+            raise BrokerError(
+                f"formatting the broker's storage in {self.data_dir} failed: {tail or 'no output'}; "
+                f"delete {self.data_dir} to start afresh"
+            )
+
+    def _launch(self) -> int:
+        self._log_marks = {p: p.stat().st_size for p in (self.log_path, self.out_path) if p.exists()}
+        cmd = self._java(
+            HEAP, "-Xms128m", "-XX:+UseG1GC", "-XX:MaxGCPauseMillis=20", "-XX:+ExitOnOutOfMemoryError",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration={LOG4J.as_uri()}", f"-Dkafka.logs.dir={self.logs_dir}",
+            "-cp", self._classpath(), "kafka.Kafka", str(self.config_path),
+        )
+        with open(self.out_path, "ab") as out:
+            out.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
+            out.flush()
+            self._proc = subprocess.Popen(
+                cmd, cwd=self.dir, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True, close_fds=True,
+            )
+        self.pid_path.write_text(f"{self._proc.pid}\n")
+        return self._proc.pid
+
+    def _wait_ready(self, pid: int, deadline: float, stop_on_timeout: bool) -> None:
+        while True:
+            if not _alive(pid):
+                raise BrokerError(
+                    f"the local Kafka broker exited during start-up (logs in {self.logs_dir}): "
+                    f"{self._log_tail()}"
+                )
+            if _kafka_ready(HOST, self.port, timeout=2.0):
+                return
+            if time.monotonic() >= deadline:
+                what = "was stopped" if stop_on_timeout else "is still starting"
+                raise BrokerError(
+                    f"the local Kafka broker was not ready on {self.bootstrap} in time and {what} "
+                    f"(logs in {self.logs_dir}): {self._log_tail()}"
+                )
+            time.sleep(0.2)
+
+    def _terminate(self, pid: int, timeout: float) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGTERM)  # start_new_session: the pid leads its group
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        if _alive(pid):
+            raise BrokerError(f"broker process {pid} did not exit after SIGKILL; check it with `ps {pid}`")
+        if self._proc is not None and self._proc.pid == pid:
+            with contextlib.suppress(Exception):
+                self._proc.wait(timeout=1)
+            self._proc = None
+
+    def _running_pid(self) -> int | None:
+        """The pid of the broker started from this home, when it still runs; drops stale pid files."""
+        try:
+            pid = int(self.pid_path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+        if _alive(pid) and self._is_our_broker(pid):
+            return pid
+        with contextlib.suppress(FileNotFoundError):
+            self.pid_path.unlink()
+        return None
+
+    def _is_our_broker(self, pid: int) -> bool:
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except FileNotFoundError:
+            # On Linux the process is gone; without /proc (macOS) trust the pid file.
+            return not Path("/proc/self").exists()
+        except OSError:
+            return True
+        return b"kafka.Kafka" in cmdline and str(self.config_path).encode() in cmdline
+
+    def _log_tail(self, lines: int = 4) -> str:
+        """The most telling last lines of the broker's logs, on one line."""
+        picked: list[str] = []
+        for path in (self.log_path, self.out_path):
+            try:
+                with open(path, "rb") as handle:
+                    handle.seek(self._log_marks.get(path, 0))
+                    text = handle.read().decode(errors="replace").splitlines()[-200:]
+            except FileNotFoundError:
+                continue
+            text = [t for t in text if t.strip() and not t.startswith("--- ")]
+            errors = [t for t in text if any(w in t for w in ("ERROR", "FATAL", "Exception", "Error:"))]
+            picked.extend((errors or text)[-lines:])
+            if errors:
+                break
+        return _tail_text("\n".join(picked), lines) or "the logs are empty"
+
+
+def ensure_broker(settings: Settings) -> LocalBroker | None:
+    """Start the embedded broker when ``settings`` use it (STREAMSERVE_BROKER unset).
+
+    Returns the broker (already running or just started), or None when
+    STREAMSERVE_BROKER names another cluster.
+    """
+    if not settings.uses_local_broker:
+        return None
+    broker = LocalBroker(settings.home, settings.local_broker_port)
+    broker.start()
+    return broker
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _progress(message: str) -> None:
+    print(f"streamserve: {message}", file=sys.stderr, flush=True)
+
+
+def _pom_digest() -> str:
+    return hashlib.sha256(POM.read_bytes()).hexdigest()
+
+
+def _tail_text(text: str, lines: int) -> str:
+    kept = [line.strip() for line in text.replace("\x1b[0m", "").splitlines() if line.strip()]
+    return " | ".join(line[:300] for line in kept[-lines:])
+
+
+def _cluster_id() -> str:
+    """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (as Kafka's Uuid)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):
+            return text
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock, so concurrent start/stop/install calls take turns."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs; reaps it when it is our exited child, and counts zombies as gone."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return True
+
+
+def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _kafka_ready(host: str, port: int, timeout: float) -> bool:
+    """Whether a Kafka broker at host:port answers a Metadata request listing a live broker.
+
+    A KRaft broker binds its port early but processes requests only once it has
+    caught up with the metadata log and is unfenced, so an answer here means a
+    client can create topics and produce right away.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        try:
+            brokers, controller = _metadata(host, port, min(remaining, 2.0))
+            if brokers and controller >= 0:
+                return True
+        except (OSError, ValueError, struct.error):
+            pass
+        if deadline - time.monotonic() > 0.2:
+            time.sleep(0.2)
+
+
+def _metadata(host: str, port: int, timeout: float) -> tuple[list[int], int]:
+    """Send Metadata v1 for no topics; return (broker ids, controller id)."""
+    client_id = b"streamserve-probe"
+    correlation = 0x5353
+    body = struct.pack(">hhih", 3, 1, correlation, len(client_id)) + client_id + struct.pack(">i", 0)
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        sock.settimeout(timeout)
+        sock.sendall(struct.pack(">i", len(body)) + body)
+        size = struct.unpack(">i", _recv_exact(sock, 4))[0]
+        if not 0 < size < 1 << 20:
+            raise ValueError(f"implausible Kafka response size {size}")
+        data = _recv_exact(sock, size)
+    pos = 0
+
+    def take(fmt: str) -> tuple[int, ...]:
+        nonlocal pos
+        values = struct.unpack_from(fmt, data, pos)
+        pos += struct.calcsize(fmt)
+        return values
+
+    def skip_string() -> None:
+        nonlocal pos
+        (length,) = take(">h")
+        pos += max(length, 0)
+
+    (got,) = take(">i")
+    if got != correlation:
+        raise ValueError("not a Kafka response")
+    (count,) = take(">i")
+    if not 0 <= count < 10_000:
+        raise ValueError("not a Kafka metadata response")
+    ids = []
+    for _ in range(count):
+        (node_id,) = take(">i")
+        skip_string()  # host
+        take(">i")  # port
+        skip_string()  # rack (nullable)
+        ids.append(node_id)
+    (controller,) = take(">i")
+    return ids, controller
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    chunks = bytearray()
+    while len(chunks) < n:
+        chunk = sock.recv(n - len(chunks))
+        if not chunk:
+            raise ConnectionError(errno.ECONNRESET, "connection closed by the peer")
+        chunks += chunk
+    return bytes(chunks)

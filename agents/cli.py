@@ -1,0 +1,234 @@
+"""The ``streamserve`` command line. User mistakes end in one line on stderr, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TextIO
+
+import orjson
+
+from pipeline.config import ConfigError, Settings
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    try:
+        return args.run(Settings.from_env(), args) or 0
+    except KeyboardInterrupt:
+        return 130
+    except _user_errors() as e:
+        print(f"streamserve: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from agents.broker import BrokerError
+    from agents.kafka_io import KafkaUnavailable
+    from models.train import UnknownModelError
+    from pipeline.registry import RegistryError
+
+    return ConfigError, BrokerError, KafkaUnavailable, RegistryError, UnknownModelError, OSError
+
+
+def _parser() -> argparse.ArgumentParser:
+    settings_help = "\n".join(f"  {env} (default {default}): {doc}"
+                              for env, default, doc in Settings.documentation())
+    parser = argparse.ArgumentParser(
+        prog="streamserve", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Kafka-native model serving: Faust workers micro-batching JSON requests "
+                    "into JIT-compiled JAX models.",
+        epilog=f"settings (environment variables):\n{settings_help}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+
+    def command(name: str, run: Callable, help: str, parent=commands) -> argparse.ArgumentParser:
+        sub = parent.add_parser(name, help=help, description=help)
+        sub.set_defaults(run=run)
+        return sub
+
+    broker = commands.add_parser("broker", help="the embedded single-node Kafka broker",
+                                 description="The embedded single-node Kafka broker (KRaft).")
+    broker_commands = broker.add_subparsers(title="actions", metavar="ACTION", required=True)
+    command("start", _broker_start, "start it (a no-op when it already runs)", broker_commands)
+    command("stop", _broker_stop, "stop it and leave no process behind", broker_commands)
+    command("status", _broker_status, "say whether it runs", broker_commands)
+
+    models = commands.add_parser("models", help="train and list registered models",
+                                 description="Train and list registered models.")
+    model_commands = models.add_subparsers(title="actions", metavar="ACTION", required=True)
+    train = command("train", _models_train, "train a built-in model and register a new version",
+                    model_commands)
+    train.add_argument("name", help="built-in model: iris, breast_cancer or synthetic32")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    command("list", _models_list, "list registered models and versions", model_commands)
+
+    worker = command("worker", _worker, "run one serving worker in the foreground")
+    worker.add_argument("--metrics-port", type=int, default=None,
+                        help="serve Prometheus metrics on this port")
+
+    produce = command("produce", _produce, "send JSON lines (a file or stdin) to a topic")
+    produce.add_argument("file", nargs="?", type=Path, help="JSON lines file (default stdin)")
+    produce.add_argument("--topic", help="topic (default the requests topic)")
+
+    consume = command("consume", _consume, "print a topic's messages as JSON lines")
+    consume.add_argument("--topic", help="topic (default the predictions topic)")
+    consume.add_argument("--from-beginning", action="store_true",
+                         help="start at the oldest message, not the newest")
+    consume.add_argument("--max", type=int, default=None, help="stop after N messages")
+    consume.add_argument("--timeout", type=float, default=None,
+                         help="stop after S seconds without a message")
+
+    demo = command("demo", _demo, "the whole path end to end on the local broker")
+    demo.add_argument("--requests", type=int, default=3000, help="requests to send (default 3000)")
+    demo.add_argument("--invalid-share", type=float, default=0.03,
+                      help="share of deliberately invalid requests (default 0.03)")
+    return parser
+
+
+def _local_broker(settings: Settings):
+    from agents.broker import LocalBroker
+
+    return LocalBroker(settings.home, settings.local_broker_port)
+
+
+def _require_local(settings: Settings) -> None:
+    if not settings.uses_local_broker:
+        raise ConfigError(f"STREAMSERVE_BROKER={settings.broker} points at an existing cluster; "
+                          "unset it to manage the local broker")
+
+
+def _broker_start(settings: Settings, args: argparse.Namespace) -> int:
+    _require_local(settings)
+    started = _local_broker(settings).start()
+    print(f"broker {'started' if started else 'already running'} on {settings.bootstrap}")
+    return 0
+
+
+def _broker_stop(settings: Settings, args: argparse.Namespace) -> int:
+    _require_local(settings)
+    stopped = _local_broker(settings).stop()
+    print("broker stopped" if stopped else "no broker was running")
+    return 0
+
+
+def _broker_status(settings: Settings, args: argparse.Namespace) -> int:
+    _require_local(settings)
+    status = _local_broker(settings).status()
+    print(f"broker {'running (pid ' + str(status.pid) + ')' if status.running else 'stopped'} "
+          f"on {status.bootstrap}, data in {status.home}")
+    return 0 if status.running else 3
+
+
+def _models_train(settings: Settings, args: argparse.Namespace) -> int:
+    from models.train import train_and_register
+    from pipeline.registry import Registry
+
+    manifest = train_and_register(args.name, Registry(settings.registry), seed=args.seed)
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in manifest.metrics.items())
+    print(f"registered {manifest.model}:{manifest.version} ({metrics}) in {settings.registry}")
+    return 0
+
+
+def _models_list(settings: Settings, args: argparse.Namespace) -> int:
+    from pipeline.registry import Registry
+
+    registry = Registry(settings.registry)
+    names = registry.models()
+    if not names:
+        print(f"no models in {settings.registry}; train one with `streamserve models train iris`")
+        return 0
+    print(f"{'MODEL':<16}{'VERSION':<9}{'ARCHITECTURE':<14}{'FEATURES':<10}{'ACCURACY':<10}CREATED")
+    for name in names:
+        for version in registry.versions(name):
+            m = registry.manifest(name, version)
+            accuracy = m.metrics.get("accuracy")
+            print(f"{name:<16}{version:<9}{m.architecture:<14}{len(m.inputs):<10}"
+                  f"{'' if accuracy is None else f'{accuracy:.4f}':<10}{m.lineage.get('created_at', '')}")
+    return 0
+
+
+def _worker(settings: Settings, args: argparse.Namespace) -> int:
+    from agents.worker import run_worker
+
+    run_worker(settings, args.metrics_port)
+    return 0
+
+
+def _produce(settings: Settings, args: argparse.Namespace) -> int:
+    topic = args.topic or settings.topics.requests
+    if args.file is not None:
+        with args.file.open("rb") as lines:
+            sent = asyncio.run(_produce_lines(settings, topic, lines))
+    else:
+        sent = asyncio.run(_produce_lines(settings, topic, sys.stdin.buffer))
+    print(f"sent {sent} messages to {topic}", file=sys.stderr)
+    return 0
+
+
+async def _produce_lines(settings: Settings, topic: str, lines) -> int:
+    from agents.kafka_io import ensure_topics, start_producer
+
+    await ensure_topics(settings)
+    producer = await start_producer(settings)
+    sent = 0
+    try:
+        for line in lines:
+            value = line.rstrip(b"\r\n")
+            if not value.strip():
+                continue
+            await producer.send(topic, value=value, key=_request_key(value))
+            sent += 1
+        await producer.flush()
+    finally:
+        await producer.stop()
+    return sent
+
+
+def _request_key(value: bytes) -> bytes | None:
+    """The request id as key when the line is a JSON object with a string id; else no key."""
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return None
+    request_id = body.get("id") if isinstance(body, dict) else None
+    return request_id.encode() if isinstance(request_id, str) else None
+
+
+def _consume(settings: Settings, args: argparse.Namespace) -> int:
+    asyncio.run(_consume_lines(settings, args.topic or settings.topics.predictions,
+                               args.from_beginning, args.max, args.timeout, sys.stdout))
+    return 0
+
+
+async def _consume_lines(settings: Settings, topic: str, from_beginning: bool, limit: int | None,
+                         timeout: float | None, out: TextIO) -> None:
+    from agents.kafka_io import ensure_topics, read_topic
+
+    await ensure_topics(settings)
+    count = 0
+    if limit is not None and limit <= 0:
+        return
+    async for record in read_topic(settings, topic, from_beginning=from_beginning,
+                                   idle_timeout=timeout):
+        out.write((record.value or b"").decode("utf-8", errors="replace") + "\n")
+        out.flush()
+        count += 1
+        if limit is not None and count >= limit:
+            return
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from agents.demo import run_demo
+
+    return run_demo(settings, requests=args.requests, invalid_share=args.invalid_share)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

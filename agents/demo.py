@@ -1,0 +1,244 @@
+"""``streamserve demo``: broker, models, one worker and a few thousand requests, end to end.
+
+Everything it starts it stops again, on success, on failure and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from agents.kafka_io import ensure_topics, read_topic, start_producer
+from models.datasets import load as load_dataset
+from models.train import train_and_register
+from pipeline.config import Settings
+from pipeline.registry import Registry
+
+DEMO_MODELS = ("iris", "breast_cancer")
+_ANSWER_TIMEOUT = 60.0
+
+
+@dataclass(slots=True)
+class Planned:
+    value: bytes
+    model: str
+    true_label: str | None  # None for a deliberately invalid request
+    expected_reason: str | None
+
+
+@dataclass
+class Tally:
+    sent_at: dict[int, float] = field(default_factory=dict)
+    answered_at: dict[int, float] = field(default_factory=dict)
+    predicted: dict[int, str] = field(default_factory=dict)
+    reasons: Counter = field(default_factory=Counter)
+    wrong_reason: int = 0
+
+
+def run_demo(settings: Settings, requests: int, invalid_share: float) -> int:
+    from agents.broker import LocalBroker
+
+    started_broker = None
+    if settings.uses_local_broker:
+        broker = LocalBroker(settings.home, settings.local_broker_port)
+        print(f"starting the local Kafka broker on {settings.bootstrap} ...", file=sys.stderr)
+        if broker.start():
+            started_broker = broker
+    worker = None
+    try:
+        registry = Registry(settings.registry)
+        for name in DEMO_MODELS:
+            if registry.latest(name) is None:
+                print(f"training {name} ...", file=sys.stderr)
+                train_and_register(name, registry)
+        worker, metrics_port = _start_worker(settings)
+        _wait_ready(worker, metrics_port, settings)
+        plan = _plan(registry, requests, invalid_share, settings.max_message_bytes)
+        tally, elapsed = asyncio.run(_drive(settings, plan))
+        _print_summary(plan, tally, elapsed, metrics_port)
+        return 0 if len(tally.answered_at) == len(plan) and not tally.wrong_reason else 1
+    finally:
+        if worker is not None:
+            _stop(worker)
+        if started_broker is not None:
+            print("stopping the local broker ...", file=sys.stderr)
+            started_broker.stop()
+
+
+def _start_worker(settings: Settings) -> tuple[subprocess.Popen, int]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings.home.mkdir(parents=True, exist_ok=True)
+    log_path = settings.home / "demo-worker.log"
+    env = dict(os.environ, STREAMSERVE_BROKER=settings.bootstrap)
+    print(f"starting a worker (log: {log_path}, metrics: http://127.0.0.1:{port}/metrics) ...",
+          file=sys.stderr)
+    with log_path.open("wb") as log:
+        worker = subprocess.Popen([sys.executable, "-m", "agents.cli", "worker", "--metrics-port",
+                                   str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
+    return worker, port
+
+
+def _wait_ready(worker: subprocess.Popen, port: int, settings: Settings, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with code {worker.returncode}; see "
+                               f"{settings.home / 'demo-worker.log'}")
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
+            if b"streamserve_worker_ready 1.0" in body:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"the worker was not ready after {timeout:.0f} s; see "
+                       f"{settings.home / 'demo-worker.log'}")
+
+
+def _stop(process: subprocess.Popen, timeout: float = 30) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def _plan(registry: Registry, n: int, invalid_share: float, max_bytes: int) -> list[Planned]:
+    """Requests drawn from the models' own data sets, with true labels; some deliberately bad."""
+    rng = np.random.default_rng(7)
+    run = f"demo-{int(time.time())}"
+    data = {name: load_dataset(name) for name in DEMO_MODELS}
+    plan = []
+    for i in range(n):
+        model = DEMO_MODELS[i % len(DEMO_MODELS)]
+        ds = data[model]
+        row = int(rng.integers(len(ds.X)))
+        request = {"id": f"{run}-{i}", "model": model,
+                   "features": dict(zip(ds.features, ds.X[row].tolist(), strict=True))}
+        if rng.random() < invalid_share:
+            value, reason = _spoil(request, i, max_bytes)
+            plan.append(Planned(value, model, None, reason))
+        else:
+            plan.append(Planned(orjson.dumps(request), model, ds.labels[int(ds.y[row])], None))
+    return plan
+
+
+def _spoil(request: dict, i: int, max_bytes: int) -> tuple[bytes, str]:
+    """One of the ways a real client gets a request wrong, and the reason it earns."""
+    first = next(iter(request["features"]))
+    spoiled = [
+        (orjson.dumps(request)[:-3], "malformed_json"),
+        (b'{"id": "' + request["id"].encode() + b'\xff"}', "invalid_utf8"),
+        (orjson.dumps({**request, "model": "no-such-model"}), "unknown_model"),
+        (orjson.dumps({**request, "features": {k: v for k, v in request["features"].items()
+                                               if k != first}}), "schema_mismatch"),
+        (orjson.dumps({**request, "features": {**request["features"], first: "high"}}),
+         "schema_mismatch"),
+        (orjson.dumps(request).replace(b'"features":{', b'"features":{"x":1,'), "schema_mismatch"),
+        (orjson.dumps(request).replace(orjson.dumps(request["features"][first]), b"NaN", 1),
+         "non_finite"),
+        (orjson.dumps({k: v for k, v in request.items() if k != "id"}), "missing_id"),
+        (orjson.dumps({**request, "pad": "x" * max_bytes}), "too_large"),
+    ]
+    return spoiled[i % len(spoiled)]
+
+
+async def _drive(settings: Settings, plan: list[Planned]) -> tuple[Tally, float]:
+    await ensure_topics(settings)
+    tally = Tally()
+    by_id = {orjson.loads(p.value)["id"]: i for i, p in enumerate(plan) if p.expected_reason is None}
+    by_original = {p.value: i for i, p in enumerate(plan) if p.expected_reason is not None}
+    ready = [asyncio.Event(), asyncio.Event()]
+    topics = settings.topics
+    readers = [asyncio.create_task(_collect(settings, topic, event, plan, by_id, by_original, tally))
+               for topic, event in zip((topics.predictions, topics.deadletter), ready, strict=True)]
+    await asyncio.gather(*(e.wait() for e in ready))
+    producer = await start_producer(settings)
+    started = time.time()
+    try:
+        for i, planned in enumerate(plan):
+            tally.sent_at[i] = time.time()
+            await producer.send(topics.requests, value=planned.value)
+            if i % 100 == 0:
+                _progress(i + 1, len(tally.answered_at), len(plan))
+        await producer.flush()
+    finally:
+        await producer.stop()
+    deadline = time.monotonic() + _ANSWER_TIMEOUT
+    while len(tally.answered_at) < len(plan) and time.monotonic() < deadline:
+        _progress(len(plan), len(tally.answered_at), len(plan))
+        await asyncio.sleep(0.2)
+    _progress(len(plan), len(tally.answered_at), len(plan))
+    print(file=sys.stderr)
+    for reader in readers:
+        reader.cancel()
+    await asyncio.gather(*readers, return_exceptions=True)
+    last = max(tally.answered_at.values(), default=started)
+    return tally, last - started
+
+
+async def _collect(settings: Settings, topic: str, ready: asyncio.Event, plan: list[Planned],
+                   by_id: dict, by_original: dict, tally: Tally) -> None:
+    async for record in read_topic(settings, topic, from_beginning=False, ready=ready):
+        message = orjson.loads(record.value)
+        if "reason" in message:
+            original = message["original"].encode() if message["original_encoding"] == "utf-8" \
+                else base64.b64decode(message["original"])
+            index = by_id.get(message["id"], by_original.get(original))
+            if index is None:
+                continue
+            tally.reasons[message["reason"]] += 1
+            if message["reason"] != plan[index].expected_reason:
+                tally.wrong_reason += 1
+        else:
+            index = by_id.get(message["id"])
+            if index is None:
+                continue
+            tally.predicted[index] = message["outputs"][1]["data"][0]
+        tally.answered_at.setdefault(index, time.time())
+
+
+def _progress(sent: int, answered: int, total: int) -> None:
+    width = 30
+    done = int(width * answered / total)
+    print(f"\r[{'#' * done}{'.' * (width - done)}] sent {sent}/{total}  answered {answered}/{total}",
+          end="", file=sys.stderr, flush=True)
+
+
+def _print_summary(plan: list[Planned], tally: Tally, elapsed: float, metrics_port: int) -> None:
+    latencies = np.array([tally.answered_at[i] - tally.sent_at[i] for i in tally.predicted]) * 1000
+    lost = len(plan) - len(tally.answered_at)
+    print("\nstreamserve demo summary")
+    print(f"  requests        {len(plan)}")
+    print(f"  predictions     {len(tally.predicted)}")
+    print(f"  dead letters    {sum(tally.reasons.values())}"
+          + "".join(f"\n    {reason:<16}{count}" for reason, count in sorted(tally.reasons.items())))
+    if tally.wrong_reason:
+        print(f"  WRONG REASONS   {tally.wrong_reason}")
+    print(f"  unanswered      {lost}")
+    print(f"  throughput      {len(tally.answered_at) / max(elapsed, 1e-9):.0f} requests/s "
+          f"({elapsed:.2f} s)")
+    if len(latencies):
+        print(f"  latency e2e     p50 {np.percentile(latencies, 50):.1f} ms   "
+              f"p99 {np.percentile(latencies, 99):.1f} ms")
+    for model in DEMO_MODELS:
+        scored = [i for i in tally.predicted if plan[i].model == model]
+        right = sum(tally.predicted[i] == plan[i].true_label for i in scored)
+        if scored:
+            print(f"  accuracy {model:<15}{right / len(scored):.4f} ({right}/{len(scored)})")

@@ -1,0 +1,157 @@
+"""The inference step: a batch of request records in, one output record per request out.
+
+It knows nothing of Faust: the agent hands it ``Incoming`` records and sends the
+``Outgoing`` ones it returns. Every request yields exactly one output, a prediction
+or a dead letter (the ledger), whatever the request or the model does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from agents.metrics import Metrics
+from models.runtime import ServingModel
+from pipeline.catalog import Catalog
+from pipeline.config import Settings
+from pipeline.decode import Request, decode
+from pipeline.isolation import RowFailure, serve_isolated
+from pipeline.messages import (
+    ServingFacts,
+    dead_letter_key,
+    encode_dead_letter,
+    encode_prediction,
+    source_headers,
+)
+from pipeline.rejections import Reason, Rejection
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float  # seconds since the epoch, as Kafka stamped the request
+    value: bytes | None
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    model: str  # "" when the request named no servable model
+    version: str
+    reason: Reason | None  # None for a prediction
+    request_timestamp: float
+
+
+class InferenceService:
+    """Decodes, batches per model version, runs the models off the event loop, encodes."""
+
+    def __init__(self, settings: Settings, served: Mapping[tuple[str, str], ServingModel],
+                 default_versions: Mapping[str, str], metrics: Metrics, executor: Executor) -> None:
+        self._served = dict(served)
+        self._topics = settings.topics
+        self._max_bytes = settings.max_message_bytes
+        self._metrics = metrics
+        self._executor = executor
+        self.catalog = Catalog(
+            schemas=_schemas_by_model(self._served),
+            default=dict(default_versions),
+        )
+
+    async def handle(self, batch: Sequence[Incoming]) -> list[Outgoing]:
+        outgoing: list[Outgoing] = []
+        groups: dict[tuple[str, str], list[tuple[Incoming, Request]]] = {}
+        now = time.time()
+        for record in batch:
+            decoded = decode(record.value, self.catalog, self._max_bytes)
+            if isinstance(decoded, Request) and _expired(decoded, record, now):
+                decoded = Rejection(Reason.DEADLINE_EXCEEDED,
+                                    f"the request waited {1000 * (now - record.timestamp):.0f} ms, "
+                                    f"past its deadline_ms of {decoded.deadline_ms}; raise the "
+                                    "deadline or add workers", id=decoded.id, model=decoded.model)
+            if isinstance(decoded, Rejection):
+                outgoing.append(self._dead_letter(record, decoded, version=""))
+            else:
+                groups.setdefault((decoded.model, decoded.version), []).append((record, decoded))
+        for (model, version), items in groups.items():
+            outgoing.extend(await self._serve_group(model, version, items))
+        return outgoing
+
+    async def _serve_group(self, model: str, version: str,
+                           items: list[tuple[Incoming, Request]]) -> list[Outgoing]:
+        served = self._served[(model, version)]
+        rows = np.array([request.row for _, request in items], dtype=np.float32)
+        started = time.perf_counter()
+        # JAX blocks: run it in the executor so commits, timers and heartbeats go on.
+        results = await asyncio.get_running_loop().run_in_executor(
+            self._executor, serve_isolated, served.predict, rows)
+        self._metrics.inference_latency.labels(model, version).observe(time.perf_counter() - started)
+        self._metrics.batch_size.labels(model, version).observe(len(rows))
+        labels = served.manifest.outputs.labels
+        done = time.time()
+        outgoing = []
+        for (record, request), result in zip(items, results, strict=True):
+            if isinstance(result, RowFailure):
+                log.warning("model %s:%s failed on request %s: %s", model, version, request.id,
+                            result.error)
+                rejection = Rejection(Reason.MODEL_ERROR, result.error, id=request.id, model=model)
+                outgoing.append(self._dead_letter(record, rejection, version))
+                continue
+            facts = ServingFacts(route="stable", batch_size=len(rows),
+                                 latency_ms=1000 * (done - record.timestamp))
+            outgoing.append(Outgoing(
+                topic=self._topics.predictions, key=request.id.encode(),
+                value=encode_prediction(request.id, model, version, result, labels, facts),
+                headers=source_headers(record.topic, record.partition, record.offset),
+                model=model, version=version, reason=None, request_timestamp=record.timestamp))
+        return outgoing
+
+    def _dead_letter(self, record: Incoming, rejection: Rejection, version: str) -> Outgoing:
+        return Outgoing(
+            topic=self._topics.deadletter,
+            key=dead_letter_key(rejection, record.topic, record.partition, record.offset),
+            value=encode_dead_letter(rejection, record.value),
+            headers=source_headers(record.topic, record.partition, record.offset),
+            model=rejection.model or "", version=version, reason=rejection.reason,
+            request_timestamp=record.timestamp)
+
+    def fail_batch(self, batch: Sequence[Incoming], error: Exception) -> list[Outgoing]:
+        """Dead letters for a whole batch, when serving it failed outside any model call."""
+        message = f"the worker failed to serve this batch: {type(error).__name__}: {error}"
+        return [self._dead_letter(record, Rejection(Reason.MODEL_ERROR, message), version="")
+                for record in batch]
+
+    def delivered(self, outgoing: Sequence[Outgoing]) -> None:
+        """Count outputs once the broker has acknowledged them."""
+        m, now = self._metrics, time.time()
+        for out in outgoing:
+            if out.reason is None:
+                m.requests.labels(out.model, out.version, "prediction").inc()
+                m.predictions.labels(out.model, out.version, "stable").inc()
+                m.e2e_latency.labels(out.model).observe(max(0.0, now - out.request_timestamp))
+            else:
+                m.requests.labels(out.model, out.version, "deadletter").inc()
+                m.deadletters.labels(out.model, str(out.reason)).inc()
+
+
+def _expired(request: Request, record: Incoming, now: float) -> bool:
+    return request.deadline_ms is not None and (now - record.timestamp) * 1000 > request.deadline_ms
+
+
+def _schemas_by_model(served: Mapping[tuple[str, str], ServingModel]) -> dict:
+    schemas: dict = {}
+    for (model, version), serving in served.items():
+        schemas.setdefault(model, {})[version] = serving.manifest.inputs
+    return schemas

@@ -1,0 +1,110 @@
+"""Plain aiokafka plumbing shared by the CLI, the demo and the worker's start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaConnectionError, KafkaError
+
+from pipeline.config import Settings
+
+
+class KafkaUnavailable(RuntimeError):
+    """The bootstrap servers could not be reached."""
+
+
+def _unreachable(settings: Settings, error: Exception) -> KafkaUnavailable:
+    hint = ("start it with `streamserve broker start`" if settings.uses_local_broker
+            else "check STREAMSERVE_BROKER")
+    return KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap} ({error}); {hint}")
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the serving topics that do not exist yet (requests get several partitions)."""
+    topics = settings.topics
+    wanted = {topics.requests: settings.request_partitions, topics.predictions: 1,
+              topics.deadletter: 1}
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    try:
+        await admin.start()
+    except KafkaError as e:
+        raise _unreachable(settings, e) from e
+    try:
+        existing = set(await admin.list_topics())
+        missing = [NewTopic(name, partitions, 1) for name, partitions in wanted.items()
+                   if name not in existing]
+        if missing:
+            await admin.create_topics(missing)
+            await _wait_for_metadata(settings, [t.name for t in missing])
+    finally:
+        await admin.close()
+
+
+async def _wait_for_metadata(settings: Settings, names: list[str], timeout: float = 30) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+    await producer.start()
+    try:
+        for name in names:
+            await asyncio.wait_for(producer.partitions_for(name), timeout)
+    finally:
+        await producer.stop()
+
+
+async def start_producer(settings: Settings, **options: object) -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
+                                enable_idempotence=True, linger_ms=5, **options)
+    try:
+        await producer.start()
+    except KafkaConnectionError as e:
+        await producer.stop()
+        raise _unreachable(settings, e) from e
+    return producer
+
+
+async def read_topic(settings: Settings, topic: str, *, from_beginning: bool,
+                     idle_timeout: float | None = None,
+                     ready: asyncio.Event | None = None) -> AsyncIterator[ConsumerRecord]:
+    """Records of every partition of ``topic``, without joining a consumer group.
+
+    Stops after ``idle_timeout`` seconds with no record (never, when None). ``ready`` is
+    set once the start positions are fixed, so a caller can produce after it without
+    missing its own replies.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
+                                isolation_level="read_committed")
+    try:
+        await consumer.start()
+    except KafkaConnectionError as e:
+        await consumer.stop()
+        raise _unreachable(settings, e) from e
+    try:
+        ids = consumer.partitions_for_topic(topic)
+        if not ids:
+            raise KafkaUnavailable(f"topic {topic!r} does not exist on {settings.bootstrap}")
+        partitions = [TopicPartition(topic, p) for p in sorted(ids)]
+        consumer.assign(partitions)
+        if from_beginning:
+            await consumer.seek_to_beginning(*partitions)
+        else:
+            await consumer.seek_to_end(*partitions)
+        for tp in partitions:
+            await consumer.position(tp)  # resolve the lazy seek now
+        if ready is not None:
+            ready.set()
+        last = time.monotonic()
+        while True:
+            batch = await consumer.getmany(timeout_ms=200, max_records=1000)
+            records = [r for rs in batch.values() for r in rs]
+            for record in records:
+                yield record
+            if records:
+                last = time.monotonic()
+            elif idle_timeout is not None and time.monotonic() - last > idle_timeout:
+                return
+    finally:
+        await consumer.stop()
+

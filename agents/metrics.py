@@ -1,0 +1,50 @@
+"""Prometheus metrics of one worker (prefix ``streamserve_``).
+
+The ledger holds in the counters: for every model,
+``requests_total = predictions_total + deadletters_total``; ``requests_total`` carries
+the outcome so the identity can be checked from one series.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+# Latency buckets from 1 ms to 10 s: serving latency sits in the low milliseconds, a
+# backlog after a restart in seconds.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    """All of a worker's metrics, on their own registry (so tests can make several)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("streamserve_requests", "Requests read, by outcome",
+                                ["model", "version", "outcome"], registry=r)
+        self.predictions = Counter("streamserve_predictions", "Predictions written",
+                                   ["model", "version", "route"], registry=r)
+        self.deadletters = Counter("streamserve_deadletters", "Dead letters written, by reason",
+                                   ["model", "reason"], registry=r)
+        self.e2e_latency = Histogram(
+            "streamserve_e2e_latency_seconds",
+            "Request timestamp to prediction produced and acknowledged",
+            ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.inference_latency = Histogram(
+            "streamserve_inference_latency_seconds", "One model call on one padded batch",
+            ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram(
+            "streamserve_batch_size", "Rows per model call, before padding",
+            ["model", "version"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)
+        self.jit_compiles = Counter("streamserve_jit_compiles",
+                                    "XLA compilations (all at model load: one per bucket)",
+                                    ["model", "version"], registry=r)
+        self.loaded = Gauge("streamserve_model_loaded", "1 for each loaded version and its role",
+                            ["model", "version", "role"], registry=r)
+        self.ready = Gauge("streamserve_worker_ready",
+                           "1 once models are warm and the worker has partitions assigned",
+                           registry=r)
+
+    def serve(self, port: int) -> None:
+        """Expose /metrics on ``port`` from a background thread."""
+        start_http_server(port, registry=self.registry)

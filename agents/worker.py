@@ -1,0 +1,55 @@
+"""One serving worker: load and warm every model, then join the consumer group."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+
+import faust
+
+from agents.app import create_app
+from agents.inference import InferenceService
+from agents.kafka_io import ensure_topics
+from agents.metrics import Metrics
+from models.runtime import ServingModel
+from pipeline.batching import buckets_for
+from pipeline.config import Settings
+from pipeline.registry import Registry, RegistryError
+
+log = logging.getLogger(__name__)
+
+
+def load_latest(settings: Settings, metrics: Metrics) -> tuple[dict, dict]:
+    """The latest version of every registered model, compiled for every bucket."""
+    registry = Registry(settings.registry)
+    names = registry.models()
+    if not names:
+        raise RegistryError(f"the registry {settings.registry} holds no model; train one with "
+                            "`streamserve models train iris`")
+    buckets = buckets_for(settings.max_batch)
+    served, defaults = {}, {}
+    for name in names:
+        version = registry.latest(name)
+        if version is None:
+            continue
+        model = ServingModel.load(registry, name, version, buckets)
+        served[(name, version)] = model
+        defaults[name] = version
+        metrics.jit_compiles.labels(name, version).inc(model.compiles)
+        metrics.loaded.labels(name, version, "stable").set(1)
+        log.info("loaded %s:%s, compiled for batch sizes %s", name, version, list(buckets))
+    return served, defaults
+
+
+def run_worker(settings: Settings, metrics_port: int | None) -> None:
+    """Serve until SIGINT/SIGTERM. Models are warm before the worker takes any partition."""
+    metrics = Metrics()
+    served, defaults = load_latest(settings, metrics)
+    asyncio.run(ensure_topics(settings))
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+    service = InferenceService(settings, served, defaults, metrics, executor)
+    app = create_app(settings, service, metrics)
+    faust.Worker(app, loglevel="INFO").execute_from_commandline()

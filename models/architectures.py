@@ -1,0 +1,65 @@
+"""Model code, looked up by the architecture name a manifest records; parameters are data.
+
+An architecture is a pure ``apply(params, x)``: ``params`` a dict of arrays, ``x``
+float32 of shape (batch, n_features), the result float32 class probabilities of
+shape (batch, n_classes). Rows are independent, so padding rows never change real ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+
+import jax
+import numpy as np
+
+Params = Mapping[str, jax.Array | np.ndarray]
+Apply = Callable[[Params, jax.Array], jax.Array]
+
+
+class UnknownArchitectureError(LookupError):
+    """A manifest names an architecture this streamserve does not have."""
+
+
+def init_mlp(seed: int, sizes: Sequence[int], x_mean: np.ndarray, x_scale: np.ndarray) -> dict[str, np.ndarray]:
+    """Parameters for ``mlp``: sizes = (n_features, *hidden, n_classes).
+
+    Weights are He-normal, biases zero. ``x_mean`` and ``x_scale`` (n_features,)
+    standardise the input inside the model, so callers send raw feature values.
+    """
+    rng = np.random.default_rng(seed)
+    params = {"x_mean": np.asarray(x_mean, np.float32), "x_scale": np.asarray(x_scale, np.float32)}
+    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        params[f"w{i}"] = (rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)).astype(np.float32)
+        params[f"b{i}"] = np.zeros(fan_out, np.float32)
+    return params
+
+
+def mlp_logits(params: Params, x: jax.Array) -> jax.Array:
+    """(batch, n_features) -> (batch, n_classes) unnormalised log-probabilities."""
+    h = (x - params["x_mean"]) / params["x_scale"]
+    # The dict's keys are static under jit, so the layer count is known when tracing.
+    n_layers = sum(1 for name in params if name.startswith("w"))
+    for i in range(n_layers):
+        h = h @ params[f"w{i}"] + params[f"b{i}"]
+        if i < n_layers - 1:
+            h = jax.nn.relu(h)
+    return h
+
+
+def mlp(params: Params, x: jax.Array) -> jax.Array:
+    """(batch, n_features) -> (batch, n_classes) class probabilities."""
+    return jax.nn.softmax(mlp_logits(params, x), axis=-1)
+
+
+ARCHITECTURES: dict[str, Apply] = {"mlp": mlp}
+
+
+def architecture(name: str) -> Apply:
+    """The ``apply`` function registered under ``name``."""
+    try:
+        return ARCHITECTURES[name]
+    except KeyError:
+        raise UnknownArchitectureError(
+            f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}. "
+            f"The model was registered by a streamserve with more architectures: upgrade streamserve"
+        ) from None

@@ -1,0 +1,80 @@
+"""A registered model version made ready to serve: every padding bucket compiled up front."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.architectures import architecture
+from pipeline.batching import PaddingBuffers, chunks
+from pipeline.registry import Manifest, Registry
+
+
+class ServingModel:
+    """One model version with an ahead-of-time compiled executable per padding bucket.
+
+    All compilation happens in the constructor (``compiles`` counts it), so ``predict``
+    never traces or compiles. ``predict`` reuses preallocated padding buffers: call it
+    from one thread at a time (the worker's single inference executor thread).
+    """
+
+    def __init__(self, manifest: Manifest, params: Mapping[str, np.ndarray], buckets: Sequence[int]) -> None:
+        self.manifest = manifest
+        self.n_features = len(manifest.inputs)
+        self.n_classes = len(manifest.outputs.labels)
+        self._buffers = PaddingBuffers(buckets, self.n_features)
+        self.buckets = self._buffers.buckets
+        self._params = jax.device_put(dict(params))
+        jitted = jax.jit(architecture(manifest.architecture))
+        self._executables = {b: self._lower(jitted, b).compile() for b in self.buckets}
+        self.compiles = len(self._executables)
+
+    @classmethod
+    def load(cls, registry: Registry, model: str, version: str, buckets: Sequence[int]) -> ServingModel:
+        """Load a registered version (parameters checked against their sha256) and compile it."""
+        return cls(registry.manifest(model, version), registry.load_params(model, version), buckets)
+
+    @property
+    def model(self) -> str:
+        return self.manifest.model
+
+    @property
+    def version(self) -> str:
+        return self.manifest.version
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(n, n_features) feature rows -> (n, n_classes) float32 class probabilities."""
+        if x.ndim != 2 or x.shape[1] != self.n_features:
+            raise ValueError(f"{self.model} version {self.version} takes rows of {self.n_features} "
+                             f"features, shape (n, {self.n_features}); got {x.shape}")
+        result = np.empty((x.shape[0], self.n_classes), np.float32)
+        for start, stop in chunks(x.shape[0], self.buckets[-1]):
+            padded = self._buffers.fill(x[start:stop])
+            out = self._executables[padded.shape[0]](self._params, padded)
+            # Copying to the host waits for the result, so the buffer is free to refill;
+            # slicing on the host, not on the device, avoids compiling a slice op.
+            result[start:stop] = np.asarray(out)[: stop - start]
+        return result
+
+    def labels(self, probabilities: np.ndarray) -> list[str]:
+        """The most probable label of each row of ``predict``'s result."""
+        names = self.manifest.outputs.labels
+        return [names[i] for i in probabilities.argmax(axis=1)]
+
+    def _lower(self, jitted: jax.stages.Wrapped, bucket: int) -> jax.stages.Lowered:
+        name = f"{self.model} version {self.version}"
+        try:
+            lowered = jitted.lower(self._params, jax.ShapeDtypeStruct((bucket, self.n_features), jnp.float32))
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"{name}: its parameters do not fit architecture "
+                             f"{self.manifest.architecture!r} with {self.n_features} input features "
+                             f"({e}); the registry entry is inconsistent, register the model again") from e
+        expected = jax.ShapeDtypeStruct((bucket, self.n_classes), jnp.float32)
+        if (lowered.out_info.shape, lowered.out_info.dtype) != (expected.shape, expected.dtype):
+            raise ValueError(f"{name}: the model outputs {lowered.out_info.dtype}{list(lowered.out_info.shape)} "
+                             f"for a batch of {bucket}, but its manifest lists {self.n_classes} labels; "
+                             f"the registry entry is inconsistent, register the model again")
+        return lowered

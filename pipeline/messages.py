@@ -1,0 +1,68 @@
+"""Output message encodings (contract): predictions and dead letters, as JSON bytes."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from pipeline.rejections import Rejection
+
+SOURCE_TOPIC_HEADER = "streamserve-source-topic"
+SOURCE_PARTITION_HEADER = "streamserve-source-partition"
+SOURCE_OFFSET_HEADER = "streamserve-source-offset"
+
+
+@dataclass(frozen=True, slots=True)
+class ServingFacts:
+    """How a prediction was made, reported in its ``parameters``."""
+
+    route: str
+    batch_size: int
+    latency_ms: float
+
+
+def encode_prediction(request_id: str, model: str, version: str, probabilities: np.ndarray,
+                      labels: Sequence[str], facts: ServingFacts) -> bytes:
+    """An Open Inference Protocol v2 response for one row of class probabilities."""
+    return orjson.dumps({
+        "id": request_id,
+        "model_name": model,
+        "model_version": version,
+        "outputs": [
+            {"name": "probabilities", "shape": [1, len(labels)], "datatype": "FP32",
+             "data": probabilities.tolist()},
+            {"name": "label", "shape": [1], "datatype": "BYTES",
+             "data": [labels[int(np.argmax(probabilities))]]},
+        ],
+        "parameters": {"route": facts.route, "batch_size": facts.batch_size,
+                       "latency_ms": round(facts.latency_ms, 3)},
+    })
+
+
+def encode_dead_letter(rejection: Rejection, original: bytes | None) -> bytes:
+    """The rejection plus the request bytes as received (base64 when they are not UTF-8)."""
+    raw = original or b""
+    try:
+        text, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    message = {"id": rejection.id, "reason": str(rejection.reason), "error": rejection.error,
+               "original": text, "original_encoding": encoding}
+    if rejection.model is not None:
+        message["model"] = rejection.model
+    return orjson.dumps(message)
+
+
+def dead_letter_key(rejection: Rejection, topic: str, partition: int, offset: int) -> bytes:
+    """Keyed by request id, or by where the message was read when no id could be read."""
+    return (rejection.id or f"{topic}:{partition}:{offset}").encode()
+
+
+def source_headers(topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
+    return [(SOURCE_TOPIC_HEADER, topic.encode()),
+            (SOURCE_PARTITION_HEADER, str(partition).encode()),
+            (SOURCE_OFFSET_HEADER, str(offset).encode())]

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# Set up a development checkout of streamserve; safe to run again (fast when done).
+#
+#   scripts/setup.sh
+#
+# 1. .venv in the repository root (python3, 3.11 or newer; PYTHON=... picks another)
+# 2. pip install -e '.[test]' into it, again only when pyproject.toml changed
+# 3. kcat (Debian package, via apt-get) when it is not on PATH
+# 4. the local Kafka broker's jars into $STREAMSERVE_HOME/kafka/libs (default
+#    .streamserve), fetched once with Maven; skipped when STREAMSERVE_BROKER names
+#    a broker of your own (e.g. `docker compose up`).
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+die() { printf 'setup: error: %s\n' "$*" >&2; exit 1; }
+# Run a noisy command quietly; show its output only when it fails.
+quiet() {
+    local out
+    if ! out=$("$@" 2>&1); then
+        printf '%s\n' "$out" | tail -n 30 >&2
+        die "failed: $*"
+    fi
+}
+
+# 1. virtual environment -------------------------------------------------------
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+    command -v "$PYTHON" >/dev/null || die "$PYTHON not found: install Python 3.11 or newer (or set PYTHON=...)"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$("$PYTHON" -V 2>&1) is too old: streamserve needs Python 3.11 or newer (set PYTHON=...)"
+    say "creating .venv with $("$PYTHON" -V 2>&1)"
+    "$PYTHON" -m venv .venv
+fi
+
+# 2. the package, reinstalled only when pyproject.toml changed -------------------
+stamp=.venv/.streamserve-pyproject.sha256
+want=$(.venv/bin/python -c 'import hashlib; print(hashlib.sha256(open("pyproject.toml", "rb").read()).hexdigest())')
+have=$(cat "$stamp" 2>/dev/null || true)
+if [[ "$want" != "$have" || ! -x .venv/bin/streamserve ]]; then
+    say "installing streamserve and its test tools into .venv (pip install -e '.[test]')"
+    quiet .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+    printf '%s\n' "$want" > "$stamp"
+else
+    say ".venv is up to date"
+fi
+
+# 3. kcat, for looking at topics by hand ------------------------------------------
+if command -v kcat >/dev/null; then
+    say "kcat is installed"
+elif command -v apt-get >/dev/null; then
+    sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || die "installing kcat needs root: run as root, or install sudo, or install kcat yourself"
+        sudo=(sudo)
+    fi
+    say "installing kcat (apt-get)"
+    quiet "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    quiet "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat
+else
+    say "warning: kcat is not installed and apt-get is missing: install kcat yourself (e.g. brew install kcat)"
+fi
+
+# 4. the local Kafka broker's jars ------------------------------------------------
+if [[ -n "${STREAMSERVE_BROKER:-}" ]]; then
+    say "STREAMSERVE_BROKER=$STREAMSERVE_BROKER: skipping the local broker's jars"
+else
+    .venv/bin/python - <<'PY' || exit 1
+import sys
+
+from agents.broker import BrokerError, LocalBroker
+from pipeline.config import ConfigError, Settings
+
+try:
+    settings = Settings.from_env()
+    broker = LocalBroker(settings.home, settings.local_broker_port)
+    broker.install()
+except (BrokerError, ConfigError) as error:
+    sys.exit(f"setup: error: {error}")
+print(f"setup: Kafka broker jars are in {broker.libs}", file=sys.stderr)
+PY
+fi
+
+say "done: try .venv/bin/streamserve --help"

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: sets everything up, then runs unit, integration and chaos tests.
+# The tests start their own Kafka broker (a free port, a fresh data folder) and stop it;
+# set STREAMSERVE_BROKER to test against a broker of your own. Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+bash scripts/setup.sh
+started=$(date +%s)
+set +e
+.venv/bin/python -m pytest -p no:cacheprovider "$@"
+rc=$?
+set -e
+echo "test suite finished in $(( $(date +%s) - started )) s" >&2
+if [[ $rc -eq 5 ]]; then
+    echo "test: error: pytest collected no tests" >&2
+    exit 1
+fi
+exit $rc

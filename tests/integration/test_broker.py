@@ -1,0 +1,197 @@
+"""The embedded local Kafka broker, for real: install, start, serve a client, stop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from agents.broker import BrokerError, LocalBroker, _alive, ensure_broker
+from pipeline.config import Settings
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _shared_libs() -> Path:
+    """The jars `scripts/setup.sh` fetched (STREAMSERVE_HOME, else .streamserve in the repo)."""
+    home = Path(os.environ.get("STREAMSERVE_HOME") or ".streamserve")
+    return (home if home.is_absolute() else ROOT / home) / "kafka" / "libs"
+
+
+def _free_port_pair() -> int:
+    """A port p with p and p+1 both free (broker and controller listeners)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port >= 65534:
+            continue
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no two adjacent free ports")
+
+
+@pytest.fixture(scope="module")
+def libs() -> Path:
+    libs = _shared_libs()
+    probe = LocalBroker(libs.parent.parent, libs=libs)
+    if not probe.installed and (shutil.which("mvn") is None or shutil.which("java") is None):
+        pytest.skip("the local broker needs java and mvn (or jars fetched by scripts/setup.sh)")
+    if shutil.which("java") is None:
+        pytest.skip("the local broker needs java")
+    probe.install()
+    return libs
+
+
+async def test_start_serve_stop(tmp_path: Path, libs: Path) -> None:
+    port = _free_port_pair()
+    broker = LocalBroker(tmp_path / "home", port, libs=libs)
+    assert not broker.status().running
+    try:
+        assert broker.start(timeout=90) is True
+        status = broker.status()
+        assert status.running and status.pid is not None
+        assert status.bootstrap == f"127.0.0.1:{port}"
+        assert status.home == (tmp_path / "home").absolute()
+        pid = status.pid
+
+        # A second start is a no-op, from this object and from a fresh one (another CLI call).
+        assert broker.start() is False
+        other = LocalBroker(tmp_path / "home", port, libs=libs)
+        assert other.start() is False
+        assert other.status().pid == pid
+
+        # Right after start() a client can create a topic, produce and consume in a group.
+        await _round_trip(broker.bootstrap)
+
+        # Stop from a fresh object, as `streamserve broker stop` would.
+        assert other.stop() is True
+        assert not _alive(pid)
+        assert _processes_mentioning(str(broker.config_path)) == []
+        assert not broker.pid_path.exists()
+        status = broker.status()
+        assert not status.running and status.pid is None
+        assert broker.stop() is False
+    finally:
+        broker.stop()
+
+
+async def _round_trip(bootstrap: str) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic("streamserve-test.requests", 4, 1)])
+        assert "streamserve-test.requests" in await admin.list_topics()
+    finally:
+        await admin.close()
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait("streamserve-test.requests", b'{"id": "r-1"}', key=b"r-1")
+    finally:
+        await producer.stop()
+
+    consumer = AIOKafkaConsumer(
+        "streamserve-test.requests",
+        bootstrap_servers=bootstrap,
+        group_id="streamserve-test",
+        auto_offset_reset="earliest",
+    )
+    await consumer.start()
+    try:
+        message = await asyncio.wait_for(consumer.getone(), timeout=30)
+        assert (message.key, message.value) == (b"r-1", b'{"id": "r-1"}')
+        await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
+def test_install_without_maven_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    java = shutil.which("java")
+    if java is None:
+        pytest.skip("needs java, to reach the Maven check")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "java").symlink_to(java)
+    monkeypatch.setenv("PATH", str(bin_dir))
+    empty = tmp_path / "libs"
+    empty.mkdir()
+    broker = LocalBroker(tmp_path / "home", _free_port_pair(), libs=empty)
+    with pytest.raises(BrokerError) as caught:
+        broker.start()
+    message = str(caught.value)
+    assert "mvn" in message
+    assert "docker compose up" in message and "STREAMSERVE_BROKER" in message
+    assert "\n" not in message
+    assert not broker.pid_path.exists()
+
+
+def test_install_without_java_says_what_to_do(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(BrokerError, match="Java.*docker compose up"):
+        LocalBroker(tmp_path / "home", libs=tmp_path / "libs").install()
+
+
+def test_controller_port_taken(tmp_path: Path, libs: Path) -> None:
+    port = _free_port_pair()
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port + 1))
+        squatter.listen()
+        broker = LocalBroker(tmp_path / "home", port, libs=libs)
+        with pytest.raises(BrokerError, match="controller port.*STREAMSERVE_LOCAL_BROKER_PORT"):
+            broker.start()
+    assert not broker.pid_path.exists()
+    assert _processes_mentioning(str(broker.config_path)) == []
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids of live processes whose command line contains ``text`` (Linux /proc)."""
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if text.encode() in (entry / "cmdline").read_bytes() and _alive(int(entry.name)):
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_server_properties_single_node(tmp_path: Path) -> None:
+    props = dict(
+        line.split("=", 1)
+        for line in LocalBroker(tmp_path, 29092).server_properties().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert props["process.roles"] == "broker,controller"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:29093"
+    assert props["advertised.listeners"] == "PLAINTEXT://127.0.0.1:29092"
+    for key in ("offsets.topic.replication.factor", "transaction.state.log.replication.factor",
+                "transaction.state.log.min.isr"):
+        assert props[key] == "1"
+    assert props["group.initial.rebalance.delay.ms"] == "0"
+    assert props["log.dirs"] == str((tmp_path / "broker" / "data").absolute())
+
+
+def test_ensure_broker_leaves_a_configured_cluster_alone(tmp_path: Path) -> None:
+    settings = Settings(broker="kafka.example:9092", home=tmp_path)
+    assert ensure_broker(settings) is None
+    assert not (tmp_path / "broker").exists()

@@ -1,0 +1,39 @@
+import base64
+
+import numpy as np
+import orjson
+
+from pipeline.messages import ServingFacts, dead_letter_key, encode_dead_letter, encode_prediction
+from pipeline.rejections import Reason, Rejection
+
+
+def test_prediction_is_an_oip_response():
+    probs = np.array([0.97, 0.02, 0.01], dtype=np.float32)
+    msg = orjson.loads(encode_prediction("r-1", "iris", "3", probs, ("setosa", "versicolor", "virginica"),
+                                         ServingFacts("stable", 64, 3.14159)))
+    assert msg["id"] == "r-1" and msg["model_name"] == "iris" and msg["model_version"] == "3"
+    probabilities, label = msg["outputs"]
+    assert probabilities["name"] == "probabilities" and probabilities["shape"] == [1, 3]
+    assert probabilities["datatype"] == "FP32"
+    np.testing.assert_allclose(probabilities["data"], probs, rtol=1e-7)
+    assert label == {"name": "label", "shape": [1], "datatype": "BYTES", "data": ["setosa"]}
+    assert msg["parameters"] == {"route": "stable", "batch_size": 64, "latency_ms": 3.142}
+
+
+def test_dead_letter_keeps_utf8_original_as_text():
+    rejection = Rejection(Reason.UNKNOWN_MODEL, "model 'x' is not served here", id="r", model="x")
+    msg = orjson.loads(encode_dead_letter(rejection, b'{"id": "r", "model": "x"}'))
+    assert msg == {"id": "r", "reason": "unknown_model", "error": "model 'x' is not served here",
+                   "model": "x", "original": '{"id": "r", "model": "x"}', "original_encoding": "utf-8"}
+
+
+def test_dead_letter_keeps_binary_original_as_base64():
+    raw = b"\xff\xfe{"
+    msg = orjson.loads(encode_dead_letter(Rejection(Reason.INVALID_UTF8, "not utf-8"), raw))
+    assert msg["original_encoding"] == "base64" and base64.b64decode(msg["original"]) == raw
+    assert msg["id"] is None and "model" not in msg
+
+
+def test_dead_letter_key_falls_back_to_source_position():
+    assert dead_letter_key(Rejection(Reason.MISSING_ID, "e"), "t", 2, 17) == b"t:2:17"
+    assert dead_letter_key(Rejection(Reason.UNKNOWN_MODEL, "e", id="r-9"), "t", 2, 17) == b"r-9"
