@@ -125,7 +125,9 @@ class LocalBroker:
             "transaction.state.log.min.isr": "1",
             "transaction.state.log.num.partitions": "4",
             "group.initial.rebalance.delay.ms": "0",
-            "auto.create.topics.enable": "true",
+            # Topics are created on purpose (streamserve and faust both declare theirs), never
+            # by a typo in a client.
+            "auto.create.topics.enable": "false",
             "log.retention.hours": "24",
             # The compacted control topic needs the cleaner; its default 128 MiB
             # buffer would take a quarter of the 512 MiB heap.

@@ -31,11 +31,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from agents.broker import BrokerError
-    from agents.kafka_io import KafkaUnavailable
+    from agents.kafka_io import KafkaAccessError
     from models.train import UnknownModelError
     from pipeline.registry import RegistryError
 
-    return ConfigError, BrokerError, KafkaUnavailable, RegistryError, UnknownModelError, OSError
+    return ConfigError, BrokerError, KafkaAccessError, RegistryError, UnknownModelError, OSError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--requests", type=int, default=3000, help="requests to send (default 3000)")
     demo.add_argument("--invalid-share", type=float, default=0.03,
                       help="share of deliberately invalid requests (default 0.03)")
+    demo.add_argument("--rate", type=float, default=500,
+                      help="requests per second, sent on schedule (default 500; 0: as fast as "
+                           "possible, which measures capacity and queueing, not latency)")
     return parser
 
 
@@ -148,7 +151,7 @@ def _models_list(settings: Settings, args: argparse.Namespace) -> int:
     for name in names:
         for version in registry.versions(name):
             m = registry.manifest(name, version)
-            accuracy = m.metrics.get("accuracy")
+            accuracy = m.metrics.get("test_accuracy")
             print(f"{name:<16}{version:<9}{m.architecture:<14}{len(m.inputs):<10}"
                   f"{'' if accuracy is None else f'{accuracy:.4f}':<10}{m.lineage.get('created_at', '')}")
     return 0
@@ -227,7 +230,8 @@ async def _consume_lines(settings: Settings, topic: str, from_beginning: bool, l
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     from agents.demo import run_demo
 
-    return run_demo(settings, requests=args.requests, invalid_share=args.invalid_share)
+    return run_demo(settings, requests=args.requests, invalid_share=args.invalid_share,
+                    rate=args.rate)
 
 
 if __name__ == "__main__":

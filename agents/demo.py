@@ -47,7 +47,7 @@ class Tally:
     wrong_reason: int = 0
 
 
-def run_demo(settings: Settings, requests: int, invalid_share: float) -> int:
+def run_demo(settings: Settings, requests: int, invalid_share: float, rate: float) -> int:
     from agents.broker import LocalBroker
 
     started_broker = None
@@ -66,8 +66,8 @@ def run_demo(settings: Settings, requests: int, invalid_share: float) -> int:
         worker, metrics_port = _start_worker(settings)
         _wait_ready(worker, metrics_port, settings)
         plan = _plan(registry, requests, invalid_share, settings.max_message_bytes)
-        tally, elapsed = asyncio.run(_drive(settings, plan))
-        _print_summary(plan, tally, elapsed, metrics_port)
+        tally, elapsed = asyncio.run(_drive(settings, plan, rate))
+        _print_summary(plan, tally, elapsed, rate)
         return 0 if len(tally.answered_at) == len(plan) and not tally.wrong_reason else 1
     finally:
         if worker is not None:
@@ -159,7 +159,8 @@ def _spoil(request: dict, i: int, max_bytes: int) -> tuple[bytes, str]:
     return spoiled[i % len(spoiled)]
 
 
-async def _drive(settings: Settings, plan: list[Planned]) -> tuple[Tally, float]:
+async def _drive(settings: Settings, plan: list[Planned], rate: float) -> tuple[Tally, float]:
+    """Send on an open-loop schedule of ``rate`` requests/s (0: as fast as possible)."""
     await ensure_topics(settings)
     tally = Tally()
     by_id = {orjson.loads(p.value)["id"]: i for i, p in enumerate(plan) if p.expected_reason is None}
@@ -173,6 +174,8 @@ async def _drive(settings: Settings, plan: list[Planned]) -> tuple[Tally, float]
     started = time.time()
     try:
         for i, planned in enumerate(plan):
+            if rate:
+                await asyncio.sleep(max(0.0, started + i / rate - time.time()))
             tally.sent_at[i] = time.time()
             await producer.send(topics.requests, value=planned.value)
             if i % 100 == 0:
@@ -221,7 +224,7 @@ def _progress(sent: int, answered: int, total: int) -> None:
           end="", file=sys.stderr, flush=True)
 
 
-def _print_summary(plan: list[Planned], tally: Tally, elapsed: float, metrics_port: int) -> None:
+def _print_summary(plan: list[Planned], tally: Tally, elapsed: float, rate: float) -> None:
     latencies = np.array([tally.answered_at[i] - tally.sent_at[i] for i in tally.predicted]) * 1000
     lost = len(plan) - len(tally.answered_at)
     print("\nstreamserve demo summary")
@@ -232,8 +235,9 @@ def _print_summary(plan: list[Planned], tally: Tally, elapsed: float, metrics_po
     if tally.wrong_reason:
         print(f"  WRONG REASONS   {tally.wrong_reason}")
     print(f"  unanswered      {lost}")
+    offered = f"offered {rate:.0f}/s" if rate else "sent as fast as possible"
     print(f"  throughput      {len(tally.answered_at) / max(elapsed, 1e-9):.0f} requests/s "
-          f"({elapsed:.2f} s)")
+          f"({elapsed:.2f} s, {offered})")
     if len(latencies):
         print(f"  latency e2e     p50 {np.percentile(latencies, 50):.1f} ms   "
               f"p99 {np.percentile(latencies, 99):.1f} ms")

@@ -6,21 +6,21 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
 from pipeline.config import Settings
 
 
-class KafkaUnavailable(RuntimeError):
-    """The bootstrap servers could not be reached."""
+class KafkaAccessError(RuntimeError):
+    """Kafka could not be used as asked: unreachable servers, a missing topic."""
 
 
-def _unreachable(settings: Settings, error: Exception) -> KafkaUnavailable:
+def _unreachable(settings: Settings, error: Exception) -> KafkaAccessError:
     hint = ("start it with `streamserve broker start`" if settings.uses_local_broker
             else "check STREAMSERVE_BROKER")
-    return KafkaUnavailable(f"cannot reach Kafka at {settings.bootstrap} ({error}); {hint}")
+    return KafkaAccessError(f"cannot reach Kafka at {settings.bootstrap} ({error}); {hint}")
 
 
 async def ensure_topics(settings: Settings) -> None:
@@ -40,6 +40,21 @@ async def ensure_topics(settings: Settings) -> None:
         if missing:
             await admin.create_topics(missing)
             await _wait_for_metadata(settings, [t.name for t in missing])
+    finally:
+        await admin.close()
+
+
+async def _require_topic(settings: Settings, topic: str) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    try:
+        await admin.start()
+    except KafkaError as e:
+        raise _unreachable(settings, e) from e
+    try:
+        if topic not in await admin.list_topics():
+            raise KafkaAccessError(f"topic {topic!r} does not exist on {settings.bootstrap}; "
+                                   f"the serving topics are {settings.topic_prefix}.requests, "
+                                   ".predictions and .deadletter")
     finally:
         await admin.close()
 
@@ -74,25 +89,18 @@ async def read_topic(settings: Settings, topic: str, *, from_beginning: bool,
     set once the start positions are fixed, so a caller can produce after it without
     missing its own replies.
     """
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, enable_auto_commit=False,
-                                isolation_level="read_committed")
+    await _require_topic(settings, topic)
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap, group_id=None,
+                                enable_auto_commit=False, isolation_level="read_committed",
+                                auto_offset_reset="earliest" if from_beginning else "latest")
     try:
         await consumer.start()
     except KafkaConnectionError as e:
         await consumer.stop()
         raise _unreachable(settings, e) from e
     try:
-        ids = consumer.partitions_for_topic(topic)
-        if not ids:
-            raise KafkaUnavailable(f"topic {topic!r} does not exist on {settings.bootstrap}")
-        partitions = [TopicPartition(topic, p) for p in sorted(ids)]
-        consumer.assign(partitions)
-        if from_beginning:
-            await consumer.seek_to_beginning(*partitions)
-        else:
-            await consumer.seek_to_end(*partitions)
-        for tp in partitions:
-            await consumer.position(tp)  # resolve the lazy seek now
+        for tp in consumer.assignment():
+            await consumer.position(tp)  # fix the start positions now, before ``ready``
         if ready is not None:
             ready.set()
         last = time.monotonic()

@@ -20,7 +20,9 @@ class UnknownArchitectureError(LookupError):
     """A manifest names an architecture this streamserve does not have."""
 
 
-def init_mlp(seed: int, sizes: Sequence[int], x_mean: np.ndarray, x_scale: np.ndarray) -> dict[str, np.ndarray]:
+def init_mlp(
+    seed: int, sizes: Sequence[int], x_mean: np.ndarray, x_scale: np.ndarray
+) -> dict[str, np.ndarray]:
     """Parameters for ``mlp``: sizes = (n_features, *hidden, n_classes).
 
     Weights are He-normal, biases zero. ``x_mean`` and ``x_scale`` (n_features,)

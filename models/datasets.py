@@ -28,7 +28,8 @@ class Dataset:
             raise ValueError(f"{self.name}: X must be float32 (n, {len(self.features)}), "
                              f"got {self.X.dtype} {self.X.shape}")
         if self.y.dtype != np.int32 or self.y.shape != self.X.shape[:1]:
-            raise ValueError(f"{self.name}: y must be int32 ({self.X.shape[0]},), got {self.y.dtype} {self.y.shape}")
+            raise ValueError(f"{self.name}: y must be int32 ({self.X.shape[0]},), "
+                             f"got {self.y.dtype} {self.y.shape}")
         if set(np.unique(self.y)) != set(range(len(self.labels))):
             raise ValueError(f"{self.name}: y must use every class 0..{len(self.labels) - 1}")
 

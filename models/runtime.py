@@ -67,14 +67,15 @@ class ServingModel:
     def _lower(self, jitted: jax.stages.Wrapped, bucket: int) -> jax.stages.Lowered:
         name = f"{self.model} version {self.version}"
         try:
-            lowered = jitted.lower(self._params, jax.ShapeDtypeStruct((bucket, self.n_features), jnp.float32))
+            x = jax.ShapeDtypeStruct((bucket, self.n_features), jnp.float32)
+            lowered = jitted.lower(self._params, x)
         except (TypeError, ValueError, KeyError) as e:
             raise ValueError(f"{name}: its parameters do not fit architecture "
                              f"{self.manifest.architecture!r} with {self.n_features} input features "
                              f"({e}); the registry entry is inconsistent, register the model again") from e
-        expected = jax.ShapeDtypeStruct((bucket, self.n_classes), jnp.float32)
-        if (lowered.out_info.shape, lowered.out_info.dtype) != (expected.shape, expected.dtype):
-            raise ValueError(f"{name}: the model outputs {lowered.out_info.dtype}{list(lowered.out_info.shape)} "
+        out = lowered.out_info
+        if (out.shape, out.dtype) != ((bucket, self.n_classes), jnp.float32):
+            raise ValueError(f"{name}: the model outputs {out.dtype}{list(out.shape)} "
                              f"for a batch of {bucket}, but its manifest lists {self.n_classes} labels; "
                              f"the registry entry is inconsistent, register the model again")
         return lowered

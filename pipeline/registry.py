@@ -120,7 +120,9 @@ class Manifest:
                 param_hashes=d["param_hashes"],
             )
         except KeyError as e:
-            raise RegistryError(f"manifest lacks the field {e.args[0]!r}; it was not written by Registry.register") from None
+            raise RegistryError(
+                f"manifest lacks the field {e.args[0]!r}; it was not written by Registry.register"
+            ) from None
 
 
 def fingerprint(*arrays: np.ndarray) -> str:
@@ -233,7 +235,9 @@ class Registry:
                     f"{target} already exists (another registration of {draft.model} ran at the same "
                     f"time?); versions are never overwritten: register again to get the next version"
                 ) from None
-            raise RegistryError(f"cannot write {draft.model} version {version} under {model_dir}: {e}") from e
+            raise RegistryError(
+                f"cannot write {draft.model} version {version} under {model_dir}: {e}"
+            ) from e
         except BaseException:
             shutil.rmtree(incoming, ignore_errors=True)
             raise

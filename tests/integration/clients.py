@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
 
 @dataclass(frozen=True)
@@ -47,14 +47,10 @@ async def collect(bootstrap: str, topics: Sequence[str], expected: int,
                   timeout: float = 60, settle: float = 1.0) -> list[Received]:
     """Read ``topics`` from the beginning until ``expected`` records arrived, then ``settle``
     seconds more so that any surplus (a duplicate, a record in both topics) is seen too."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        partitions = [TopicPartition(t, p) for t in topics
-                      for p in (consumer.partitions_for_topic(t) or {0})]
-        consumer.assign(partitions)
-        await consumer.seek_to_beginning(*partitions)
         received: list[Received] = []
         deadline = time.monotonic() + timeout
         settle_until = None

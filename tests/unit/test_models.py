@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import jax.monitoring
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from models import (
 )
 from pipeline.batching import buckets_for
 from pipeline.registry import Registry
+from pipeline.schema import OutputSchema
 
 BUCKETS = buckets_for(64)
 
@@ -54,11 +57,10 @@ def test_iris_is_accurate_and_keeps_the_documented_names(iris):
 
 
 def test_breast_cancer_is_accurate(breast_cancer):
-    trained = breast_cancer
-    assert trained.draft.metrics["test_accuracy"] >= 0.93
-    assert len(trained.draft.inputs) == 30
-    assert trained.draft.inputs.names[0] == "mean_radius"
-    assert trained.draft.outputs.labels == ("malignant", "benign")
+    assert breast_cancer.draft.metrics["test_accuracy"] >= 0.93
+    assert len(breast_cancer.draft.inputs) == 30
+    assert breast_cancer.draft.inputs.names[0] == "mean_radius"
+    assert breast_cancer.draft.outputs.labels == ("malignant", "benign")
 
 
 def test_the_same_seed_gives_the_same_model(iris, registry, served):
@@ -121,9 +123,12 @@ def test_predict_checks_the_feature_count(served):
         served.predict(np.zeros((2, 5), np.float32))
 
 
-def test_parameters_that_do_not_fit_the_manifest_are_refused(served, breast_cancer):
-    with pytest.raises(ValueError, match="register the model again"):
+def test_parameters_that_do_not_fit_the_manifest_are_refused(served, iris, breast_cancer):
+    with pytest.raises(ValueError, match="do not fit architecture 'mlp' with 4 input features"):
         ServingModel(served.manifest, breast_cancer.params, BUCKETS)
+    two_labels = replace(served.manifest, outputs=OutputSchema(("a", "b")))
+    with pytest.raises(ValueError, match=r"outputs float32\[1, 3\] .* lists 2 labels"):
+        ServingModel(two_labels, iris.params, BUCKETS)
 
 
 def test_unknown_names_list_the_known_ones():
