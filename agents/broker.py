@@ -17,21 +17,21 @@ accepts TCP connections, which happens before the broker processes requests).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
-import errno
 import fcntl
 import hashlib
 import os
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -437,74 +437,32 @@ def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
 
 
 def _kafka_ready(host: str, port: int, timeout: float) -> bool:
-    """Whether a Kafka broker at host:port answers a Metadata request listing a live broker.
+    """Whether a Kafka broker at host:port answers a metadata request listing a live broker.
 
-    A KRaft broker binds its port early but processes requests only once it has
-    caught up with the metadata log and is unfenced, so an answer here means a
-    client can create topics and produce right away.
+    A KRaft broker binds its port early but serves requests only once it has caught
+    up with the metadata log and is unfenced, so an answer here means a client can
+    create topics and produce right away.
     """
+    # A thread of its own, so callers inside a running event loop can use this too.
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(asyncio.run, _answers_metadata(f"{host}:{port}", timeout)).result()
+
+
+async def _answers_metadata(bootstrap: str, timeout: float) -> bool:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.errors import KafkaError
+
     deadline = time.monotonic() + timeout
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return False
+    while time.monotonic() < deadline:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
         try:
-            brokers, controller = _metadata(host, port, min(remaining, 2.0))
-            if brokers and controller >= 0:
+            await admin.start()
+            cluster = await admin.describe_cluster()
+            if cluster["brokers"] and cluster["controller_id"] >= 0:
                 return True
-        except (OSError, ValueError, struct.error):
+        except (KafkaError, OSError):
             pass
-        if deadline - time.monotonic() > 0.2:
-            time.sleep(0.2)
-
-
-def _metadata(host: str, port: int, timeout: float) -> tuple[list[int], int]:
-    """Send Metadata v1 for no topics; return (broker ids, controller id)."""
-    client_id = b"streamserve-probe"
-    correlation = 0x5353
-    body = struct.pack(">hhih", 3, 1, correlation, len(client_id)) + client_id + struct.pack(">i", 0)
-    with socket.create_connection((host, port), timeout=timeout) as sock:
-        sock.settimeout(timeout)
-        sock.sendall(struct.pack(">i", len(body)) + body)
-        size = struct.unpack(">i", _recv_exact(sock, 4))[0]
-        if not 0 < size < 1 << 20:
-            raise ValueError(f"implausible Kafka response size {size}")
-        data = _recv_exact(sock, size)
-    pos = 0
-
-    def take(fmt: str) -> tuple[int, ...]:
-        nonlocal pos
-        values = struct.unpack_from(fmt, data, pos)
-        pos += struct.calcsize(fmt)
-        return values
-
-    def skip_string() -> None:
-        nonlocal pos
-        (length,) = take(">h")
-        pos += max(length, 0)
-
-    (got,) = take(">i")
-    if got != correlation:
-        raise ValueError("not a Kafka response")
-    (count,) = take(">i")
-    if not 0 <= count < 10_000:
-        raise ValueError("not a Kafka metadata response")
-    ids = []
-    for _ in range(count):
-        (node_id,) = take(">i")
-        skip_string()  # host
-        take(">i")  # port
-        skip_string()  # rack (nullable)
-        ids.append(node_id)
-    (controller,) = take(">i")
-    return ids, controller
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < n:
-        chunk = sock.recv(n - len(chunks))
-        if not chunk:
-            raise ConnectionError(errno.ECONNRESET, "connection closed by the peer")
-        chunks += chunk
-    return bytes(chunks)
+        finally:
+            await admin.close()
+        await asyncio.sleep(0.2)
+    return False
