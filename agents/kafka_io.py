@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -23,40 +24,38 @@ def _unreachable(settings: Settings, error: Exception) -> KafkaAccessError:
     return KafkaAccessError(f"cannot reach Kafka at {settings.bootstrap} ({error}); {hint}")
 
 
-async def ensure_topics(settings: Settings) -> None:
-    """Create the serving topics that do not exist yet (requests get several partitions)."""
-    topics = settings.topics
-    wanted = {topics.requests: settings.request_partitions, topics.predictions: 1,
-              topics.deadletter: 1}
+@asynccontextmanager
+async def _admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
     try:
         await admin.start()
     except KafkaError as e:
         raise _unreachable(settings, e) from e
     try:
+        yield admin
+    finally:
+        await admin.close()
+
+
+async def ensure_topics(settings: Settings) -> None:
+    """Create the serving topics that do not exist yet, each with the requests' partitions."""
+    topics = settings.topics
+    async with _admin(settings) as admin:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, partitions, 1) for name, partitions in wanted.items()
+        missing = [NewTopic(name, settings.request_partitions, 1)
+                   for name in (topics.requests, topics.predictions, topics.deadletter)
                    if name not in existing]
         if missing:
             await admin.create_topics(missing)
             await _wait_for_metadata(settings, [t.name for t in missing])
-    finally:
-        await admin.close()
 
 
 async def _require_topic(settings: Settings, topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
-    try:
-        await admin.start()
-    except KafkaError as e:
-        raise _unreachable(settings, e) from e
-    try:
+    async with _admin(settings) as admin:
         if topic not in await admin.list_topics():
             raise KafkaAccessError(f"topic {topic!r} does not exist on {settings.bootstrap}; "
                                    f"the serving topics are {settings.topic_prefix}.requests, "
                                    ".predictions and .deadletter")
-    finally:
-        await admin.close()
 
 
 async def _wait_for_metadata(settings: Settings, names: list[str], timeout: float = 30) -> None:

@@ -71,8 +71,8 @@ class Settings:
     request_partitions: int = _setting(
         4,
         "STREAMSERVE_REQUEST_PARTITIONS",
-        "Partitions of the requests topic when streamserve creates it: "
-        "the most workers that can share the load.",
+        "Partitions of each serving topic when streamserve creates it: the most "
+        "workers that can share the load.",
     )
     max_batch: int = _setting(
         64,
