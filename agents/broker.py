@@ -22,6 +22,7 @@ import base64
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import signal
@@ -452,17 +453,24 @@ async def _answers_metadata(bootstrap: str, timeout: float) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
-        try:
-            await admin.start()
-            cluster = await admin.describe_cluster()
-            if cluster["brokers"] and cluster["controller_id"] >= 0:
-                return True
-        except (KafkaError, OSError):
-            pass
-        finally:
-            await admin.close()
-        await asyncio.sleep(0.2)
-    return False
+    # Refused connections are the expected answer while the broker starts: keep them quiet.
+    aiokafka_log = logging.getLogger("aiokafka")
+    level = aiokafka_log.level
+    aiokafka_log.setLevel(logging.CRITICAL)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+            try:
+                await admin.start()
+                cluster = await admin.describe_cluster()
+                if cluster["brokers"] and cluster["controller_id"] >= 0:
+                    return True
+            except (KafkaError, OSError):
+                pass
+            finally:
+                await admin.close()
+            await asyncio.sleep(0.2)
+        return False
+    finally:
+        aiokafka_log.setLevel(level)
