@@ -7,19 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
 import orjson
 
+from agents.fleet import WorkerProcess
 from agents.kafka_io import ensure_topics, read_topic, start_producer
 from models.datasets import load as load_dataset
 from models.train import train_and_register
@@ -63,60 +59,19 @@ def run_demo(settings: Settings, requests: int, invalid_share: float, rate: floa
             if registry.latest(name) is None:
                 print(f"training {name} ...", file=sys.stderr)
                 train_and_register(name, registry)
-        worker, metrics_port = _start_worker(settings)
-        _wait_ready(worker, metrics_port, settings)
+        log = settings.home / "demo-worker.log"
+        print(f"starting a worker (log: {log}) ...", file=sys.stderr)
+        worker = WorkerProcess.start(log, {"STREAMSERVE_BROKER": settings.bootstrap})
         plan = _plan(registry, requests, invalid_share, settings.max_message_bytes)
         tally, elapsed = asyncio.run(_drive(settings, plan, rate))
         _print_summary(plan, tally, elapsed, rate)
         return 0 if len(tally.answered_at) == len(plan) and not tally.wrong_reason else 1
     finally:
         if worker is not None:
-            _stop(worker)
+            worker.stop()
         if started_broker is not None:
             print("stopping the local broker ...", file=sys.stderr)
             started_broker.stop()
-
-
-def _start_worker(settings: Settings) -> tuple[subprocess.Popen, int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    settings.home.mkdir(parents=True, exist_ok=True)
-    log_path = settings.home / "demo-worker.log"
-    env = dict(os.environ, STREAMSERVE_BROKER=settings.bootstrap)
-    print(f"starting a worker (log: {log_path}, metrics: http://127.0.0.1:{port}/metrics) ...",
-          file=sys.stderr)
-    with log_path.open("wb") as log:
-        worker = subprocess.Popen([sys.executable, "-m", "agents.cli", "worker", "--metrics-port",
-                                   str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
-    return worker, port
-
-
-def _wait_ready(worker: subprocess.Popen, port: int, settings: Settings, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if worker.poll() is not None:
-            raise RuntimeError(f"the worker exited with code {worker.returncode}; see "
-                               f"{settings.home / 'demo-worker.log'}")
-        try:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1).read()
-            if b"streamserve_worker_ready 1.0" in body:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the worker was not ready after {timeout:.0f} s; see "
-                       f"{settings.home / 'demo-worker.log'}")
-
-
-def _stop(process: subprocess.Popen, timeout: float = 30) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 def _plan(registry: Registry, n: int, invalid_share: float, max_bytes: int) -> list[Planned]:

@@ -7,20 +7,14 @@ test run never touches a broker the user runs; set STREAMSERVE_BROKER to use ano
 from __future__ import annotations
 
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import Settings
+from agents.fleet import WorkerProcess
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,61 +66,19 @@ def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@dataclass
-class Worker:
-    settings: Settings
-    env: dict[str, str]
-    metrics_url: str
-    process: subprocess.Popen
-    log: Path
-
-    def metrics(self) -> str:
-        return urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
-
-
-def start_worker(bootstrap: str, registry: Path, log: Path, **env: str) -> Worker:
-    """A `streamserve worker` process on its own topics; returns once it serves."""
+def start_worker(bootstrap: str, registry: Path, log: Path, **env: str) -> WorkerProcess:
+    """A worker on topics and a consumer group of its own."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    port = free_port()
-    environment = dict(os.environ, STREAMSERVE_BROKER=bootstrap, STREAMSERVE_REGISTRY=str(registry),
-                       STREAMSERVE_TOPIC_PREFIX=prefix, STREAMSERVE_APP_ID=prefix, **env)
-    with log.open("wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "agents.cli", "worker", "--metrics-port",
-                                    str(port)], env=environment, stdout=out,
-                                   stderr=subprocess.STDOUT, cwd=REPO)
-    worker = Worker(Settings.from_env(environment), environment,
-                    f"http://127.0.0.1:{port}/metrics", process, log)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"worker exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            if "streamserve_worker_ready 1.0" in worker.metrics():
-                return worker
-        except OSError:
-            pass
-        time.sleep(0.3)
-    stop_worker(worker)
-    raise RuntimeError(f"worker not ready after 120 s:\n{log.read_text()[-3000:]}")
-
-
-def stop_worker(worker: Worker, timeout: float = 30) -> int:
-    if worker.process.poll() is None:
-        worker.process.send_signal(signal.SIGTERM)
-        try:
-            worker.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            worker.process.kill()
-            worker.process.wait()
-    return worker.process.returncode
+    return WorkerProcess.start(log, dict(STREAMSERVE_BROKER=bootstrap, STREAMSERVE_REGISTRY=str(registry),
+                                         STREAMSERVE_TOPIC_PREFIX=prefix, STREAMSERVE_APP_ID=prefix, **env))
 
 
 @pytest.fixture(scope="module")
 def worker(kafka_bootstrap: str, registry_dir: Path,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     handle = start_worker(kafka_bootstrap, registry_dir,
                           tmp_path_factory.mktemp("worker") / "worker.log")
     try:
         yield handle
     finally:
-        stop_worker(handle)
+        handle.stop()

@@ -1,0 +1,92 @@
+"""Worker processes started from Python: for the demo, the benchmark and the tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.config import Settings
+
+
+class WorkerFailed(RuntimeError):
+    """A worker process exited or did not become ready; the message quotes its log."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class WorkerProcess:
+    """One `streamserve worker` process with its metrics endpoint and log file."""
+
+    settings: Settings
+    env: dict[str, str]
+    metrics_port: int
+    process: subprocess.Popen
+    log: Path
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
+    def metrics(self) -> str:
+        return urllib.request.urlopen(self.metrics_url, timeout=5).read().decode()
+
+    @classmethod
+    def start(cls, log: Path, env: Mapping[str, str] | None = None,
+              timeout: float = 120) -> WorkerProcess:
+        """Start a worker with ``env`` over this process's environment; return once it serves."""
+        environment = dict(os.environ, **(env or {}))
+        port = free_port()
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "agents.cli", "worker", "--metrics-port", str(port)],
+                env=environment, stdout=out, stderr=subprocess.STDOUT)
+        worker = cls(Settings.from_env(environment), environment, port, process, log)
+        try:
+            worker._wait_ready(timeout)
+        except BaseException:
+            worker.stop()
+            raise
+        return worker
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise WorkerFailed(f"the worker exited with code {self.process.returncode}; "
+                                   f"its log ({self.log}) ends:\n{self.log_tail()}")
+            try:
+                if "streamserve_worker_ready 1.0" in self.metrics():
+                    return
+            except OSError:
+                pass
+            time.sleep(0.3)
+        raise WorkerFailed(f"the worker was not ready after {timeout:.0f} s; its log "
+                           f"({self.log}) ends:\n{self.log_tail()}")
+
+    def log_tail(self, characters: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-characters:]
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM (the worker finishes its batch and commits), SIGKILL after ``timeout``."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
