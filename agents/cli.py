@@ -92,6 +92,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=500,
                       help="requests per second, sent on schedule (default 500; 0: as fast as "
                            "possible, which measures capacity and queueing, not latency)")
+
+    bench = command("bench", _bench, "throughput and latency beside Kafka, the model and the "
+                                     "alternatives, on the local broker (a table on stdout)")
+    bench.add_argument("--quick", action="store_true",
+                       help="a short run (under a minute after setup) instead of about five minutes")
+    bench.add_argument("--json", type=Path, default=None, metavar="FILE",
+                       help="also write the results to FILE as JSON")
+    bench.add_argument("--model", default="synthetic32",
+                       help="built-in model to serve (default synthetic32; trained when missing)")
     return parser
 
 
@@ -232,6 +241,16 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
     return run_demo(settings, requests=args.requests, invalid_share=args.invalid_share,
                     rate=args.rate)
+
+
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from agents.bench import BenchError, run_bench
+
+    try:
+        return run_bench(settings, model=args.model, quick=args.quick, json_path=args.json)
+    except BenchError as e:
+        print(f"streamserve: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import numpy as np
 
 from agents.metrics import Metrics
 from models.runtime import ServingModel
+from pipeline.batching import padded_size
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
 from pipeline.decode import Request, decode
@@ -70,17 +71,20 @@ class InferenceService:
             default=dict(default_versions),
         )
 
-    async def handle(self, batch: Sequence[Incoming]) -> list[Outgoing]:
+    async def handle(self, batch: Sequence[Incoming], expected_seconds: float = 0.0) -> list[Outgoing]:
+        """One output per record. A request whose deadline would pass before the batch is
+        served (``expected_seconds`` from now) is dead-lettered instead of computed."""
         outgoing: list[Outgoing] = []
         groups: dict[tuple[str, str], list[tuple[Incoming, Request]]] = {}
         now = time.time()
         for record in batch:
             decoded = decode(record.value, self.catalog, self._max_bytes)
-            if isinstance(decoded, Request) and _expired(decoded, record, now):
+            if isinstance(decoded, Request) and _expired(decoded, record, now + expected_seconds):
                 decoded = Rejection(Reason.DEADLINE_EXCEEDED,
-                                    f"the request waited {1000 * (now - record.timestamp):.0f} ms, "
-                                    f"past its deadline_ms of {decoded.deadline_ms}; raise the "
-                                    "deadline or add workers", id=decoded.id, model=decoded.model)
+                                    f"the request had waited {1000 * (now - record.timestamp):.0f} ms "
+                                    f"and could not be answered within its deadline_ms of "
+                                    f"{decoded.deadline_ms}; raise the deadline or add workers",
+                                    id=decoded.id, model=decoded.model)
             if isinstance(decoded, Rejection):
                 outgoing.append(self._dead_letter(record, decoded, version=""))
             else:
@@ -99,6 +103,8 @@ class InferenceService:
             self._executor, serve_isolated, served.predict, rows)
         self._metrics.inference_latency.labels(model, version).observe(time.perf_counter() - started)
         self._metrics.batch_size.labels(model, version).observe(len(rows))
+        self._metrics.padding_rows.labels(model, version).inc(
+            padded_size(len(rows), served.buckets) - len(rows))
         labels = served.manifest.outputs.labels
         done = time.time()
         outgoing = []
@@ -146,8 +152,9 @@ class InferenceService:
                 m.deadletters.labels(out.model, str(out.reason)).inc()
 
 
-def _expired(request: Request, record: Incoming, now: float) -> bool:
-    return request.deadline_ms is not None and (now - record.timestamp) * 1000 > request.deadline_ms
+def _expired(request: Request, record: Incoming, answer_time: float) -> bool:
+    return (request.deadline_ms is not None
+            and (answer_time - record.timestamp) * 1000 > request.deadline_ms)
 
 
 def _schemas_by_model(served: Mapping[tuple[str, str], ServingModel]) -> dict:

@@ -36,6 +36,12 @@ class Metrics:
         self.batch_size = Histogram(
             "streamserve_batch_size", "Rows per model call, before padding",
             ["model", "version"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)
+        self.padding_rows = Counter("streamserve_padding_rows",
+                                    "Padding rows computed to fill batches up to their bucket",
+                                    ["model", "version"], registry=r)
+        self.queue_wait = Histogram("streamserve_queue_wait_seconds",
+                                    "Time the oldest request of a batch queued in the worker",
+                                    buckets=_LATENCY_BUCKETS, registry=r)
         self.jit_compiles = Counter("streamserve_jit_compiles",
                                     "XLA compilations (all at model load: one per bucket)",
                                     ["model", "version"], registry=r)

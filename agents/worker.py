@@ -7,11 +7,13 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 
 import faust
+import jax
 
 from agents.app import create_app
 from agents.inference import InferenceService
 from agents.kafka_io import ensure_topics
 from agents.metrics import Metrics
+from agents.server import RequestServer
 from models.runtime import ServingModel
 from pipeline.batching import buckets_for
 from pipeline.config import Settings
@@ -44,12 +46,15 @@ def load_latest(settings: Settings, metrics: Metrics) -> tuple[dict, dict]:
 
 def run_worker(settings: Settings, metrics_port: int | None) -> None:
     """Serve until SIGINT/SIGTERM. Models are warm before the worker takes any partition."""
+    # The model thread waits for each result anyway; on CPU, async dispatch only adds a
+    # thread hand-off per call (measured: ~340 -> ~240 µs per small batch).
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
     metrics = Metrics()
     served, defaults = load_latest(settings, metrics)
     asyncio.run(ensure_topics(settings))
     if metrics_port is not None:
         metrics.serve(metrics_port)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
-    service = InferenceService(settings, served, defaults, metrics, executor)
-    app = create_app(settings, service, metrics)
-    faust.Worker(app, loglevel="INFO").execute_from_commandline()
+    inference = InferenceService(settings, served, defaults, metrics, executor)
+    server = RequestServer(settings, inference, metrics)
+    faust.Worker(create_app(settings), server, loglevel="INFO").execute_from_commandline()

@@ -47,6 +47,11 @@ def chunks(n: int, largest: int) -> list[tuple[int, int]]:
     return [(start, min(start + largest, n)) for start in range(0, n, largest)]
 
 
+def padded_size(n: int, buckets: Sequence[int]) -> int:
+    """Rows actually computed for ``n`` rows: each chunk padded up to its bucket."""
+    return sum(choose_bucket(stop - start, buckets) for start, stop in chunks(n, buckets[-1]))
+
+
 class PaddingBuffers:
     """One preallocated float32 buffer of shape (bucket, n_features) per bucket.
 

@@ -121,8 +121,15 @@ def _tabular_row(body: dict[str, Any], schema: InputSchema) -> list[float]:
         raise _Invalid(Reason.SCHEMA_MISMATCH,
                        "'features' must be an object mapping feature names to numbers, "
                        f"got {_describe(features)}")
-    _check_names(features.keys(), schema)
-    return [_number(name, features[name]) for name in schema.names]
+    if features.keys() != schema.index.keys():
+        _check_names(features.keys(), schema)
+    row = [features[name] for name in schema.names]
+    # One chained comparison per value accepts exactly the finite float32 range (NaN
+    # fails every comparison); anything else gets the precise check and message.
+    for value in row:
+        if type(value) is not float or not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:
+            return [_number(name, v) for name, v in zip(schema.names, row)]
+    return row
 
 
 def _oip_row(inputs: Any, schema: InputSchema) -> list[float]:

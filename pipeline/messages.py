@@ -64,5 +64,5 @@ def dead_letter_key(rejection: Rejection, topic: str, partition: int, offset: in
 
 def source_headers(topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:
     return [(SOURCE_TOPIC_HEADER, topic.encode()),
-            (SOURCE_PARTITION_HEADER, str(partition).encode()),
-            (SOURCE_OFFSET_HEADER, str(offset).encode())]
+            (SOURCE_PARTITION_HEADER, b"%d" % partition),
+            (SOURCE_OFFSET_HEADER, b"%d" % offset)]

@@ -31,19 +31,18 @@ class InputSchema:
     """The ordered features a model reads; order is the column order of its input matrix."""
 
     features: tuple[Feature, ...]
+    # Derived once: decoding reads them for every request.
+    names: tuple[str, ...] = field(init=False, repr=False, compare=False)
     index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        names = [f.name for f in self.features]
+        names = tuple(f.name for f in self.features)
         if not names:
             raise ValueError("an input schema needs at least one feature")
         if len(set(names)) != len(names):
-            raise ValueError(f"feature names must be unique, got {names}")
+            raise ValueError(f"feature names must be unique, got {list(names)}")
+        object.__setattr__(self, "names", names)
         object.__setattr__(self, "index", {n: i for i, n in enumerate(names)})
-
-    @property
-    def names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in self.features)
 
     def __len__(self) -> int:
         return len(self.features)

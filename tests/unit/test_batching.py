@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pipeline.batching import PaddingBuffers, buckets_for, choose_bucket, chunks
+from pipeline.batching import PaddingBuffers, buckets_for, choose_bucket, chunks, padded_size
 
 
 @pytest.mark.parametrize(
@@ -59,3 +59,11 @@ def test_fill_checks_the_row_shape():
 def test_buffers_need_sorted_distinct_buckets():
     with pytest.raises(ValueError, match="ascending"):
         PaddingBuffers((4, 2), n_features=1)
+
+
+def test_padded_size_counts_the_rows_computed():
+    buckets = buckets_for(64)
+    assert padded_size(1, buckets) == 1
+    assert padded_size(5, buckets) == 8
+    assert padded_size(64, buckets) == 64
+    assert padded_size(70, buckets) == 64 + 8  # a full chunk, then 6 rows padded to 8
