@@ -16,12 +16,15 @@ Delivery (at-least-once), per batch, in this order:
      prefix of what was fetched);
   2. decode, serve and encode it (``InferenceService.handle``): exactly one output per
      record, a prediction or a dead letter, whatever the input or the model does;
-  3. send every output and wait until the broker acknowledges each one (retrying
-     until it does);
-  4. commit the batch's offsets.
+  3. hand every output to the producer, then go on with the next batch while a
+     completion task waits until the broker acknowledges each output (sending again
+     what failed);
+  4. commit the batch's offsets, after the batch before it committed (at most
+     ``_MAX_BATCHES_IN_FLIGHT`` batches are between 3 and 4).
 A crash before 4 replays the batch (duplicates, never losses). A rebalance waits for
-the batch in flight to finish step 4 before the partitions are given up, so a
-rebalance alone causes no duplicates. SIGTERM stops the loop between batches.
+the batches in flight to finish step 4 before the partitions are given up, so a
+rebalance alone causes no duplicates. SIGTERM stops the loop between batches and
+waits for the batches in flight.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Sequence
 
 import mode
@@ -46,6 +50,7 @@ log = logging.getLogger(__name__)
 
 _SEND_RETRY_SECONDS = 1.0
 _IDLE_POLL_SECONDS = 0.5
+_MAX_BATCHES_IN_FLIGHT = 4
 # A pessimistic first guess at a batch's cost (1 ms + 50 µs a row); measurements replace it.
 _PRIOR_COST = CostModel(prior_per_row=50e-6, prior_fixed=1e-3)
 
@@ -65,6 +70,7 @@ class RequestServer(mode.Service):
         self._policy = BatchPolicy(self._buckets, settings.batch_timeout_ms / 1000,
                                    CostModel(_PRIOR_COST.per_row, _PRIOR_COST.fixed))
         self._queue: list[tuple[float, ConsumerRecord]] = []  # (local arrival, record)
+        self._completions: deque[asyncio.Task] = deque()  # batches awaiting acks and commit
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
 
@@ -87,6 +93,7 @@ class RequestServer(mode.Service):
                 await asyncio.wait_for(self._loop_done.wait(), timeout=30)
             except TimeoutError:
                 log.warning("the serving loop did not finish its batch in 30 s; stopping anyway")
+            await self._drain()
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
@@ -113,54 +120,79 @@ class RequestServer(mode.Service):
             self._loop_done.set()
 
     async def _serve_head(self, take: int, bucket: int) -> None:
-        """Serve and commit the ``take`` oldest queued records."""
-        consumer = self._consumer
-        assert consumer is not None
+        """Serve the ``take`` oldest queued records and hand their outputs to the producer.
+
+        Waiting for the acks and committing happen in a completion task, so the next
+        batch is computed while this one is in flight; completions commit in order.
+        """
         async with self._in_flight:
             head, self._queue = self._queue[:take], self._queue[take:]
             records = [r for _, r in head]
             started = time.monotonic()
             self._metrics.queue_wait.observe(started - head[0][0])
-            await self._serve_batch(records, expected_seconds=self._policy.cost.predict(bucket))
+            outgoing = await self._compute(records, self._policy.cost.predict(bucket))
             self._policy.cost.observe(choose_bucket(len(records), self._buckets),
                                       time.monotonic() - started)
-            await consumer.commit(_next_offsets(records))
+            futures = await self._send(outgoing)
+            previous = self._completions[-1] if self._completions else None
+            self._completions.append(asyncio.create_task(
+                self._complete(outgoing, futures, _next_offsets(records), previous)))
+        # Bound the batches in flight; a failed completion surfaces here and stops the
+        # worker (its batch was not committed, so it is served again: at-least-once).
+        while self._completions and (len(self._completions) > _MAX_BATCHES_IN_FLIGHT
+                                     or self._completions[0].done()):
+            await self._completions.popleft()
 
-    async def _serve_batch(self, records: Sequence[ConsumerRecord], expected_seconds: float) -> None:
+    async def _compute(self, records: Sequence[ConsumerRecord],
+                       expected_seconds: float) -> list[Outgoing]:
         batch = [Incoming(topic=r.topic, partition=r.partition, offset=r.offset,
                           timestamp=r.timestamp / 1000, value=r.value) for r in records]
         try:
-            outgoing = await self._inference.handle(batch, expected_seconds)
+            return await self._inference.handle(batch, expected_seconds)
         except Exception as e:  # noqa: BLE001 - never lose a batch to an unexpected failure
             log.exception("serving a batch of %d failed; dead-lettering it", len(batch))
-            outgoing = self._inference.fail_batch(batch, e)
-        await self._deliver(outgoing)
+            return self._inference.fail_batch(batch, e)
 
-    async def _deliver(self, outgoing: Sequence[Outgoing]) -> None:
-        """Send every output and wait for the broker's acks, retrying until it accepts them."""
+    async def _send(self, outgoing: Sequence[Outgoing]) -> list[asyncio.Future]:
+        """Queue every output in the producer; the futures resolve on the broker's ack."""
         producer = self._producer
         assert producer is not None
+        return [await producer.send(o.topic, o.value, key=o.key, headers=o.headers)
+                for o in outgoing]
+
+    async def _complete(self, outgoing: Sequence[Outgoing], futures: list[asyncio.Future],
+                        offsets: dict[TopicPartition, OffsetAndMetadata],
+                        previous: asyncio.Task | None) -> None:
+        """Wait for every ack (sending again what failed), then commit after ``previous``."""
         pending = list(outgoing)
-        while pending:
-            futures = [await producer.send(o.topic, o.value, key=o.key, headers=o.headers)
-                       for o in pending]
+        while True:
             results = await asyncio.gather(*futures, return_exceptions=True)
-            acked = [o for o, r in zip(pending, results, strict=True)
-                     if not isinstance(r, BaseException)]
-            self._inference.delivered(acked)
             failed = [o for o, r in zip(pending, results, strict=True) if isinstance(r, BaseException)]
-            if failed:
-                error = next(r for r in results if isinstance(r, BaseException))
-                log.warning("%d outputs were not acknowledged (%r); retrying", len(failed), error)
-                await asyncio.sleep(_SEND_RETRY_SECONDS)
-            pending = failed
+            self._inference.delivered([o for o, r in zip(pending, results, strict=True)
+                                       if not isinstance(r, BaseException)])
+            if not failed:
+                break
+            error = next(r for r in results if isinstance(r, BaseException))
+            log.warning("%d outputs were not acknowledged (%r); sending them again", len(failed), error)
+            await asyncio.sleep(_SEND_RETRY_SECONDS)
+            pending, futures = failed, await self._send(failed)
+        if previous is not None:
+            await previous
+        assert self._consumer is not None
+        await self._consumer.commit(offsets)
+
+    async def _drain(self) -> None:
+        """Wait until every batch handed to the producer is acknowledged and committed."""
+        while self._completions:
+            await self._completions.popleft()
 
     async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Finish the batch in flight (it commits), and drop what is queued from ``revoked``:
+        """Finish the batches in flight (they commit), and drop what is queued from ``revoked``:
         its next owner reads it again from the committed offset."""
         async with self._in_flight:
             self._queue = [(t, r) for t, r in self._queue
                            if TopicPartition(r.topic, r.partition) not in revoked]
+            await self._drain()
 
     def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("serving partitions %s", sorted(tp.partition for tp in assigned))
