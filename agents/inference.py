@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -142,14 +143,27 @@ class InferenceService:
     def delivered(self, outgoing: Sequence[Outgoing]) -> None:
         """Count outputs once the broker has acknowledged them."""
         m, now = self._metrics, time.time()
+        # Count per label set, then touch each metric once: label lookups cost more
+        # than the increments.
+        served: Counter[tuple[str, str]] = Counter()
+        dead: Counter[tuple[str, str, Reason]] = Counter()
+        latencies: dict[str, list[float]] = {}
         for out in outgoing:
             if out.reason is None:
-                m.requests.labels(out.model, out.version, "prediction").inc()
-                m.predictions.labels(out.model, out.version, "stable").inc()
-                m.e2e_latency.labels(out.model).observe(max(0.0, now - out.request_timestamp))
+                served[(out.model, out.version)] += 1
+                latencies.setdefault(out.model, []).append(now - out.request_timestamp)
             else:
-                m.requests.labels(out.model, out.version, "deadletter").inc()
-                m.deadletters.labels(out.model, str(out.reason)).inc()
+                dead[(out.model, out.version, out.reason)] += 1
+        for (model, version), count in served.items():
+            m.requests.labels(model, version, "prediction").inc(count)
+            m.predictions.labels(model, version, "stable").inc(count)
+        for (model, version, reason), count in dead.items():
+            m.requests.labels(model, version, "deadletter").inc(count)
+            m.deadletters.labels(model, str(reason)).inc(count)
+        for model, seconds in latencies.items():
+            histogram = m.e2e_latency.labels(model)
+            for s in seconds:
+                histogram.observe(max(0.0, s))
 
 
 def _expired(request: Request, record: Incoming, answer_time: float) -> bool:
