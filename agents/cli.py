@@ -93,14 +93,16 @@ def _parser() -> argparse.ArgumentParser:
                       help="requests per second, sent on schedule (default 500; 0: as fast as "
                            "possible, which measures capacity and queueing, not latency)")
 
-    bench = command("bench", _bench, "throughput and latency beside Kafka, the model and the "
-                                     "alternatives, on the local broker (a table on stdout)")
+    bench = command("bench", _bench, "throughput and latency beside the Kafka and model ceilings and "
+                                     "the alternatives (the local broker unless STREAMSERVE_BROKER "
+                                     "is set); a table on stdout")
     bench.add_argument("--quick", action="store_true",
-                       help="a short run (under a minute after setup) instead of about five minutes")
+                       help="a short run (under a minute after setup) instead of a few minutes")
     bench.add_argument("--json", type=Path, default=None, metavar="FILE",
                        help="also write the results to FILE as JSON")
     bench.add_argument("--model", default="synthetic32",
-                       help="built-in model to serve (default synthetic32; trained when missing)")
+                       help="registered model to serve (default synthetic32; a built-in one is "
+                            "trained when the registry lacks it)")
     return parser
 
 

@@ -1,0 +1,200 @@
+"""What ``streamserve bench`` measured, and how it shows it: the result types, the table,
+the JSON (contract: scripts read its keys) and the progress line."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Sizes:
+    requests: int  # per throughput case
+    per_record_requests: int  # for case 4, an order of magnitude slower than the others
+    latency_seconds: float  # of load per latency point
+    timing_seconds: float  # per in-process measurement
+
+
+@dataclass(frozen=True, slots=True)
+class Answers:
+    """How the outputs of one throughput case match its requests."""
+
+    requests: int
+    answered_once: int
+    missing: int
+    duplicates: int  # answers beyond an id's first, and answers to ids never sent
+    deadletters: int
+
+    @property
+    def complete(self) -> bool:
+        return self.answered_once == self.requests and not self.duplicates
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStats:
+    """Counter deltas of workers from the moment they were ready to the end of a case."""
+
+    jit_compiles: float
+    padding_rows: float | None  # None: the workers export no streamserve_padding_rows_total
+    rows: float
+    batches: float
+
+    @classmethod
+    def between(cls, before: dict[str, float], after: dict[str, float]) -> WorkerStats:
+        def delta(name: str) -> float:
+            return after.get(name, 0.0) - before.get(name, 0.0)
+
+        padding = "streamserve_padding_rows_total"
+        return cls(delta("streamserve_jit_compiles_total"), delta(padding) if padding in after else None,
+                   delta("streamserve_batch_size_sum"), delta("streamserve_batch_size_count"))
+
+    def __add__(self, other: WorkerStats) -> WorkerStats:
+        padding = (None if self.padding_rows is None or other.padding_rows is None
+                   else self.padding_rows + other.padding_rows)
+        return WorkerStats(self.jit_compiles + other.jit_compiles, padding,
+                           self.rows + other.rows, self.batches + other.batches)
+
+    @property
+    def padding_waste(self) -> float | None:
+        """The share of the rows computed that were padding."""
+        if self.padding_rows is None or self.padding_rows + self.rows == 0:
+            return None
+        return self.padding_rows / (self.padding_rows + self.rows)
+
+    @property
+    def mean_batch(self) -> float | None:
+        return self.rows / self.batches if self.batches else None
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    title: str
+    throughput_rps: float
+    seconds: float  # the measured window
+    answers: Answers | None = None
+    workers: WorkerStats | None = None
+    extra: dict[str, float] = field(default_factory=dict)  # more facts, for the JSON and the notes
+
+    def to_json(self) -> dict:
+        out: dict = {"throughput_rps": self.throughput_rps, "seconds": self.seconds}
+        if (a := self.answers) is not None:
+            out |= {"requests": a.requests, "answered_once": a.answered_once, "missing": a.missing,
+                    "duplicates": a.duplicates, "deadletters": a.deadletters}
+        if (w := self.workers) is not None:
+            out |= {"mean_batch": w.mean_batch, "padding_waste": w.padding_waste,
+                    "jit_compiles_after_warmup": w.jit_compiles}
+        return out | self.extra
+
+    def notes(self) -> str:
+        notes = []
+        if self.workers is not None and self.workers.mean_batch is not None:
+            notes.append(f"mean batch {self.workers.mean_batch:.1f}")
+        if self.workers is not None and self.workers.padding_waste is not None:
+            notes.append(f"padding {100 * self.workers.padding_waste:.1f} %")
+        if self.answers is not None and self.answers.deadletters:
+            notes.append(f"{self.answers.deadletters} dead letters")
+        if self.answers is not None and self.answers.duplicates:
+            notes.append(f"{self.answers.duplicates} DUPLICATES")
+        if "flop_bound_rps" in self.extra:
+            x = self.extra
+            notes.append(f"rows/s at bucket {x['best_bucket']:.0f} ({x['bucket_1_rps']:,.0f} at 1); FLOP "
+                         f"bound {x['flop_bound_rps']:,.0f} rows/s at {x['gflops']:.1f} GFLOP/s")
+        return ", ".join(notes)
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyPoint:
+    share: int  # percent of case 3's throughput
+    rate_rps: float
+    requests: int
+    answered: int
+    p50: float  # milliseconds from a request's send to its answer's arrival
+    p95: float
+    p99: float
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    device: str
+    model: str
+    sizes: Sizes
+    cases: dict[str, Case]
+    latency: dict[int, LatencyPoint]
+    workers: WorkerStats  # summed over every streamserve worker and case
+    load: float  # the machine's 1-minute load average before the run
+
+    def ratios(self) -> dict[str, float]:
+        rps = {name: case.throughput_rps for name, case in self.cases.items()}
+        flop_bound = self.cases["model_ceiling"].extra["flop_bound_rps"]
+        return {"vs_kafka_ceiling": rps["streamserve"] / rps["kafka_ceiling"],
+                "vs_per_record": rps["streamserve"] / rps["streamserve_per_record"],
+                "vs_handwritten": rps["streamserve"] / rps["handwritten_aiokafka"],
+                "vs_quix": rps["streamserve"] / rps["quix_streams"],
+                "two_workers": rps["streamserve_two_workers"] / rps["streamserve"],
+                "model_vs_flop_bound": rps["model_ceiling"] / flop_bound}
+
+    def incomplete(self) -> list[str]:
+        """Titles of the cases where a request was not answered exactly once."""
+        return [c.title for c in self.cases.values() if c.answers is not None and not c.answers.complete]
+
+    def to_json(self) -> dict:
+        return {
+            "device": self.device,
+            "cases": {name: case.to_json() for name, case in self.cases.items()},
+            "latency_ms": {str(p.share): {"p50": p.p50, "p95": p.p95, "p99": p.p99, "rate_rps": p.rate_rps,
+                                          "requests": p.requests, "answered": p.answered}
+                           for p in self.latency.values()},
+            "ratios": self.ratios(),
+            "jit_compiles_after_warmup": round(self.workers.jit_compiles),
+            "padding_waste": self.workers.padding_waste,
+        }
+
+    def table(self, quick: bool) -> str:
+        lines = [(f"streamserve bench{' --quick' if quick else ''}: model {self.model}, JAX on "
+                  f"{self.device}, {self.sizes.requests} requests per case"),
+                 (f"{os.cpu_count()} CPUs, load average {self.load:.2f} before the run "
+                  "(other work on the machine skews every number)"),
+                 "",
+                 f"{'CASE':<32}{'THROUGHPUT':>12}  {'ANSWERED ONCE':<15}NOTES"]
+        for case in self.cases.values():
+            answered = f"{case.answers.answered_once}/{case.answers.requests}" if case.answers else ""
+            lines.append(f"{case.title:<32}{case.throughput_rps:>10,.0f}/s  {answered:<15}{case.notes()}")
+        lines += ["", (f"{'6 LATENCY, OPEN LOOP':<32}{'OFFERED':>12}  {'ANSWERED':<15}"
+                       f"{'P50':>9}{'P95':>11}{'P99':>11}")]
+        for p in self.latency.values():
+            answered = f"{p.answered}/{p.requests}"
+            lines.append(f"{f'  {p.share} % of case 3':<32}{p.rate_rps:>10,.0f}/s  {answered:<15}"
+                         f"{p.p50:>6.1f} ms{p.p95:>8.1f} ms{p.p99:>8.1f} ms")
+        lines += ["", "RATIOS", *(f"  {name:<22}{value:>8.3f}" for name, value in self.ratios().items())]
+        waste = self.workers.padding_waste
+        lines += ["", f"jit compiles after warm-up: {self.workers.jit_compiles:.0f}",
+                  "padding waste: " + (f"{100 * waste:.1f} % of the rows computed" if waste is not None
+                                       else "n/a (the workers export no streamserve_padding_rows_total)")]
+        return "\n".join(lines)
+
+
+class Progress:
+    """One line per case on stderr, rewritten in place while it runs (on a terminal)."""
+
+    def __init__(self) -> None:
+        self._live = sys.stderr.isatty()
+        self.title = ""
+        self._started = time.monotonic()
+
+    def start(self, title: str) -> None:
+        self.title = title
+        self._started = time.monotonic()
+        self.status("starting")
+
+    def status(self, text: str) -> None:
+        if self._live:
+            print(f"\r\033[K{self.title}: {text}", end="", file=sys.stderr, flush=True)
+
+    def done(self, text: str) -> None:
+        line = f"{self.title}: {text} ({time.monotonic() - self._started:.1f} s)"
+        print(f"\r\033[K{line}" if self._live else line, file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------------- the run

@@ -1,0 +1,67 @@
+"""``streamserve bench --quick --json``: one whole run on the session broker, its JSON checked."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+
+import orjson
+import pytest
+
+from models.train import BUILTIN, train_and_register
+from pipeline.registry import Registry
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.integration
+
+CASES = ("kafka_ceiling", "model_ceiling", "streamserve", "streamserve_per_record",
+         "handwritten_aiokafka", "quix_streams", "streamserve_two_workers")
+STREAMSERVE_CASES = ("streamserve", "streamserve_per_record", "streamserve_two_workers")
+RATIOS = ("vs_kafka_ceiling", "vs_per_record", "vs_handwritten", "vs_quix", "two_workers",
+          "model_vs_flop_bound")
+
+
+def positive(x: object) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x) and x > 0
+
+
+def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tmp_path, monkeypatch):
+    # iris from the session's registry (every worker loads every model: one fewer to compile)
+    registry = tmp_path / "registry"
+    shutil.copytree(registry_dir, registry, ignore=shutil.ignore_patterns("breast_cancer"))
+    # The bench measures speed, not accuracy: a few iterations make a model of the right shape.
+    monkeypatch.setitem(BUILTIN, "synthetic32", replace(BUILTIN["synthetic32"], max_iter=5))
+    train_and_register("synthetic32", Registry(registry))
+    out = tmp_path / "bench.json"
+    env = dict(os.environ, STREAMSERVE_BROKER=kafka_bootstrap, STREAMSERVE_REGISTRY=str(registry),
+               STREAMSERVE_HOME=str(tmp_path / "home"))
+    run = subprocess.run([sys.executable, "-m", "agents.cli", "bench", "--quick", "--json", str(out)],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=150, check=False)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "JAX on" in run.stdout and "RATIOS" in run.stdout, run.stdout
+
+    result = orjson.loads(out.read_bytes())
+    assert set(result) == {"device", "cases", "latency_ms", "ratios", "jit_compiles_after_warmup",
+                           "padding_waste"}
+    assert isinstance(result["device"], str) and result["device"]
+    assert set(result["cases"]) == set(CASES)
+    for name, case in result["cases"].items():
+        assert positive(case["throughput_rps"]), (name, case)
+    for name in STREAMSERVE_CASES:
+        case = result["cases"][name]
+        assert case["answered_once"] == case["requests"] > 0, (name, case)
+        assert case["missing"] == case["duplicates"] == case["deadletters"] == 0, (name, case)
+    assert set(result["latency_ms"]) == {"25", "50", "75"}
+    for share, point in result["latency_ms"].items():
+        assert all(positive(point[p]) for p in ("p50", "p95", "p99")), (share, point)
+        assert point["p50"] <= point["p95"] <= point["p99"], (share, point)
+        assert point["answered"] == point["requests"], (share, point)
+    assert set(result["ratios"]) == set(RATIOS)
+    assert all(positive(v) for v in result["ratios"].values()), result["ratios"]
+    assert result["jit_compiles_after_warmup"] == 0
+    waste = result["padding_waste"]
+    assert waste is None or 0 <= waste < 1
