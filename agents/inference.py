@@ -48,6 +48,7 @@ class Incoming:
 @dataclass(frozen=True, slots=True)
 class Outgoing:
     topic: str
+    partition: int  # the request's partition: replies land on the same partition number
     key: bytes
     value: bytes
     headers: list[tuple[str, bytes]]
@@ -119,7 +120,7 @@ class InferenceService:
             facts = ServingFacts(route="stable", batch_size=len(rows),
                                  latency_ms=1000 * (done - record.timestamp))
             outgoing.append(Outgoing(
-                topic=self._topics.predictions, key=request.id.encode(),
+                topic=self._topics.predictions, partition=record.partition, key=request.id.encode(),
                 value=encode_prediction(request.id, model, version, result, labels, facts),
                 headers=source_headers(record.topic, record.partition, record.offset),
                 model=model, version=version, reason=None, request_timestamp=record.timestamp))
@@ -127,7 +128,7 @@ class InferenceService:
 
     def _dead_letter(self, record: Incoming, rejection: Rejection, version: str) -> Outgoing:
         return Outgoing(
-            topic=self._topics.deadletter,
+            topic=self._topics.deadletter, partition=record.partition,
             key=dead_letter_key(rejection, record.topic, record.partition, record.offset),
             value=encode_dead_letter(rejection, record.value),
             headers=source_headers(record.topic, record.partition, record.offset),
