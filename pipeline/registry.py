@@ -20,7 +20,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,33 +58,47 @@ class ManifestDraft:
     lineage: dict[str, Any]
 
     def __post_init__(self) -> None:
-        _normalise(self)
+        """Check the fields, and store the JSON-able ones as JSON would."""
+        _check_model_name(self.model)
+        if not self.architecture:
+            raise RegistryError("architecture must name a function in models.architectures, e.g. 'mlp'")
+        for name in ("hyperparameters", "metrics", "lineage"):
+            value = getattr(self, name)
+            if not isinstance(value, dict):
+                raise RegistryError(f"manifest {name} must be a dict, got {type(value).__name__}")
+            try:
+                value = json.loads(json.dumps(value, allow_nan=False))
+            except (TypeError, ValueError) as e:
+                raise RegistryError(f"manifest {name} must be plain JSON with finite numbers: {e}") from None
+            object.__setattr__(self, name, value)
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in self.metrics.values()):
+            raise RegistryError(f"manifest metrics must map names to numbers, e.g. "
+                                f"{{'test_accuracy': 0.97}}, got {self.metrics}")
+        object.__setattr__(self, "metrics", {k: float(v) for k, v in self.metrics.items()})
 
 
 @dataclass(frozen=True, slots=True)
-class Manifest:
-    """A registered model version: everything needed to load, validate and audit it.
+class Manifest(ManifestDraft):
+    """A registered model version: the draft plus what the registry assigned.
 
     ``lineage`` holds ``data_fingerprint`` (see ``fingerprint``), ``seed``,
     ``code_revision``, ``created_at`` (ISO 8601, UTC) and ``created_by``.
     ``param_hashes`` maps each parameter file in the version folder to its sha256.
     """
 
-    model: str
     version: str
-    architecture: str
-    hyperparameters: dict[str, Any]
-    inputs: InputSchema
-    outputs: OutputSchema
-    metrics: dict[str, float]
-    lineage: dict[str, Any]
     param_hashes: dict[str, str]
 
     def __post_init__(self) -> None:
-        _normalise(self)
+        ManifestDraft.__post_init__(self)
         if not _VERSION.fullmatch(self.version):
             raise RegistryError(f"version must be a positive whole number like '3', got {self.version!r}")
         object.__setattr__(self, "param_hashes", {str(k): str(v) for k, v in self.param_hashes.items()})
+
+    @classmethod
+    def of(cls, draft: ManifestDraft, version: str, param_hashes: dict[str, str]) -> Manifest:
+        fields_of_draft = {f.name: getattr(draft, f.name) for f in fields(ManifestDraft)}
+        return cls(**fields_of_draft, version=version, param_hashes=param_hashes)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -210,17 +224,8 @@ class Registry:
             np.savez(buffer, allow_pickle=False, **{k: np.asarray(v) for k, v in params.items()})
             data = buffer.getvalue()
             _write(incoming / PARAMS_FILE, data)
-            manifest = Manifest(
-                model=draft.model,
-                version=version,
-                architecture=draft.architecture,
-                hyperparameters=draft.hyperparameters,
-                inputs=draft.inputs,
-                outputs=draft.outputs,
-                metrics=draft.metrics,
-                lineage=draft.lineage,
-                param_hashes={PARAMS_FILE: hashlib.sha256(data).hexdigest()},
-            )
+            manifest = Manifest.of(draft, version,
+                                   {PARAMS_FILE: hashlib.sha256(data).hexdigest()})
             text = json.dumps(manifest.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
             _write(incoming / MANIFEST_FILE, text.encode())
             # rename() would silently replace an empty folder, so refuse any existing one first;
@@ -261,26 +266,6 @@ class Registry:
         raise RegistryError(
             f"{model} has no version {version!r} (known versions: {', '.join(versions)})"
         )
-
-
-def _normalise(m: ManifestDraft | Manifest) -> None:
-    """Check the fields both manifest types share, and store JSON-able ones as JSON would."""
-    _check_model_name(m.model)
-    if not m.architecture:
-        raise RegistryError("architecture must name a function in models.architectures, e.g. 'mlp'")
-    for name in ("hyperparameters", "metrics", "lineage"):
-        value = getattr(m, name)
-        if not isinstance(value, dict):
-            raise RegistryError(f"manifest {name} must be a dict, got {type(value).__name__}")
-        try:
-            value = json.loads(json.dumps(value, allow_nan=False))
-        except (TypeError, ValueError) as e:
-            raise RegistryError(f"manifest {name} must be plain JSON with finite numbers: {e}") from None
-        object.__setattr__(m, name, value)
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in m.metrics.values()):
-        raise RegistryError(f"manifest metrics must map names to numbers, e.g. "
-                            f"{{'test_accuracy': 0.97}}, got {m.metrics}")
-    object.__setattr__(m, "metrics", {k: float(v) for k, v in m.metrics.items()})
 
 
 def _check_model_name(model: str) -> None:
