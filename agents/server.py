@@ -19,8 +19,9 @@ Delivery (at-least-once), per batch, in this order:
   3. hand every output to the producer, then go on with the next batch while a
      completion task waits until the broker acknowledges each output (sending again
      what failed);
-  4. commit the batch's offsets, after the batch before it committed (at most
-     ``_MAX_BATCHES_IN_FLIGHT`` batches are between 3 and 4).
+  4. commit the batch's offsets once it and every batch before it are acknowledged
+     (at most ``_MAX_BATCHES_IN_FLIGHT`` batches are between 3 and 4; the offsets of
+     batches completed while a commit is in flight go in the next commit).
 A crash before 4 replays the batch (duplicates, never losses). A rebalance waits for
 the batches in flight to finish step 4 before the partitions are given up, so a
 rebalance alone causes no duplicates. SIGTERM stops the loop between batches and
@@ -72,6 +73,8 @@ class RequestServer(mode.Service):
         self._queue: list[tuple[float, ConsumerRecord]] = []  # (local arrival, record)
         self._completions: deque[asyncio.Task] = deque()  # batches awaiting acks and commit
         self._partitions: dict[str, list[int]] = {}  # output topic -> its partitions
+        self._to_commit: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._committer: asyncio.Task | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
 
@@ -143,6 +146,8 @@ class RequestServer(mode.Service):
         while self._completions and (len(self._completions) > _MAX_BATCHES_IN_FLIGHT
                                      or self._completions[0].done()):
             await self._completions.popleft()
+        if self._committer is not None and self._committer.done():
+            self._committer.result()  # a failed commit stops the worker, as above
 
     async def _compute(self, records: Sequence[ConsumerRecord],
                        expected_seconds: float) -> list[Outgoing]:
@@ -200,13 +205,24 @@ class RequestServer(mode.Service):
                 sent = await self._send(failed)
         if previous is not None:
             await previous
+        # Commits coalesce: one commit request in flight carries every batch completed
+        # meanwhile, so a commit round trip per batch never throttles serving.
+        self._to_commit.update(offsets)
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_pending())
+
+    async def _commit_pending(self) -> None:
         assert self._consumer is not None
-        await self._consumer.commit(offsets)
+        while self._to_commit:
+            offsets, self._to_commit = self._to_commit, {}
+            await self._consumer.commit(offsets)
 
     async def _drain(self) -> None:
         """Wait until every batch handed to the producer is acknowledged and committed."""
         while self._completions:
             await self._completions.popleft()
+        if self._committer is not None:
+            await self._committer
 
     async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Finish the batches in flight (they commit), and drop what is queued from ``revoked``:

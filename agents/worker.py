@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 from concurrent.futures import ThreadPoolExecutor
 
@@ -55,6 +56,10 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
     if metrics_port is not None:
         metrics.serve(metrics_port)
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+    # Everything loaded so far lives for the whole run: keep it out of the garbage
+    # collector's scans, so collections during serving stay short.
+    gc.collect()
+    gc.freeze()
     inference = InferenceService(settings, served, defaults, metrics, executor)
     server = RequestServer(settings, inference, metrics)
     faust.Worker(create_app(settings), server, loglevel="INFO").execute_from_commandline()
