@@ -23,6 +23,7 @@ from sklearn.model_selection import train_test_split
 
 from models.architectures import architecture, init_mlp, mlp_logits
 from models.datasets import Dataset, load
+from pipeline.drift import reference_for_labels, references_for
 from pipeline.registry import Manifest, ManifestDraft, Registry, fingerprint
 from pipeline.schema import Feature, InputSchema, OutputSchema
 
@@ -79,9 +80,17 @@ def train(name: str, seed: int = 0) -> TrainedModel:
     params = _fit(params, X_train, y_train, recipe)
 
     apply = architecture("mlp")
+    train_probabilities = apply(params, X_train)
     metrics = {
-        "train_accuracy": _accuracy(apply(params, X_train), y_train),
+        "train_accuracy": _accuracy(train_probabilities, y_train),
         "test_accuracy": _accuracy(apply(params, X_test), y_test),
+    }
+    # Drift is judged against what the model saw in training: its inputs, and the
+    # classes it predicted for them.
+    reference = {
+        "features": [r.to_json() for r in references_for(X_train, data.features)],
+        "prediction": reference_for_labels(np.asarray(train_probabilities).argmax(axis=1),
+                                           len(data.labels)).to_json(),
     }
     draft = ManifestDraft(
         model=name,
@@ -101,6 +110,7 @@ def train(name: str, seed: int = 0) -> TrainedModel:
             "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
             "created_by": _user(),
         },
+        reference=reference,
     )
     return TrainedModel(draft, params, time.perf_counter() - started)
 

@@ -45,7 +45,9 @@ class RegistryError(Exception):
 class ManifestDraft:
     """What training knows about a model; ``Registry.register`` adds the version and hashes.
 
-    ``hyperparameters``, ``metrics`` and ``lineage`` are stored as strict JSON; they are
+    ``reference`` holds the drift reference statistics of the training data
+    (``pipeline.drift``: ``{"features": [...], "prediction": {...}}``). It, and
+    ``hyperparameters``, ``metrics`` and ``lineage``, are stored as strict JSON; they are
     normalised here (tuples become lists), so a manifest compares equal after a round trip.
     """
 
@@ -56,13 +58,14 @@ class ManifestDraft:
     outputs: OutputSchema
     metrics: dict[str, float]
     lineage: dict[str, Any]
+    reference: dict[str, Any]
 
     def __post_init__(self) -> None:
         """Check the fields, and store the JSON-able ones as JSON would."""
         _check_model_name(self.model)
         if not self.architecture:
             raise RegistryError("architecture must name a function in models.architectures, e.g. 'mlp'")
-        for name in ("hyperparameters", "metrics", "lineage"):
+        for name in ("hyperparameters", "metrics", "lineage", "reference"):
             value = getattr(self, name)
             if not isinstance(value, dict):
                 raise RegistryError(f"manifest {name} must be a dict, got {type(value).__name__}")
@@ -111,6 +114,7 @@ class Manifest(ManifestDraft):
             "outputs": self.outputs.to_json(),
             "metrics": self.metrics,
             "lineage": self.lineage,
+            "reference": self.reference,
             "param_hashes": self.param_hashes,
         }
 
@@ -131,6 +135,8 @@ class Manifest(ManifestDraft):
                 outputs=OutputSchema.from_json(d["outputs"]),
                 metrics=d["metrics"],
                 lineage=d["lineage"],
+                # Versions registered before drift statistics existed have none.
+                reference=d.get("reference", {}),
                 param_hashes=d["param_hashes"],
             )
         except KeyError as e:

@@ -138,3 +138,22 @@ def test_unknown_names_list_the_known_ones():
         architecture("resnet")
     with pytest.raises(UnknownDatasetError, match="iris"):
         load("mnist")
+
+
+def test_training_stores_drift_reference_statistics(breast_cancer, registry, served):
+    from pipeline.drift import FeatureReference, compare, count
+
+    reference = breast_cancer.draft.reference
+    features = [FeatureReference.from_json(r) for r in reference["features"]]
+    assert [f.name for f in features] == list(breast_cancer.draft.inputs.names)
+    n_train = breast_cancer.draft.lineage["n_train"]
+    assert all(f.n == n_train for f in features)
+    prediction = FeatureReference.from_json(reference["prediction"])
+    assert prediction.n == n_train and prediction.vocabulary == (0.0, 1.0)  # class indices
+    # The training data scores as no drift at all against its own reference.
+    data = load("breast_cancer")
+    mean_radius = count(features[0], data.X[:, 0])
+    assert compare(features[0].counts, mean_radius.bins).psi < 0.05
+    # And the statistics survive registration.
+    stored = registry.manifest("iris", served.version).reference
+    assert len(stored["features"]) == 4 and stored["prediction"]["name"] == "label"

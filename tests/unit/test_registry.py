@@ -4,7 +4,14 @@ from dataclasses import fields, replace
 import numpy as np
 import pytest
 
-from pipeline.registry import FORMAT_VERSION, Manifest, ManifestDraft, Registry, RegistryError, fingerprint
+from pipeline.registry import (
+    FORMAT_VERSION,
+    Manifest,
+    ManifestDraft,
+    Registry,
+    RegistryError,
+    fingerprint,
+)
 from pipeline.schema import Feature, InputSchema, OutputSchema
 
 
@@ -17,6 +24,7 @@ def draft(model="iris"):
         outputs=OutputSchema(("no", "yes")),
         metrics={"test_accuracy": 1},
         lineage={"data_fingerprint": fingerprint(np.zeros(3)), "seed": 0},
+        reference={},
     )
 
 

@@ -1,0 +1,65 @@
+"""Drift math: reference bins, counting, divergences, event-time windows and the verdict.
+
+The flow, with the conventions of DESIGN.md section 5::
+
+    training:  reference_for(column, name) -> FeatureReference   (stored in the manifest)
+    serving:   MatrixCounter(references)(batch) -> MatrixCounts  (once per batch of rows)
+               PaneWindow.on_counts(pane, counts) -> [ClosedWindow] (panes summed by addition)
+    per window and feature:
+               report(reference, counts) -> FeatureReport         (the score: PSI, KL, JS, rates)
+               judge(report, n_features, config) -> Verdict       (the decision, kept apart)
+               DriftTracker.on_verdict(verdict) -> DriftEvent | None (two drifting windows in a row)
+
+Modules: ``reference`` (bins), ``counting`` (one column), ``matrix`` (a whole batch:
+the hot path), ``compare`` (the score), ``windows`` (panes and windows), ``verdict``
+(thresholds and events).
+"""
+
+from pipeline.drift.compare import (
+    SMOOTHING_FLOOR,
+    Comparison,
+    FeatureReport,
+    compare,
+    report,
+    smoothed,
+)
+from pipeline.drift.counting import Counts, count
+from pipeline.drift.errors import DriftError
+from pipeline.drift.matrix import MatrixCounter, MatrixCounts, count_matrix
+from pipeline.drift.reference import (
+    OTHER,
+    FeatureReference,
+    reference_for,
+    reference_for_labels,
+    references_for,
+)
+from pipeline.drift.verdict import DriftConfig, DriftEvent, DriftTracker, Verdict, judge
+from pipeline.drift.windows import ClosedWindow, PaneWindow, pane_index
+
+__all__ = [
+    "OTHER",
+    "SMOOTHING_FLOOR",
+    "ClosedWindow",
+    "Comparison",
+    "Counts",
+    "DriftConfig",
+    "DriftError",
+    "DriftEvent",
+    "DriftTracker",
+    "FeatureReference",
+    "FeatureReport",
+    "MatrixCounter",
+    "MatrixCounts",
+    "PaneWindow",
+    "Verdict",
+    "compare",
+    "count",
+    "count_matrix",
+    "judge",
+    "pane_index",
+    "reference_for",
+    "reference_for_labels",
+    "references_for",
+    "report",
+    "smoothed",
+]

@@ -1,0 +1,7 @@
+"""The drift package's one exception."""
+
+from __future__ import annotations
+
+
+class DriftError(ValueError):
+    """Drift statistics cannot be built or compared as asked; the message says what to do."""
