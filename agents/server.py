@@ -53,7 +53,8 @@ _SEND_RETRY_SECONDS = 1.0
 _IDLE_POLL_SECONDS = 0.5
 _MAX_BATCHES_IN_FLIGHT = 4
 # A pessimistic first guess at a batch's cost (1 ms + 50 µs a row); measurements replace it.
-_PRIOR_COST = CostModel(prior_per_row=50e-6, prior_fixed=1e-3)
+_PRIOR_SECONDS_PER_ROW = 50e-6
+_PRIOR_SECONDS_PER_BATCH = 1e-3
 
 
 class RequestServer(mode.Service):
@@ -69,7 +70,7 @@ class RequestServer(mode.Service):
         self._loop_done = asyncio.Event()
         self._buckets = buckets_for(settings.max_batch)
         self._policy = BatchPolicy(self._buckets, settings.batch_timeout_ms / 1000,
-                                   CostModel(_PRIOR_COST.per_row, _PRIOR_COST.fixed))
+                                   CostModel(_PRIOR_SECONDS_PER_ROW, _PRIOR_SECONDS_PER_BATCH))
         self._queue: list[tuple[float, ConsumerRecord]] = []  # (local arrival, record)
         self._completions: deque[asyncio.Task] = deque()  # batches awaiting acks and commit
         self._partitions: dict[str, list[int]] = {}  # output topic -> its partitions
