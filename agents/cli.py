@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -84,6 +85,14 @@ def _parser() -> argparse.ArgumentParser:
     consume.add_argument("--max", type=int, default=None, help="stop after N messages")
     consume.add_argument("--timeout", type=float, default=None,
                          help="stop after S seconds without a message")
+
+    verify = command("verify", _verify,
+                     "check the ledger: one prediction or one dead letter per request")
+    verify.add_argument("--id-prefix", help="only requests whose id starts with this")
+    verify.add_argument("--from", dest="since", type=_timestamp, metavar="TIME",
+                        help="only requests produced at or after TIME (ISO 8601, UTC if no zone)")
+    verify.add_argument("--to", dest="until", type=_timestamp, metavar="TIME",
+                        help="only requests produced before TIME")
 
     demo = command("demo", _demo, "the whole path end to end on the local broker")
     demo.add_argument("--requests", type=int, default=3000, help="requests to send (default 3000)")
@@ -236,6 +245,23 @@ async def _consume_lines(settings: Settings, topic: str, from_beginning: bool, l
         count += 1
         if limit is not None and count >= limit:
             return
+
+
+def _timestamp(text: str) -> datetime.datetime:
+    try:
+        stamp = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time such as 2026-11-30T05:00:00") from None
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=datetime.UTC)
+
+
+def _verify(settings: Settings, args: argparse.Namespace) -> int:
+    from agents.verify import render, verify
+
+    report = asyncio.run(verify(settings, args.id_prefix, args.since, args.until))
+    print(render(report))
+    return 0 if report.holds else 1
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:

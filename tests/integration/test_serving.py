@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 import time
+import uuid
 
 import numpy as np
 import orjson
@@ -194,3 +197,29 @@ def test_ledger_holds_in_topics_and_counters(worker):
     assert compiles and all(v == 7 for v in compiles.values())  # buckets 1..64, all at load
     assert re.search(r'^streamserve_e2e_latency_seconds_count\{model="iris"\} [1-9]', text, re.M)
     assert re.search(r'^streamserve_batch_size_bucket\{.*le="64.0".*\} [1-9]', text, re.M)
+
+
+def _verify(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "agents.cli", "verify", *args], env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_verify_confirms_the_ledger_of_the_served_run(worker):
+    result = _verify(worker.env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ledger          holds, exactly once" in result.stdout
+    assert re.search(r"^lost\s+0$", result.stdout, re.M)
+    scoped = _verify(worker.env, "--id-prefix", "good-")
+    assert re.search(r"^requests\s+17$", scoped.stdout, re.M), scoped.stdout
+    assert re.search(r"^dead letters\s+0$", scoped.stdout, re.M)
+
+
+def test_verify_fails_when_a_request_has_no_answer(kafka_bootstrap):
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    env = dict(os.environ, STREAMSERVE_BROKER=kafka_bootstrap, STREAMSERVE_TOPIC_PREFIX=prefix)
+    assert _verify(env).returncode == 0  # creates the topics; nothing to account for
+    run(produce(kafka_bootstrap, f"{prefix}.requests",
+                [tabular("orphan-1", "iris", IRIS.X[0], IRIS.features)]))
+    result = _verify(env)
+    assert result.returncode == 1
+    assert re.search(r"^lost\s+1$", result.stdout, re.M) and "DOES NOT HOLD" in result.stdout
