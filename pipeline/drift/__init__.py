@@ -26,6 +26,7 @@ from pipeline.drift.compare import (
 from pipeline.drift.counting import Counts, count
 from pipeline.drift.errors import DriftError
 from pipeline.drift.matrix import MatrixCounter, MatrixCounts, count_matrix
+from pipeline.drift.monitor import DriftMonitor, FeatureWindow, WindowReport
 from pipeline.drift.reference import (
     OTHER,
     FeatureReference,
@@ -37,6 +38,9 @@ from pipeline.drift.verdict import DriftConfig, DriftEvent, DriftTracker, Verdic
 from pipeline.drift.windows import ClosedWindow, PaneWindow, pane_index
 
 __all__ = [
+    "DriftMonitor",
+    "FeatureWindow",
+    "WindowReport",
     "OTHER",
     "SMOOTHING_FLOOR",
     "ClosedWindow",
