@@ -1,7 +1,8 @@
 """The Faust application that hosts a worker's services.
 
 Requests are served by ``RequestServer`` (see agents/server.py for why it is not a
-Faust agent), which runs inside this app's worker. The app's own consumer group is
+Faust agent), which runs inside this app's worker; the app itself runs the drift
+agent and its table (agents/drift.py). The app's own consumer group is
 ``<app id>.faust``: it must differ from the serving group, because Faust's partition
 assignor and aiokafka's cannot share one group.
 """

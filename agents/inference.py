@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import zlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
+import orjson
 
 from agents.metrics import Metrics
 from models.runtime import ServingModel
@@ -23,6 +26,7 @@ from pipeline.batching import padded_size
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
 from pipeline.decode import Request, decode
+from pipeline.drift import DriftMonitor
 from pipeline.isolation import RowFailure, serve_isolated
 from pipeline.messages import (
     ServingFacts,
@@ -45,8 +49,15 @@ class Incoming:
     value: bytes | None
 
 
+class Kind(StrEnum):
+    PREDICTION = "prediction"
+    DEAD_LETTER = "dead_letter"
+    DRIFT_COUNTS = "drift_counts"  # internal: not an answer to a request
+
+
 @dataclass(frozen=True, slots=True)
 class Outgoing:
+    kind: Kind
     topic: str
     partition: int  # the request's partition: replies land on the same partition number
     key: bytes
@@ -54,7 +65,7 @@ class Outgoing:
     headers: list[tuple[str, bytes]]
     model: str  # "" when the request named no servable model
     version: str
-    reason: Reason | None  # None for a prediction
+    reason: Reason | None  # why, for a dead letter
     request_timestamp: float
 
 
@@ -65,6 +76,12 @@ class InferenceService:
                  default_versions: Mapping[str, str], metrics: Metrics, executor: Executor) -> None:
         self._served = dict(served)
         self._topics = settings.topics
+        self._hop_s = settings.drift_hop_s
+        # Drift is counted for versions trained with reference statistics.
+        self._monitors = {
+            key: DriftMonitor.from_manifest_reference(
+                serving.manifest.reference, settings.drift_window_s, settings.drift_hop_s)
+            for key, serving in self._served.items() if serving.manifest.reference}
         self._max_bytes = settings.max_message_bytes
         self._metrics = metrics
         self._executor = executor
@@ -120,15 +137,42 @@ class InferenceService:
             facts = ServingFacts(route="stable", batch_size=len(rows),
                                  latency_ms=1000 * (done - record.timestamp))
             outgoing.append(Outgoing(
+                kind=Kind.PREDICTION,
                 topic=self._topics.predictions, partition=record.partition, key=request.id.encode(),
                 value=encode_prediction(request.id, model, version, result, labels, facts),
                 headers=source_headers(record.topic, record.partition, record.offset),
                 model=model, version=version, reason=None, request_timestamp=record.timestamp))
+        monitor = self._monitors.get((model, version))
+        served_rows = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
+        if monitor is not None and served_rows:
+            classes = np.array([results[i].argmax() for i in served_rows])
+            stamps = np.array([items[i][0].timestamp for i in served_rows])
+            outgoing.extend(self._drift_counts(model, version, monitor, rows[served_rows], classes,
+                                               stamps))
         return outgoing
+
+    def _drift_counts(self, model: str, version: str, monitor: DriftMonitor, rows: np.ndarray,
+                      classes: np.ndarray, stamps: np.ndarray) -> list[Outgoing]:
+        """One counts message per event-time pane the batch touches (almost always one)."""
+        key = f"{model}:{version}".encode()
+        panes = np.floor(stamps / self._hop_s)
+        messages = []
+        for pane in np.unique(panes):
+            mine = panes == pane
+            counts = monitor.count(rows[mine], classes[mine])
+            value = orjson.dumps({"model": model, "version": version,
+                                  "timestamp": float(stamps[mine].max()),
+                                  "counts": counts.to_json()})
+            # All of a version's counts go to one partition: one worker owns its windows.
+            messages.append(Outgoing(
+                kind=Kind.DRIFT_COUNTS, topic=self._topics.drift_counts, partition=zlib.crc32(key),
+                key=key, value=value, headers=[], model=model, version=version, reason=None,
+                request_timestamp=float(stamps[mine].min())))
+        return messages
 
     def _dead_letter(self, record: Incoming, rejection: Rejection, version: str) -> Outgoing:
         return Outgoing(
-            topic=self._topics.deadletter, partition=record.partition,
+            kind=Kind.DEAD_LETTER, topic=self._topics.deadletter, partition=record.partition,
             key=dead_letter_key(rejection, record.topic, record.partition, record.offset),
             value=encode_dead_letter(rejection, record.value),
             headers=source_headers(record.topic, record.partition, record.offset),
@@ -150,10 +194,11 @@ class InferenceService:
         dead: Counter[tuple[str, str, Reason]] = Counter()
         latencies: dict[str, list[float]] = {}
         for out in outgoing:
-            if out.reason is None:
+            if out.kind is Kind.PREDICTION:
                 served[(out.model, out.version)] += 1
                 latencies.setdefault(out.model, []).append(now - out.request_timestamp)
-            else:
+            elif out.kind is Kind.DEAD_LETTER:
+                assert out.reason is not None
                 dead[(out.model, out.version, out.reason)] += 1
         for (model, version), count in served.items():
             m.requests.labels(model, version, "prediction").inc(count)

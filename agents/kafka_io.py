@@ -43,7 +43,8 @@ async def ensure_topics(settings: Settings) -> None:
     async with _admin(settings) as admin:
         existing = set(await admin.list_topics())
         missing = [NewTopic(name, settings.request_partitions, 1)
-                   for name in (topics.requests, topics.predictions, topics.deadletter)
+                   for name in (topics.requests, topics.predictions, topics.deadletter,
+                                topics.drift, topics.drift_counts)
                    if name not in existing]
         if missing:
             await admin.create_topics(missing)

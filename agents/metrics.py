@@ -45,6 +45,17 @@ class Metrics:
         self.jit_compiles = Counter("streamserve_jit_compiles",
                                     "XLA compilations (all at model load: one per bucket)",
                                     ["model", "version"], registry=r)
+        self.drift_psi = Gauge("streamserve_drift_psi", "PSI of the latest closed drift window",
+                               ["model", "version", "feature"], registry=r)
+        self.drift_kl = Gauge("streamserve_drift_kl", "KL divergence of the latest drift window",
+                              ["model", "version", "feature", "direction"], registry=r)
+        self.drift_status = Gauge(
+            "streamserve_drift_status",
+            "Latest drift verdict: -1 insufficient data, 0 stable, 1 drift, 2 alert",
+            ["model", "version", "feature"], registry=r)
+        self.drift_events = Counter("streamserve_drift_events",
+                                    "Drift events (two drifting windows in a row)",
+                                    ["model", "version", "feature", "status"], registry=r)
         self.loaded = Gauge("streamserve_model_loaded", "1 for each loaded version and its role",
                             ["model", "version", "role"], registry=r)
         self.ready = Gauge("streamserve_worker_ready",

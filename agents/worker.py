@@ -11,6 +11,7 @@ import faust
 import jax
 
 from agents.app import create_app
+from agents.drift import add_drift_agent
 from agents.inference import InferenceService
 from agents.kafka_io import ensure_topics
 from agents.metrics import Metrics
@@ -62,4 +63,7 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
     gc.freeze()
     inference = InferenceService(settings, served, defaults, metrics, executor)
     server = RequestServer(settings, inference, metrics)
-    faust.Worker(create_app(settings), server, loglevel="INFO").execute_from_commandline()
+    app = create_app(settings)
+    add_drift_agent(app, settings, {key: model.manifest.reference for key, model in served.items()},
+                    metrics)
+    faust.Worker(app, server, loglevel="INFO").execute_from_commandline()

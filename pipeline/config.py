@@ -40,6 +40,15 @@ class Topics:
     def deadletter(self) -> str:
         return f"{self.prefix}.deadletter"
 
+    @property
+    def drift(self) -> str:
+        return f"{self.prefix}.drift"
+
+    @property
+    def drift_counts(self) -> str:
+        """Internal: each served batch's drift counts, keyed by model:version."""
+        return f"{self.prefix}.drift-counts"
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -91,6 +100,13 @@ class Settings:
         "Largest request accepted; bigger ones are dead-lettered as too_large unread.",
     )
 
+    drift_window_s: int = _setting(
+        60, "STREAMSERVE_DRIFT_WINDOW_S",
+        "Drift window size in whole seconds of event time (a multiple of the hop).")
+    drift_hop_s: int = _setting(
+        10, "STREAMSERVE_DRIFT_HOP_S",
+        "Drift window hop in whole seconds: a report per model version and feature every hop.")
+
     @property
     def bootstrap(self) -> str:
         return self.broker or f"127.0.0.1:{self.local_broker_port}"
@@ -110,6 +126,9 @@ class Settings:
         _check(1 <= self.max_batch <= 4096, "STREAMSERVE_MAX_BATCH", "must be between 1 and 4096")
         _check(1 <= self.batch_timeout_ms <= 10_000, "STREAMSERVE_BATCH_TIMEOUT_MS",
                "must be between 1 and 10000 milliseconds")
+        _check(self.drift_hop_s >= 1 and self.drift_window_s >= self.drift_hop_s
+               and self.drift_window_s % self.drift_hop_s == 0, "STREAMSERVE_DRIFT_WINDOW_S",
+               "must be a whole multiple of STREAMSERVE_DRIFT_HOP_S (at least 1 second)")
         _check(self.max_message_bytes >= 256, "STREAMSERVE_MAX_MESSAGE_BYTES", "must be at least 256")
         _check(bool(self.topic_prefix) and all(c.isalnum() or c in "._-" for c in self.topic_prefix),
                "STREAMSERVE_TOPIC_PREFIX", "must be non-empty and use only letters, digits, '.', '_' and '-'")

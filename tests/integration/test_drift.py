@@ -1,0 +1,65 @@
+"""Drift on the real broker: counts from the serving path, windows in the Faust table."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+import pytest
+
+from models.datasets import load as load_dataset
+from tests.conftest import start_worker
+from tests.integration.clients import collect, produce, run
+
+pytestmark = pytest.mark.integration
+
+CANCER = load_dataset("breast_cancer")
+SHIFTED = "mean_texture"
+BASE_MS = 1_700_000_000_000  # event time is the requests' Kafka timestamps
+
+
+def requests(second: int, n: int, rng: np.random.Generator, shift: float) -> list[bytes]:
+    column = CANCER.features.index(SHIFTED)
+    sd = float(CANCER.X[:, column].std())
+    rows = CANCER.X[rng.integers(0, len(CANCER.X), n)].copy()
+    rows[:, column] += shift * sd
+    return [orjson.dumps({"id": f"d{second}-{i}", "model": "breast_cancer",
+                          "features": dict(zip(CANCER.features, row.tolist(), strict=True))})
+            for i, row in enumerate(rows)]
+
+
+@pytest.fixture(scope="module")
+def drift_worker(kafka_bootstrap, registry_dir, tmp_path_factory):
+    worker = start_worker(kafka_bootstrap, registry_dir,
+                          tmp_path_factory.mktemp("drift") / "worker.log",
+                          STREAMSERVE_DRIFT_WINDOW_S="2", STREAMSERVE_DRIFT_HOP_S="1")
+    yield worker
+    worker.stop()
+
+
+def test_a_shifted_feature_is_detected_and_no_other(drift_worker):
+    s = drift_worker.settings
+    rng = np.random.default_rng(0)
+    # Seconds 0-5 in distribution, 6-11 with one feature shifted by half a standard
+    # deviation, then one request in second 13 to close the last windows.
+    for second in range(12):
+        shift = 0.5 if second >= 6 else 0.0
+        run(produce(s.bootstrap, s.topics.requests, requests(second, 1500, rng, shift),
+                    timestamp_ms=BASE_MS + second * 1000 + 500))
+    run(produce(s.bootstrap, s.topics.requests, requests(13, 1, rng, 0.0),
+                timestamp_ms=BASE_MS + 13 * 1000))
+    features = len(CANCER.features) + 1  # and the predicted label
+    received = run(collect(s.bootstrap, [s.topics.drift], expected=13 * features, timeout=120))
+    reports = [r.value for r in received]
+    assert {r["feature"] for r in reports} == {*CANCER.features, "label"}
+    before = [r for r in reports if r["window_end"] <= BASE_MS // 1000 + 6]
+    after = [r for r in reports if r["window_start"] >= BASE_MS // 1000 + 6]
+    assert before and after
+    assert not [r for r in before if r["event"]], "no drift event before the shift"
+    inputs_with_events = {r["feature"] for r in after if r["event"] and r["feature"] != "label"}
+    assert inputs_with_events == {SHIFTED}
+    first_event = min(r["window_end"] for r in after if r["event"] and r["feature"] == SHIFTED)
+    assert first_event <= BASE_MS // 1000 + 6 + 2 + 1  # within two windows of the shift
+    shifted = [r for r in after if r["feature"] == SHIFTED]
+    assert all(r["psi"] > 0.1 and r["verdict"]["status"] in ("drift", "alert") for r in shifted)
+    assert all(r["kl_ref_cur"] + r["kl_cur_ref"] == pytest.approx(r["psi"]) for r in shifted)
+    assert "streamserve_drift_psi{" in drift_worker.metrics()
