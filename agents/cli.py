@@ -86,6 +86,14 @@ def _parser() -> argparse.ArgumentParser:
     consume.add_argument("--timeout", type=float, default=None,
                          help="stop after S seconds without a message")
 
+    drift = commands.add_parser("drift", help="data drift of served models",
+                                description="Data drift of served models.")
+    drift_commands = drift.add_subparsers(title="actions", metavar="ACTION", required=True)
+    drift_report = command("report", _drift_report,
+                           "latest PSI/KL and verdict per feature, with a PSI trend", drift_commands)
+    drift_report.add_argument("model", help="model name, e.g. iris")
+    drift_report.add_argument("--version", help="model version (default: the newest reported)")
+
     verify = command("verify", _verify,
                      "check the ledger: one prediction or one dead letter per request")
     verify.add_argument("--id-prefix", help="only requests whose id starts with this")
@@ -245,6 +253,13 @@ async def _consume_lines(settings: Settings, topic: str, from_beginning: bool, l
         count += 1
         if limit is not None and count >= limit:
             return
+
+
+def _drift_report(settings: Settings, args: argparse.Namespace) -> int:
+    from agents.drift_report import drift_report
+
+    print(asyncio.run(drift_report(settings, args.model, args.version)))
+    return 0
 
 
 def _timestamp(text: str) -> datetime.datetime:

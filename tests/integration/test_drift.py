@@ -63,3 +63,17 @@ def test_a_shifted_feature_is_detected_and_no_other(drift_worker):
     assert all(r["psi"] > 0.1 and r["verdict"]["status"] in ("drift", "alert") for r in shifted)
     assert all(r["kl_ref_cur"] + r["kl_cur_ref"] == pytest.approx(r["psi"]) for r in shifted)
     assert "streamserve_drift_psi{" in drift_worker.metrics()
+
+
+def test_drift_report_shows_the_shifted_feature(drift_worker):
+    """Runs after the detection test in this module, on its reports."""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "agents.cli", "drift", "report",
+                             "breast_cancer"], env=drift_worker.env, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = {line.split()[0]: line for line in result.stdout.splitlines()[2:]}
+    assert "EVENT" in lines[SHIFTED] and "EVENT" not in lines["mean_radius"]
+    assert len(lines) == len(CANCER.features) + 1

@@ -37,3 +37,4 @@ def test_dead_letter_keeps_binary_original_as_base64():
 def test_dead_letter_key_falls_back_to_source_position():
     assert dead_letter_key(Rejection(Reason.MISSING_ID, "e"), "t", 2, 17) == b"t:2:17"
     assert dead_letter_key(Rejection(Reason.UNKNOWN_MODEL, "e", id="r-9"), "t", 2, 17) == b"r-9"
+
