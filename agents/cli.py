@@ -103,7 +103,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="only requests produced before TIME")
 
     demo = command("demo", _demo, "the whole path end to end on the local broker")
-    demo.add_argument("--requests", type=int, default=3000, help="requests to send (default 3000)")
+    demo.add_argument("--requests", type=int, default=5000, help="requests to send (default 5000)")
     demo.add_argument("--invalid-share", type=float, default=0.03,
                       help="share of deliberately invalid requests (default 0.03)")
     demo.add_argument("--rate", type=float, default=500,

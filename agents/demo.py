@@ -23,6 +23,10 @@ from pipeline.config import Settings
 from pipeline.registry import Registry
 
 DEMO_MODELS = ("iris", "breast_cancer")
+# Halfway through, this feature of breast_cancer's requests moves by half a standard
+# deviation; short drift windows let the demo show it being caught in seconds.
+SHIFTED_MODEL, SHIFTED_FEATURE, SHIFT_SD = "breast_cancer", "mean_texture", 0.5
+DRIFT_ENV = {"STREAMSERVE_DRIFT_WINDOW_S": "2", "STREAMSERVE_DRIFT_HOP_S": "1"}
 _ANSWER_TIMEOUT = 60.0
 
 
@@ -61,10 +65,12 @@ def run_demo(settings: Settings, requests: int, invalid_share: float, rate: floa
                 train_and_register(name, registry)
         log = settings.home / "demo-worker.log"
         print(f"starting a worker (log: {log}) ...", file=sys.stderr)
-        worker = WorkerProcess.start(log, {"STREAMSERVE_BROKER": settings.bootstrap})
+        worker = WorkerProcess.start(log, {"STREAMSERVE_BROKER": settings.bootstrap, **DRIFT_ENV})
         plan = _plan(registry, requests, invalid_share, settings.max_message_bytes)
+        started = time.time()
         tally, elapsed = asyncio.run(_drive(settings, plan, rate))
         _print_summary(plan, tally, elapsed, rate)
+        _print_drift(asyncio.run(_drift_events(settings, started)))
         return 0 if len(tally.answered_at) == len(plan) and not tally.wrong_reason else 1
     finally:
         if worker is not None:
@@ -79,13 +85,18 @@ def _plan(registry: Registry, n: int, invalid_share: float, max_bytes: int) -> l
     rng = np.random.default_rng(7)
     run = f"demo-{int(time.time())}"
     data = {name: load_dataset(name) for name in DEMO_MODELS}
+    shifted = data[SHIFTED_MODEL].features.index(SHIFTED_FEATURE)
+    shift = SHIFT_SD * float(data[SHIFTED_MODEL].X[:, shifted].std())
     plan = []
     for i in range(n):
         model = DEMO_MODELS[i % len(DEMO_MODELS)]
         ds = data[model]
         row = int(rng.integers(len(ds.X)))
+        values = ds.X[row].copy()
+        if model == SHIFTED_MODEL and i >= n // 2:
+            values[shifted] += shift
         request = {"id": f"{run}-{i}", "model": model,
-                   "features": dict(zip(ds.features, ds.X[row].tolist(), strict=True))}
+                   "features": dict(zip(ds.features, values.tolist(), strict=True))}
         if rng.random() < invalid_share:
             value, reason = _spoil(request, i, max_bytes)
             plan.append(Planned(value, model, None, reason))
@@ -201,3 +212,26 @@ def _print_summary(plan: list[Planned], tally: Tally, elapsed: float, rate: floa
         right = sum(tally.predicted[i] == plan[i].true_label for i in scored)
         if scored:
             print(f"  accuracy {model:<15}{right / len(scored):.4f} ({right}/{len(scored)})")
+
+
+async def _drift_events(settings: Settings, since: float) -> dict[tuple[str, str], dict]:
+    """The first drift event per model and feature in this run's windows."""
+    await asyncio.sleep(2)  # the drift agent reports shortly after the last counts
+    events: dict[tuple[str, str], dict] = {}
+    async for record in read_topic(settings, settings.topics.drift, from_beginning=True,
+                                   idle_timeout=2.0):
+        report = orjson.loads(record.value)
+        if report["event"] and report["window_start"] >= since - 1:
+            events.setdefault((report["model"], report["feature"]), report)
+    return events
+
+
+def _print_drift(events: dict[tuple[str, str], dict]) -> None:
+    print(f"  drift           {SHIFTED_MODEL}.{SHIFTED_FEATURE} shifted by {SHIFT_SD} sd halfway "
+          f"(windows of {DRIFT_ENV['STREAMSERVE_DRIFT_WINDOW_S']} s)")
+    if not events:
+        print("    no drift event")
+    for (model, feature), report in sorted(events.items()):
+        print(f"    {model}.{feature:<22} {report['event']['status']}  PSI {report['psi']:.3f}  "
+              f"(threshold {report['verdict']['threshold']:.3f}, M {report['window_size']})")
+    print(f"    see: streamserve drift report {SHIFTED_MODEL}")

@@ -36,7 +36,7 @@ async def drift_report(settings: Settings, model: str, version: str | None) -> s
         status = latest["verdict"]["status"] + (" EVENT" if any(r["event"] for r in history) else "")
         lines.append(f"{feature:<26}{_number(latest['psi']):>8}{_number(latest['kl_ref_cur']):>9}"
                      f"{_number(latest['kl_cur_ref']):>9}{latest['window_size']:>7}  {status:<13}"
-                     f"{sparkline([r['psi'] for r in history[-_TREND:]])}")
+                     f"{sparkline([_judged_psi(r) for r in history[-_TREND:]])}")
     return "\n".join(lines)
 
 
@@ -44,6 +44,11 @@ def sparkline(values: list[float | None]) -> str:
     """One character per window; empty windows are blank."""
     return "".join(" " if v is None else _BARS[min(len(_BARS) - 1, int(v / _SCALE * len(_BARS)))]
                    for v in values)
+
+
+def _judged_psi(report: dict) -> float | None:
+    """A window too small to judge (the first, partial ones) shows blank, not as noise."""
+    return None if report["verdict"]["status"] == "insufficient" else report["psi"]
 
 
 def _number(value: float | None) -> str:
