@@ -8,6 +8,7 @@ One broker, one machine, the cases one after the other, each on topics of its ow
    beside the FLOP bound: a jitted 2048x2048 float32 matmul's GFLOP/s over the model's
    2·Σ(in·out) flops per row.
 3. ``streamserve``: one worker with the configured settings (the defaults, unless set).
+3b. ``streamserve_drift_off``: the same with drift counting off (``STREAMSERVE_DRIFT=off``).
 4. ``streamserve_per_record``: the same with ``STREAMSERVE_MAX_BATCH=1``.
 5. ``handwritten_aiokafka`` and ``quix_streams``: the same job as a user would write it.
 6. latency: open-loop load at 25, 50 and 75 % of case 3's throughput, on case 3's worker.
@@ -133,7 +134,12 @@ class Bench:
             cases = {"kafka_ceiling": await self.peer("1 Kafka ceiling (pass-through)", "passthrough"),
                      "model_ceiling": self.model_ceiling()}
             cases["streamserve"], latency = await self.streamserve_and_latency()
-            cases["streamserve_per_record"] = await self.per_record()
+            cases["streamserve_per_record"] = await self.variant(
+                "4 streamserve, max_batch=1", "per-record", {"STREAMSERVE_MAX_BATCH": "1"},
+                self.sizes.per_record_requests)
+            cases["streamserve_drift_off"] = await self.variant(
+                "3b streamserve, drift counting off", "drift-off", {"STREAMSERVE_DRIFT": "off"},
+                self.sizes.requests)
             cases["handwritten_aiokafka"] = await self.peer("5a hand-written aiokafka loop", "handwritten")
             cases["quix_streams"] = await self.peer("5b Quix Streams", "quix")
             cases["streamserve_two_workers"] = await self.two_workers()
@@ -246,12 +252,12 @@ class Bench:
             self.worker_stats.append(WorkerStats.between(after, _counters(workers)))
         return case, latency
 
-    async def per_record(self) -> Case:
-        self.progress.start("4 streamserve, max_batch=1")
-        s = await self._fresh("per-record")
-        n = self.sizes.per_record_requests
+    async def variant(self, title: str, slug: str, env: dict[str, str], n: int) -> Case:
+        """One worker like case 3's but with ``env`` set: the same backlog drained."""
+        self.progress.start(title)
+        s = await self._fresh(slug)
         await self._preload(s, n)
-        async with self._workers(s, {"STREAMSERVE_MAX_BATCH": "1"}, 1) as workers:
+        async with self._workers(s, env, 1) as workers:
             before = _counters(workers)
             end = await self._await_answers(s, n, workers)
             self.worker_stats.append(WorkerStats.between(before, _counters(workers)))

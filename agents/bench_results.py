@@ -133,6 +133,7 @@ class Report:
                 "vs_handwritten": rps["streamserve"] / rps["handwritten_aiokafka"],
                 "vs_quix": rps["streamserve"] / rps["quix_streams"],
                 "two_workers": rps["streamserve_two_workers"] / rps["streamserve"],
+                "drift_on_vs_off": rps["streamserve"] / rps["streamserve_drift_off"],
                 "model_vs_flop_bound": rps["model_ceiling"] / flop_bound}
 
     def incomplete(self) -> list[str]:

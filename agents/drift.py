@@ -40,7 +40,17 @@ def add_drift_agent(app: faust.App, settings: Settings,
     state = app.Table("drift-monitors", default=None, key_type=str, value_type=dict,
                       partitions=settings.request_partitions)
 
+    # Live monitors of the partitions this worker holds; the table is their durable copy,
+    # read again after a rebalance (another worker may have moved them on meanwhile).
+    monitors: dict[str, DriftMonitor] = {}
+
+    @app.on_partitions_revoked.connect
+    async def forget(sender: faust.App, revoked: object, **kwargs: object) -> None:
+        monitors.clear()
+
     def monitor_for(key: str, model: str, version: str) -> DriftMonitor | None:
+        if key in monitors:
+            return monitors[key]
         reference = references.get((model, version))
         if not reference:
             return None
@@ -49,6 +59,7 @@ def add_drift_agent(app: faust.App, settings: Settings,
         snapshot = state.get(key)
         if snapshot is not None:
             monitor.restore(snapshot)
+        monitors[key] = monitor
         return monitor
 
     @app.agent(counts_topic, concurrency=1)

@@ -81,7 +81,8 @@ class InferenceService:
         self._monitors = {
             key: DriftMonitor.from_manifest_reference(
                 serving.manifest.reference, settings.drift_window_s, settings.drift_hop_s)
-            for key, serving in self._served.items() if serving.manifest.reference}
+            for key, serving in self._served.items()
+            if settings.drift and serving.manifest.reference}
         self._max_bytes = settings.max_message_bytes
         self._metrics = metrics
         self._executor = executor

@@ -100,6 +100,9 @@ class Settings:
         "Largest request accepted; bigger ones are dead-lettered as too_large unread.",
     )
 
+    drift: bool = _setting(
+        True, "STREAMSERVE_DRIFT",
+        "Count served batches for drift monitoring: on or off (off only to measure its cost).")
     drift_window_s: int = _setting(
         60, "STREAMSERVE_DRIFT_WINDOW_S",
         "Drift window size in whole seconds of event time (a multiple of the hop).")
@@ -151,7 +154,15 @@ class Settings:
         return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(cls)]
 
 
+_BOOLEANS = {"on": True, "true": True, "1": True, "yes": True,
+             "off": False, "false": False, "0": False, "no": False}
+
+
 def _parse(env: str, type_name: str, raw: str) -> Any:
+    if type_name == "bool":
+        if raw.lower() not in _BOOLEANS:
+            raise ConfigError(f"{env}={raw!r} must be on or off")
+        return _BOOLEANS[raw.lower()]
     if "int" in type_name:
         try:
             return int(raw)

@@ -18,11 +18,12 @@ from tests.conftest import REPO
 
 pytestmark = pytest.mark.integration
 
-CASES = ("kafka_ceiling", "model_ceiling", "streamserve", "streamserve_per_record",
-         "handwritten_aiokafka", "quix_streams", "streamserve_two_workers")
-STREAMSERVE_CASES = ("streamserve", "streamserve_per_record", "streamserve_two_workers")
+CASES = ("kafka_ceiling", "model_ceiling", "streamserve", "streamserve_drift_off",
+         "streamserve_per_record", "handwritten_aiokafka", "quix_streams", "streamserve_two_workers")
+STREAMSERVE_CASES = ("streamserve", "streamserve_drift_off", "streamserve_per_record",
+                     "streamserve_two_workers")
 RATIOS = ("vs_kafka_ceiling", "vs_per_record", "vs_handwritten", "vs_quix", "two_workers",
-          "model_vs_flop_bound")
+          "model_vs_flop_bound", "drift_on_vs_off")
 
 
 def positive(x: object) -> bool:
