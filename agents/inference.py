@@ -26,7 +26,7 @@ from pipeline.batching import padded_size
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
 from pipeline.decode import Request, decode
-from pipeline.drift import DriftMonitor
+from pipeline.drift import DriftMonitor, MatrixCounts
 from pipeline.isolation import RowFailure, serve_isolated
 from pipeline.messages import (
     ServingFacts,
@@ -77,6 +77,7 @@ class InferenceService:
         self._served = dict(served)
         self._topics = settings.topics
         self._hop_s = settings.drift_hop_s
+        self._pending_drift: dict[tuple[str, str, int], tuple[MatrixCounts, float]] = {}
         # Drift is counted for versions trained with reference statistics.
         self._monitors = {
             key: DriftMonitor.from_manifest_reference(
@@ -148,27 +149,39 @@ class InferenceService:
         if monitor is not None and served_rows:
             classes = np.array([results[i].argmax() for i in served_rows])
             stamps = np.array([items[i][0].timestamp for i in served_rows])
-            outgoing.extend(self._drift_counts(model, version, monitor, rows[served_rows], classes,
-                                               stamps))
+            self._count_drift(model, version, monitor, rows[served_rows], classes, stamps)
         return outgoing
 
-    def _drift_counts(self, model: str, version: str, monitor: DriftMonitor, rows: np.ndarray,
-                      classes: np.ndarray, stamps: np.ndarray) -> list[Outgoing]:
-        """One counts message per event-time pane the batch touches (almost always one)."""
-        key = f"{model}:{version}".encode()
+    def _count_drift(self, model: str, version: str, monitor: DriftMonitor, rows: np.ndarray,
+                     classes: np.ndarray, stamps: np.ndarray) -> None:
+        """Add a batch's counts to the pending ones of each event-time pane it touches."""
         panes = np.floor(stamps / self._hop_s)
-        messages = []
         for pane in np.unique(panes):
             mine = panes == pane
             counts = monitor.count(rows[mine], classes[mine])
-            value = orjson.dumps({"model": model, "version": version,
-                                  "timestamp": float(stamps[mine].max()),
+            key = (model, version, int(pane))
+            held = self._pending_drift.get(key)
+            newest = float(stamps[mine].max())
+            self._pending_drift[key] = (counts if held is None else held[0] + counts,
+                                        newest if held is None else max(held[1], newest))
+
+    def drift_counts(self) -> list[Outgoing]:
+        """The pending drift counts as messages (one per version and pane), and forget them.
+
+        Flushed every fraction of a second rather than per batch: the drift agent's cost
+        is per message, and small batches under light load would multiply it.
+        """
+        messages = []
+        for (model, version, _), (counts, newest) in sorted(self._pending_drift.items()):
+            key = f"{model}:{version}".encode()
+            value = orjson.dumps({"model": model, "version": version, "timestamp": newest,
                                   "counts": counts.to_json()})
             # All of a version's counts go to one partition: one worker owns its windows.
             messages.append(Outgoing(
                 kind=Kind.DRIFT_COUNTS, topic=self._topics.drift_counts, partition=zlib.crc32(key),
                 key=key, value=value, headers=[], model=model, version=version, reason=None,
-                request_timestamp=float(stamps[mine].min())))
+                request_timestamp=newest))
+        self._pending_drift.clear()
         return messages
 
     def _dead_letter(self, record: Incoming, rejection: Rejection, version: str) -> Outgoing:
