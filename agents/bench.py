@@ -44,8 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError
+from aiokafka.admin import NewTopic
 
 from agents.bench_results import (
     Answers,
@@ -57,7 +56,7 @@ from agents.bench_results import (
     WorkerStats,
 )
 from agents.fleet import WorkerProcess
-from agents.kafka_io import start_producer
+from agents.kafka_io import admin_client, start_producer
 from pipeline.config import Settings
 from pipeline.registry import Manifest, Registry
 
@@ -126,7 +125,7 @@ class Bench:
 
         device = ", ".join(f"{d.device_kind} ({d!r})" for d in jax.devices())
         print(f"JAX device: {device}", file=sys.stderr)
-        async with self._admin():
+        async with admin_client(self.settings):
             pass  # Kafka answers: the cases can start
         try:
             # The broker's JVM compiles its hot paths during the first seconds of traffic.
@@ -165,7 +164,7 @@ class Bench:
         prefix = f"{self.run_id}-{self._cases}-{slug}"
         s = replace(self.settings, topic_prefix=prefix, app_id=prefix)
         stamped = {"message.timestamp.type": "LogAppendTime"}
-        async with self._admin() as admin:
+        async with admin_client(self.settings) as admin:
             response = await admin.create_topics(
                 [NewTopic(s.topics.requests, PARTITIONS, 1)]
                 + [NewTopic(name, PARTITIONS, 1, topic_configs=stamped)
@@ -396,22 +395,9 @@ class Bench:
         return LatencyPoint(share, rate, count, len(ms), p50, p95, p99)
 
     async def _delete_topics(self) -> None:
-        async with self._admin() as admin:
+        async with admin_client(self.settings) as admin:
             if mine := [t for t in await admin.list_topics() if t.startswith(self.run_id)]:
                 await admin.delete_topics(mine)
-
-    @asynccontextmanager
-    async def _admin(self) -> AsyncIterator[AIOKafkaAdminClient]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=self.settings.bootstrap)
-        try:
-            await admin.start()
-        except KafkaError as e:
-            raise BenchError(f"cannot reach Kafka at {self.settings.bootstrap} ({e}); start it with "
-                             "`streamserve broker start`, or check STREAMSERVE_BROKER") from e
-        try:
-            yield admin
-        finally:
-            await admin.close()
 
 
 # ---------------------------------------------------------------------- helpers

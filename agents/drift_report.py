@@ -16,7 +16,7 @@ async def drift_report(settings: Settings, model: str, version: str | None) -> s
     await ensure_topics(settings)
     reports: list[dict] = []
     async for record in read_topic(settings, settings.topics.drift, from_beginning=True,
-                                   idle_timeout=2.0):
+                                   to_end=True):
         report = orjson.loads(record.value)
         if report["model"] == model and (version is None or report["version"] == version):
             reports.append(report)

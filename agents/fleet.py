@@ -20,10 +20,25 @@ class WorkerFailed(RuntimeError):
     """A worker process exited or did not become ready; the message quotes its log."""
 
 
-def free_port() -> int:
+def free_port(consecutive: int = 1) -> int:
+    """A free port, with the ``consecutive - 1`` ports after it free too (the local
+    broker's controller listens on its port + 1)."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port + consecutive <= 65536 and all(_free(port + i) for i in range(1, consecutive)):
+            return port
+    raise RuntimeError(f"no {consecutive} adjacent free ports found")
+
+
+def _free(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 @dataclass

@@ -147,7 +147,7 @@ class InferenceService:
         monitor = self._monitors.get((model, version))
         served_rows = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
         if monitor is not None and served_rows:
-            classes = np.array([results[i].argmax() for i in served_rows])
+            classes = np.stack([results[i] for i in served_rows]).argmax(axis=1)
             stamps = np.array([items[i][0].timestamp for i in served_rows])
             self._count_drift(model, version, monitor, rows[served_rows], classes, stamps)
         return outgoing

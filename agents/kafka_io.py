@@ -25,7 +25,7 @@ def _unreachable(settings: Settings, error: Exception) -> KafkaAccessError:
 
 
 @asynccontextmanager
-async def _admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
+async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
     try:
         await admin.start()
@@ -40,7 +40,7 @@ async def _admin(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
 async def ensure_topics(settings: Settings) -> None:
     """Create the serving topics that do not exist yet, each with the requests' partitions."""
     topics = settings.topics
-    async with _admin(settings) as admin:
+    async with admin_client(settings) as admin:
         existing = set(await admin.list_topics())
         missing = [NewTopic(name, settings.request_partitions, 1)
                    for name in (topics.requests, topics.predictions, topics.deadletter,
@@ -52,7 +52,7 @@ async def ensure_topics(settings: Settings) -> None:
 
 
 async def _require_topic(settings: Settings, topic: str) -> None:
-    async with _admin(settings) as admin:
+    async with admin_client(settings) as admin:
         if topic not in await admin.list_topics():
             raise KafkaAccessError(f"topic {topic!r} does not exist on {settings.bootstrap}; "
                                    f"the serving topics are {settings.topic_prefix}.requests, "
@@ -81,11 +81,12 @@ async def start_producer(settings: Settings, **options: object) -> AIOKafkaProdu
 
 
 async def read_topic(settings: Settings, topic: str, *, from_beginning: bool,
-                     idle_timeout: float | None = None,
+                     idle_timeout: float | None = None, to_end: bool = False,
                      ready: asyncio.Event | None = None) -> AsyncIterator[ConsumerRecord]:
     """Records of every partition of ``topic``, without joining a consumer group.
 
-    Stops after ``idle_timeout`` seconds with no record (never, when None). ``ready`` is
+    Stops after ``idle_timeout`` seconds with no record (never, when None), or with
+    ``to_end`` once every partition is read up to its end as of the start. ``ready`` is
     set once the start positions are fixed, so a caller can produce after it without
     missing its own replies.
     """
@@ -103,10 +104,14 @@ async def read_topic(settings: Settings, topic: str, *, from_beginning: bool,
             await consumer.position(tp)  # fix the start positions now, before ``ready``
         if ready is not None:
             ready.set()
+        ends = await consumer.end_offsets(list(consumer.assignment())) if to_end else {}
         last = time.monotonic()
         while True:
+            if to_end and all([await consumer.position(tp) >= end for tp, end in ends.items()]):
+                return
             batch = await consumer.getmany(timeout_ms=200, max_records=1000)
-            records = [r for rs in batch.values() for r in rs]
+            records = [r for tp, rs in batch.items() for r in rs
+                       if not to_end or r.offset < ends[tp]]
             for record in records:
                 yield record
             if records:

@@ -147,10 +147,7 @@ class RequestServer(mode.Service):
             if started - self._drift_flushed >= _DRIFT_FLUSH_SECONDS:
                 outgoing += self._inference.drift_counts()
                 self._drift_flushed = started
-            sent = await self._send(outgoing)
-            previous = self._completions[-1] if self._completions else None
-            self._completions.append(asyncio.create_task(
-                self._complete(sent, _next_offsets(records), previous)))
+            await self._hand_off(outgoing, _next_offsets(records))
         # Bound the batches in flight; a failed completion surfaces here and stops the
         # worker (its batch was not committed, so it is served again: at-least-once).
         while self._completions and (len(self._completions) > _MAX_BATCHES_IN_FLIGHT
@@ -165,9 +162,15 @@ class RequestServer(mode.Service):
         drift = self._inference.drift_counts()
         if drift:
             async with self._in_flight:
-                sent = await self._send(drift)
-                previous = self._completions[-1] if self._completions else None
-                self._completions.append(asyncio.create_task(self._complete(sent, {}, previous)))
+                await self._hand_off(drift, {})
+
+    async def _hand_off(self, outgoing: Sequence[Outgoing],
+                        offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
+        """Queue ``outgoing`` in the producer; a completion task awaits the acks, then
+        commits ``offsets`` after the completion before it."""
+        sent = await self._send(outgoing)
+        previous = self._completions[-1] if self._completions else None
+        self._completions.append(asyncio.create_task(self._complete(sent, offsets, previous)))
 
     async def _compute(self, records: Sequence[ConsumerRecord],
                        expected_seconds: float) -> list[Outgoing]:

@@ -9,12 +9,11 @@ their source headers (``pipeline.ledger``).
 from __future__ import annotations
 
 import datetime
-from collections.abc import AsyncIterator
 
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord
+from aiokafka import ConsumerRecord
 
-from agents.kafka_io import KafkaAccessError, ensure_topics
+from agents.kafka_io import ensure_topics, read_topic
 from pipeline.config import Settings
 from pipeline.ledger import Fate, LedgerReport, Output, Position, reconcile
 from pipeline.messages import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER
@@ -27,12 +26,13 @@ async def verify(settings: Settings, id_prefix: str | None, since: datetime.date
     await ensure_topics(settings)
     topics = settings.topics
     requests = [(r.topic, r.partition, r.offset)
-                async for r in _read_all(settings, topics.requests)
+                async for r in read_topic(settings, topics.requests, from_beginning=True,
+                                          to_end=True)
                 if _in_run(r, id_prefix, since, until)]
     outputs = [output
                for topic, fate in ((topics.predictions, Fate.PREDICTION),
                                    (topics.deadletter, Fate.DEAD_LETTER))
-               async for r in _read_all(settings, topic)
+               async for r in read_topic(settings, topic, from_beginning=True, to_end=True)
                if (output := _output(r, fate)) is not None]
     return reconcile(requests, outputs)
 
@@ -73,30 +73,3 @@ def _output(record: ConsumerRecord, fate: Fate) -> Output | None:
     except (KeyError, ValueError):
         return None  # not written by streamserve
     return Output(source, fate, record.value or b"")
-
-
-async def _read_all(settings: Settings, topic: str) -> AsyncIterator[ConsumerRecord]:
-    """Every record of ``topic`` up to its end as of now."""
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap, group_id=None,
-                                enable_auto_commit=False, isolation_level="read_committed",
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        partitions = consumer.assignment()
-        if not partitions:
-            raise KafkaAccessError(f"topic {topic!r} has no partitions on {settings.bootstrap}")
-        ends = await consumer.end_offsets(list(partitions))
-        remaining = {tp for tp in partitions if ends[tp] > 0}
-        while remaining:
-            batch = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batch.items():
-                for r in records:
-                    if r.offset < ends[tp]:
-                        yield r
-                if records and records[-1].offset >= ends[tp] - 1:
-                    remaining.discard(tp)
-            for tp in list(remaining):
-                if await consumer.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-    finally:
-        await consumer.stop()

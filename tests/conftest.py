@@ -7,36 +7,21 @@ test run never touches a broker the user runs; set STREAMSERVE_BROKER to use ano
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from agents.fleet import WorkerProcess
+from agents.fleet import WorkerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def free_port(consecutive: int = 1) -> int:
-    """A port with ``consecutive - 1`` free ports after it (the broker's controller uses port+1)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + consecutive < 65536 and all(_free(port + i) for i in range(1, consecutive)):
-            return port
-    raise RuntimeError("no free port found")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
+def shared_libs() -> Path:
+    """The Kafka jars `scripts/setup.sh` fetched, shared by every test broker."""
+    home = Path(os.environ.get("STREAMSERVE_HOME") or ".streamserve")
+    return (home if home.is_absolute() else REPO / home) / "kafka" / "libs"
 
 
 @pytest.fixture(scope="session")
@@ -46,8 +31,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         return
     from agents.broker import LocalBroker
 
-    home = Path(os.environ.get("STREAMSERVE_HOME", REPO / ".streamserve"))
-    broker = LocalBroker(tmp_path_factory.mktemp("kafka"), free_port(2), libs=home / "kafka" / "libs")
+    broker = LocalBroker(tmp_path_factory.mktemp("kafka"), free_port(2), libs=shared_libs())
     broker.start()
     try:
         yield broker.bootstrap

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import socket
 from pathlib import Path
@@ -11,40 +10,17 @@ from pathlib import Path
 import pytest
 
 from agents.broker import BrokerError, LocalBroker, _alive, ensure_broker
+from agents.fleet import free_port
 from pipeline.config import Settings
+from tests.conftest import shared_libs
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _shared_libs() -> Path:
-    """The jars `scripts/setup.sh` fetched (STREAMSERVE_HOME, else .streamserve in the repo)."""
-    home = Path(os.environ.get("STREAMSERVE_HOME") or ".streamserve")
-    return (home if home.is_absolute() else ROOT / home) / "kafka" / "libs"
-
-
-def _free_port_pair() -> int:
-    """A port p with p and p+1 both free (broker and controller listeners)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65534:
-            continue
-        try:
-            with socket.socket() as a, socket.socket() as b:
-                a.bind(("127.0.0.1", port))
-                b.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no two adjacent free ports")
 
 
 @pytest.fixture(scope="module")
 def libs() -> Path:
-    libs = _shared_libs()
+    libs = shared_libs()
     probe = LocalBroker(libs.parent.parent, libs=libs)
     if not probe.installed and (shutil.which("mvn") is None or shutil.which("java") is None):
         pytest.skip("the local broker needs java and mvn (or jars fetched by scripts/setup.sh)")
@@ -55,7 +31,7 @@ def libs() -> Path:
 
 
 async def test_start_serve_stop(tmp_path: Path, libs: Path) -> None:
-    port = _free_port_pair()
+    port = free_port(2)
     broker = LocalBroker(tmp_path / "home", port, libs=libs)
     assert not broker.status().running
     try:
@@ -133,7 +109,7 @@ def test_install_without_maven_says_what_to_do(
     monkeypatch.setenv("PATH", str(bin_dir))
     empty = tmp_path / "libs"
     empty.mkdir()
-    broker = LocalBroker(tmp_path / "home", _free_port_pair(), libs=empty)
+    broker = LocalBroker(tmp_path / "home", free_port(2), libs=empty)
     with pytest.raises(BrokerError) as caught:
         broker.start()
     message = str(caught.value)
@@ -152,7 +128,7 @@ def test_install_without_java_says_what_to_do(
 
 
 def test_controller_port_taken(tmp_path: Path, libs: Path) -> None:
-    port = _free_port_pair()
+    port = free_port(2)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port + 1))
         squatter.listen()
