@@ -26,4 +26,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,  # metrics come from prometheus_client; one port per worker is enough
         topic_partitions=settings.request_partitions,
         producer_acks=-1,
+        # Every topic and table of the app carries bytes its own code encodes.
+        key_serializer="raw",
+        value_serializer="raw",
     )

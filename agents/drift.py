@@ -37,7 +37,9 @@ def add_drift_agent(app: faust.App, settings: Settings,
                              partitions=settings.request_partitions)
     reports_topic = app.topic(topics.drift, key_type=bytes, value_type=bytes,
                               key_serializer="raw", value_serializer="raw")
-    state = app.Table("drift-monitors", default=None, key_type=str, value_type=dict,
+    # Raw bytes (the app's serializers): Faust rebuilds typed values from the changelog
+    # with ``value_type.from_data``, which a plain dict lacks, so recovery would fail.
+    state = app.Table("drift-monitors", default=None, key_type=bytes, value_type=bytes,
                       partitions=settings.request_partitions)
 
     # Live monitors of the partitions this worker holds; the table is their durable copy,
@@ -56,9 +58,9 @@ def add_drift_agent(app: faust.App, settings: Settings,
             return None
         monitor = DriftMonitor.from_manifest_reference(reference, settings.drift_window_s,
                                                        settings.drift_hop_s)
-        snapshot = state.get(key)
+        snapshot = state.get(key.encode())
         if snapshot is not None:
-            monitor.restore(snapshot)
+            monitor.restore(orjson.loads(snapshot))
         monitors[key] = monitor
         return monitor
 
@@ -73,7 +75,7 @@ def add_drift_agent(app: faust.App, settings: Settings,
                 log.warning("drift counts for %s, which this worker does not serve; skipped", key)
                 continue
             closed = monitor.on_counts(message["timestamp"], MatrixCounts.from_json(message["counts"]))
-            state[key] = monitor.snapshot()
+            state[key.encode()] = orjson.dumps(monitor.snapshot())
             for report in closed:
                 for feature in report.features:
                     await reports_topic.send(key=f"{key}:{feature.report.feature}".encode(),
