@@ -93,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
                            "latest PSI/KL and verdict per feature, with a PSI trend", drift_commands)
     drift_report.add_argument("model", help="model name, e.g. iris")
     drift_report.add_argument("--version", help="model version (default: the newest reported)")
+    drift_report.add_argument("--plot", type=Path, metavar="FILE.png",
+                              help="also chart PSI per window, one subplot per feature")
 
     verify = command("verify", _verify,
                      "check the ledger: one prediction or one dead letter per request")
@@ -256,9 +258,18 @@ async def _consume_lines(settings: Settings, topic: str, from_beginning: bool, l
 
 
 def _drift_report(settings: Settings, args: argparse.Namespace) -> int:
-    from agents.drift_report import drift_report
+    from agents.drift_report import format_report, plot_reports, read_reports
 
-    print(asyncio.run(drift_report(settings, args.model, args.version)))
+    # Checked before reading Kafka, so a typo costs no wait for the broker.
+    if args.plot is not None and not args.plot.parent.is_dir():
+        print(f"streamserve: error: cannot write {args.plot}: folder {args.plot.parent} does not "
+              "exist; create it (mkdir -p) or choose another --plot path", file=sys.stderr)
+        return 2
+    version, by_feature = asyncio.run(read_reports(settings, args.model, args.version))
+    print(format_report(args.model, version, by_feature))
+    if args.plot is not None and by_feature:
+        plot_reports(args.model, version, by_feature, args.plot)
+        print(f"wrote {args.plot} ({len(by_feature)} features)")
     return 0
 
 
