@@ -26,7 +26,8 @@ DEMO_MODELS = ("iris", "breast_cancer")
 # Halfway through, this feature of breast_cancer's requests moves by half a standard
 # deviation; short drift windows let the demo show it being caught in seconds.
 SHIFTED_MODEL, SHIFTED_FEATURE, SHIFT_SD = "breast_cancer", "mean_texture", 0.5
-DRIFT_ENV = {"STREAMSERVE_DRIFT_WINDOW_S": "2", "STREAMSERVE_DRIFT_HOP_S": "1"}
+DRIFT_ENV = {"STREAMSERVE_DRIFT_WINDOW_S": "2", "STREAMSERVE_DRIFT_HOP_S": "1",
+             "STREAMSERVE_DRIFT_GRACE_S": "1"}
 _ANSWER_TIMEOUT = 60.0
 
 

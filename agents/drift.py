@@ -1,13 +1,20 @@
-"""Drift windows in the Faust app: batch counts in, a report per window and feature out.
+"""Drift windows in the Faust app: coded rows in, a report per window and feature out.
 
-The serving hot path sends one counts message per batch and model version to the
-internal ``<prefix>.drift-counts`` topic (keyed ``model:version``, so one partition,
-hence one worker, owns a version's windows). This agent reads them one event at a
-time (a few per second: Faust's per-event cost does not matter here, and tables can
-be written), keeps each version's ``DriftMonitor`` state (panes and trackers) in a
-Faust table whose changelog carries it through restarts and rebalances, and sends a
-report per closed window and feature to ``<prefix>.drift`` and to Prometheus.
-Windows close by event time, when counts for a later pane arrive.
+The serving hot path sends the rows it served, coded against the reference bins
+(``CodedRows``), to the internal ``<prefix>.drift-rows`` topic every half second, one
+message per model version, keyed ``model:version`` (so one partition, hence one
+worker, owns a version's windows). This agent reads them one event at a time (a few
+per second: Faust's per-event cost does not matter here, and tables can be written),
+counts each request once into the panes of its event time, keeps each version's
+``DriftMonitor`` state (panes, trackers and the offsets counted) in a Faust table
+whose changelog carries it through restarts and rebalances, and sends a report per
+closed window and feature to ``<prefix>.drift`` and to Prometheus. Windows close by
+event time, when rows for a later pane arrive; each model's windows and verdict
+follow its ``ModelPolicy``.
+
+Counted once: the offsets counted ride in the same table value as the counts, so a
+message read again after this agent's crash, or rows a worker serves again after its
+own, are recognised and skipped.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import orjson
 
 from agents.metrics import Metrics
 from pipeline.config import Settings
-from pipeline.drift import DriftMonitor, FeatureWindow, MatrixCounts, WindowReport
+from pipeline.drift import CodedRows, DriftError, DriftMonitor, FeatureWindow, WindowReport
 
 log = logging.getLogger(__name__)
 
@@ -32,14 +39,14 @@ def add_drift_agent(app: faust.App, settings: Settings,
                     references: Mapping[tuple[str, str], dict[str, Any]], metrics: Metrics) -> None:
     """Wire the drift agent for the served versions' ``references`` into ``app``."""
     topics = settings.topics
-    counts_topic = app.topic(topics.drift_counts, key_type=bytes, value_type=bytes,
+    rows_topic = app.topic(topics.drift_rows, key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw",
                              partitions=settings.request_partitions)
     reports_topic = app.topic(topics.drift, key_type=bytes, value_type=bytes,
                               key_serializer="raw", value_serializer="raw")
     # Raw bytes (the app's serializers): Faust rebuilds typed values from the changelog
     # with ``value_type.from_data``, which a plain dict lacks, so recovery would fail.
-    state = app.Table("drift-monitors", default=None, key_type=bytes, value_type=bytes,
+    state = app.Table("drift-windows", default=None, key_type=bytes, value_type=bytes,
                       partitions=settings.request_partitions)
 
     # Live monitors of the partitions this worker holds; the table is their durable copy,
@@ -56,25 +63,35 @@ def add_drift_agent(app: faust.App, settings: Settings,
         reference = references.get((model, version))
         if not reference:
             return None
-        monitor = DriftMonitor.from_manifest_reference(reference, settings.drift_window_s,
-                                                       settings.drift_hop_s)
+        policy = settings.policy(model)
+        monitor = DriftMonitor.from_manifest_reference(reference, policy.drift_window_s,
+                                                       policy.drift_hop_s, policy.drift,
+                                                       policy.drift_grace_s)
         snapshot = state.get(key.encode())
         if snapshot is not None:
             monitor.restore(orjson.loads(snapshot))
         monitors[key] = monitor
         return monitor
 
-    @app.agent(counts_topic, concurrency=1)
+    @app.agent(rows_topic, concurrency=1)
     async def aggregate(stream: faust.StreamT) -> None:
         async for event in stream.events():
             key = event.key.decode()
-            message = orjson.loads(event.value)
-            model, version = message["model"], message["version"]
+            model, _, version = key.rpartition(":")
             monitor = monitor_for(key, model, version)
             if monitor is None:
-                log.warning("drift counts for %s, which this worker does not serve; skipped", key)
+                log.warning("drift rows for %s, which this worker does not serve; skipped", key)
                 continue
-            closed = monitor.on_counts(message["timestamp"], MatrixCounts.from_json(message["counts"]))
+            try:
+                rows = CodedRows.from_bytes(event.value)
+            except DriftError as e:  # a worker of another release: say so, keep going
+                log.error("drift rows for %s at offset %d unreadable, skipped: %s", key,
+                          event.message.offset, e)
+                continue
+            late = monitor.window.late_rows
+            closed = monitor.on_rows(rows)
+            if monitor.window.late_rows > late:
+                metrics.drift_late_rows.labels(model, version).inc(monitor.window.late_rows - late)
             state[key.encode()] = orjson.dumps(monitor.snapshot())
             for report in closed:
                 for feature in report.features:

@@ -95,6 +95,11 @@ class WorkerProcess:
     def log_tail(self, characters: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-characters:]
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: nothing is finished, flushed or committed."""
+        self.process.kill()
+        self.process.wait()
+
     def stop(self, timeout: float = 30) -> int:
         """SIGTERM (the worker finishes its batch and commits), SIGKILL after ``timeout``."""
         if self.process.poll() is None:

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
-import orjson
 
 from agents.metrics import Metrics
 from models.runtime import ServingModel
@@ -26,16 +25,19 @@ from pipeline.batching import padded_size
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
 from pipeline.decode import Request, decode
-from pipeline.drift import DriftMonitor, MatrixCounts
+from pipeline.drift import CodedRows, MatrixCounter, watched_columns, watched_references
 from pipeline.isolation import RowFailure, serve_isolated
 from pipeline.messages import (
     ServingFacts,
     dead_letter_key,
     encode_dead_letter,
     encode_prediction,
+    encode_sample,
     source_headers,
 )
+from pipeline.redaction import Redactor
 from pipeline.rejections import Reason, Rejection
+from pipeline.sampling import sampled
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +54,8 @@ class Incoming:
 class Kind(StrEnum):
     PREDICTION = "prediction"
     DEAD_LETTER = "dead_letter"
-    DRIFT_COUNTS = "drift_counts"  # internal: not an answer to a request
+    SAMPLE = "sample"  # a copy of a served request, redacted, beside its prediction
+    DRIFT_ROWS = "drift_rows"  # internal: served rows coded for the drift windows
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +79,17 @@ class InferenceService:
                  default_versions: Mapping[str, str], metrics: Metrics, executor: Executor) -> None:
         self._served = dict(served)
         self._topics = settings.topics
-        self._hop_s = settings.drift_hop_s
-        self._pending_drift: dict[tuple[str, str, int], tuple[MatrixCounts, float]] = {}
-        # Drift is counted for versions trained with reference statistics.
-        self._monitors = {
-            key: DriftMonitor.from_manifest_reference(
-                serving.manifest.reference, settings.drift_window_s, settings.drift_hop_s)
-            for key, serving in self._served.items()
-            if settings.drift and serving.manifest.reference}
+        self._policies = {model: settings.policy(model) for model, _ in self._served}
+        # Dead letters may name no model, or one not served: hide every model's fields.
+        self._dead_letter_redactor = settings.policy("").redactor
+        for policy in self._policies.values():
+            self._dead_letter_redactor = self._dead_letter_redactor.merged(policy.redactor)
+        self._pending_drift: dict[tuple[str, str], list[CodedRows]] = {}
+        # Drift is coded for versions trained with reference statistics (the drift agent
+        # keeps the windows).
+        self._coders = {key: MatrixCounter(watched_references(serving.manifest.reference))
+                        for key, serving in self._served.items()
+                        if settings.drift and serving.manifest.reference}
         self._max_bytes = settings.max_message_bytes
         self._metrics = metrics
         self._executor = executor
@@ -127,6 +133,8 @@ class InferenceService:
         self._metrics.padding_rows.labels(model, version).inc(
             padded_size(len(rows), served.buckets) - len(rows))
         labels = served.manifest.outputs.labels
+        policy = self._policies[model]
+        names = served.manifest.inputs.names
         done = time.time()
         outgoing = []
         for (record, request), result in zip(items, results, strict=True):
@@ -144,43 +152,47 @@ class InferenceService:
                 value=encode_prediction(request.id, model, version, result, labels, facts),
                 headers=source_headers(record.topic, record.partition, record.offset),
                 model=model, version=version, reason=None, request_timestamp=record.timestamp))
-        monitor = self._monitors.get((model, version))
+            if policy.sample_rate and sampled(request.id, policy.sample_rate):
+                outgoing.append(self._sample(record, request, names, result, labels, policy.redactor))
+        coder = self._coders.get((model, version))
         served_rows = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
-        if monitor is not None and served_rows:
+        if coder is not None and served_rows:
             classes = np.stack([results[i] for i in served_rows]).argmax(axis=1)
-            stamps = np.array([items[i][0].timestamp for i in served_rows])
-            self._count_drift(model, version, monitor, rows[served_rows], classes, stamps)
+            sources = [items[i][0] for i in served_rows]
+            self._pending_drift.setdefault((model, version), []).append(CodedRows(
+                coder.codes(watched_columns(rows[served_rows], classes)),
+                np.array([r.partition for r in sources], np.int32),
+                np.array([r.offset for r in sources], np.int64),
+                np.array([round(r.timestamp * 1000) for r in sources], np.int64)))
         return outgoing
 
-    def _count_drift(self, model: str, version: str, monitor: DriftMonitor, rows: np.ndarray,
-                     classes: np.ndarray, stamps: np.ndarray) -> None:
-        """Add a batch's counts to the pending ones of each event-time pane it touches."""
-        panes = np.floor(stamps / self._hop_s)
-        for pane in np.unique(panes):
-            mine = panes == pane
-            counts = monitor.count(rows[mine], classes[mine])
-            key = (model, version, int(pane))
-            held = self._pending_drift.get(key)
-            newest = float(stamps[mine].max())
-            self._pending_drift[key] = (counts if held is None else held[0] + counts,
-                                        newest if held is None else max(held[1], newest))
+    def _sample(self, record: Incoming, request: Request, names: Sequence[str], result: np.ndarray,
+                labels: Sequence[str], redactor: Redactor) -> Outgoing:
+        features = redactor.fields(dict(zip(names, request.row, strict=True)))
+        return Outgoing(
+            kind=Kind.SAMPLE, topic=self._topics.samples, partition=record.partition,
+            key=request.id.encode(),
+            value=encode_sample(request.id, request.model, request.version, record.timestamp,
+                                features, result, labels),
+            headers=source_headers(record.topic, record.partition, record.offset),
+            model=request.model, version=request.version, reason=None,
+            request_timestamp=record.timestamp)
 
-    def drift_counts(self) -> list[Outgoing]:
-        """The pending drift counts as messages (one per version and pane), and forget them.
+    def drift_rows(self) -> list[Outgoing]:
+        """The rows served since the last call, coded for drift, as one message per version.
 
-        Flushed every fraction of a second rather than per batch: the drift agent's cost
+        Called every fraction of a second rather than per batch: the drift agent's cost
         is per message, and small batches under light load would multiply it.
         """
         messages = []
-        for (model, version, _), (counts, newest) in sorted(self._pending_drift.items()):
+        for (model, version), parts in sorted(self._pending_drift.items()):
             key = f"{model}:{version}".encode()
-            value = orjson.dumps({"model": model, "version": version, "timestamp": newest,
-                                  "counts": counts.to_json()})
-            # All of a version's counts go to one partition: one worker owns its windows.
+            rows = CodedRows.concatenate(parts)
+            # All of a version's rows go to one partition: one worker owns its windows.
             messages.append(Outgoing(
-                kind=Kind.DRIFT_COUNTS, topic=self._topics.drift_counts, partition=zlib.crc32(key),
-                key=key, value=value, headers=[], model=model, version=version, reason=None,
-                request_timestamp=newest))
+                kind=Kind.DRIFT_ROWS, topic=self._topics.drift_rows, partition=zlib.crc32(key),
+                key=key, value=rows.to_bytes(), headers=[], model=model, version=version,
+                reason=None, request_timestamp=float(rows.timestamps_ms.max()) / 1000))
         self._pending_drift.clear()
         return messages
 
@@ -188,7 +200,7 @@ class InferenceService:
         return Outgoing(
             kind=Kind.DEAD_LETTER, topic=self._topics.deadletter, partition=record.partition,
             key=dead_letter_key(rejection, record.topic, record.partition, record.offset),
-            value=encode_dead_letter(rejection, record.value),
+            value=encode_dead_letter(rejection, self._dead_letter_redactor.original(record.value)),
             headers=source_headers(record.topic, record.partition, record.offset),
             model=rejection.model or "", version=version, reason=rejection.reason,
             request_timestamp=record.timestamp)
@@ -205,6 +217,7 @@ class InferenceService:
         # Count per label set, then touch each metric once: label lookups cost more
         # than the increments.
         served: Counter[tuple[str, str]] = Counter()
+        samples: Counter[str] = Counter()
         dead: Counter[tuple[str, str, Reason]] = Counter()
         latencies: dict[str, list[float]] = {}
         for out in outgoing:
@@ -214,12 +227,16 @@ class InferenceService:
             elif out.kind is Kind.DEAD_LETTER:
                 assert out.reason is not None
                 dead[(out.model, out.version, out.reason)] += 1
+            elif out.kind is Kind.SAMPLE:
+                samples[out.model] += 1
         for (model, version), count in served.items():
             m.requests.labels(model, version, "prediction").inc(count)
             m.predictions.labels(model, version, "stable").inc(count)
         for (model, version, reason), count in dead.items():
             m.requests.labels(model, version, "deadletter").inc(count)
             m.deadletters.labels(model, str(reason)).inc(count)
+        for model, count in samples.items():
+            m.samples.labels(model).inc(count)
         for model, seconds in latencies.items():
             histogram = m.e2e_latency.labels(model)
             for s in seconds:

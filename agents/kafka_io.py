@@ -44,7 +44,7 @@ async def ensure_topics(settings: Settings) -> None:
         existing = set(await admin.list_topics())
         missing = [NewTopic(name, settings.request_partitions, 1)
                    for name in (topics.requests, topics.predictions, topics.deadletter,
-                                topics.drift, topics.drift_counts)
+                                topics.drift, topics.drift_rows, topics.samples)
                    if name not in existing]
         if missing:
             await admin.create_topics(missing)

@@ -26,6 +26,8 @@ class Metrics:
                                    ["model", "version", "route"], registry=r)
         self.deadletters = Counter("streamserve_deadletters", "Dead letters written, by reason",
                                    ["model", "reason"], registry=r)
+        self.samples = Counter("streamserve_samples", "Sampled, redacted requests written",
+                               ["model"], registry=r)
         self.e2e_latency = Histogram(
             "streamserve_e2e_latency_seconds",
             "Request timestamp to prediction produced and acknowledged",
@@ -56,6 +58,10 @@ class Metrics:
         self.drift_events = Counter("streamserve_drift_events",
                                     "Drift events (two drifting windows in a row)",
                                     ["model", "version", "feature", "status"], registry=r)
+        self.drift_late_rows = Counter(
+            "streamserve_drift_late_rows",
+            "Served rows that reached their drift windows after those closed (beyond the grace)",
+            ["model", "version"], registry=r)
         self.loaded = Gauge("streamserve_model_loaded", "1 for each loaded version and its role",
                             ["model", "version", "role"], registry=r)
         self.ready = Gauge("streamserve_worker_ready",

@@ -19,9 +19,12 @@ Delivery (at-least-once), per batch, in this order:
   3. hand every output to the producer, then go on with the next batch while a
      completion task waits until the broker acknowledges each output (sending again
      what failed);
-  4. commit the batch's offsets once it and every batch before it are acknowledged
-     (at most ``_MAX_BATCHES_IN_FLIGHT`` batches are between 3 and 4; the offsets of
-     batches completed while a commit is in flight go in the next commit).
+  4. every ``_FLUSH_SECONDS`` (and when idle), send the drift codes of the rows served
+     meanwhile and commit those batches' offsets, once they, the codes and every
+     batch before are acknowledged (at most ``_MAX_BATCHES_IN_FLIGHT`` batches are
+     between 3 and 4). Offsets never pass rows whose drift codes are not yet sent, so
+     a crash loses no drift counts; the rows it makes the worker serve again are
+     counted once by the drift agent (``SourceWatermarks``).
 A crash before 4 replays the batch (duplicates, never losses). A rebalance waits for
 the batches in flight to finish step 4 before the partitions are given up, so a
 rebalance alone causes no duplicates. SIGTERM stops the loop between batches and
@@ -52,9 +55,8 @@ log = logging.getLogger(__name__)
 _SEND_RETRY_SECONDS = 1.0
 _IDLE_POLL_SECONDS = 0.5
 _MAX_BATCHES_IN_FLIGHT = 4
-# Drift counts leave with the batch being served at most this often. Those pending at a
-# crash are lost, or counted twice if their batches are replayed: statistics tolerate it.
-_DRIFT_FLUSH_SECONDS = 0.5
+# Drift codes leave, and offsets are committed, at most this often (and when idle).
+_FLUSH_SECONDS = 0.5
 # A pessimistic first guess at a batch's cost (1 ms + 50 µs a row); measurements replace it.
 _PRIOR_SECONDS_PER_ROW = 50e-6
 _PRIOR_SECONDS_PER_BATCH = 1e-3
@@ -77,9 +79,10 @@ class RequestServer(mode.Service):
         self._queue: list[tuple[float, ConsumerRecord]] = []  # (local arrival, record)
         self._completions: deque[asyncio.Task] = deque()  # batches awaiting acks and commit
         self._partitions: dict[str, list[int]] = {}  # output topic -> its partitions
-        self._to_commit: dict[TopicPartition, OffsetAndMetadata] = {}
+        self._to_commit: dict[TopicPartition, OffsetAndMetadata] = {}  # acknowledged, flushed
+        self._unflushed: dict[TopicPartition, OffsetAndMetadata] = {}  # served since the flush
         self._committer: asyncio.Task | None = None
-        self._drift_flushed = 0.0
+        self._flushed = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
 
@@ -102,7 +105,9 @@ class RequestServer(mode.Service):
                 await asyncio.wait_for(self._loop_done.wait(), timeout=30)
             except TimeoutError:
                 log.warning("the serving loop did not finish its batch in 30 s; stopping anyway")
-            await self._drain()
+            async with self._in_flight:
+                await self._flush(time.monotonic())
+                await self._drain()
             await self._consumer.stop()
         if self._producer is not None:
             await self._producer.stop()
@@ -125,8 +130,9 @@ class RequestServer(mode.Service):
                                                  max_records=self._buckets[-1])
                 arrival = time.monotonic()
                 self._queue.extend((arrival, r) for records in fetched.values() for r in records)
-                if not self._queue and arrival - self._drift_flushed >= _DRIFT_FLUSH_SECONDS:
-                    await self._flush_idle_drift(arrival)
+                if not self._queue and arrival - self._flushed >= _FLUSH_SECONDS:
+                    async with self._in_flight:
+                        await self._flush(arrival)
         finally:
             self._loop_done.set()
 
@@ -144,10 +150,10 @@ class RequestServer(mode.Service):
             outgoing = await self._compute(records, self._policy.cost.predict(bucket))
             self._policy.cost.observe(choose_bucket(len(records), self._buckets),
                                       time.monotonic() - started)
-            if started - self._drift_flushed >= _DRIFT_FLUSH_SECONDS:
-                outgoing += self._inference.drift_counts()
-                self._drift_flushed = started
-            await self._hand_off(outgoing, _next_offsets(records))
+            await self._hand_off(outgoing, {})
+            self._unflushed.update(_next_offsets(records))
+            if started - self._flushed >= _FLUSH_SECONDS:
+                await self._flush(started)
         # Bound the batches in flight; a failed completion surfaces here and stops the
         # worker (its batch was not committed, so it is served again: at-least-once).
         while self._completions and (len(self._completions) > _MAX_BATCHES_IN_FLIGHT
@@ -156,13 +162,14 @@ class RequestServer(mode.Service):
         if self._committer is not None and self._committer.done():
             self._committer.result()  # a failed commit stops the worker, as above
 
-    async def _flush_idle_drift(self, now: float) -> None:
-        """With no traffic, pending drift counts still leave (they close windows)."""
-        self._drift_flushed = now
-        drift = self._inference.drift_counts()
-        if drift:
-            async with self._in_flight:
-                await self._hand_off(drift, {})
+    async def _flush(self, now: float) -> None:
+        """Send the drift codes of the rows served since the last flush, and commit their
+        offsets once all is acknowledged. Without traffic too: the codes close windows."""
+        self._flushed = now
+        drift, offsets = self._inference.drift_rows(), self._unflushed
+        self._unflushed = {}
+        if drift or offsets:
+            await self._hand_off(drift, offsets)
 
     async def _hand_off(self, outgoing: Sequence[Outgoing],
                         offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
@@ -228,11 +235,12 @@ class RequestServer(mode.Service):
                 sent = await self._send(failed)
         if previous is not None:
             await previous
-        # Commits coalesce: one commit request in flight carries every batch completed
-        # meanwhile, so a commit round trip per batch never throttles serving.
-        self._to_commit.update(offsets)
-        if self._committer is None or self._committer.done():
-            self._committer = asyncio.create_task(self._commit_pending())
+        # Commits coalesce: one commit request in flight carries every flush completed
+        # meanwhile, so a commit round trip never throttles serving.
+        if offsets:
+            self._to_commit.update(offsets)
+            if self._committer is None or self._committer.done():
+                self._committer = asyncio.create_task(self._commit_pending())
 
     async def _commit_pending(self) -> None:
         assert self._consumer is not None
@@ -253,6 +261,7 @@ class RequestServer(mode.Service):
         async with self._in_flight:
             self._queue = [(t, r) for t, r in self._queue
                            if TopicPartition(r.topic, r.partition) not in revoked]
+            await self._flush(time.monotonic())
             await self._drain()
 
     def partitions_assigned(self, assigned: set[TopicPartition]) -> None:

@@ -8,10 +8,14 @@ field's metadata names its environment variable and says what it does, so
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+
+from pipeline.drift import DriftConfig
+from pipeline.redaction import Action, RedactionError, Redactor, parse_rules
 
 
 class ConfigError(ValueError):
@@ -20,6 +24,13 @@ class ConfigError(ValueError):
 
 def _setting(default: Any, env: str, doc: str) -> Any:
     return field(default=default, metadata={"env": env, "doc": doc})
+
+
+def _secret(env: str, doc: str) -> Any:
+    """A secret: read from ``env`` or from the file ``env``_FILE names; never shown."""
+    return field(default="", repr=False,
+                 metadata={"env": env, "doc": f"{doc} Or {env}_FILE: a file holding it.",
+                           "secret": True})
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +56,32 @@ class Topics:
         return f"{self.prefix}.drift"
 
     @property
-    def drift_counts(self) -> str:
-        """Internal: each served batch's drift counts, keyed by model:version."""
-        return f"{self.prefix}.drift-counts"
+    def drift_rows(self) -> str:
+        """Internal: served rows as drift codes (``CodedRows``), keyed by model:version."""
+        return f"{self.prefix}.drift-rows"
+
+    @property
+    def samples(self) -> str:
+        return f"{self.prefix}.samples"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPolicy:
+    """The settings that apply to one model: its drift windows and verdict, sampling, redaction."""
+
+    drift_window_s: int
+    drift_hop_s: int
+    drift_grace_s: int
+    drift: DriftConfig
+    sample_rate: float
+    redactor: Redactor
+
+
+# What a [models.NAME] table of STREAMSERVE_MODELS_FILE may set, and the type of each.
+_PER_MODEL: dict[str, type] = {
+    "drift_window_s": int, "drift_hop_s": int, "drift_grace_s": int, "drift_min_window": int, "drift_alpha": float,
+    "drift_psi_floor": float, "drift_alert_psi": float, "drift_consecutive": int,
+    "sample_rate": float, "redact": dict}
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +143,43 @@ class Settings:
     drift_hop_s: int = _setting(
         10, "STREAMSERVE_DRIFT_HOP_S",
         "Drift window hop in whole seconds: a report per model version and feature every hop.")
+    drift_grace_s: int = _setting(
+        10, "STREAMSERVE_DRIFT_GRACE_S",
+        "How long past its end a drift window waits for rows out of order (whole hops): "
+        "partitions are read side by side, so a backlog can run ahead of another.")
+    drift_min_window: int = _setting(
+        200, "STREAMSERVE_DRIFT_MIN_WINDOW",
+        "Fewest values in a window for a drift verdict (also at least 20 per bin).")
+    drift_alpha: float = _setting(
+        0.05, "STREAMSERVE_DRIFT_ALPHA",
+        "Significance of the drift test (Bonferroni-corrected over a model's features).")
+    drift_psi_floor: float = _setting(
+        0.1, "STREAMSERVE_DRIFT_PSI_FLOOR",
+        "Smallest PSI that counts as drift, however large the window.")
+    drift_alert_psi: float = _setting(
+        0.25, "STREAMSERVE_DRIFT_ALERT_PSI", "PSI from which drift is reported as an alert.")
+    drift_consecutive: int = _setting(
+        2, "STREAMSERVE_DRIFT_CONSECUTIVE",
+        "Drifting windows in a row before a drift event is raised.")
+
+    sample_rate: float = _setting(
+        0.01, "STREAMSERVE_SAMPLE_RATE",
+        "Share of each model's served requests (chosen by a hash of the request id, so a "
+        "replay chooses alike) written with their predictions to <prefix>.samples; 0 is off.")
+    redact: str = _setting(
+        "", "STREAMSERVE_REDACT",
+        "Request fields redacted before anything leaves the worker (samples, dead letters), "
+        "for every model: 'field=drop|hash|mask,...'. hash is a keyed HMAC-SHA256.")
+    redaction_key: str = _secret(
+        "STREAMSERVE_REDACTION_KEY", "Secret key of the keyed hash that 'hash' redaction uses.")
+    models_file: Path | None = _setting(
+        None, "STREAMSERVE_MODELS_FILE",
+        "TOML file of per-model settings: a [models.NAME] table may set drift_window_s, "
+        "drift_hop_s, drift_grace_s, drift_min_window, drift_alpha, drift_psi_floor, drift_alert_psi, "
+        "drift_consecutive, sample_rate and redact (a table of field = \"drop|hash|mask\").")
+    # The [models.NAME] tables of models_file, read and checked once.
+    _models: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False,
+                                               compare=False)
 
     @property
     def bootstrap(self) -> str:
@@ -129,29 +200,66 @@ class Settings:
         _check(1 <= self.max_batch <= 4096, "STREAMSERVE_MAX_BATCH", "must be between 1 and 4096")
         _check(1 <= self.batch_timeout_ms <= 10_000, "STREAMSERVE_BATCH_TIMEOUT_MS",
                "must be between 1 and 10000 milliseconds")
-        _check(self.drift_hop_s >= 1 and self.drift_window_s >= self.drift_hop_s
-               and self.drift_window_s % self.drift_hop_s == 0, "STREAMSERVE_DRIFT_WINDOW_S",
-               "must be a whole multiple of STREAMSERVE_DRIFT_HOP_S (at least 1 second)")
         _check(self.max_message_bytes >= 256, "STREAMSERVE_MAX_MESSAGE_BYTES", "must be at least 256")
         _check(bool(self.topic_prefix) and all(c.isalnum() or c in "._-" for c in self.topic_prefix),
                "STREAMSERVE_TOPIC_PREFIX", "must be non-empty and use only letters, digits, '.', '_' and '-'")
         _check(self.broker is None or bool(self.broker.strip()), "STREAMSERVE_BROKER",
                "must be host:port[,host:port], or unset for the local broker")
+        object.__setattr__(self, "_models", _read_models_file(self.models_file))
+        for model in ["", *self._models]:
+            self.policy(model)  # every policy is checked at start, not at first use
+
+    def policy(self, model: str) -> ModelPolicy:
+        """``model``'s settings: its [models.NAME] table in STREAMSERVE_MODELS_FILE over the
+        environment's. Its redaction rules add to (and override) STREAMSERVE_REDACT's."""
+        own = self._models.get(model, {})
+        def where(key: str) -> str:  # the setting to mend when a value cannot work
+            return f"{self.models_file} [models.{model}] {key}" if key in own else _env_of(key)
+
+        def value(key: str) -> Any:
+            return own.get(key, getattr(self, key))
+
+        window, hop = value("drift_window_s"), value("drift_hop_s")
+        _check(hop >= 1 and window >= hop and window % hop == 0, where("drift_window_s"),
+               f"must be a whole multiple of the hop ({hop} s, at least 1 second), got {window}")
+        grace = value("drift_grace_s")
+        _check(grace >= 0 and grace % hop == 0, where("drift_grace_s"),
+               f"must be a whole multiple of the hop ({hop} s), 0 included, got {grace}")
+        rate = value("sample_rate")
+        _check(0 <= rate <= 1, where("sample_rate"), f"must lie in [0, 1], got {rate}")
+        try:
+            drift = DriftConfig(alpha=value("drift_alpha"), psi_floor=value("drift_psi_floor"),
+                                alert_psi=value("drift_alert_psi"),
+                                min_window=value("drift_min_window"),
+                                consecutive=value("drift_consecutive"))
+        except ValueError as e:
+            raise ConfigError(f"drift settings of {model or 'every model'}: {e}") from None
+        try:
+            rules = parse_rules(self.redact, "STREAMSERVE_REDACT")
+            rules.update(parse_rules(",".join(f"{k}={v}" for k, v in own.get("redact", {}).items()),
+                                     where("redact")))
+            redactor = Redactor(rules, self.redaction_key.encode())
+        except RedactionError as e:
+            raise ConfigError(str(e)) from None
+        return ModelPolicy(window, hop, grace, drift, rate, redactor)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ, **overrides: Any) -> Settings:
         """Read every setting from its environment variable, then apply ``overrides``."""
         values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = environ.get(f.metadata["env"])
+        for f in _public(cls):
+            env = f.metadata["env"]
+            raw = environ.get(env)
+            if not raw and f.metadata.get("secret") and environ.get(f"{env}_FILE"):
+                raw = _read_secret(f"{env}_FILE", Path(environ[f"{env}_FILE"]))
             if raw is not None and raw != "":
-                values[f.name] = _parse(f.metadata["env"], f.type, raw)
+                values[f.name] = _parse(env, f.type, raw)
         return replace(cls(**values), **overrides) if overrides else cls(**values)
 
     @classmethod
     def documentation(cls) -> list[tuple[str, str, str]]:
         """(variable, default, meaning) for each setting, for help texts and docs."""
-        return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in fields(cls)]
+        return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in _public(cls)]
 
 
 _BOOLEANS = {"on": True, "true": True, "1": True, "yes": True,
@@ -163,6 +271,11 @@ def _parse(env: str, type_name: str, raw: str) -> Any:
         if raw.lower() not in _BOOLEANS:
             raise ConfigError(f"{env}={raw!r} must be on or off")
         return _BOOLEANS[raw.lower()]
+    if type_name == "float":
+        try:
+            return float(raw)
+        except ValueError:
+            raise ConfigError(f"{env}={raw!r} must be a number, e.g. 0.05") from None
     if "int" in type_name:
         try:
             return int(raw)
@@ -176,3 +289,51 @@ def _parse(env: str, type_name: str, raw: str) -> Any:
 def _check(ok: bool, env: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"{env} {message}")
+
+
+def _public(cls: type) -> list:
+    """The fields read from the environment (all but the derived ones)."""
+    return [f for f in fields(cls) if "env" in f.metadata]
+
+
+def _env_of(name: str) -> str:
+    return next(f.metadata["env"] for f in _public(Settings) if f.name == name)
+
+
+def _read_secret(env: str, path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError as e:
+        raise ConfigError(f"{env}={path} cannot be read ({e.strerror}); point it at the "
+                          "file that holds the secret") from None
+
+
+def _read_models_file(path: Path | None) -> dict[str, dict[str, Any]]:
+    """The [models.NAME] tables of the per-model settings file, with their keys checked."""
+    if path is None:
+        return {}
+    try:
+        document = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"STREAMSERVE_MODELS_FILE={path} cannot be read ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"STREAMSERVE_MODELS_FILE={path} is not valid TOML: {e}") from None
+    unknown = set(document) - {"models"}
+    _check(not unknown and isinstance(document.get("models", {}), dict),
+           f"STREAMSERVE_MODELS_FILE={path}",
+           f"may hold only [models.NAME] tables, found {sorted(unknown) or 'models = ...'}")
+    models = document.get("models", {})
+    for model, table in models.items():
+        _check(isinstance(table, dict), f"{path} models.{model}", "must be a table: [models.NAME]")
+        for key, value in table.items():
+            expected = _PER_MODEL.get(key)
+            _check(expected is not None, f"{path} [models.{model}] {key}",
+                   f"is not a per-model setting; use one of {', '.join(_PER_MODEL)}")
+            ok = (isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+                  if expected is dict else
+                  isinstance(value, (int, float)) and not isinstance(value, bool)
+                  if expected is float else isinstance(value, int) and not isinstance(value, bool))
+            _check(ok, f"{path} [models.{model}] {key}",
+                   "must be a table of field = \"drop|hash|mask\"" if expected is dict
+                   else f"must be a {'number' if expected is float else 'whole number'}, got {value!r}")
+    return models

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import orjson
 
+from pipeline.redaction import RedactedOriginal
 from pipeline.rejections import Rejection
 
 SOURCE_TOPIC_HEADER = "streamserve-source-topic"
@@ -32,24 +34,42 @@ def encode_prediction(request_id: str, model: str, version: str, probabilities: 
         "id": request_id,
         "model_name": model,
         "model_version": version,
-        "outputs": [
-            {"name": "probabilities", "shape": [1, len(labels)], "datatype": "FP32",
-             "data": probabilities.tolist()},
-            {"name": "label", "shape": [1], "datatype": "BYTES",
-             "data": [labels[int(np.argmax(probabilities))]]},
-        ],
+        "outputs": _outputs(probabilities, labels),
         "parameters": {"route": facts.route, "batch_size": facts.batch_size,
                        "latency_ms": round(facts.latency_ms, 3)},
     })
 
 
-def encode_dead_letter(rejection: Rejection, original: bytes | None) -> bytes:
-    """The rejection plus the request bytes as received (base64 when they are not UTF-8)."""
-    raw = original or b""
-    try:
-        text, encoding = raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+def encode_sample(request_id: str, model: str, version: str, timestamp: float,
+                  features: Mapping[str, Any], probabilities: np.ndarray,
+                  labels: Sequence[str]) -> bytes:
+    """A sampled request (its features as the model read them, already redacted) and its
+    prediction, for offline checks. ``timestamp``: the request's, in seconds."""
+    return orjson.dumps({"id": request_id, "model_name": model, "model_version": version,
+                         "timestamp": timestamp, "features": features,
+                         "outputs": _outputs(probabilities, labels)})
+
+
+def _outputs(probabilities: np.ndarray, labels: Sequence[str]) -> list[dict[str, Any]]:
+    return [
+        {"name": "probabilities", "shape": [1, len(labels)], "datatype": "FP32",
+         "data": probabilities.tolist()},
+        {"name": "label", "shape": [1], "datatype": "BYTES",
+         "data": [labels[int(np.argmax(probabilities))]]},
+    ]
+
+
+def encode_dead_letter(rejection: Rejection, original: RedactedOriginal) -> bytes:
+    """The rejection plus the request as received after redaction (base64 when it is not
+    UTF-8; ``original_encoding`` "withheld" when redaction could not find its fields)."""
+    raw = original.value or b""
+    if original.withheld:
+        text, encoding = "", "withheld"
+    else:
+        try:
+            text, encoding = raw.decode("utf-8"), "utf-8"
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
     message = {"id": rejection.id, "reason": str(rejection.reason), "error": rejection.error,
                "original": text, "original_encoding": encoding}
     if rejection.model is not None:

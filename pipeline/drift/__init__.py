@@ -3,7 +3,10 @@
 The flow, with the conventions of DESIGN.md section 5::
 
     training:  reference_for(column, name) -> FeatureReference   (stored in the manifest)
-    serving:   MatrixCounter(references)(batch) -> MatrixCounts  (once per batch of rows)
+    serving:   MatrixCounter.codes(watched_columns(...)) -> codes (once per batch of rows)
+               CodedRows(codes, partitions, offsets, timestamps)  (shipped to the window owner)
+    windows:   SourceWatermarks.fresh(rows) -> mask               (each request counted once)
+               MatrixCounter.tally(codes) -> MatrixCounts         (per pane)
                PaneWindow.on_counts(pane, counts) -> [ClosedWindow] (panes summed by addition)
     per window and feature:
                report(reference, counts) -> FeatureReport         (the score: PSI, KL, JS, rates)
@@ -11,8 +14,8 @@ The flow, with the conventions of DESIGN.md section 5::
                DriftTracker.on_verdict(verdict) -> DriftEvent | None (two drifting windows in a row)
 
 Modules: ``reference`` (bins), ``counting`` (one column), ``matrix`` (a whole batch:
-the hot path), ``compare`` (the score), ``windows`` (panes and windows), ``verdict``
-(thresholds and events).
+the hot path), ``rows`` (coded rows on the wire, counted once), ``compare`` (the
+score), ``windows`` (panes and windows), ``verdict`` (thresholds and events).
 """
 
 from pipeline.drift.compare import (
@@ -26,7 +29,13 @@ from pipeline.drift.compare import (
 from pipeline.drift.counting import Counts, count
 from pipeline.drift.errors import DriftError
 from pipeline.drift.matrix import MatrixCounter, MatrixCounts, count_matrix
-from pipeline.drift.monitor import DriftMonitor, FeatureWindow, WindowReport
+from pipeline.drift.monitor import (
+    DriftMonitor,
+    FeatureWindow,
+    WindowReport,
+    watched_columns,
+    watched_references,
+)
 from pipeline.drift.reference import (
     OTHER,
     FeatureReference,
@@ -34,6 +43,7 @@ from pipeline.drift.reference import (
     reference_for_labels,
     references_for,
 )
+from pipeline.drift.rows import CodedRows, SourceWatermarks
 from pipeline.drift.verdict import DriftConfig, DriftEvent, DriftTracker, Verdict, judge
 from pipeline.drift.windows import ClosedWindow, PaneWindow, pane_index
 
@@ -44,6 +54,7 @@ __all__ = [
     "OTHER",
     "SMOOTHING_FLOOR",
     "ClosedWindow",
+    "CodedRows",
     "Comparison",
     "Counts",
     "DriftConfig",
@@ -55,6 +66,7 @@ __all__ = [
     "MatrixCounter",
     "MatrixCounts",
     "PaneWindow",
+    "SourceWatermarks",
     "Verdict",
     "compare",
     "count",
@@ -66,4 +78,6 @@ __all__ = [
     "references_for",
     "report",
     "smoothed",
+    "watched_columns",
+    "watched_references",
 ]

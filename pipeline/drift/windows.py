@@ -4,8 +4,11 @@ Panes are tumbling and ``hop_s`` seconds long; an event at time t (seconds) belo
 pane ``floor(t / hop_s)``. The window ending with pane e covers panes
 ``e - size_s/hop_s + 1 .. e``, i.e. the seconds ``[(e + 1) * hop_s - size_s, (e + 1) * hop_s)``,
 and its counts are the sum of those panes' counts. A window closes when an event
-arrives in a later pane than its last; our code emits it then (Faust's own
-``on_window_close`` is wall-clock driven and late, see DESIGN.md section 6).
+arrives more than ``grace_s`` seconds past its end (stream time, as Kafka Streams
+keeps it: the latest pane seen); our code emits it then (Faust's own
+``on_window_close`` is wall-clock driven and late, see DESIGN.md section 6). The grace
+is for rows that arrive out of order: a topic's partitions are read side by side, so
+after a restart one partition's backlog may run ahead of another's.
 
 Counts arriving for a pane whose every window has already closed are dropped and
 tallied in ``late_rows``; counts for an older pane that still has an open window are
@@ -56,14 +59,17 @@ class PaneWindow(Generic[C]):
     carry the state through a table or a restart.
     """
 
-    def __init__(self, size_s: int, hop_s: int) -> None:
-        if not (isinstance(size_s, int) and isinstance(hop_s, int)) or hop_s < 1 or size_s < hop_s \
-                or size_s % hop_s:
-            raise ValueError(f"window size and hop must be whole seconds with the size a multiple "
-                             f"of the hop (e.g. size_s=300, hop_s=60), got size_s={size_s!r}, hop_s={hop_s!r}")
+    def __init__(self, size_s: int, hop_s: int, grace_s: int = 0) -> None:
+        if not all(isinstance(v, int) for v in (size_s, hop_s, grace_s)) or hop_s < 1 \
+                or size_s < hop_s or size_s % hop_s or grace_s < 0 or grace_s % hop_s:
+            raise ValueError(f"window size, hop and grace must be whole seconds with the size and "
+                             f"grace multiples of the hop (e.g. size_s=300, hop_s=60, grace_s=60), "
+                             f"got size_s={size_s!r}, hop_s={hop_s!r}, grace_s={grace_s!r}")
         self.size_s = size_s
         self.hop_s = hop_s
+        self.grace_s = grace_s
         self.panes_per_window = size_s // hop_s
+        self.grace_panes = grace_s // hop_s
         self.panes: dict[int, C] = {}
         self.latest: int | None = None  # the latest pane that received counts
         self.late_rows = 0
@@ -73,31 +79,34 @@ class PaneWindow(Generic[C]):
 
     def on_counts(self, pane: int, counts: C) -> list[ClosedWindow[C]]:
         """Add ``counts`` to ``pane``; return the windows this event time closed, oldest first."""
-        if self.latest is not None and pane <= self.latest - self.panes_per_window:
+        if self.latest is not None and pane <= self.latest - self.grace_panes - self.panes_per_window:
             self.late_rows += counts.total
             return []
-        closed = self._close_before(pane) if self.latest is not None and pane > self.latest else []
         held = self.panes.get(pane)
         self.panes[pane] = counts if held is None else held + counts
-        if self.latest is None or pane > self.latest:
-            self.latest = pane
-            for old in [p for p in self.panes if p <= pane - self.panes_per_window]:
-                del self.panes[old]
+        if self.latest is not None and pane <= self.latest:
+            return []
+        closed = [] if self.latest is None else self._close(
+            self.latest - self.grace_panes, pane - self.grace_panes)
+        self.latest = pane
+        for old in [p for p in self.panes if p <= pane - self.grace_panes - self.panes_per_window]:
+            del self.panes[old]
         return closed
 
     def on_eof(self) -> list[ClosedWindow[C]]:
         """The stream ended: close every window still holding counts, and forget them."""
         if self.latest is None:
             return []
-        closed = self._close_before(self.latest + self.panes_per_window)
+        closed = self._close(self.latest - self.grace_panes, self.latest + self.panes_per_window)
         self.panes.clear()
         return closed
 
-    def _close_before(self, pane: int) -> list[ClosedWindow[C]]:
-        """Windows ending in ``latest .. pane - 1`` that hold counts (later ones are empty)."""
+    def _close(self, first_end: int, stop_end: int) -> list[ClosedWindow[C]]:
+        """Windows ending with panes ``first_end .. stop_end - 1`` that hold counts (windows
+        ending past the latest pane's last window are empty)."""
         assert self.latest is not None
         closed = []
-        for end in range(self.latest, min(pane, self.latest + self.panes_per_window)):
+        for end in range(first_end, min(stop_end, self.latest + self.panes_per_window)):
             held = [self.panes[p] for p in range(end - self.panes_per_window + 1, end + 1) if p in self.panes]
             if held:
                 total = held[0]
@@ -108,13 +117,14 @@ class PaneWindow(Generic[C]):
 
     def snapshot(self) -> dict[str, Any]:
         """Strict-JSON state; ``restore`` rebuilds an equal window from it."""
-        return {"size_s": self.size_s, "hop_s": self.hop_s, "latest": self.latest, "late_rows": self.late_rows,
+        return {"size_s": self.size_s, "hop_s": self.hop_s, "grace_s": self.grace_s,
+                "latest": self.latest, "late_rows": self.late_rows,
                 "panes": [[p, self.panes[p].to_json()] for p in sorted(self.panes)]}
 
     @classmethod
     def restore(cls, snapshot: dict[str, Any], counts_from_json: Callable[[dict[str, Any]], C]) -> PaneWindow[C]:
         """E.g. ``PaneWindow.restore(state, MatrixCounts.from_json)``."""
-        window: PaneWindow[C] = cls(snapshot["size_s"], snapshot["hop_s"])
+        window: PaneWindow[C] = cls(snapshot["size_s"], snapshot["hop_s"], snapshot["grace_s"])
         window.latest = snapshot["latest"]
         window.late_rows = snapshot["late_rows"]
         window.panes = {int(p): counts_from_json(c) for p, c in snapshot["panes"]}

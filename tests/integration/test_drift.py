@@ -15,6 +15,8 @@ pytestmark = pytest.mark.integration
 CANCER = load_dataset("breast_cancer")
 SHIFTED = "mean_texture"
 BASE_MS = 1_700_000_000_000  # event time is the requests' Kafka timestamps
+WINDOWS = {"STREAMSERVE_DRIFT_WINDOW_S": "2", "STREAMSERVE_DRIFT_HOP_S": "1",
+           "STREAMSERVE_DRIFT_GRACE_S": "1"}
 
 
 def requests(second: int, n: int, rng: np.random.Generator, shift: float) -> list[bytes]:
@@ -31,7 +33,7 @@ def requests(second: int, n: int, rng: np.random.Generator, shift: float) -> lis
 def drift_worker(kafka_bootstrap, registry_dir, tmp_path_factory):
     worker = start_worker(kafka_bootstrap, registry_dir,
                           tmp_path_factory.mktemp("drift") / "worker.log",
-                          STREAMSERVE_DRIFT_WINDOW_S="2", STREAMSERVE_DRIFT_HOP_S="1")
+                          **WINDOWS)
     yield worker
     worker.stop()
 
@@ -40,13 +42,13 @@ def test_a_shifted_feature_is_detected_and_no_other(drift_worker):
     s = drift_worker.settings
     rng = np.random.default_rng(0)
     # Seconds 0-5 in distribution, 6-11 with one feature shifted by half a standard
-    # deviation, then one request in second 13 to close the last windows.
+    # deviation, then one request in second 15 to close the last windows.
     for second in range(12):
         shift = 0.5 if second >= 6 else 0.0
         run(produce(s.bootstrap, s.topics.requests, requests(second, 1500, rng, shift),
                     timestamp_ms=BASE_MS + second * 1000 + 500))
-    run(produce(s.bootstrap, s.topics.requests, requests(13, 1, rng, 0.0),
-                timestamp_ms=BASE_MS + 13 * 1000))
+    run(produce(s.bootstrap, s.topics.requests, requests(15, 1, rng, 0.0),
+                timestamp_ms=BASE_MS + 15 * 1000))
     features = len(CANCER.features) + 1  # and the predicted label
     received = run(collect(s.bootstrap, [s.topics.drift], expected=13 * features, timeout=120))
     reports = [r.value for r in received]
@@ -83,8 +85,7 @@ def test_drift_state_recovers_from_the_table_changelog_after_a_restart(
         kafka_bootstrap, registry_dir, tmp_path):
     from agents.fleet import WorkerProcess
 
-    env = {"STREAMSERVE_DRIFT_WINDOW_S": "2", "STREAMSERVE_DRIFT_HOP_S": "1"}
-    first = start_worker(kafka_bootstrap, registry_dir, tmp_path / "first.log", **env)
+    first = start_worker(kafka_bootstrap, registry_dir, tmp_path / "first.log", **WINDOWS)
     s = first.settings
     rng = np.random.default_rng(1)
     for second in range(4):
@@ -97,7 +98,7 @@ def test_drift_state_recovers_from_the_table_changelog_after_a_restart(
         for second_ in range(4, 8):
             run(produce(s.bootstrap, s.topics.requests, requests(second_, 400, rng, 0.0),
                         timestamp_ms=BASE_MS + second_ * 1000 + 500))
-        after = run(collect(s.bootstrap, [s.topics.drift], expected=len(before) + 3 * 31,
+        after = run(collect(s.bootstrap, [s.topics.drift], expected=6 * 31,  # windows ending 1..6
                             timeout=90))
     finally:
         second.stop()
@@ -108,3 +109,49 @@ def test_drift_state_recovers_from_the_table_changelog_after_a_restart(
     spanning = [r.value for r in after if r.value["window_end"] == BASE_MS // 1000 + 5
                 and r.value["feature"] == SHIFTED]
     assert spanning and spanning[0]["window_size"] == 800  # 400 rows from each side
+
+
+def test_a_worker_killed_mid_window_counts_each_request_once(kafka_bootstrap, registry_dir, tmp_path):
+    """Two runs of the same traffic: one worker left alone, one killed with SIGKILL while
+    serving and restarted. Every window's counts (hence every report) must be equal."""
+    import time
+
+    from agents.fleet import WorkerProcess
+
+    # After the restart, partitions' backlogs are read side by side, a few seconds of
+    # event time apart: the grace keeps the windows open for the rows behind.
+    env = {**WINDOWS, "STREAMSERVE_DRIFT_GRACE_S": "4"}
+    calm = start_worker(kafka_bootstrap, registry_dir, tmp_path / "calm.log", **env)
+    crashed = start_worker(kafka_bootstrap, registry_dir, tmp_path / "crashed.log", **env)
+    rng = np.random.default_rng(2)
+    traffic = [(second, requests(second, 1500, rng, 0.5 if second >= 3 else 0.0))
+               for second in range(6)]
+    restarted = None
+    try:
+        for second, values in traffic:
+            for worker in (calm, crashed):
+                run(produce(worker.settings.bootstrap, worker.settings.topics.requests, values,
+                            timestamp_ms=BASE_MS + second * 1000 + 500))
+            if second == 3:  # mid-window: its pane is half counted, its rows half served
+                time.sleep(0.5)
+                crashed.kill()
+                restarted = WorkerProcess.start(tmp_path / "restarted.log", crashed.env)
+        for worker in (calm, crashed):
+            run(produce(worker.settings.bootstrap, worker.settings.topics.requests,
+                        requests(12, 1, rng, 0.0), timestamp_ms=BASE_MS + 12 * 1000))
+        features = len(CANCER.features) + 1
+        windows = 7 * features  # windows ending in seconds 1..7 hold rows
+        reports = {name: {(r.value["window_end"], r.value["feature"]):
+                          (r.value["window_size"], r.value["psi"], r.value["verdict"]["status"])
+                          for r in run(collect(w.settings.bootstrap, [w.settings.topics.drift],
+                                               expected=windows, timeout=120))}
+                   for name, w in (("calm", calm), ("crashed", crashed))}
+    finally:
+        for worker in (calm, crashed, restarted):
+            if worker is not None:
+                worker.stop()
+    assert len(reports["calm"]) == windows
+    assert reports["crashed"] == reports["calm"]
+    sizes = {end - BASE_MS // 1000: size for (end, feature), (size, _, _) in reports["calm"].items()
+             if feature == SHIFTED}
+    assert sizes == {1: 1500, 2: 3000, 3: 3000, 4: 3000, 5: 3000, 6: 3000, 7: 1500}

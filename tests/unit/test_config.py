@@ -35,3 +35,64 @@ def test_invalid_values_name_the_variable(env, says):
 def test_every_setting_is_documented():
     docs = Settings.documentation()
     assert all(env.startswith("STREAMSERVE_") and len(doc) > 20 for env, _, doc in docs)
+
+
+MODELS_TOML = """
+[models.breast_cancer]
+drift_window_s = 20
+drift_hop_s = 5
+drift_alert_psi = 0.3
+sample_rate = 0.05
+redact = { mean_radius = "hash", mean_area = "drop" }
+"""
+
+
+def test_a_models_file_sets_one_models_policy_over_the_environments(tmp_path):
+    path = tmp_path / "models.toml"
+    path.write_text(MODELS_TOML)
+    s = Settings.from_env({"STREAMSERVE_MODELS_FILE": str(path), "STREAMSERVE_REDACT": "mean_texture=mask",
+                           "STREAMSERVE_REDACTION_KEY": "k3y", "STREAMSERVE_SAMPLE_RATE": "0.2"})
+    own, other = s.policy("breast_cancer"), s.policy("iris")
+    assert (own.drift_window_s, own.drift_hop_s, own.drift.alert_psi, own.sample_rate) == (20, 5, 0.3, 0.05)
+    assert dict(own.redactor.rules) == {"mean_texture": "mask", "mean_radius": "hash", "mean_area": "drop"}
+    assert (other.drift_window_s, other.drift.alert_psi, other.sample_rate) == (60, 0.25, 0.2)
+    assert dict(other.redactor.rules) == {"mean_texture": "mask"}
+
+
+@pytest.mark.parametrize("toml,says", [
+    ("[models.iris]\nwindow = 5\n", r"\[models.iris\] window is not a per-model setting; use one of drift_window_s"),
+    ("[models.iris]\nsample_rate = 'high'\n", r"sample_rate must be a number, got 'high'"),
+    ("[models.iris]\ndrift_window_s = 25\ndrift_hop_s = 10\n", r"drift_window_s must be a whole multiple"),
+    ("[models.iris]\nsample_rate = 1.5\n", r"\[models.iris\] sample_rate must lie in \[0, 1\]"),
+    ("[models.iris]\nredact = { petal_length = 'hash' }\n", "STREAMSERVE_REDACTION_KEY"),
+    ("[models.iris]\nredact = { petal_length = 'blur' }\n", "unknown action 'blur'; use drop, hash or mask"),
+    ("[models.iris]\ndrift_alert_psi = 0.05\n", "drift settings of iris: need 0 <= psi_floor <= alert_psi"),
+    ("[iris]\n", r"may hold only \[models.NAME\] tables"),
+    ("[models.iris\n", "is not valid TOML"),
+])
+def test_a_bad_models_file_is_refused_at_start_naming_the_key(tmp_path, toml, says):
+    path = tmp_path / "models.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError, match=says):
+        Settings.from_env({"STREAMSERVE_MODELS_FILE": str(path)})
+
+
+def test_the_redaction_key_is_read_from_a_file_and_never_shown(tmp_path):
+    (tmp_path / "key").write_text("s3cret-value\n")
+    s = Settings.from_env({"STREAMSERVE_REDACTION_KEY_FILE": str(tmp_path / "key"),
+                           "STREAMSERVE_REDACT": "petal_length=hash"})
+    assert s.redaction_key == "s3cret-value" and "s3cret" not in repr(s)
+    assert "s3cret" not in repr(s.policy("iris"))
+    with pytest.raises(ConfigError, match="STREAMSERVE_REDACTION_KEY_FILE=.*cannot be read"):
+        Settings.from_env({"STREAMSERVE_REDACTION_KEY_FILE": str(tmp_path / "missing")})
+
+
+@pytest.mark.parametrize("env,says", [
+    ({"STREAMSERVE_SAMPLE_RATE": "often"}, "STREAMSERVE_SAMPLE_RATE='often' must be a number"),
+    ({"STREAMSERVE_SAMPLE_RATE": "2"}, r"STREAMSERVE_SAMPLE_RATE must lie in \[0, 1\]"),
+    ({"STREAMSERVE_DRIFT_WINDOW_S": "25"}, "STREAMSERVE_DRIFT_WINDOW_S must be a whole multiple"),
+    ({"STREAMSERVE_REDACT": "a=hash"}, "set STREAMSERVE_REDACTION_KEY"),
+])
+def test_invalid_policy_values_name_the_variable(env, says):
+    with pytest.raises(ConfigError, match=says):
+        Settings.from_env(env)

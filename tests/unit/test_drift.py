@@ -498,3 +498,23 @@ def test_end_to_end_windows_of_a_shifted_stream_raise_one_event():
                 if (event := trackers[ref.name].on_verdict(verdict)) is not None:
                     events.append((closed.end_s, event.feature, event.status))
     assert events == [(360, "b", "alert")]
+
+
+def test_a_grace_period_keeps_windows_open_for_rows_out_of_order():
+    w = PaneWindow(size_s=20, hop_s=10, grace_s=10)
+    one = Counts(np.array([1]))
+    assert w.on_counts(0, one) == []
+    assert w.on_counts(1, one) == []  # stream time passed pane 0's window, but not its grace
+    assert w.on_counts(0, one) == []  # a row behind another partition's: still counted
+    closed = w.on_counts(2, one)
+    assert [(c.start_s, c.end_s, int(c.counts.bins[0])) for c in closed] == [(-10, 10, 2)]
+    assert w.on_counts(0, one) == [] and w.late_rows == 0  # window 0..1 is open until pane 3
+    assert w.on_counts(4, one)[0] == ClosedWindow(0, 20, Counts(np.array([4])))
+    assert w.on_counts(1, one) == [] and w.late_rows == 1  # beyond the grace: dropped, tallied
+    restored = PaneWindow.restore(w.snapshot(), Counts.from_json)
+    assert restored.grace_s == 10 and [c.end_s for c in restored.on_eof()] == [40, 50, 60]
+
+
+def test_grace_must_be_whole_hops():
+    with pytest.raises(ValueError, match="grace multiples of the hop"):
+        PaneWindow(size_s=20, hop_s=10, grace_s=5)

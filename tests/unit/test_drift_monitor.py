@@ -1,6 +1,14 @@
 import numpy as np
+import pytest
 
-from pipeline.drift import DriftMonitor, reference_for_labels, references_for
+from pipeline.drift import (
+    CodedRows,
+    DriftError,
+    DriftMonitor,
+    reference_for_labels,
+    references_for,
+    watched_columns,
+)
 
 NAMES = ("a", "b", "c")
 
@@ -18,9 +26,16 @@ def stream(m, seconds, shift=0.0, seed=1, per_second=2000, rng=None):
     for second in seconds:
         rows = rng.normal(size=(per_second, 3)).astype(np.float32)
         rows[:, 1] += shift
-        counts = m.count(rows, rng.integers(0, 2, per_second))
-        reports += m.on_counts(second + 0.5, counts)
+        reports += m.on_rows(coded(m, rows, rng.integers(0, 2, per_second), second))
     return reports
+
+
+def coded(m, rows, classes, second, partition=0, first_offset=None):
+    n = len(rows)
+    first = second * n if first_offset is None else first_offset
+    return CodedRows(m.counter.codes(watched_columns(rows, classes)), np.full(n, partition, np.int32),
+                     np.arange(first, first + n, dtype=np.int64),
+                     np.full(n, second * 1000 + 500, np.int64))
 
 
 def events(reports):
@@ -55,3 +70,64 @@ def test_a_restored_monitor_continues_exactly():
     rest = stream(restored, range(104, 108), shift=0.5, rng=rng)
     assert psis(first + rest) == psis(expected) and len(expected) == 7
     assert events(first + rest) == events(expected) != []
+
+
+def window_sizes(reports):
+    return [(r.end_s, f.report.feature, f.report.window_size, f.report.comparison.psi)
+            for r in reports for f in r.features]
+
+
+def test_rows_served_again_after_a_crash_are_counted_once():
+    rng = np.random.default_rng(4)
+    rows = rng.normal(size=(3000, 3)).astype(np.float32)
+    classes = rng.integers(0, 2, 3000)
+    batches = [coded(m := monitor(), rows[i:i + 1000], classes[i:i + 1000], 100 + i // 1000,
+                     first_offset=i) for i in range(0, 3000, 1000)]
+    closer = coded(m, rows[:1], classes[:1], 110, first_offset=3000)
+    once = monitor()
+    expected = [r for b in (*batches, closer) for r in once.on_rows(b)]
+    replayed = monitor()
+    got = replayed.on_rows(batches[0]) + replayed.on_rows(batches[1])
+    # The worker crashed before committing: it serves from the first batch again, in
+    # batches cut differently, and the window owner sees every row a second time.
+    again = CodedRows.concatenate(batches[:2])
+    got += replayed.on_rows(again.select(np.arange(len(again)) < 1500))
+    got += replayed.on_rows(CodedRows.concatenate([again.select(np.arange(len(again)) >= 1500),
+                                                   batches[2]]))
+    got += replayed.on_rows(closer)
+    assert window_sizes(got) == window_sizes(expected) != []
+
+
+def test_each_partition_has_its_own_watermark():
+    m = monitor()
+    rng = np.random.default_rng(5)
+    rows, classes = rng.normal(size=(10, 3)).astype(np.float32), rng.integers(0, 2, 10)
+    m.on_rows(coded(m, rows, classes, 100, partition=0, first_offset=50))
+    m.on_rows(coded(m, rows, classes, 100, partition=1, first_offset=0))  # lower offsets, new partition
+    m.on_rows(coded(m, rows, classes, 100, partition=0, first_offset=55))  # half of them repeats
+    assert m.window.panes[100].rows == 25
+    restored = monitor()
+    restored.restore(m.snapshot())
+    restored.on_rows(coded(m, rows, classes, 100, partition=1, first_offset=5))
+    assert restored.window.panes[100].rows == 30
+
+
+def test_coded_rows_survive_the_wire():
+    m = monitor()
+    rows = np.array([[0.1, np.nan, np.inf], [9.0, -1.0, 0.0]], np.float32)
+    sent = coded(m, rows, np.array([0, 1]), 100, partition=3, first_offset=7)
+    received = CodedRows.from_bytes(sent.to_bytes())
+    for name in ("codes", "partitions", "offsets", "timestamps_ms"):
+        assert np.array_equal(getattr(received, name), getattr(sent, name))
+    assert m.counter.tally(received.codes) == m.counter(np.column_stack([rows, [0, 1]]).astype(np.float32))
+
+
+def test_truncated_coded_rows_are_refused_with_the_reason():
+    m = monitor()
+    data = coded(m, np.zeros((2, 3), np.float32), np.array([0, 1]), 100).to_bytes()
+    with pytest.raises(DriftError, match="cannot be 54 bytes"):
+        CodedRows.from_bytes(data[:-1])
+    with pytest.raises(DriftError, match="shorter than their header"):
+        CodedRows.from_bytes(b"\x01")
+    with pytest.raises(DriftError, match="run one streamserve version"):
+        CodedRows.from_bytes(b"\x02" + data[1:])

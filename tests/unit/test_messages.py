@@ -3,7 +3,14 @@ import base64
 import numpy as np
 import orjson
 
-from pipeline.messages import ServingFacts, dead_letter_key, encode_dead_letter, encode_prediction
+from pipeline.messages import (
+    ServingFacts,
+    dead_letter_key,
+    encode_dead_letter,
+    encode_prediction,
+    encode_sample,
+)
+from pipeline.redaction import Action, RedactedOriginal, Redactor
 from pipeline.rejections import Reason, Rejection
 
 
@@ -22,14 +29,14 @@ def test_prediction_is_an_oip_response():
 
 def test_dead_letter_keeps_utf8_original_as_text():
     rejection = Rejection(Reason.UNKNOWN_MODEL, "model 'x' is not served here", id="r", model="x")
-    msg = orjson.loads(encode_dead_letter(rejection, b'{"id": "r", "model": "x"}'))
+    msg = orjson.loads(encode_dead_letter(rejection, RedactedOriginal(b'{"id": "r", "model": "x"}')))
     assert msg == {"id": "r", "reason": "unknown_model", "error": "model 'x' is not served here",
                    "model": "x", "original": '{"id": "r", "model": "x"}', "original_encoding": "utf-8"}
 
 
 def test_dead_letter_keeps_binary_original_as_base64():
     raw = b"\xff\xfe{"
-    msg = orjson.loads(encode_dead_letter(Rejection(Reason.INVALID_UTF8, "not utf-8"), raw))
+    msg = orjson.loads(encode_dead_letter(Rejection(Reason.INVALID_UTF8, "not utf-8"), RedactedOriginal(raw)))
     assert msg["original_encoding"] == "base64" and base64.b64decode(msg["original"]) == raw
     assert msg["id"] is None and "model" not in msg
 
@@ -38,3 +45,22 @@ def test_dead_letter_key_falls_back_to_source_position():
     assert dead_letter_key(Rejection(Reason.MISSING_ID, "e"), "t", 2, 17) == b"t:2:17"
     assert dead_letter_key(Rejection(Reason.UNKNOWN_MODEL, "e", id="r-9"), "t", 2, 17) == b"r-9"
 
+
+
+def test_dead_letter_carries_the_redacted_original_or_says_it_was_withheld():
+    redactor = Redactor({"ssn": Action.MASK})
+    raw = b'{"id": "r", "model": "x", "features": {"ssn": "078-05-1120", "age": 41}}'
+    rejection = Rejection(Reason.UNKNOWN_MODEL, "model 'x' is not served here", id="r", model="x")
+    msg = orjson.loads(encode_dead_letter(rejection, redactor.original(raw)))
+    assert orjson.loads(msg["original"])["features"] == {"ssn": "***", "age": 41}
+    cut = orjson.loads(encode_dead_letter(Rejection(Reason.MALFORMED_JSON, "cut"),
+                                          redactor.original(raw[:-3])))
+    assert cut["original"] == "" and cut["original_encoding"] == "withheld"
+    assert b"078-05" not in encode_dead_letter(rejection, redactor.original(raw))
+
+
+def test_sample_holds_the_features_given_and_the_prediction():
+    msg = orjson.loads(encode_sample("r-1", "iris", "3", 1700000000.25, {"a": 1.5, "b": "***"},
+                                     np.array([0.1, 0.9], np.float32), ("no", "yes")))
+    assert msg["features"] == {"a": 1.5, "b": "***"} and msg["timestamp"] == 1700000000.25
+    assert msg["model_name"] == "iris" and msg["outputs"][1]["data"] == ["yes"]
