@@ -26,6 +26,9 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=False,  # metrics come from prometheus_client; one port per worker is enough
         topic_partitions=settings.request_partitions,
         producer_acks=-1,
+        # As the serving consumer's (aiokafka's default): a crashed worker's drift windows
+        # move to another worker within seconds, not Faust's default minute.
+        broker_session_timeout=10.0,
         # Every topic and table of the app carries bytes its own code encodes.
         key_serializer="raw",
         value_serializer="raw",

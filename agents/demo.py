@@ -67,10 +67,15 @@ def run_demo(settings: Settings, requests: int, invalid_share: float, rate: floa
         log = settings.home / "demo-worker.log"
         print(f"starting a worker (log: {log}) ...", file=sys.stderr)
         worker = WorkerProcess.start(log, {"STREAMSERVE_BROKER": settings.bootstrap, **DRIFT_ENV})
-        plan = _plan(registry, requests, invalid_share, settings.max_message_bytes)
+        run = f"demo-{int(time.time())}"
+        plan = _plan(registry, run, requests, invalid_share, settings.max_message_bytes)
         started = time.time()
         tally, elapsed = asyncio.run(_drive(settings, plan, rate))
         _print_summary(plan, tally, elapsed, rate)
+        samples = asyncio.run(_count_samples(settings, run))
+        print(f"  samples         {samples} on {settings.topics.samples} "
+              f"({samples / max(1, len(tally.predicted)):.1%} of predictions, "
+              f"STREAMSERVE_SAMPLE_RATE {settings.sample_rate})")
         _print_drift(asyncio.run(_drift_events(settings, started)))
         return 0 if len(tally.answered_at) == len(plan) and not tally.wrong_reason else 1
     finally:
@@ -81,10 +86,10 @@ def run_demo(settings: Settings, requests: int, invalid_share: float, rate: floa
             started_broker.stop()
 
 
-def _plan(registry: Registry, n: int, invalid_share: float, max_bytes: int) -> list[Planned]:
+def _plan(registry: Registry, run: str, n: int, invalid_share: float,
+          max_bytes: int) -> list[Planned]:
     """Requests drawn from the models' own data sets, with true labels; some deliberately bad."""
     rng = np.random.default_rng(7)
-    run = f"demo-{int(time.time())}"
     data = {name: load_dataset(name) for name in DEMO_MODELS}
     shifted = data[SHIFTED_MODEL].features.index(SHIFTED_FEATURE)
     shift = SHIFT_SD * float(data[SHIFTED_MODEL].X[:, shifted].std())
@@ -213,6 +218,13 @@ def _print_summary(plan: list[Planned], tally: Tally, elapsed: float, rate: floa
         right = sum(tally.predicted[i] == plan[i].true_label for i in scored)
         if scored:
             print(f"  accuracy {model:<15}{right / len(scored):.4f} ({right}/{len(scored)})")
+
+
+async def _count_samples(settings: Settings, run: str) -> int:
+    """This run's sampled requests (ids start with the run's name)."""
+    prefix = f"{run}-".encode()
+    return sum([record.key.startswith(prefix) async for record in read_topic(
+        settings, settings.topics.samples, from_beginning=True, idle_timeout=2.0)])
 
 
 async def _drift_events(settings: Settings, since: float) -> dict[tuple[str, str], dict]:

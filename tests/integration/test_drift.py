@@ -31,9 +31,12 @@ def requests(second: int, n: int, rng: np.random.Generator, shift: float) -> lis
 
 @pytest.fixture(scope="module")
 def drift_worker(kafka_bootstrap, registry_dir, tmp_path_factory):
-    worker = start_worker(kafka_bootstrap, registry_dir,
-                          tmp_path_factory.mktemp("drift") / "worker.log",
-                          **WINDOWS)
+    # The short windows are breast_cancer's own (per-model settings), over the defaults.
+    folder = tmp_path_factory.mktemp("drift")
+    (folder / "models.toml").write_text(
+        "[models.breast_cancer]\ndrift_window_s = 2\ndrift_hop_s = 1\ndrift_grace_s = 1\n")
+    worker = start_worker(kafka_bootstrap, registry_dir, folder / "worker.log",
+                          STREAMSERVE_MODELS_FILE=str(folder / "models.toml"))
     yield worker
     worker.stop()
 
