@@ -155,7 +155,7 @@ class Bench:
                 from models.train import train_and_register
 
                 print(f"training {name} into {self.settings.registry} ...", file=sys.stderr)
-                train_and_register(name, registry)
+                train_and_register(name, registry, signing_key=self.settings.signing_key)
         return registry.manifest(self.model, registry.latest(self.model))
 
     async def _fresh(self, slug: str) -> Settings:

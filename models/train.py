@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import getpass
+import socket
 import subprocess
 import time
 from dataclasses import dataclass
@@ -24,8 +25,9 @@ from sklearn.model_selection import train_test_split
 from models.architectures import architecture, init_mlp, mlp_logits
 from models.datasets import Dataset, load
 from pipeline.drift import reference_for_labels, references_for
-from pipeline.registry import Manifest, ManifestDraft, Registry, fingerprint
+from pipeline.registry import Manifest, ManifestDraft, Registry, lineage
 from pipeline.schema import Feature, InputSchema, OutputSchema
+from pipeline.signing import ensure_signing_key, register_signed
 
 # Standardisation is part of the model but fixed by the training data, not fitted.
 _FIXED = ("x_mean", "x_scale")
@@ -100,25 +102,28 @@ def train(name: str, seed: int = 0) -> TrainedModel:
         inputs=_input_schema(data, X_train),
         outputs=OutputSchema(data.labels),
         metrics=metrics,
-        lineage={
-            "dataset": data.name,
-            "data_fingerprint": fingerprint(X_train, y_train),
-            "n_train": len(y_train),
-            "n_test": len(y_test),
-            "seed": seed,
-            "code_revision": _code_revision(),
-            "created_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-            "created_by": _user(),
-        },
+        lineage=lineage(X_train, y_train, code_revision=_code_revision(), created_by=_user(),
+                        created_at=datetime.datetime.now(datetime.UTC), dataset=data.name,
+                        n_train=len(y_train), n_test=len(y_test), seed=seed),
         reference=reference,
     )
     return TrainedModel(draft, params, time.perf_counter() - started)
 
 
-def train_and_register(name: str, registry: Registry, seed: int = 0) -> Manifest:
-    """Train the built-in model ``name`` and register it as its next version."""
+def train_and_register(name: str, registry: Registry, seed: int = 0,
+                       signing_key: Path | None = None) -> Manifest:
+    """Train the built-in model ``name`` and register it as its next version.
+
+    With ``signing_key`` (a private key file, ``Settings.signing_key``) the version is signed
+    as it is registered; a missing key is created, with its ``.pub`` beside it. Without it
+    the version is unsigned, and only served where STREAMSERVE_ALLOW_UNSIGNED is on.
+    """
+    # The key first: a bad key path fails before a minute of training, not after.
+    key = ensure_signing_key(signing_key) if signing_key is not None else None
     trained = train(name, seed)
-    return registry.register(trained.draft, trained.params)
+    if key is None:
+        return registry.register(trained.draft, trained.params)
+    return register_signed(registry, trained.draft, trained.params, key)
 
 
 def _fit(params: dict[str, np.ndarray], X: np.ndarray, y: np.ndarray,
@@ -172,7 +177,9 @@ def _code_revision() -> str:
 
 
 def _user() -> str:
+    """``user@host``: who trained, for the lineage."""
     try:
-        return getpass.getuser()
+        user = getpass.getuser()
     except (OSError, KeyError):  # no login name in a bare container
-        return "unknown"
+        user = "unknown"
+    return f"{user}@{socket.gethostname() or 'unknown'}"

@@ -4,22 +4,33 @@ Layout under the registry root::
 
     <model>/<version>/params.npz      parameters, numpy's npz (never pickle)
     <model>/<version>/manifest.json   Manifest.to_json(), with the sha256 of params.npz
+    <model>/<version>/signature.json  Ed25519 signature over the whole manifest (``pipeline.signing``)
 
 Versions are "1", "2", ... assigned by ``Registry.register``. A version folder
 appears in one ``os.rename`` of a fully written temporary folder, so readers
 never see half a version, and an existing version is never overwritten.
+``Registry.import_archive`` places a version exported elsewhere (``Registry.export``)
+the same way, under the version number its manifest names.
+
+The signature sits beside the manifest rather than in it, so signing a version
+after registration changes neither its manifest nor its parameters.
 """
 
 from __future__ import annotations
 
+import contextlib
+import datetime
+import gzip
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
+import tarfile
 import uuid
-from collections.abc import Mapping
+import zlib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -28,9 +39,16 @@ import numpy as np
 
 from pipeline.schema import InputSchema, OutputSchema
 
+# The manifest's shape. Signatures (a file beside the manifest) and the lineage keys
+# below did not change it, so versions registered before them still load (unsigned).
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 PARAMS_FILE = "params.npz"
+SIGNATURE_FILE = "signature.json"
+# The files a version folder may hold; an export carries exactly these.
+VERSION_FILES = (MANIFEST_FILE, PARAMS_FILE, SIGNATURE_FILE)
+# What every manifest's lineage must say: which data, which code, when, and who.
+LINEAGE_KEYS = ("data_fingerprint", "code_revision", "created_at", "created_by")
 
 # Model names become folder names and arrive in requests: no separators, no dot files.
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -49,6 +67,7 @@ class ManifestDraft:
     (``pipeline.drift``: ``{"features": [...], "prediction": {...}}``). It, and
     ``hyperparameters``, ``metrics`` and ``lineage``, are stored as strict JSON; they are
     normalised here (tuples become lists), so a manifest compares equal after a round trip.
+    ``lineage`` must hold at least ``LINEAGE_KEYS``; build it with ``lineage()``.
     """
 
     model: str
@@ -78,14 +97,16 @@ class ManifestDraft:
             raise RegistryError(f"manifest metrics must map names to numbers, e.g. "
                                 f"{{'test_accuracy': 0.97}}, got {self.metrics}")
         object.__setattr__(self, "metrics", {k: float(v) for k, v in self.metrics.items()})
+        _check_lineage(self.lineage)
 
 
 @dataclass(frozen=True, slots=True)
 class Manifest(ManifestDraft):
     """A registered model version: the draft plus what the registry assigned.
 
-    ``lineage`` holds ``data_fingerprint`` (see ``fingerprint``), ``seed``,
-    ``code_revision``, ``created_at`` (ISO 8601, UTC) and ``created_by``.
+    ``lineage`` holds ``data_fingerprint`` (see ``fingerprint``), ``code_revision``,
+    ``created_at`` (ISO 8601, UTC) and ``created_by`` (``user@host``), and whatever else
+    training recorded (the recipes add ``dataset``, ``seed``, ``n_train``, ``n_test``).
     ``param_hashes`` maps each parameter file in the version folder to its sha256.
     """
 
@@ -155,6 +176,32 @@ def fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def lineage(X: np.ndarray, y: np.ndarray, *, code_revision: str, created_by: str,
+            created_at: datetime.datetime, **details: Any) -> dict[str, Any]:
+    """A manifest's lineage: the fingerprint of the training matrix ``X`` (n, features) and
+    labels ``y`` (n,), the code revision ("unknown" outside a git checkout), the time
+    (timezone-aware; stored as UTC ISO 8601) and who trained (``user@host``), plus ``details``.
+
+    The caller finds the revision, the user and the time, so this stays free of I/O.
+    """
+    if created_at.tzinfo is None:
+        raise RegistryError("lineage created_at must be timezone-aware, e.g. "
+                            "datetime.datetime.now(datetime.UTC)")
+    return {
+        **details,
+        "data_fingerprint": fingerprint(X, y),
+        "code_revision": code_revision,
+        "created_at": created_at.astimezone(datetime.UTC).isoformat(timespec="seconds"),
+        "created_by": created_by,
+    }
+
+
+def parse_params(data: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a ``params.npz`` file's bytes (hash them first: see ``Registry.load_params``)."""
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        return {name: npz[name] for name in npz.files}
+
+
 class Registry:
     """Model versions stored under ``root``; safe for concurrent readers."""
 
@@ -178,6 +225,10 @@ class Registry:
     def latest(self, model: str) -> str | None:
         versions = self.versions(model)
         return versions[-1] if versions else None
+
+    def folder(self, model: str, version: str) -> Path:
+        """The version's folder; a ``RegistryError`` that lists what exists when it does not."""
+        return self._version_dir(model, version)
 
     def manifest(self, model: str, version: str) -> Manifest:
         path = self._version_dir(model, version) / MANIFEST_FILE
@@ -211,11 +262,16 @@ class Registry:
                 f"so the artifact was modified after registration; do not serve it, register the "
                 f"model again as a new version"
             )
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            return {name: npz[name] for name in npz.files}
+        return parse_params(data)
 
-    def register(self, draft: ManifestDraft, params: Mapping[str, np.ndarray]) -> Manifest:
-        """Store ``params`` under the model's next version and return its manifest."""
+    def register(self, draft: ManifestDraft, params: Mapping[str, np.ndarray], *,
+                 sidecar: Callable[[bytes], Mapping[str, bytes]] | None = None) -> Manifest:
+        """Store ``params`` under the model's next version and return its manifest.
+
+        ``sidecar`` gets the manifest file's bytes and returns more files for the version
+        folder (``{SIGNATURE_FILE: ...}``: ``pipeline.signing.register_signed``); they are
+        written before the version appears, so no reader sees it unsigned.
+        """
         if not params:
             raise RegistryError(f"no parameters given for {draft.model}: pass the trained arrays")
         model_dir = self._model_dir(draft.model)
@@ -234,6 +290,10 @@ class Registry:
                                    {PARAMS_FILE: hashlib.sha256(data).hexdigest()})
             text = json.dumps(manifest.to_json(), indent=2, sort_keys=True, allow_nan=False) + "\n"
             _write(incoming / MANIFEST_FILE, text.encode())
+            for name, content in (sidecar(text.encode()) if sidecar else {}).items():
+                if name not in VERSION_FILES or name in (MANIFEST_FILE, PARAMS_FILE):
+                    raise RegistryError(f"a sidecar may add only {SIGNATURE_FILE}, not {name!r}")
+                _write(incoming / name, content)
             # rename() would silently replace an empty folder, so refuse any existing one first;
             # a non-empty one makes rename() itself fail.
             if target.exists():
@@ -254,6 +314,80 @@ class Registry:
             raise
         _fsync_dir(model_dir)
         return manifest
+
+    def export(self, model: str, version: str, out: Path) -> Path:
+        """Write the version folder (manifest, parameters, signature) to ``out``, a .tar.gz.
+
+        The archive holds ``<model>/<version>/<file>`` entries with fixed times and owners, so
+        exporting a version twice gives the same bytes. ``out`` is never overwritten.
+        """
+        folder = self._version_dir(model, version)
+        out = Path(out)
+        if out.exists():
+            raise RegistryError(f"{out} already exists; remove it or choose another --out")
+        partial = out.with_name(f".{out.name}.{uuid.uuid4().hex}.partial")
+        try:
+            with open(partial, "wb") as f:
+                # filename and mtime fixed: the same version always exports to the same bytes.
+                with gzip.GzipFile(filename="", fileobj=f, mode="wb", mtime=0) as gz, \
+                        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                    for name in VERSION_FILES:
+                        path = folder / name
+                        if not path.is_file():
+                            continue
+                        data = path.read_bytes()
+                        info = tarfile.TarInfo(f"{model}/{version}/{name}")
+                        info.size, info.mode, info.mtime = len(data), 0o644, 0
+                        tar.addfile(info, io.BytesIO(data))
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(partial, out)  # unlike rename, fails rather than replace a file made meanwhile
+        except FileExistsError:
+            raise RegistryError(f"{out} already exists; remove it or choose another --out") from None
+        except OSError as e:
+            raise RegistryError(f"cannot write {out}: {e}") from e
+        finally:
+            partial.unlink(missing_ok=True)
+        return out
+
+    def import_archive(self, archive: Path, *, check: Callable[[Path, str, str], object]) -> Manifest:
+        """Register the version that ``archive`` (from ``export``) holds, under its own number.
+
+        ``check(folder, model, version)`` runs on the unpacked version before it appears
+        and refuses it by raising (``pipeline.signing.import_version`` verifies the signature
+        there). An existing version is never replaced; a refused one leaves nothing behind.
+        """
+        model, version, files = _read_archive(Path(archive))
+        model_dir = self._model_dir(model)
+        target = model_dir / version
+        exists = RegistryError(
+            f"{model}:{version} already exists in the registry at {self.root}; versions are never "
+            f"overwritten: compare them with `streamserve models show {model} {version}`")
+        if target.exists():
+            raise exists
+        created = not model_dir.exists()
+        model_dir.mkdir(parents=True, exist_ok=True)
+        incoming = model_dir / f".incoming-{uuid.uuid4().hex}"
+        incoming.mkdir()
+        try:
+            for name, data in files.items():
+                _write(incoming / name, data)
+            check(incoming, model, version)
+            if target.exists():
+                raise FileExistsError(target)
+            os.rename(incoming, target)
+        except BaseException as e:
+            shutil.rmtree(incoming, ignore_errors=True)
+            if created:
+                with contextlib.suppress(OSError):
+                    model_dir.rmdir()
+            if isinstance(e, OSError):
+                if target.exists():
+                    raise exists from None
+                raise RegistryError(f"cannot write {model}:{version} under {model_dir}: {e}") from e
+            raise
+        _fsync_dir(model_dir)
+        return self.manifest(model, version)
 
     def _model_dir(self, model: str) -> Path:
         _check_model_name(model)
@@ -280,6 +414,64 @@ def _check_model_name(model: str) -> None:
             f"{model!r} is not a model name: use letters, digits, '.', '_' and '-', "
             f"starting with a letter or digit"
         )
+
+
+def _check_lineage(lineage: Mapping[str, Any]) -> None:
+    missing = [k for k in LINEAGE_KEYS if not isinstance(lineage.get(k), str) or not lineage[k]]
+    if missing:
+        raise RegistryError(
+            f"manifest lineage lacks {', '.join(missing)} (each a non-empty string): build it with "
+            f"pipeline.registry.lineage(X, y, code_revision=..., created_by=..., created_at=...)")
+    if not re.fullmatch(r"[0-9a-f]{64}", lineage["data_fingerprint"]):
+        raise RegistryError(f"manifest lineage data_fingerprint must be a sha256 (64 hex digits) "
+                            f"from pipeline.registry.fingerprint, got {lineage['data_fingerprint']!r}")
+    try:
+        stamp = datetime.datetime.fromisoformat(lineage["created_at"])
+    except ValueError:
+        stamp = None
+    if stamp is None or stamp.utcoffset() != datetime.timedelta(0):
+        raise RegistryError(f"manifest lineage created_at must be an ISO 8601 time in UTC, e.g. "
+                            f"2026-11-30T05:00:00+00:00, got {lineage['created_at']!r}")
+
+
+def _read_archive(archive: Path) -> tuple[str, str, dict[str, bytes]]:
+    """The model, version and files of an exported version; refuses anything else in it."""
+    def refuse(why: str) -> RegistryError:
+        return RegistryError(f"{archive} is not a streamserve model export ({why}); make one with "
+                             f"`streamserve models export MODEL VERSION --out FILE`")
+
+    files: dict[str, bytes] = {}
+    where: set[tuple[str, str]] = set()
+    try:
+        with tarfile.open(archive, "r:gz") as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if member.isdir() and len(parts) <= 2:
+                    continue
+                # Only plain files at <model>/<version>/<known file>: no links, no paths out.
+                if not member.isfile() or len(parts) != 3 or parts[2] not in VERSION_FILES:
+                    raise refuse(f"unexpected entry {member.name!r}")
+                if not _MODEL_NAME.fullmatch(parts[0]) or not _VERSION.fullmatch(parts[1]):
+                    raise refuse(f"{member.name!r} does not name a model and version")
+                where.add((parts[0], parts[1]))
+                if len(where) > 1:
+                    raise refuse("it must hold exactly one model version")
+                if parts[2] in files:
+                    raise refuse(f"{member.name!r} appears twice")
+                extracted = tar.extractfile(member)
+                assert extracted is not None  # a regular file always has content
+                files[parts[2]] = extracted.read()
+    except FileNotFoundError:
+        raise RegistryError(f"{archive} does not exist") from None
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile, zlib.error) as e:
+        raise refuse(f"not a .tar.gz: {e}") from None
+    if not where:
+        raise refuse("it is empty")
+    missing = [n for n in (MANIFEST_FILE, PARAMS_FILE) if n not in files]
+    if missing:
+        raise refuse(f"it lacks {', '.join(missing)}")
+    (model, version), = where
+    return model, version, files
 
 
 def _write(path: Path, data: bytes) -> None:

@@ -2,6 +2,10 @@
 
 The broker is the embedded KRaft broker on a free port with its own data folder, so a
 test run never touches a broker the user runs; set STREAMSERVE_BROKER to use another.
+
+The registry's versions are signed with a test key kept beside (never inside) the
+registry; ``registry_keys(registry)`` is the environment that signs with and trusts it,
+and ``start_worker`` passes its STREAMSERVE_TRUSTED_KEYS to every worker.
 """
 
 from __future__ import annotations
@@ -39,22 +43,34 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker.stop()
 
 
+def registry_keys(registry: Path) -> dict[str, str]:
+    """STREAMSERVE_SIGNING_KEY and STREAMSERVE_TRUSTED_KEYS for the test key of ``registry``:
+    a folder beside it (``<registry>-keys``) holding ``signing.key`` and ``signing.pub``."""
+    keys = registry.parent / f"{registry.name}-keys"
+    return {"STREAMSERVE_SIGNING_KEY": str(keys / "signing.key"), "STREAMSERVE_TRUSTED_KEYS": str(keys)}
+
+
 @pytest.fixture(scope="session")
 def registry_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """iris and breast_cancer version 1, signed with the key of ``registry_keys(root)``."""
     from models.train import train_and_register
     from pipeline.registry import Registry
 
     root = tmp_path_factory.mktemp("registry")
+    key = Path(registry_keys(root)["STREAMSERVE_SIGNING_KEY"])
     for name in ("iris", "breast_cancer"):
-        train_and_register(name, Registry(root))
+        train_and_register(name, Registry(root), signing_key=key)
     return root
 
 
 def start_worker(bootstrap: str, registry: Path, log: Path, **env: str) -> WorkerProcess:
-    """A worker on topics and a consumer group of its own."""
+    """A worker on topics and a consumer group of its own, trusting the registry's test key."""
     prefix = f"t{uuid.uuid4().hex[:10]}"
-    return WorkerProcess.start(log, dict(STREAMSERVE_BROKER=bootstrap, STREAMSERVE_REGISTRY=str(registry),
-                                         STREAMSERVE_TOPIC_PREFIX=prefix, STREAMSERVE_APP_ID=prefix, **env))
+    trust = {"STREAMSERVE_TRUSTED_KEYS": registry_keys(registry)["STREAMSERVE_TRUSTED_KEYS"]}
+    return WorkerProcess.start(log, {**trust, "STREAMSERVE_BROKER": bootstrap,
+                                     "STREAMSERVE_REGISTRY": str(registry),
+                                     "STREAMSERVE_TOPIC_PREFIX": prefix, "STREAMSERVE_APP_ID": prefix,
+                                     **env})
 
 
 @pytest.fixture(scope="module")

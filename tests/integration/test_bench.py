@@ -8,13 +8,14 @@ import shutil
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import orjson
 import pytest
 
 from models.train import BUILTIN, train_and_register
 from pipeline.registry import Registry
-from tests.conftest import REPO
+from tests.conftest import REPO, registry_keys
 
 pytestmark = pytest.mark.integration
 
@@ -36,10 +37,12 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
     shutil.copytree(registry_dir, registry, ignore=shutil.ignore_patterns("breast_cancer"))
     # The bench measures speed, not accuracy: a few iterations make a model of the right shape.
     monkeypatch.setitem(BUILTIN, "synthetic32", replace(BUILTIN["synthetic32"], max_iter=5))
-    train_and_register("synthetic32", Registry(registry))
+    keys = registry_keys(registry_dir)  # the session registry's key signs and is trusted
+    train_and_register("synthetic32", Registry(registry),
+                       signing_key=Path(keys["STREAMSERVE_SIGNING_KEY"]))
     out = tmp_path / "bench.json"
     env = dict(os.environ, STREAMSERVE_BROKER=kafka_bootstrap, STREAMSERVE_REGISTRY=str(registry),
-               STREAMSERVE_HOME=str(tmp_path / "home"))
+               STREAMSERVE_HOME=str(tmp_path / "home"), **keys)
     run = subprocess.run([sys.executable, "-m", "agents.cli", "bench", "--quick", "--json", str(out)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=150, check=False)
     assert run.returncode == 0, run.stderr[-3000:]

@@ -1,4 +1,7 @@
+import datetime
+import io
 import json
+import tarfile
 from dataclasses import fields, replace
 
 import numpy as np
@@ -6,11 +9,13 @@ import pytest
 
 from pipeline.registry import (
     FORMAT_VERSION,
+    LINEAGE_KEYS,
     Manifest,
     ManifestDraft,
     Registry,
     RegistryError,
     fingerprint,
+    lineage,
 )
 from pipeline.schema import Feature, InputSchema, OutputSchema
 
@@ -23,11 +28,15 @@ def draft(model="iris"):
         inputs=InputSchema((Feature("a", minimum=0.0, maximum=1.5), Feature("b"))),
         outputs=OutputSchema(("no", "yes")),
         metrics={"test_accuracy": 1},
-        lineage={"data_fingerprint": fingerprint(np.zeros(3)), "seed": 0},
+        lineage=LINEAGE,
         reference={},
     )
 
 
+LINEAGE = lineage(np.zeros((3, 2), np.float32), np.array([0, 1, 1]), code_revision="abc123",
+                  created_by="ada@lab", seed=0,
+                  created_at=datetime.datetime(2026, 11, 30, 6, 0, tzinfo=datetime.timezone(
+                      datetime.timedelta(hours=1))))
 DRAFT_FIELDS = [f.name for f in fields(ManifestDraft)]
 PARAMS = {"w0": np.arange(6, dtype=np.float32).reshape(2, 3), "b0": np.zeros(3, np.float32)}
 
@@ -122,3 +131,108 @@ def test_fingerprint_sees_dtype_shape_and_values():
     assert fingerprint(x) == fingerprint(x.copy())
     assert len({fingerprint(x), fingerprint(x.reshape(2, 3)), fingerprint(x.astype(np.float64)),
                 fingerprint(x + 1)}) == 4
+
+
+def test_lineage_names_the_data_the_code_the_time_and_who():
+    x, y = np.zeros((3, 2), np.float32), np.array([0, 1, 1])
+    assert LINEAGE == {"data_fingerprint": fingerprint(x, y), "code_revision": "abc123",
+                       "created_at": "2026-11-30T05:00:00+00:00", "created_by": "ada@lab", "seed": 0}
+    assert set(LINEAGE_KEYS) <= set(LINEAGE)
+    with pytest.raises(RegistryError, match="timezone-aware"):
+        lineage(x, y, code_revision="abc", created_by="ada@lab",
+                created_at=datetime.datetime(2026, 11, 30))
+
+
+@pytest.mark.parametrize("change,says", [
+    ({"code_revision": None}, "lacks code_revision"),
+    ({"created_by": ""}, "lacks created_by"),
+    ({"data_fingerprint": "abc"}, "data_fingerprint must be a sha256"),
+    ({"created_at": "2026-11-30T06:00:00+01:00"}, "ISO 8601 time in UTC"),
+    ({"created_at": "yesterday"}, "ISO 8601 time in UTC"),
+])
+def test_lineage_is_required(change, says):
+    bad = {k: v for k, v in (LINEAGE | change).items() if v is not None}
+    with pytest.raises(RegistryError, match=says):
+        replace(draft(), lineage=bad)
+
+
+def test_another_manifest_format_is_refused_clearly(tmp_path):
+    registry = Registry(tmp_path)
+    registry.register(draft(), PARAMS)
+    path = tmp_path / "iris" / "1" / "manifest.json"
+    document = json.loads(path.read_text())
+    path.write_text(json.dumps(document | {"format_version": FORMAT_VERSION + 1}))
+    with pytest.raises(RegistryError, match=rf"format_version {FORMAT_VERSION + 1} is not one this "
+                                            rf"streamserve reads \({FORMAT_VERSION}\); use the "
+                                            rf"streamserve release that wrote it"):
+        registry.manifest("iris", "1")
+
+
+def test_a_sidecar_is_written_before_the_version_appears(tmp_path):
+    registry = Registry(tmp_path)
+    seen = []
+
+    def sidecar(manifest_bytes):
+        seen.append(manifest_bytes)
+        assert registry.versions("iris") == []  # not yet visible
+        return {"signature.json": b"{}"}
+
+    registry.register(draft(), PARAMS, sidecar=sidecar)
+    assert (tmp_path / "iris" / "1" / "signature.json").read_bytes() == b"{}"
+    assert seen == [(tmp_path / "iris" / "1" / "manifest.json").read_bytes()]
+    with pytest.raises(RegistryError, match="only signature.json"):
+        registry.register(draft(), PARAMS, sidecar=lambda _: {"manifest.json": b"{}"})
+    assert registry.versions("iris") == ["1"]
+
+
+def test_export_then_import_keeps_the_version_and_refuses_an_existing_one(tmp_path):
+    source, target = Registry(tmp_path / "a"), Registry(tmp_path / "b")
+    source.register(draft(), PARAMS)
+    source.register(draft(), PARAMS)
+    archive = source.export("iris", "2", tmp_path / "iris-2.tar.gz")
+    assert source.export("iris", "2", tmp_path / "again.tar.gz").read_bytes() == archive.read_bytes()
+    with pytest.raises(RegistryError, match="already exists; remove it or choose another --out"):
+        source.export("iris", "2", archive)
+    checked = []
+    imported = target.import_archive(archive, check=lambda *a: checked.append(a))
+    assert imported == source.manifest("iris", "2")
+    assert target.versions("iris") == ["2"] and checked[0][1:] == ("iris", "2")
+    np.testing.assert_array_equal(target.load_params("iris", "2")["w0"], PARAMS["w0"])
+    with pytest.raises(RegistryError, match=r"iris:2 already exists .* never overwritten"):
+        target.import_archive(archive, check=lambda *a: None)
+    assert sorted(p.name for p in (tmp_path / "b" / "iris").iterdir()) == ["2"]  # no leftovers
+
+
+def test_a_refused_import_leaves_nothing(tmp_path):
+    source, target = Registry(tmp_path / "a"), Registry(tmp_path / "b")
+    source.register(draft(), PARAMS)
+    archive = source.export("iris", "1", tmp_path / "iris-1.tar.gz")
+
+    def refuse(folder, model, version):
+        raise RegistryError("no")
+
+    with pytest.raises(RegistryError, match="no"):
+        target.import_archive(archive, check=refuse)
+    assert target.models() == [] and not (tmp_path / "b" / "iris").exists()
+
+
+@pytest.mark.parametrize("entries,says", [
+    ({"iris/1/manifest.json": b"{}", "iris/1/../../evil": b"x"}, "unexpected entry"),
+    ({"iris/1/manifest.json": b"{}", "iris/1/params.npz": b"", "iris/2/params.npz": b""},
+     "exactly one model version"),
+    ({"iris/1/manifest.json": b"{}"}, "lacks params.npz"),
+    ({"../1/manifest.json": b"{}"}, "does not name a model and version"),
+])
+def test_import_refuses_what_is_not_an_export(tmp_path, entries, says):
+    archive = tmp_path / "bad.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for name, data in entries.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(RegistryError, match=says):
+        Registry(tmp_path / "r").import_archive(archive, check=lambda *a: None)
+    (tmp_path / "junk.tar.gz").write_bytes(b"not gzip")
+    with pytest.raises(RegistryError, match="not a streamserve model export"):
+        Registry(tmp_path / "r").import_archive(tmp_path / "junk.tar.gz", check=lambda *a: None)
+    assert Registry(tmp_path / "r").models() == []
