@@ -12,6 +12,7 @@ from typing import TextIO
 
 import orjson
 
+from agents.control_cli import add_control_commands
 from pipeline.config import ConfigError, Settings
 
 
@@ -35,8 +36,10 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from agents.kafka_io import KafkaAccessError
     from models.train import UnknownModelError
     from pipeline.registry import RegistryError
+    from pipeline.routing import ControlError
 
-    return ConfigError, BrokerError, KafkaAccessError, RegistryError, UnknownModelError, OSError
+    return (ConfigError, BrokerError, KafkaAccessError, RegistryError, UnknownModelError,
+            ControlError, OSError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -61,14 +64,51 @@ def _parser() -> argparse.ArgumentParser:
     command("stop", _broker_stop, "stop it and leave no process behind", broker_commands)
     command("status", _broker_status, "say whether it runs", broker_commands)
 
-    models = commands.add_parser("models", help="train and list registered models",
-                                 description="Train and list registered models.")
+    models = commands.add_parser("models", help="train, list, sign, verify and move model versions",
+                                 description="Train, list, sign, verify, export and import "
+                                             "registered model versions.")
     model_commands = models.add_subparsers(title="actions", metavar="ACTION", required=True)
-    train = command("train", _models_train, "train a built-in model and register a new version",
-                    model_commands)
+    train = command("train", _registry_command("models_train"),
+                    "train a built-in model and register a new version, signed with "
+                    "STREAMSERVE_SIGNING_KEY (created when missing)", model_commands)
     train.add_argument("name", help="built-in model: iris, breast_cancer or synthetic32")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    command("list", _models_list, "list registered models and versions", model_commands)
+    command("list", _registry_command("models_list"),
+            "list registered models and versions, with each one's signature status", model_commands)
+    show = command("show", _registry_command("models_show"),
+                   "a version's schema, metrics, lineage, hashes and signature", model_commands)
+    show.add_argument("model", help="model name, e.g. iris")
+    show.add_argument("version", nargs="?", help="version (default the newest)")
+    sign = command("sign", _registry_command("models_sign"),
+                   "sign a registered version with STREAMSERVE_SIGNING_KEY", model_commands)
+    sign.add_argument("model", help="model name, e.g. iris")
+    sign.add_argument("version", help="version, e.g. 2")
+    check = command("verify", _registry_command("models_verify"),
+                    "check signatures against STREAMSERVE_TRUSTED_KEYS and parameters against "
+                    "their manifest; exit 1 when one fails", model_commands)
+    check.add_argument("model", help="model name, e.g. iris")
+    check.add_argument("version", nargs="?", help="version (default every version)")
+    export = command("export", _registry_command("models_export"),
+                     "write a version (with its signature) to one .tar.gz file", model_commands)
+    export.add_argument("model", help="model name, e.g. iris")
+    export.add_argument("version", help="version, e.g. 2")
+    export.add_argument("--out", type=Path, required=True, metavar="FILE",
+                        help="archive to write, e.g. iris-2.tar.gz (never overwritten)")
+    load = command("import", _registry_command("models_import"),
+                   "register the version an export holds, after verifying its signature; "
+                   "refused when that version exists", model_commands)
+    load.add_argument("file", type=Path, help="a file from `streamserve models export`")
+
+    keys = commands.add_parser("keys", help="model signing keys",
+                               description="Ed25519 keys that sign model versions.")
+    key_commands = keys.add_subparsers(title="actions", metavar="ACTION", required=True)
+    generate = command("generate", _registry_command("keys_generate"),
+                       "create a key pair: a private key (mode 0600) and its .pub", key_commands)
+    generate.add_argument("--out", type=Path, default=None, metavar="PATH",
+                          help="private key file (default STREAMSERVE_SIGNING_KEY); the public "
+                               "key goes beside it, ending in .pub")
+
+    add_control_commands(commands, command)
 
     worker = command("worker", _worker, "run one serving worker in the foreground")
     worker.add_argument("--metrics-port", type=int, default=None,
@@ -159,32 +199,14 @@ def _broker_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if status.running else 3
 
 
-def _models_train(settings: Settings, args: argparse.Namespace) -> int:
-    from models.train import train_and_register
-    from pipeline.registry import Registry
+def _registry_command(name: str) -> Callable[[Settings, argparse.Namespace], int]:
+    """The command ``name`` of ``agents.registry_cli``, imported only when it runs."""
+    def run(settings: Settings, args: argparse.Namespace) -> int:
+        from agents import registry_cli
 
-    manifest = train_and_register(args.name, Registry(settings.registry), seed=args.seed)
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in manifest.metrics.items())
-    print(f"registered {manifest.model}:{manifest.version} ({metrics}) in {settings.registry}")
-    return 0
+        return getattr(registry_cli, name)(settings, args)
 
-
-def _models_list(settings: Settings, args: argparse.Namespace) -> int:
-    from pipeline.registry import Registry
-
-    registry = Registry(settings.registry)
-    names = registry.models()
-    if not names:
-        print(f"no models in {settings.registry}; train one with `streamserve models train iris`")
-        return 0
-    print(f"{'MODEL':<16}{'VERSION':<9}{'ARCHITECTURE':<14}{'FEATURES':<10}{'ACCURACY':<10}CREATED")
-    for name in names:
-        for version in registry.versions(name):
-            m = registry.manifest(name, version)
-            accuracy = m.metrics.get("test_accuracy")
-            print(f"{name:<16}{version:<9}{m.architecture:<14}{len(m.inputs):<10}"
-                  f"{'' if accuracy is None else f'{accuracy:.4f}':<10}{m.lineage.get('created_at', '')}")
-    return 0
+    return run
 
 
 def _worker(settings: Settings, args: argparse.Namespace) -> int:

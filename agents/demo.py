@@ -63,7 +63,7 @@ def run_demo(settings: Settings, requests: int, invalid_share: float, rate: floa
         for name in DEMO_MODELS:
             if registry.latest(name) is None:
                 print(f"training {name} ...", file=sys.stderr)
-                train_and_register(name, registry)
+                train_and_register(name, registry, signing_key=settings.signing_key)
         log = settings.home / "demo-worker.log"
         print(f"starting a worker (log: {log}) ...", file=sys.stderr)
         worker = WorkerProcess.start(log, {"STREAMSERVE_BROKER": settings.bootstrap, **DRIFT_ENV})

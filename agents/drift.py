@@ -20,7 +20,7 @@ own, are recognised and skipped.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable
 from typing import Any
 
 import faust
@@ -28,6 +28,7 @@ import orjson
 
 from agents.metrics import Metrics
 from pipeline.config import Settings
+from pipeline.registry import RegistryError
 from pipeline.drift import CodedRows, DriftError, DriftMonitor, FeatureWindow, WindowReport
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,10 @@ _STATUS_VALUE = {"insufficient": -1, "stable": 0, "drift": 1, "alert": 2}
 
 
 def add_drift_agent(app: faust.App, settings: Settings,
-                    references: Mapping[tuple[str, str], dict[str, Any]], metrics: Metrics) -> None:
-    """Wire the drift agent for the served versions' ``references`` into ``app``."""
+                    reference_of: Callable[[str, str], dict[str, Any] | None],
+                    metrics: Metrics) -> None:
+    """Wire the drift agent into ``app``; ``reference_of(model, version)`` gives a version's
+    reference statistics (None: trained without)."""
     topics = settings.topics
     rows_topic = app.topic(topics.drift_rows, key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw",
@@ -60,7 +63,10 @@ def add_drift_agent(app: faust.App, settings: Settings,
     def monitor_for(key: str, model: str, version: str) -> DriftMonitor | None:
         if key in monitors:
             return monitors[key]
-        reference = references.get((model, version))
+        try:
+            reference = reference_of(model, version)
+        except RegistryError:
+            reference = None
         if not reference:
             return None
         policy = settings.policy(model)

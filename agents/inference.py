@@ -1,8 +1,14 @@
 """The inference step: a batch of request records in, one output record per request out.
 
-It knows nothing of Faust: the agent hands it ``Incoming`` records and sends the
+It knows nothing of Faust: the server hands it ``Incoming`` records and sends the
 ``Outgoing`` ones it returns. Every request yields exactly one output, a prediction
-or a dead letter (the ledger), whatever the request or the model does.
+or a dead letter (the ledger), whatever the request or the model does. Beside them go
+samples, shadow outputs and (every flush) drift codes.
+
+What it serves is a ``Deployment`` (the loaded versions and each model's spec), swapped
+whole when the control plane changes a spec; a batch works on the deployment it
+started with. Per version it keeps a circuit breaker, and per model with a canary a
+``CanaryJudge`` whose verdicts it hands to ``on_canary_verdict``.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import logging
 import time
 import zlib
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
@@ -22,6 +28,8 @@ import numpy as np
 from agents.metrics import Metrics
 from models.runtime import ServingModel
 from pipeline.batching import padded_size
+from pipeline.breaker import BreakerState, CircuitBreaker
+from pipeline.canary import CanaryJudge, CanaryVerdict
 from pipeline.catalog import Catalog
 from pipeline.config import Settings
 from pipeline.decode import Request, decode
@@ -33,13 +41,17 @@ from pipeline.messages import (
     encode_dead_letter,
     encode_prediction,
     encode_sample,
+    encode_shadow,
     source_headers,
 )
 from pipeline.redaction import Redactor
 from pipeline.rejections import Reason, Rejection
+from pipeline.routing import DeploymentSpec, Route
 from pipeline.sampling import sampled
 
 log = logging.getLogger(__name__)
+
+_BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +67,7 @@ class Kind(StrEnum):
     PREDICTION = "prediction"
     DEAD_LETTER = "dead_letter"
     SAMPLE = "sample"  # a copy of a served request, redacted, beside its prediction
+    SHADOW = "shadow"  # a shadow version's output: never on the predictions topic
     DRIFT_ROWS = "drift_rows"  # internal: served rows coded for the drift windows
 
 
@@ -70,43 +83,85 @@ class Outgoing:
     version: str
     reason: Reason | None  # why, for a dead letter
     request_timestamp: float
+    route: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """What a worker serves at one moment: the loaded versions and each model's spec."""
+
+    models: Mapping[tuple[str, str], ServingModel]
+    specs: Mapping[str, DeploymentSpec]
+
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog({model: {v: served.manifest.inputs for (m, v), served in self.models.items()
+                                if m == model} for model in self.specs}, self.specs)
+
+
+# A served group: its requests, their rows and each row's result.
+_Served = tuple[list[tuple["Incoming", Request]], np.ndarray, list[np.ndarray | RowFailure]]
 
 
 class InferenceService:
-    """Decodes, batches per model version, runs the models off the event loop, encodes."""
+    """Decodes, routes, batches per model version, runs the models off the event loop, encodes."""
 
-    def __init__(self, settings: Settings, served: Mapping[tuple[str, str], ServingModel],
-                 default_versions: Mapping[str, str], metrics: Metrics, executor: Executor) -> None:
-        self._served = dict(served)
+    def __init__(self, settings: Settings, metrics: Metrics, executor: Executor,
+                 on_canary_verdict: Callable[[str, int, CanaryVerdict], None] | None = None) -> None:
+        self._settings = settings
         self._topics = settings.topics
-        self._policies = {model: settings.policy(model) for model, _ in self._served}
-        # Dead letters may name no model, or one not served: hide every model's fields.
-        self._dead_letter_redactor = settings.policy("").redactor
-        for policy in self._policies.values():
-            self._dead_letter_redactor = self._dead_letter_redactor.merged(policy.redactor)
-        self._pending_drift: dict[tuple[str, str], list[CodedRows]] = {}
-        # Drift is coded for versions trained with reference statistics (the drift agent
-        # keeps the windows).
-        self._coders = {key: MatrixCounter(watched_references(serving.manifest.reference))
-                        for key, serving in self._served.items()
-                        if settings.drift and serving.manifest.reference}
         self._max_bytes = settings.max_message_bytes
         self._metrics = metrics
         self._executor = executor
-        self.catalog = Catalog(
-            schemas=_schemas_by_model(self._served),
-            default=dict(default_versions),
-        )
+        self._on_canary_verdict = on_canary_verdict
+        self._deployment = Deployment({}, {})
+        self._catalog = self._deployment.catalog
+        self._dead_letter_redactor = settings.policy("").redactor
+        self._coders: dict[tuple[str, str], MatrixCounter] = {}
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self._judges: dict[tuple[str, int], CanaryJudge] = {}  # (model, spec revision)
+        self._judged: set[tuple[str, int]] = set()  # canaries already rolled back or promoted
+        self._pending_drift: dict[tuple[str, str], list[CodedRows]] = {}
+
+    @property
+    def deployment(self) -> Deployment:
+        return self._deployment
+
+    def install(self, deployment: Deployment) -> None:
+        """Serve ``deployment`` from the next batch on (its versions loaded and warm)."""
+        s = self._settings
+        self._deployment, self._catalog = deployment, deployment.catalog
+        # Dead letters may name no model, or one not served: hide every model's fields.
+        redactor = s.policy("").redactor
+        for model in deployment.specs:
+            redactor = redactor.merged(s.policy(model).redactor)
+        self._dead_letter_redactor = redactor
+        # Drift is coded for versions trained with reference statistics (the drift agent
+        # keeps the windows).
+        self._coders = {key: self._coders.get(key) or MatrixCounter(
+                            watched_references(served.manifest.reference))
+                        for key, served in deployment.models.items()
+                        if s.drift and served.manifest.reference}
+        self._breakers = {key: self._breakers.get(key) or CircuitBreaker(s.breaker)
+                          for key in deployment.models}
+        m = self._metrics
+        m.loaded.clear()
+        for model, spec in deployment.specs.items():
+            for version, role in _roles(spec):
+                m.loaded.labels(model, version, role).set(1)
 
     async def handle(self, batch: Sequence[Incoming], expected_seconds: float = 0.0) -> list[Outgoing]:
         """One output per record. A request whose deadline would pass before the batch is
         served (``expected_seconds`` from now) is dead-lettered instead of computed."""
+        deployment, catalog = self._deployment, self._catalog
         outgoing: list[Outgoing] = []
-        groups: dict[tuple[str, str], list[tuple[Incoming, Request]]] = {}
+        groups: dict[tuple[str, str, Route], list[tuple[Incoming, Request]]] = {}
+        expired: Counter[tuple[str, str, Route]] = Counter()
         now = time.time()
         for record in batch:
-            decoded = decode(record.value, self.catalog, self._max_bytes)
+            decoded = decode(record.value, catalog, self._max_bytes)
             if isinstance(decoded, Request) and _expired(decoded, record, now + expected_seconds):
+                expired[(decoded.model, decoded.version, decoded.route)] += 1
                 decoded = Rejection(Reason.DEADLINE_EXCEEDED,
                                     f"the request had waited {1000 * (now - record.timestamp):.0f} ms "
                                     f"and could not be answered within its deadline_ms of "
@@ -115,25 +170,46 @@ class InferenceService:
             if isinstance(decoded, Rejection):
                 outgoing.append(self._dead_letter(record, decoded, version=""))
             else:
-                groups.setdefault((decoded.model, decoded.version), []).append((record, decoded))
-        for (model, version), items in groups.items():
-            outgoing.extend(await self._serve_group(model, version, items))
+                groups.setdefault((decoded.model, decoded.version, decoded.route), []).append(
+                    (record, decoded))
+        for (model, version, route), count in expired.items():  # a deadline missed is a failure
+            self._record_outcome(deployment, model, version, route, 0, count, 0.0, [])
+        for (model, version, route), items in groups.items():
+            spec = deployment.specs[model]
+            size = spec.max_batch or len(items)
+            for start in range(0, len(items), size):
+                served, out = await self._serve_group(deployment, model, version, route,
+                                                      items[start:start + size])
+                outgoing.extend(out)
+                for shadow in spec.shadows if served is not None else ():
+                    outgoing.extend(await self._shadow(deployment, model, shadow, version, served))
         return outgoing
 
-    async def _serve_group(self, model: str, version: str,
-                           items: list[tuple[Incoming, Request]]) -> list[Outgoing]:
-        served = self._served[(model, version)]
+    async def _serve_group(self, deployment: Deployment, model: str, version: str, route: Route,
+                           items: list[tuple[Incoming, Request]]) -> tuple[_Served | None, list[Outgoing]]:
+        now = time.time()
+        if not self._breakers[(model, version)].allow(now):
+            # Refused by its breaker: failures of this version (a canary's judge counts them).
+            self._record_outcome(deployment, model, version, route, 0, len(items), 0.0, [])
+            fallback = self._catalog.fallback(model)
+            if fallback is None or fallback.version == version \
+                    or not self._breakers[(model, fallback.version)].allow(now):
+                error = (f"{model}:{version} is failing and its circuit breaker is open; "
+                         + ("its fallback is failing too" if fallback else
+                            f"set a fallback with `streamserve fallback {model} VERSION`")
+                         + "; the breaker tries the version again shortly")
+                return None, [self._dead_letter(record, Rejection(
+                    Reason.CIRCUIT_OPEN, error, id=request.id, model=model), version)
+                    for record, request in items]
+            version, route = fallback.version, fallback.route
+        served = deployment.models[(model, version)]
         rows = np.array([request.row for _, request in items], dtype=np.float32)
-        started = time.perf_counter()
-        # JAX blocks: run it in the executor so commits, timers and heartbeats go on.
-        results = await asyncio.get_running_loop().run_in_executor(
-            self._executor, serve_isolated, served.predict, rows)
-        self._metrics.inference_latency.labels(model, version).observe(time.perf_counter() - started)
+        results, seconds = await self._predict(served, rows)
         self._metrics.batch_size.labels(model, version).observe(len(rows))
         self._metrics.padding_rows.labels(model, version).inc(
             padded_size(len(rows), served.buckets) - len(rows))
         labels = served.manifest.outputs.labels
-        policy = self._policies[model]
+        policy = self._settings.policy(model)
         names = served.manifest.inputs.names
         done = time.time()
         outgoing = []
@@ -142,28 +218,95 @@ class InferenceService:
                 log.warning("model %s:%s failed on request %s: %s", model, version, request.id,
                             result.error)
                 rejection = Rejection(Reason.MODEL_ERROR, result.error, id=request.id, model=model)
-                outgoing.append(self._dead_letter(record, rejection, version))
+                outgoing.append(self._dead_letter(record, rejection, version, route))
                 continue
-            facts = ServingFacts(route="stable", batch_size=len(rows),
+            facts = ServingFacts(route=str(route), batch_size=len(rows),
                                  latency_ms=1000 * (done - record.timestamp))
             outgoing.append(Outgoing(
                 kind=Kind.PREDICTION,
                 topic=self._topics.predictions, partition=record.partition, key=request.id.encode(),
                 value=encode_prediction(request.id, model, version, result, labels, facts),
                 headers=source_headers(record.topic, record.partition, record.offset),
-                model=model, version=version, reason=None, request_timestamp=record.timestamp))
+                model=model, version=version, reason=None, request_timestamp=record.timestamp,
+                route=str(route)))
             if policy.sample_rate and sampled(request.id, policy.sample_rate):
                 outgoing.append(self._sample(record, request, names, result, labels, policy.redactor))
+        ok = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
+        classes = np.stack([results[i] for i in ok]).argmax(axis=1) if ok else np.empty(0, np.intp)
+        self._record_outcome(deployment, model, version, route, len(ok), len(results) - len(ok),
+                             seconds, classes.tolist())
         coder = self._coders.get((model, version))
-        served_rows = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
-        if coder is not None and served_rows:
-            classes = np.stack([results[i] for i in served_rows]).argmax(axis=1)
-            sources = [items[i][0] for i in served_rows]
+        if coder is not None and ok:
+            sources = [items[i][0] for i in ok]
             self._pending_drift.setdefault((model, version), []).append(CodedRows(
-                coder.codes(watched_columns(rows[served_rows], classes)),
+                coder.codes(watched_columns(rows[ok], classes)),
                 np.array([r.partition for r in sources], np.int32),
                 np.array([r.offset for r in sources], np.int64),
                 np.array([round(r.timestamp * 1000) for r in sources], np.int64)))
+        return (items, rows, results), outgoing
+
+    async def _predict(self, served: ServingModel,
+                       rows: np.ndarray) -> tuple[list[np.ndarray | RowFailure], float]:
+        started = time.perf_counter()
+        # JAX blocks: run it in the executor so commits, timers and heartbeats go on.
+        results = await asyncio.get_running_loop().run_in_executor(
+            self._executor, serve_isolated, served.predict, rows)
+        seconds = time.perf_counter() - started
+        self._metrics.inference_latency.labels(served.model, served.version).observe(seconds)
+        return results, seconds
+
+    def _record_outcome(self, deployment: Deployment, model: str, version: str, route: Route,
+                        successes: int, failures: int, seconds: float, classes: list[int]) -> None:
+        """Feed a group's outcome to its version's breaker and, during a canary, its judge."""
+        breaker = self._breakers.get((model, version))
+        if breaker is not None:
+            before = breaker.state
+            breaker.record(successes, failures, time.time())
+            if breaker.state is not before:
+                log.warning("circuit breaker of %s:%s is now %s", model, version, breaker.state)
+            self._metrics.breaker_state.labels(model, version).set(_BREAKER_VALUE[breaker.state])
+        spec = deployment.specs.get(model)
+        if spec is None or spec.canary is None or route not in (Route.STABLE, Route.CANARY):
+            return
+        key = (model, spec.revision)
+        if key in self._judged:
+            return
+        judge = self._judges.get(key)
+        if judge is None:
+            n_classes = len(deployment.models[(model, spec.stable)].manifest.outputs.labels)
+            judge = self._judges[key] = CanaryJudge(self._settings.canary, n_classes)
+        judge.observe(route, failures, [seconds] * successes, classes)
+        verdict = judge.verdict()
+        if verdict.action in ("rollback", "promote") and self._on_canary_verdict is not None:
+            self._judged.add(key)
+            del self._judges[key]
+            self._on_canary_verdict(model, spec.revision, verdict)
+
+    async def _shadow(self, deployment: Deployment, model: str, shadow: str, primary: str,
+                      served_group: _Served) -> list[Outgoing]:
+        """The shadow version's answers to the same rows, to the shadow topic, with agreement."""
+        items, rows, primary_results = served_group
+        served = deployment.models[(model, shadow)]
+        results, _ = await self._predict(served, rows)
+        labels = served.manifest.outputs.labels
+        agreement: Counter[str] = Counter()
+        outgoing = []
+        for (record, request), theirs, ours in zip(items, primary_results, results, strict=True):
+            agree = None
+            if not isinstance(theirs, RowFailure) and not isinstance(ours, RowFailure):
+                agree = bool(theirs.argmax() == ours.argmax())
+                self._metrics.shadow_difference.labels(model, shadow).observe(
+                    float(np.abs(theirs - ours).max()))
+            agreement["unknown" if agree is None else "yes" if agree else "no"] += 1
+            outgoing.append(Outgoing(
+                kind=Kind.SHADOW, topic=self._topics.shadow, partition=record.partition,
+                key=request.id.encode(),
+                value=encode_shadow(request.id, model, shadow, primary, ours, theirs, labels),
+                headers=source_headers(record.topic, record.partition, record.offset),
+                model=model, version=shadow, reason=None, request_timestamp=record.timestamp,
+                route=str(Route.SHADOW)))
+        for agree, count in agreement.items():
+            self._metrics.shadow_agreement.labels(model, shadow, agree).inc(count)
         return outgoing
 
     def _sample(self, record: Incoming, request: Request, names: Sequence[str], result: np.ndarray,
@@ -196,14 +339,15 @@ class InferenceService:
         self._pending_drift.clear()
         return messages
 
-    def _dead_letter(self, record: Incoming, rejection: Rejection, version: str) -> Outgoing:
+    def _dead_letter(self, record: Incoming, rejection: Rejection, version: str,
+                     route: Route | str = "") -> Outgoing:
         return Outgoing(
             kind=Kind.DEAD_LETTER, topic=self._topics.deadletter, partition=record.partition,
             key=dead_letter_key(rejection, record.topic, record.partition, record.offset),
             value=encode_dead_letter(rejection, self._dead_letter_redactor.original(record.value)),
             headers=source_headers(record.topic, record.partition, record.offset),
             model=rejection.model or "", version=version, reason=rejection.reason,
-            request_timestamp=record.timestamp)
+            request_timestamp=record.timestamp, route=str(route))
 
     def fail_batch(self, batch: Sequence[Incoming], error: Exception) -> list[Outgoing]:
         """Dead letters for a whole batch, when serving it failed outside any model call."""
@@ -216,22 +360,22 @@ class InferenceService:
         m, now = self._metrics, time.time()
         # Count per label set, then touch each metric once: label lookups cost more
         # than the increments.
-        served: Counter[tuple[str, str]] = Counter()
+        served: Counter[tuple[str, str, str]] = Counter()
         samples: Counter[str] = Counter()
         dead: Counter[tuple[str, str, Reason]] = Counter()
         latencies: dict[str, list[float]] = {}
         for out in outgoing:
             if out.kind is Kind.PREDICTION:
-                served[(out.model, out.version)] += 1
+                served[(out.model, out.version, out.route)] += 1
                 latencies.setdefault(out.model, []).append(now - out.request_timestamp)
             elif out.kind is Kind.DEAD_LETTER:
                 assert out.reason is not None
                 dead[(out.model, out.version, out.reason)] += 1
             elif out.kind is Kind.SAMPLE:
                 samples[out.model] += 1
-        for (model, version), count in served.items():
+        for (model, version, route), count in served.items():
             m.requests.labels(model, version, "prediction").inc(count)
-            m.predictions.labels(model, version, "stable").inc(count)
+            m.predictions.labels(model, version, route).inc(count)
         for (model, version, reason), count in dead.items():
             m.requests.labels(model, version, "deadletter").inc(count)
             m.deadletters.labels(model, str(reason)).inc(count)
@@ -243,13 +387,16 @@ class InferenceService:
                 histogram.observe(max(0.0, s))
 
 
+def _roles(spec: DeploymentSpec) -> list[tuple[str, str]]:
+    roles = [(spec.stable, "stable")]
+    if spec.canary is not None:
+        roles.append((spec.canary.version, "canary"))
+    roles += [(v, "shadow") for v in spec.shadows]
+    if spec.fallback is not None:
+        roles.append((spec.fallback, "fallback"))
+    return roles
+
+
 def _expired(request: Request, record: Incoming, answer_time: float) -> bool:
     return (request.deadline_ms is not None
             and (answer_time - record.timestamp) * 1000 > request.deadline_ms)
-
-
-def _schemas_by_model(served: Mapping[tuple[str, str], ServingModel]) -> dict:
-    schemas: dict = {}
-    for (model, version), serving in served.items():
-        schemas.setdefault(model, {})[version] = serving.manifest.inputs
-    return schemas

@@ -38,14 +38,18 @@ async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]
 
 
 async def ensure_topics(settings: Settings) -> None:
-    """Create the serving topics that do not exist yet, each with the requests' partitions."""
+    """Create the topics that do not exist yet: the serving ones with the requests'
+    partitions; the control topic compacted (the latest spec per model is what counts)
+    in one partition, so every reader sees the changes in the order they were made."""
     topics = settings.topics
+    wanted = [NewTopic(name, settings.request_partitions, 1)
+              for name in (topics.requests, topics.predictions, topics.deadletter, topics.drift,
+                           topics.drift_rows, topics.samples, topics.shadow)]
+    wanted += [NewTopic(topics.control, 1, 1, topic_configs={"cleanup.policy": "compact"}),
+               NewTopic(topics.audit, 1, 1)]
     async with admin_client(settings) as admin:
         existing = set(await admin.list_topics())
-        missing = [NewTopic(name, settings.request_partitions, 1)
-                   for name in (topics.requests, topics.predictions, topics.deadletter,
-                                topics.drift, topics.drift_rows, topics.samples)
-                   if name not in existing]
+        missing = [topic for topic in wanted if topic.name not in existing]
         if missing:
             await admin.create_topics(missing)
             await _wait_for_metadata(settings, [t.name for t in missing])

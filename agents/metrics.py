@@ -62,6 +62,26 @@ class Metrics:
             "streamserve_drift_late_rows",
             "Served rows that reached their drift windows after those closed (beyond the grace)",
             ["model", "version"], registry=r)
+        self.breaker_state = Gauge(
+            "streamserve_breaker_state",
+            "Circuit breaker of a version: 0 closed, 1 half-open (probing), 2 open",
+            ["model", "version"], registry=r)
+        self.shadow_agreement = Counter(
+            "streamserve_shadow_agreement",
+            "Shadow answers by whether their label agrees with the version that answered",
+            ["model", "version", "agree"], registry=r)
+        self.shadow_difference = Histogram(
+            "streamserve_shadow_difference",
+            "Largest absolute difference of class probabilities, shadow against served",
+            ["model", "version"], buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0), registry=r)
+        self.model_refusals = Counter(
+            "streamserve_model_refusals",
+            "Versions a worker refused to load (unsigned, tampered, failing to load)",
+            ["model", "version", "reason"], registry=r)
+        self.control_changes = Counter(
+            "streamserve_control_changes",
+            "Deployment spec changes applied by this worker, by outcome",
+            ["model", "outcome"], registry=r)
         self.loaded = Gauge("streamserve_model_loaded", "1 for each loaded version and its role",
                             ["model", "version", "role"], registry=r)
         self.ready = Gauge("streamserve_worker_ready",

@@ -1,4 +1,4 @@
-"""Which models and versions this worker serves, and the input schema of each."""
+"""What this worker serves: each model's deployment spec and the input schema of each version."""
 
 from __future__ import annotations
 
@@ -6,34 +6,44 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pipeline.rejections import Reason, Rejection
+from pipeline.routing import DeploymentSpec, Route, RouteDecision, route
 from pipeline.schema import InputSchema
 
 
 @dataclass(frozen=True, slots=True)
 class Catalog:
-    """``schemas[model][version]``; ``default[model]`` is the version that serves unpinned requests."""
+    """``schemas[model][version]`` for every loaded version; ``specs[model]`` routes requests.
+
+    Immutable: a worker swaps in a new catalog when a spec changes, so a batch sees one
+    consistent state.
+    """
 
     schemas: Mapping[str, Mapping[str, InputSchema]]
-    default: Mapping[str, str]
+    specs: Mapping[str, DeploymentSpec]
 
     def __post_init__(self) -> None:
-        for model, version in self.default.items():
-            if version not in self.schemas.get(model, {}):
-                raise ValueError(f"default version {model}:{version} is not in the catalog")
+        for model, spec in self.specs.items():
+            missing = spec.versions() - set(self.schemas.get(model, {}))
+            if missing:
+                raise ValueError(f"{model}'s spec names versions not loaded: {sorted(missing)}")
 
-    def resolve(self, model: str, version: str | None) -> tuple[str, InputSchema] | Rejection:
-        versions = self.schemas.get(model)
-        if not versions or model not in self.default:
-            served = ", ".join(sorted(self.default)) or "none"
+    def resolve(self, model: str, pinned: str | None,
+                request_id: str) -> tuple[RouteDecision, InputSchema] | Rejection:
+        """The version and route serving ``request_id`` (sticky: a hash of the id), and its schema."""
+        spec = self.specs.get(model)
+        if spec is None:
+            served = ", ".join(sorted(self.specs)) or "none"
             return Rejection(Reason.UNKNOWN_MODEL,
                              f"model {model!r} is not served here; served models: {served}",
                              model=model)
-        chosen = self.default[model] if version is None else version
-        schema = versions.get(chosen)
-        if schema is None:
-            return Rejection(Reason.UNKNOWN_VERSION,
-                             f"version {chosen!r} of model {model!r} is not deployed; deployed "
-                             f"versions: {', '.join(sorted(versions))}; omit 'version' to use "
-                             f"{self.default[model]!r}",
-                             model=model)
-        return chosen, schema
+        decision = route(spec, request_id, pinned)
+        if isinstance(decision, str):
+            return Rejection(Reason.UNKNOWN_VERSION, decision, model=model)
+        return decision, self.schemas[model][decision.version]
+
+    def fallback(self, model: str) -> RouteDecision | None:
+        """Where a model's traffic goes while its version's breaker is open."""
+        spec = self.specs.get(model)
+        if spec is None or spec.fallback is None:
+            return None
+        return RouteDecision(spec.fallback, Route.FALLBACK)

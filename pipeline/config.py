@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.breaker import BreakerConfig
+from pipeline.canary import CanaryPolicy
 from pipeline.drift import DriftConfig
 from pipeline.redaction import Action, RedactionError, Redactor, parse_rules
 
@@ -64,6 +66,21 @@ class Topics:
     def samples(self) -> str:
         return f"{self.prefix}.samples"
 
+    @property
+    def shadow(self) -> str:
+        """Shadow versions' outputs: never on the predictions topic."""
+        return f"{self.prefix}.shadow"
+
+    @property
+    def control(self) -> str:
+        """Compacted: each model's deployment spec, keyed by model name."""
+        return f"{self.prefix}.control"
+
+    @property
+    def audit(self) -> str:
+        """Every control-plane change and model load refusal, in order."""
+        return f"{self.prefix}.audit"
+
 
 @dataclass(frozen=True, slots=True)
 class ModelPolicy:
@@ -103,6 +120,19 @@ class Settings:
     registry: Path = _setting(
         Path("registry"), "STREAMSERVE_REGISTRY", "Root folder of the model registry."
     )
+    signing_key: Path = _setting(
+        Path(".streamserve/keys/signing.key"), "STREAMSERVE_SIGNING_KEY",
+        "Private Ed25519 key (PEM) that training and `streamserve models sign` sign model "
+        "versions with; created with its public key (.pub beside it) when missing. Keep it "
+        "outside the registry.")
+    trusted_keys: Path = _setting(
+        Path(".streamserve/keys"), "STREAMSERVE_TRUSTED_KEYS",
+        "Public keys trusted to sign model versions: a .pub file, or a folder whose *.pub "
+        "files are all trusted. Outside the registry, so writing a model cannot add trust.")
+    allow_unsigned: bool = _setting(
+        False, "STREAMSERVE_ALLOW_UNSIGNED",
+        "Load model versions without a valid signature (unsigned, or signed by an untrusted "
+        "key): on or off. Development only; parameters must still match their manifest.")
     topic_prefix: str = _setting(
         "streamserve", "STREAMSERVE_TOPIC_PREFIX", "Prefix of every topic name."
     )
@@ -177,6 +207,31 @@ class Settings:
         "TOML file of per-model settings: a [models.NAME] table may set drift_window_s, "
         "drift_hop_s, drift_grace_s, drift_min_window, drift_alpha, drift_psi_floor, drift_alert_psi, "
         "drift_consecutive, sample_rate and redact (a table of field = \"drop|hash|mask\").")
+    breaker_failures: int = _setting(
+        5, "STREAMSERVE_BREAKER_FAILURES",
+        "Failures in a row (model errors, missed deadlines) that open a version's circuit "
+        "breaker; its traffic then goes to the model's fallback version.")
+    breaker_failure_rate: float = _setting(
+        0.5, "STREAMSERVE_BREAKER_FAILURE_RATE",
+        "Share of failures over a version's last 100 requests that opens its breaker.")
+    breaker_open_s: float = _setting(
+        5.0, "STREAMSERVE_BREAKER_OPEN_S",
+        "Seconds a breaker stays open before probes try the version again.")
+    canary_min_requests: int = _setting(
+        200, "STREAMSERVE_CANARY_MIN_REQUESTS",
+        "Requests each of canary and stable must have served before the canary is judged.")
+    canary_max_error_increase: float = _setting(
+        0.05, "STREAMSERVE_CANARY_MAX_ERROR_INCREASE",
+        "Rollback when the canary's failure rate exceeds stable's by more than this.")
+    canary_max_p99_ratio: float = _setting(
+        2.0, "STREAMSERVE_CANARY_MAX_P99_RATIO",
+        "Rollback when the canary's p99 model time exceeds this many times stable's (+5 ms).")
+    canary_max_output_psi: float = _setting(
+        0.25, "STREAMSERVE_CANARY_MAX_OUTPUT_PSI",
+        "Rollback when the PSI between the canary's and stable's predicted classes exceeds this.")
+    canary_promote_after: int = _setting(
+        0, "STREAMSERVE_CANARY_PROMOTE_AFTER",
+        "Promote a canary automatically after this many healthy requests (0: never).")
     # The [models.NAME] tables of models_file, read and checked once.
     _models: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False,
                                                compare=False)
@@ -205,9 +260,36 @@ class Settings:
                "STREAMSERVE_TOPIC_PREFIX", "must be non-empty and use only letters, digits, '.', '_' and '-'")
         _check(self.broker is None or bool(self.broker.strip()), "STREAMSERVE_BROKER",
                "must be host:port[,host:port], or unset for the local broker")
+        registry = Path(os.path.abspath(self.registry))
+        _check(not Path(os.path.abspath(self.signing_key)).is_relative_to(registry),
+               "STREAMSERVE_SIGNING_KEY", f"must lie outside the registry ({self.registry}): "
+               "whoever can read the registry could sign models")
+        _check(self.signing_key.suffix != ".pub", "STREAMSERVE_SIGNING_KEY",
+               f"must name the private key, not the public key {self.signing_key}")
+        _check(not Path(os.path.abspath(self.trusted_keys)).is_relative_to(registry),
+               "STREAMSERVE_TRUSTED_KEYS", f"must lie outside the registry ({self.registry}): "
+               "whoever can write the registry could add a trusted key")
+        try:
+            self.breaker, self.canary  # noqa: B018 - built once here so bad values stop the start
+        except ValueError as e:
+            raise ConfigError(f"STREAMSERVE_BREAKER_* / STREAMSERVE_CANARY_* settings: {e}") from None
         object.__setattr__(self, "_models", _read_models_file(self.models_file))
         for model in ["", *self._models]:
             self.policy(model)  # every policy is checked at start, not at first use
+
+    @property
+    def breaker(self) -> BreakerConfig:
+        return BreakerConfig(consecutive_failures=self.breaker_failures,
+                             failure_rate=self.breaker_failure_rate, open_seconds=self.breaker_open_s)
+
+    @property
+    def canary(self) -> CanaryPolicy:
+        return CanaryPolicy(min_requests=self.canary_min_requests,
+                            window=max(1000, self.canary_min_requests),
+                            max_error_rate_increase=self.canary_max_error_increase,
+                            max_p99_ratio=self.canary_max_p99_ratio,
+                            max_output_psi=self.canary_max_output_psi,
+                            promote_after=self.canary_promote_after or None)
 
     def policy(self, model: str) -> ModelPolicy:
         """``model``'s settings: its [models.NAME] table in STREAMSERVE_MODELS_FILE over the

@@ -28,6 +28,7 @@ import orjson
 
 from pipeline.catalog import Catalog
 from pipeline.rejections import Reason, Rejection
+from pipeline.routing import Route
 from pipeline.schema import InputSchema
 
 MAX_ID_LENGTH = 256
@@ -43,6 +44,7 @@ class Request:
     model: str
     version: str
     row: list[float]
+    route: Route = Route.STABLE
     deadline_ms: int | None = None
     tenant: str | None = None
 
@@ -81,12 +83,12 @@ def decode(raw: bytes | None, catalog: Catalog, max_bytes: int) -> Request | Rej
                          f"the request has no {field!r}; name the model to use", id=request_id)
     try:
         version = _optional_version(body.get("model_version" if oip else "version"))
-        resolved = catalog.resolve(model, version)
+        resolved = catalog.resolve(model, version, request_id)
         if isinstance(resolved, Rejection):
             return Rejection(resolved.reason, resolved.error, id=request_id, model=model)
-        version, schema = resolved
+        decision, schema = resolved
         row = _oip_row(body["inputs"], schema) if oip else _tabular_row(body, schema)
-        return Request(request_id, model, version, row,
+        return Request(request_id, model, decision.version, row, decision.route,
                        deadline_ms=_optional_deadline(body.get("deadline_ms")),
                        tenant=_optional_tenant(body.get("tenant")))
     except _Invalid as invalid:

@@ -50,6 +50,22 @@ def encode_sample(request_id: str, model: str, version: str, timestamp: float,
                          "outputs": _outputs(probabilities, labels)})
 
 
+def encode_shadow(request_id: str, model: str, version: str, answered_by: str,
+                  ours: np.ndarray | Any, theirs: np.ndarray | Any, labels: Sequence[str]) -> bytes:
+    """A shadow version's answer beside the one the client got. ``ours``/``theirs`` are
+    probabilities, or a failure (anything with an ``error``)."""
+    message: dict[str, Any] = {"id": request_id, "model_name": model, "model_version": version,
+                               "answered_by": answered_by}
+    if isinstance(ours, np.ndarray):
+        message["outputs"] = _outputs(ours, labels)
+    else:
+        message["error"] = ours.error
+    if isinstance(ours, np.ndarray) and isinstance(theirs, np.ndarray):
+        message["agree"] = bool(ours.argmax() == theirs.argmax())
+        message["max_abs_difference"] = float(np.abs(ours - theirs).max())
+    return orjson.dumps(message)
+
+
 def _outputs(probabilities: np.ndarray, labels: Sequence[str]) -> list[dict[str, Any]]:
     return [
         {"name": "probabilities", "shape": [1, len(labels)], "datatype": "FP32",

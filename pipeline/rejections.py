@@ -24,11 +24,12 @@ class Reason(StrEnum):
     NON_FINITE = "non_finite"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     MODEL_ERROR = "model_error"
+    CIRCUIT_OPEN = "circuit_open"
 
     @property
     def is_client_error(self) -> bool:
         """True when the sender must fix the request; False when the server failed it."""
-        return self not in (Reason.DEADLINE_EXCEEDED, Reason.MODEL_ERROR)
+        return self not in (Reason.DEADLINE_EXCEEDED, Reason.MODEL_ERROR, Reason.CIRCUIT_OPEN)
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,13 +4,14 @@ import orjson
 import pytest
 
 from pipeline.catalog import Catalog
+from pipeline.routing import DeploymentSpec, Route
 from pipeline.decode import Request, decode
 from pipeline.rejections import Reason, Rejection
 from pipeline.schema import Feature, InputSchema
 
 IRIS = InputSchema(tuple(Feature(n) for n in
                          ("sepal_length", "sepal_width", "petal_length", "petal_width")))
-CATALOG = Catalog({"iris": {"1": IRIS, "2": IRIS}}, {"iris": "2"})
+CATALOG = Catalog({"iris": {"1": IRIS, "2": IRIS}}, {"iris": DeploymentSpec("iris", "2", fallback="1")})
 FEATURES = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
 
 
@@ -43,7 +44,7 @@ def test_pinned_version_is_honoured():
 def test_oip_per_feature_inputs():
     inputs = [{"name": k, "shape": [1], "datatype": "FP32", "data": [v]} for k, v in FEATURES.items()]
     result = run({"id": "r", "model_name": "iris", "model_version": "1", "inputs": inputs})
-    assert result == Request("r", "iris", "1", [5.1, 3.5, 1.4, 0.2])
+    assert result == Request("r", "iris", "1", [5.1, 3.5, 1.4, 0.2], Route.PINNED)
 
 
 @pytest.mark.parametrize("data", [[5.1, 3.5, 1.4, 0.2], [[5.1, 3.5, 1.4, 0.2]]])
@@ -105,7 +106,7 @@ def test_unknown_model_names_the_served_ones():
 def test_unknown_version_names_the_deployed_ones():
     result = rejected({"id": "r", "model": "iris", "version": "9", "features": FEATURES},
                       Reason.UNKNOWN_VERSION)
-    assert "1, 2" in result.error
+    assert "2 (stable), 1 (fallback)" in result.error
 
 
 def test_missing_features_are_named():

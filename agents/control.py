@@ -1,0 +1,233 @@
+"""The control plane's I/O: deployment specs on the compacted control topic, the audit
+trail, and the worker side that loads, verifies and warms versions before they serve.
+
+A change is a pure transition (``pipeline.routing``) of the model's current spec,
+written as the new spec (key = model name) plus an audit entry. Every worker follows
+the control topic; for a new spec it loads the versions it lacks in a loader thread
+(verified against the trusted keys, every padding bucket compiled) and only then
+swaps the deployment the server uses, so no request waits on a compile and a version
+that fails to load never takes traffic: the previous spec keeps serving, and the
+refusal is logged, counted and audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+import mode
+import orjson
+
+from agents.inference import Deployment, InferenceService
+from agents.kafka_io import read_topic, start_producer
+from agents.metrics import Metrics
+from models.runtime import ServingModel
+from pipeline.batching import buckets_for
+from pipeline.canary import CanaryVerdict
+from pipeline.config import Settings
+from pipeline.registry import Registry, RegistryError
+from pipeline.routing import AuditEntry, ControlError, DeploymentSpec, promote, rollback
+from pipeline.signing import SignatureError, TrustedKeys, verify_version
+
+log = logging.getLogger(__name__)
+
+Transition = Callable[[DeploymentSpec | None], DeploymentSpec]
+
+
+def operator() -> str:
+    """Who is changing things: user@host (the audit trail's "who")."""
+    return f"{getpass.getuser()}@{socket.gethostname()}"
+
+
+async def read_specs(settings: Settings) -> dict[str, DeploymentSpec]:
+    """The current spec of every model with one (the latest record per key)."""
+    specs: dict[str, DeploymentSpec] = {}
+    async for record in read_topic(settings, settings.topics.control, from_beginning=True,
+                                   to_end=True):
+        if record.value is not None:
+            spec = DeploymentSpec.from_json(orjson.loads(record.value))
+            specs[spec.model] = spec
+    return specs
+
+
+async def read_audit(settings: Settings) -> list[AuditEntry]:
+    return [AuditEntry.from_json(orjson.loads(record.value)) async for record in read_topic(
+        settings, settings.topics.audit, from_beginning=True, to_end=True)]
+
+
+async def change(settings: Settings, model: str, transition: Transition, *, action: str,
+                 who: str, source: str, reason: str = "",
+                 expected_revision: int | None = None) -> DeploymentSpec | None:
+    """Apply ``transition`` to ``model``'s current spec; write the new spec and its audit
+    entry. With ``expected_revision``, nothing happens (None) unless the current spec is
+    that revision: a change decided on a spec that has moved on since is dropped."""
+    current = (await read_specs(settings)).get(model)
+    if expected_revision is not None and (current is None or current.revision != expected_revision):
+        return None
+    new = transition(current)
+    entry = AuditEntry(action=action, model=model, who=who, when=time.time(), source=source,
+                       before=None if current is None else current.to_json(), after=new.to_json(),
+                       reason=reason)
+    producer = await start_producer(settings)
+    try:
+        await producer.send_and_wait(settings.topics.control, key=model.encode(),
+                                     value=orjson.dumps(new.to_json()))
+        await producer.send_and_wait(settings.topics.audit, key=model.encode(),
+                                     value=orjson.dumps(entry.to_json()))
+    finally:
+        await producer.stop()
+    return new
+
+
+def check_servable(settings: Settings, model: str, version: str) -> None:
+    """Raise ControlError unless ``model:version`` is registered and verifies: the CLI
+    says so at once, rather than every worker refusing it later."""
+    try:
+        verify_version(Registry(settings.registry), model, version,
+                       TrustedKeys.load(settings.trusted_keys), settings.allow_unsigned)
+    except (RegistryError, SignatureError) as e:
+        raise ControlError(str(e)) from None
+
+
+class Deployer:
+    """Loads what specs need and installs them into the worker's ``InferenceService``."""
+
+    def __init__(self, settings: Settings, inference: InferenceService, metrics: Metrics) -> None:
+        self._settings = settings
+        self._inference = inference
+        self._metrics = metrics
+        self._registry = Registry(settings.registry)
+        self._buckets = buckets_for(settings.max_batch)
+        self._who = f"worker {socket.gethostname()}:{os.getpid()}"
+        # Compiling happens here, beside the model thread, so serving goes on meanwhile.
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
+
+    async def start(self) -> None:
+        """The first deployment: every spec on the control topic, and the latest registered
+        version of each model that has none. A spec that cannot load falls back to its
+        stable version alone; a model whose version cannot load is not served."""
+        specs = await read_specs(self._settings)
+        for model in self._registry.models():
+            latest = self._registry.latest(model)
+            if model not in specs and latest is not None:
+                specs[model] = DeploymentSpec(model, latest)
+        models: dict[tuple[str, str], ServingModel] = {}
+        installed: dict[str, DeploymentSpec] = {}
+        for spec in specs.values():
+            for candidate in (spec, DeploymentSpec(spec.model, spec.stable, revision=spec.revision)):
+                loaded = await self._load(candidate, models, None)
+                if loaded is not None:
+                    models.update(loaded)
+                    installed[spec.model] = candidate
+                    break
+        self._inference.install(Deployment(models, installed))
+
+    async def apply(self, spec: DeploymentSpec) -> bool:
+        """Install ``spec`` once its versions are loaded; False (and audited) when one fails."""
+        deployment = self._inference.deployment
+        current = deployment.specs.get(spec.model)
+        if current is not None and spec.revision <= current.revision:
+            return True  # already applied (the follower reads the topic from the start)
+        loaded = await self._load(spec, deployment.models, current)
+        if loaded is None:
+            self._metrics.control_changes.labels(spec.model, "refused").inc()
+            return False
+        deployment = self._inference.deployment  # it may have moved on while loading
+        specs = {**deployment.specs, spec.model: spec}
+        needed = {(model, v) for model, s in specs.items() for v in s.versions()}
+        models = {key: m for key, m in {**deployment.models, **loaded}.items() if key in needed}
+        self._inference.install(Deployment(models, specs))
+        self._metrics.control_changes.labels(spec.model, "applied").inc()
+        log.info("serving %s", spec.describe())
+        return True
+
+    async def _load(self, spec: DeploymentSpec, have: Mapping[tuple[str, str], ServingModel],
+                    current: DeploymentSpec | None) -> dict[tuple[str, str], ServingModel] | None:
+        """The versions of ``spec`` not in ``have``, verified and compiled; None if one fails."""
+        loaded = {}
+        for version in sorted(spec.versions()):
+            key = (spec.model, version)
+            if key in have:
+                continue
+            try:
+                loaded[key] = await asyncio.get_running_loop().run_in_executor(
+                    self._loader, self._load_version, spec.model, version)
+            except (RegistryError, SignatureError, ValueError, OSError) as e:
+                reason = getattr(e, "reason", type(e).__name__)
+                log.error("refused %s:%s, %s keeps serving: %s", spec.model, version,
+                          "nothing" if current is None else current.describe(), e)
+                self._metrics.model_refusals.labels(spec.model, version, reason).inc()
+                await self._audit(AuditEntry(
+                    action="load_refused", model=spec.model, who=self._who, when=time.time(),
+                    source="worker", before=None if current is None else current.to_json(),
+                    after=spec.to_json(), reason=f"{spec.model}:{version}: {e}"))
+                return None
+        stable = {**have, **loaded}[(spec.model, spec.stable)].manifest.inputs
+        for version in spec.versions():
+            if {**have, **loaded}[(spec.model, version)].manifest.inputs != stable:
+                log.error("refused %s: version %s reads other features than stable %s",
+                          spec.describe(), version, spec.stable)
+                return None
+        return loaded
+
+    def _load_version(self, model: str, version: str) -> ServingModel:
+        s = self._settings
+        verified = verify_version(self._registry, model, version, TrustedKeys.load(s.trusted_keys),
+                                  s.allow_unsigned)
+        if verified.problem:
+            log.warning("loading %s:%s although %s (STREAMSERVE_ALLOW_UNSIGNED is on)", model,
+                        version, verified.problem)
+        # The parameters served are the bytes that were verified, read once.
+        served = ServingModel(verified.manifest, verified.params(), self._buckets)
+        self._metrics.jit_compiles.labels(model, version).inc(served.compiles)
+        return served
+
+    async def _audit(self, entry: AuditEntry) -> None:
+        producer = await start_producer(self._settings)
+        try:
+            await producer.send_and_wait(self._settings.topics.audit, key=entry.model.encode(),
+                                         value=orjson.dumps(entry.to_json()))
+        finally:
+            await producer.stop()
+
+    def on_canary_verdict(self, model: str, revision: int, verdict: CanaryVerdict) -> None:
+        """Roll the canary back, or promote it, as the judge decided (audited with its reason)."""
+        transition = rollback if verdict.action == "rollback" else promote
+        log.warning("canary of %s: %s (%s)", model, verdict.action, verdict.reason)
+        task = asyncio.get_running_loop().create_task(change(
+            self._settings, model, lambda spec: transition(spec), action=f"auto_{verdict.action}",
+            who=self._who, source="canary-analysis", reason=verdict.reason,
+            expected_revision=revision))
+        _background.add(task)
+        task.add_done_callback(_background.discard)
+
+
+_background: set[asyncio.Task] = set()  # tasks kept alive until done
+
+
+class ControlFollower(mode.Service):
+    """Follows the control topic and applies each new spec, live."""
+
+    def __init__(self, settings: Settings, deployer: Deployer, **kwargs: object) -> None:
+        super().__init__(**kwargs)
+        self._settings = settings
+        self._deployer = deployer
+
+    @mode.Service.task
+    async def _follow(self) -> None:
+        async for record in read_topic(self._settings, self._settings.topics.control,
+                                       from_beginning=True):
+            if record.value is None or self.should_stop:
+                continue
+            try:
+                spec = DeploymentSpec.from_json(orjson.loads(record.value))
+            except (ControlError, orjson.JSONDecodeError) as e:
+                log.error("control record at offset %d unreadable, skipped: %s", record.offset, e)
+                continue
+            await self._deployer.apply(spec)

@@ -1,0 +1,196 @@
+"""Automatic canary analysis: is the canary as good as stable, on the same live traffic?
+
+Each arm (STABLE, CANARY) keeps its last ``policy.window`` outcomes in fixed arrays:
+whether the request failed, its latency and its predicted class. The verdict, once
+both arms hold ``min_requests`` outcomes, is "rollback" when the canary
+
+- fails more: canary error rate - stable error rate > ``max_error_rate_increase``;
+- is slower: canary p99 > ``max_p99_ratio`` x stable p99 + ``p99_slack_ms``;
+- predicts differently: PSI(stable classes -> canary classes) > ``max_output_psi``
+  (``pipeline.drift.compare``: the same smoothing as drift);
+
+then "promote" once the canary has served ``promote_after`` requests (when set), and
+"healthy" otherwise. A rollback verdict is sticky: once breached, the judge keeps
+answering rollback with the first breach's reason, so a shell that acts late still
+acts on it. Use one judge per canary run.
+
+The PSI check uses no noise allowance: with many classes and few requests, the
+sampling noise of PSI, about chi2_{K-1} x (1/N + 1/M), can approach 0.25 (K=10,
+N=M=200: its 99.9th percentile is 0.28), so raise ``min_requests`` for such models.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from pipeline.drift.compare import compare
+from pipeline.routing import Route
+
+Action = Literal["wait", "healthy", "rollback", "promote"]
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryPolicy:
+    """Thresholds of the canary analysis (see the module docstring)."""
+
+    window: int = 1000
+    min_requests: int = 200
+    max_error_rate_increase: float = 0.05
+    max_p99_ratio: float = 2.0
+    p99_slack_ms: float = 5.0
+    max_output_psi: float = 0.25
+    promote_after: int | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_requests <= self.window:
+            raise ValueError(f"need 1 <= min_requests <= window (outcomes kept per arm), got "
+                             f"min_requests={self.min_requests}, window={self.window}")
+        if not 0 <= self.max_error_rate_increase < 1:
+            raise ValueError(f"max_error_rate_increase is a share in [0, 1), e.g. 0.05 for 5 points, "
+                             f"got {self.max_error_rate_increase}")
+        if not 1 <= self.max_p99_ratio < math.inf or not 0 <= self.p99_slack_ms < math.inf:
+            raise ValueError(f"need max_p99_ratio >= 1 and p99_slack_ms >= 0 (finite), got "
+                             f"{self.max_p99_ratio} and {self.p99_slack_ms}")
+        if not 0 < self.max_output_psi < math.inf:
+            raise ValueError(f"max_output_psi must be a positive PSI, e.g. 0.25, got {self.max_output_psi}")
+        if self.promote_after is not None and self.promote_after < self.min_requests:
+            raise ValueError(f"promote_after must be at least min_requests ({self.min_requests}) or "
+                             f"None to never promote automatically, got {self.promote_after}")
+
+
+@dataclass(frozen=True, slots=True)
+class CanaryVerdict:
+    """What to do with the canary, and why, as a sentence with the figures."""
+
+    action: Action
+    reason: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"action": self.action, "reason": self.reason}
+
+
+class _Arm:
+    """One arm's last ``window`` outcomes in ring arrays: latency NaN and class -1 mark an error."""
+
+    __slots__ = ("cls", "filled", "latency", "pos", "total")
+
+    def __init__(self, window: int) -> None:
+        self.latency = np.full(window, np.nan)
+        self.cls = np.full(window, -1, np.int64)
+        self.pos = 0
+        self.filled = 0
+        self.total = 0
+
+    def add(self, latency: np.ndarray, cls: np.ndarray) -> None:
+        window = self.latency.size
+        n = latency.size
+        self.total += n
+        if n > window:
+            latency, cls, n = latency[-window:], cls[-window:], window
+        idx = (self.pos + np.arange(n)) % window
+        self.latency[idx] = latency
+        self.cls[idx] = cls
+        self.pos = (self.pos + n) % window
+        self.filled = min(self.filled + n, window)
+
+    def errors(self) -> int:
+        return int(np.count_nonzero(self.cls[:self.filled] < 0))
+
+    def p99_ms(self) -> float | None:
+        """p99 of the successes' latencies in ms (numpy's linear percentile); None without any."""
+        ok = self.latency[:self.filled]
+        ok = ok[~np.isnan(ok)]
+        return float(np.percentile(ok, 99)) * 1000 if ok.size else None
+
+    def class_counts(self, n_classes: int) -> np.ndarray:
+        c = self.cls[:self.filled]
+        return np.bincount(c[c >= 0], minlength=n_classes)
+
+
+class CanaryJudge:
+    """Compares a canary with stable over their recent outcomes (see the module docstring).
+
+    ``n_classes``: how many classes the model predicts (predicted classes are 0..n-1).
+    Memory is fixed: two arrays of ``policy.window`` per arm.
+    """
+
+    def __init__(self, policy: CanaryPolicy, n_classes: int) -> None:
+        if n_classes < 1:
+            raise ValueError(f"n_classes must be at least 1, got {n_classes}")
+        self.policy = policy
+        self.n_classes = n_classes
+        self._arms = {Route.STABLE: _Arm(policy.window), Route.CANARY: _Arm(policy.window)}
+        self._breach: CanaryVerdict | None = None
+
+    def observe(self, route: Route, errors: int, latencies_s: Sequence[float],
+                predicted_classes: Sequence[int]) -> None:
+        """One batch of one arm: ``errors`` failed requests (dead letters for model_error or
+        deadline_exceeded) and, per served request, its latency in seconds and predicted class."""
+        arm = self._arms.get(route)
+        if arm is None:
+            raise ValueError(f"canary analysis compares the stable and canary routes, got {route!r}")
+        latency = np.asarray(latencies_s, np.float64)
+        cls = np.asarray(predicted_classes)
+        if latency.ndim != 1 or cls.ndim != 1 or latency.size != cls.size:
+            raise ValueError(f"need one latency per predicted class, got {latency.size} latencies "
+                             f"and {cls.size} classes")
+        if errors < 0:
+            raise ValueError(f"errors must not be negative, got {errors}")
+        if latency.size and (not np.all(np.isfinite(latency)) or latency.min() < 0):
+            raise ValueError("latencies must be finite, non-negative seconds")
+        if cls.size and (not np.issubdtype(cls.dtype, np.integer) or cls.min() < 0
+                         or cls.max() >= self.n_classes):
+            raise ValueError(f"predicted classes must be integers in 0..{self.n_classes - 1}, "
+                             f"got {cls.tolist()[:10]}")
+        arm.add(np.concatenate([np.full(errors, np.nan), latency]),
+                np.concatenate([np.full(errors, -1, np.int64), cls.astype(np.int64)]))
+
+    def verdict(self) -> CanaryVerdict:
+        if self._breach is not None:
+            return self._breach
+        p = self.policy
+        stable, canary = self._arms[Route.STABLE], self._arms[Route.CANARY]
+        if stable.filled < p.min_requests or canary.filled < p.min_requests:
+            return CanaryVerdict("wait", f"waiting for {p.min_requests} requests per arm: canary has "
+                                         f"{canary.filled}, stable {stable.filled}")
+        over = f"over the last {canary.filled} canary and {stable.filled} stable requests"
+        s_err, c_err = stable.errors(), canary.errors()
+        s_rate, c_rate = s_err / stable.filled, c_err / canary.filled
+        if c_rate - s_rate > p.max_error_rate_increase:
+            return self._rollback(
+                f"canary error rate {c_rate:.1%} ({c_err} of {canary.filled}) exceeds stable's "
+                f"{s_rate:.1%} ({s_err} of {stable.filled}) by {(c_rate - s_rate) * 100:.1f} points "
+                f"> {p.max_error_rate_increase * 100:g} allowed")
+        s_p99, c_p99 = stable.p99_ms(), canary.p99_ms()
+        if s_p99 is not None and c_p99 is not None and c_p99 > p.max_p99_ratio * s_p99 + p.p99_slack_ms:
+            return self._rollback(f"canary p99 {c_p99:.1f} ms > {p.max_p99_ratio:g} x stable p99 "
+                                  f"{s_p99:.1f} ms + {p.p99_slack_ms:g} ms {over}")
+        s_counts, c_counts = stable.class_counts(self.n_classes), canary.class_counts(self.n_classes)
+        psi = compare(s_counts, c_counts).psi if s_counts.sum() and c_counts.sum() else None
+        if psi is not None and psi > p.max_output_psi:
+            return self._rollback(f"canary predicted-class distribution differs from stable's: PSI "
+                                  f"{psi:.3f} > {p.max_output_psi:g} {over} (canary {c_counts.tolist()}, "
+                                  f"stable {s_counts.tolist()})")
+        figures = (f"errors {c_rate:.1%} vs {s_rate:.1%}, p99 {_ms(c_p99)} vs {_ms(s_p99)}, "
+                   f"output PSI {'n/a' if psi is None else f'{psi:.3f}'} {over}")
+        if p.promote_after is not None and canary.total >= p.promote_after:
+            return CanaryVerdict("promote", f"canary served {canary.total} requests (>= "
+                                            f"{p.promote_after}) with no breach: {figures}")
+        return CanaryVerdict("healthy", f"canary within bounds: {figures}")
+
+    def _rollback(self, reason: str) -> CanaryVerdict:
+        self._breach = CanaryVerdict("rollback", reason)
+        return self._breach
+
+    def requests(self, route: Route) -> int:
+        """Requests observed on ``route`` (STABLE or CANARY) since the judge was made."""
+        return self._arms[route].total
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} ms"
