@@ -25,7 +25,7 @@ import mode
 import orjson
 
 from agents.inference import Deployment, InferenceService
-from agents.kafka_io import read_topic, start_producer
+from agents.kafka_io import ensure_topics, read_topic, start_producer
 from agents.metrics import Metrics
 from models.runtime import ServingModel
 from pipeline.batching import buckets_for
@@ -67,6 +67,7 @@ async def change(settings: Settings, model: str, transition: Transition, *, acti
     """Apply ``transition`` to ``model``'s current spec; write the new spec and its audit
     entry. With ``expected_revision``, nothing happens (None) unless the current spec is
     that revision: a change decided on a spec that has moved on since is dropped."""
+    await ensure_topics(settings)
     current = (await read_specs(settings)).get(model)
     if expected_revision is not None and (current is None or current.revision != expected_revision):
         return None
@@ -159,22 +160,30 @@ class Deployer:
                 loaded[key] = await asyncio.get_running_loop().run_in_executor(
                     self._loader, self._load_version, spec.model, version)
             except (RegistryError, SignatureError, ValueError, OSError) as e:
-                reason = getattr(e, "reason", type(e).__name__)
-                log.error("refused %s:%s, %s keeps serving: %s", spec.model, version,
-                          "nothing" if current is None else current.describe(), e)
-                self._metrics.model_refusals.labels(spec.model, version, reason).inc()
-                await self._audit(AuditEntry(
-                    action="load_refused", model=spec.model, who=self._who, when=time.time(),
-                    source="worker", before=None if current is None else current.to_json(),
-                    after=spec.to_json(), reason=f"{spec.model}:{version}: {e}"))
+                await self._refuse(spec, version, current, e)
                 return None
-        stable = {**have, **loaded}[(spec.model, spec.stable)].manifest.inputs
-        for version in spec.versions():
-            if {**have, **loaded}[(spec.model, version)].manifest.inputs != stable:
-                log.error("refused %s: version %s reads other features than stable %s",
-                          spec.describe(), version, spec.stable)
+        everything = {**have, **loaded}
+        features = everything[(spec.model, spec.stable)].manifest.inputs.names
+        for version in sorted(spec.versions()):
+            theirs = everything[(spec.model, version)].manifest.inputs.names
+            if theirs != features:
+                await self._refuse(spec, version, current, ValueError(
+                    f"it reads features {list(theirs)}, but stable version {spec.stable} reads "
+                    f"{list(features)}: one request cannot go to both"))
                 return None
         return loaded
+
+    async def _refuse(self, spec: DeploymentSpec, version: str, current: DeploymentSpec | None,
+                      error: Exception) -> None:
+        """Say why ``spec`` cannot serve: the log, a metric and an audit entry."""
+        reason = getattr(error, "reason", type(error).__name__)
+        log.error("refused %s:%s, %s keeps serving: %s", spec.model, version,
+                  "nothing" if current is None else current.describe(), error)
+        self._metrics.model_refusals.labels(spec.model, version, str(reason)).inc()
+        await self._audit(AuditEntry(
+            action="load_refused", model=spec.model, who=self._who, when=time.time(),
+            source="worker", before=None if current is None else current.to_json(),
+            after=spec.to_json(), reason=f"{spec.model}:{version}: {error}"))
 
     def _load_version(self, model: str, version: str) -> ServingModel:
         s = self._settings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -44,9 +44,11 @@ def _key(value: bytes) -> bytes | None:
 
 
 async def collect(bootstrap: str, topics: Sequence[str], expected: int,
-                  timeout: float = 60, settle: float = 1.0) -> list[Received]:
-    """Read ``topics`` from the beginning until ``expected`` records arrived, then ``settle``
-    seconds more so that any surplus (a duplicate, a record in both topics) is seen too."""
+                  timeout: float = 60, settle: float = 1.0,
+                  where: Callable[[Received], bool] | None = None) -> list[Received]:
+    """Read ``topics`` from the beginning until ``expected`` records (those ``where`` keeps)
+    arrived, then ``settle`` seconds more so that any surplus (a duplicate, a record in
+    both topics) is seen too."""
     consumer = AIOKafkaConsumer(*topics, bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
@@ -61,8 +63,9 @@ async def collect(bootstrap: str, topics: Sequence[str], expected: int,
                 break
             batch = await consumer.getmany(timeout_ms=200)
             for records in batch.values():
-                received.extend(Received(r.topic, r.key, r.value,
-                                         {k: v for k, v in r.headers}) for r in records)
+                fresh = (Received(r.topic, r.key, r.value, {k: v for k, v in r.headers})
+                         for r in records)
+                received.extend(r for r in fresh if where is None or where(r))
         return received
     finally:
         await consumer.stop()
