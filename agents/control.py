@@ -110,22 +110,24 @@ class Deployer:
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
 
     async def start(self) -> None:
-        """The first deployment: every spec on the control topic, and the latest registered
-        version of each model that has none. A spec that cannot load falls back to its
-        stable version alone; a model whose version cannot load is not served."""
+        """The first deployment: every spec on the control topic (a spec that cannot load
+        falls back to its stable version alone), and for each model without one, its
+        newest registered version that loads. A model with nothing that loads is not
+        served; every refusal is logged, counted and audited."""
         specs = await read_specs(self._settings)
+        candidates = {model: [spec, DeploymentSpec(model, spec.stable, revision=spec.revision)]
+                      for model, spec in specs.items()}
         for model in self._registry.models():
-            latest = self._registry.latest(model)
-            if model not in specs and latest is not None:
-                specs[model] = DeploymentSpec(model, latest)
+            candidates.setdefault(model, [DeploymentSpec(model, version) for version in
+                                          reversed(self._registry.versions(model))])
         models: dict[tuple[str, str], ServingModel] = {}
         installed: dict[str, DeploymentSpec] = {}
-        for spec in specs.values():
-            for candidate in (spec, DeploymentSpec(spec.model, spec.stable, revision=spec.revision)):
+        for model, tries in candidates.items():
+            for candidate in tries:
                 loaded = await self._load(candidate, models, None)
                 if loaded is not None:
                     models.update(loaded)
-                    installed[spec.model] = candidate
+                    installed[model] = candidate
                     break
         self._inference.install(Deployment(models, installed))
 

@@ -113,9 +113,30 @@ def lifecycle(kafka_bootstrap, registry_dir, tmp_path_factory):
         worker.stop()
 
 
+def test_two_workers_with_the_same_spec_route_each_request_id_alike(lifecycle, kafka_bootstrap,
+                                                                  tmp_path):
+    """Two fleets (each its own topics) given the same spec and the same requests."""
+    keys = registry_keys(lifecycle.registry)
+    other = Lifecycle(start_worker(kafka_bootstrap, lifecycle.registry, tmp_path / "other.log",
+                                   **keys, STREAMSERVE_SAMPLE_RATE="0"), lifecycle.registry)
+    try:
+        routes = []
+        for fleet in (lifecycle, other):
+            assert fleet.changed("deploy", "iris", "1").startswith("iris  stable 1")
+            fleet.changed("canary", "iris", "2", "--weight", "0.5")
+            fleet.wait_for_metric(loaded("canary", "2"))
+            answers = [r.value for r in fleet.answers("w-", requests("w-", 1000))]
+            routes.append({a["id"]: (a["model_version"], a["parameters"]["route"]) for a in answers})
+            fleet.changed("rollback", "iris")
+            fleet.wait_for_metric(loaded("canary", "2"), present=False)
+    finally:
+        other.worker.stop()
+    assert routes[0] == routes[1] and len(routes[0]) == 1000
+    assert {route for _, route in routes[0].values()} == {"stable", "canary"}
+
+
 def test_a_canary_takes_its_share_and_a_rollback_stops_it(lifecycle):
     s = lifecycle.settings
-    assert lifecycle.changed("deploy", "iris", "1").startswith("iris  stable 1")
     lifecycle.changed("canary", "iris", "2", "--weight", "0.2")
     lifecycle.wait_for_metric(loaded("canary", "2"))
     spec = asyncio.run(read_specs(s))["iris"]
