@@ -18,9 +18,10 @@ import orjson
 from agents.fleet import WorkerProcess
 from agents.kafka_io import ensure_topics, read_topic, start_producer
 from models.datasets import load as load_dataset
-from models.train import train_and_register
+from models.train import servable_version
 from pipeline.config import Settings
 from pipeline.registry import Registry
+from pipeline.signing import TrustedKeys
 
 DEMO_MODELS = ("iris", "breast_cancer")
 # Halfway through, this feature of breast_cancer's requests moves by half a standard
@@ -60,10 +61,9 @@ def run_demo(settings: Settings, requests: int, invalid_share: float, rate: floa
     worker = None
     try:
         registry = Registry(settings.registry)
-        for name in DEMO_MODELS:
-            if registry.latest(name) is None:
-                print(f"training {name} ...", file=sys.stderr)
-                train_and_register(name, registry, signing_key=settings.signing_key)
+        for name in DEMO_MODELS:  # a signed version of each, trained when there is none
+            servable_version(name, registry, settings.signing_key,
+                             TrustedKeys.load(settings.trusted_keys))
         log = settings.home / "demo-worker.log"
         print(f"starting a worker (log: {log}) ...", file=sys.stderr)
         worker = WorkerProcess.start(log, {"STREAMSERVE_BROKER": settings.bootstrap, **DRIFT_ENV})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import getpass
+import logging
 import socket
 import subprocess
 import time
@@ -25,9 +26,11 @@ from sklearn.model_selection import train_test_split
 from models.architectures import architecture, init_mlp, mlp_logits
 from models.datasets import Dataset, load
 from pipeline.drift import reference_for_labels, references_for
-from pipeline.registry import Manifest, ManifestDraft, Registry, lineage
+from pipeline.registry import Manifest, ManifestDraft, Registry, RegistryError, lineage
 from pipeline.schema import Feature, InputSchema, OutputSchema
-from pipeline.signing import ensure_signing_key, register_signed
+from pipeline.signing import TrustedKeys, ensure_signing_key, register_signed, verify_version
+
+log = logging.getLogger(__name__)
 
 # Standardisation is part of the model but fixed by the training data, not fitted.
 _FIXED = ("x_mean", "x_scale")
@@ -124,6 +127,20 @@ def train_and_register(name: str, registry: Registry, seed: int = 0,
     if key is None:
         return registry.register(trained.draft, trained.params)
     return register_signed(registry, trained.draft, trained.params, key)
+
+
+def servable_version(name: str, registry: Registry, signing_key: Path, trusted: TrustedKeys) -> str:
+    """The newest version of the built-in model ``name`` that verifies against ``trusted``
+    (what a worker would serve); trained and signed with ``signing_key`` when none does."""
+    for version in reversed(registry.versions(name)):
+        try:
+            verify_version(registry, name, version, trusted)
+            return version
+        except RegistryError:
+            continue
+    log.warning("training %s: no version in %s verifies against the trusted keys", name,
+                registry.root)
+    return train_and_register(name, registry, signing_key=signing_key).version
 
 
 def _fit(params: dict[str, np.ndarray], X: np.ndarray, y: np.ndarray,

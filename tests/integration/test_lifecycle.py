@@ -217,4 +217,5 @@ def test_a_failing_canary_is_rolled_back_by_the_canary_analysis(lifecycle):
     assert "iris  stable 1" in routes and "canary" not in routes
     trail = lifecycle.changed("audit", "--model", "iris")
     assert "auto_rollback" in trail and "canary-analysis" in trail
+    print(f"$ streamserve routes\n{routes}$ streamserve audit --model iris\n{trail}")  # pytest -s
     assert lifecycle.cli("verify", "--id-prefix", "f-").returncode == 0
