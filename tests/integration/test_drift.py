@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import orjson
 import pytest
@@ -14,7 +16,10 @@ pytestmark = pytest.mark.integration
 
 CANCER = load_dataset("breast_cancer")
 SHIFTED = "mean_texture"
-BASE_MS = 1_700_000_000_000  # event time is the requests' Kafka timestamps
+# Event time is the requests' Kafka timestamps: set, a few minutes back, on whole seconds.
+# Not further back: the broker's retention would delete them before a restarted worker
+# reads them again.
+BASE_MS = (int(time.time()) - 600) * 1000
 WINDOWS = {"STREAMSERVE_DRIFT_WINDOW_S": "2", "STREAMSERVE_DRIFT_HOP_S": "1",
            "STREAMSERVE_DRIFT_GRACE_S": "1"}
 
@@ -114,11 +119,20 @@ def test_drift_state_recovers_from_the_table_changelog_after_a_restart(
     assert spanning and spanning[0]["window_size"] == 800  # 400 rows from each side
 
 
+def wait_until_answered(worker, n: int, timeout: float = 120) -> None:
+    """Until ``n`` distinct requests have an answer (a crash may have answered some twice)."""
+    t, deadline = worker.settings.topics, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answers = run(collect(worker.settings.bootstrap, [t.predictions, t.deadletter],
+                              expected=n, timeout=10))
+        if len({r.key for r in answers}) >= n:
+            return
+    raise AssertionError(f"fewer than {n} requests answered in {timeout:.0f} s")
+
+
 def test_a_worker_killed_mid_window_counts_each_request_once(kafka_bootstrap, registry_dir, tmp_path):
     """Two runs of the same traffic: one worker left alone, one killed with SIGKILL while
     serving and restarted. Every window's counts (hence every report) must be equal."""
-    import time
-
     from agents.fleet import WorkerProcess
 
     # After the restart, partitions' backlogs are read side by side, a few seconds of
@@ -139,9 +153,13 @@ def test_a_worker_killed_mid_window_counts_each_request_once(kafka_bootstrap, re
                 time.sleep(0.5)
                 crashed.kill()
                 restarted = WorkerProcess.start(tmp_path / "restarted.log", crashed.env)
+        closer = requests(12, 1, rng, 0.0)
         for worker in (calm, crashed):
-            run(produce(worker.settings.bootstrap, worker.settings.topics.requests,
-                        requests(12, 1, rng, 0.0), timestamp_ms=BASE_MS + 12 * 1000))
+            # Once the backlog is served (the grace covers the disorder within it), one
+            # request far later in event time closes the last windows.
+            wait_until_answered(worker, len(traffic) * 1500)
+            run(produce(worker.settings.bootstrap, worker.settings.topics.requests, closer,
+                        timestamp_ms=BASE_MS + 12 * 1000))
         features = len(CANCER.features) + 1
         windows = 7 * features  # windows ending in seconds 1..7 hold rows
         reports = {name: {(r.value["window_end"], r.value["feature"]):
