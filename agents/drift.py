@@ -98,13 +98,25 @@ def add_drift_agent(app: faust.App, settings: Settings,
             closed = monitor.on_rows(rows)
             if monitor.window.late_rows > late:
                 metrics.drift_late_rows.labels(model, version).inc(monitor.window.late_rows - late)
-            state[key.encode()] = orjson.dumps(monitor.snapshot())
+            await _store(state, event, key.encode(), orjson.dumps(monitor.snapshot()))
             for report in closed:
                 for feature in report.features:
                     await reports_topic.send(key=f"{key}:{feature.report.feature}".encode(),
                                              value=orjson.dumps(_report_json(model, version, report,
                                                                              feature)))
                     _export(metrics, model, version, feature)
+
+
+async def _store(table: faust.Table, event: faust.EventT, key: bytes, value: bytes) -> None:
+    """``table[key] = value``, returning once its changelog record is acknowledged.
+
+    Faust commits an event's offset once the agent moves past it, and its flush before a
+    commit gives up on records still queued after 0.1 s: a crash could then lose a
+    table change whose input is committed. Waiting here keeps the order: changelog
+    delivered, then the event done.
+    """
+    table.data[key] = value
+    await table.send_changelog(event.message.partition, key, value)
 
 
 def _report_json(model: str, version: str, window: WindowReport, feature: FeatureWindow) -> dict:
