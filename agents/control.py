@@ -170,8 +170,8 @@ class Deployer:
             theirs = everything[(spec.model, version)].manifest.inputs.names
             if theirs != features:
                 await self._refuse(spec, version, current, ValueError(
-                    f"it reads features {list(theirs)}, but stable version {spec.stable} reads "
-                    f"{list(features)}: one request cannot go to both"))
+                    f"{spec.model}:{version} reads features {list(theirs)}, but stable version "
+                    f"{spec.stable} reads {list(features)}: one request cannot go to both"))
                 return None
         return loaded
 
@@ -179,13 +179,13 @@ class Deployer:
                       error: Exception) -> None:
         """Say why ``spec`` cannot serve: the log, a metric and an audit entry."""
         reason = getattr(error, "reason", type(error).__name__)
-        log.error("refused %s:%s, %s keeps serving: %s", spec.model, version,
+        log.error("refused %s, %s keeps serving: %s", spec.describe(),
                   "nothing" if current is None else current.describe(), error)
         self._metrics.model_refusals.labels(spec.model, version, str(reason)).inc()
         await self._audit(AuditEntry(
             action="load_refused", model=spec.model, who=self._who, when=time.time(),
             source="worker", before=None if current is None else current.to_json(),
-            after=spec.to_json(), reason=f"{spec.model}:{version}: {error}"))
+            after=spec.to_json(), reason=str(error)))
 
     def _load_version(self, model: str, version: str) -> ServingModel:
         s = self._settings

@@ -1,4 +1,4 @@
-"""``streamserve deploy|canary|shadow|promote|rollback|fallback|routes|audit``.
+"""``streamserve deploy|canary|shadow|promote|rollback|fallback|batching|routes|audit``.
 
 Each change reads the model's current spec from the control topic, applies one pure
 transition (``pipeline.routing``), and writes the new spec and an audit entry; every
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import datetime
 from collections.abc import Callable
 
@@ -19,10 +18,7 @@ from pipeline.routing import DeploymentSpec
 
 
 def add_control_commands(commands: argparse._SubParsersAction, command: Callable) -> None:
-    deploy = command("deploy", _deploy, "serve VERSION of MODEL as its stable version")
-    _model_version(deploy)
-    deploy.add_argument("--max-batch", type=int, default=None,
-                        help="most requests of this model in one model call (default: the worker's)")
+    _model_version(command("deploy", _deploy, "serve VERSION of MODEL as its stable version"))
     canary = command("canary", _canary, "send a share of MODEL's traffic to VERSION")
     _model_version(canary)
     canary.add_argument("--weight", type=float, required=True,
@@ -40,6 +36,14 @@ def add_control_commands(commands: argparse._SubParsersAction, command: Callable
     fallback = command("fallback", _fallback, "serve VERSION while MODEL's version is failing "
                                               "(its circuit breaker open)")
     _model_version(fallback)
+    batching = command("batching", _batching, "MODEL's batching settings, over the worker's")
+    batching.add_argument("model")
+    batching.add_argument("--max-batch", type=int, default=None,
+                          help="most of its requests in one model call (default: STREAMSERVE_MAX_BATCH)")
+    batching.add_argument("--batch-timeout-ms", type=int, default=None,
+                          help="its queueing budget; a worker's queue holds every model's requests, "
+                               "so the smallest budget among its models applies (default: "
+                               "STREAMSERVE_BATCH_TIMEOUT_MS)")
     command("routes", _routes, "every model's deployment: stable, canary, shadows, fallback")
     audit = command("audit", _audit, "the control plane's audit trail, oldest first")
     audit.add_argument("--model", help="only this model's entries")
@@ -65,49 +69,45 @@ def _change(settings: Settings, model: str, action: str,
 
 
 def _deploy(settings: Settings, args: argparse.Namespace) -> int:
-    def deploy(spec: DeploymentSpec | None) -> DeploymentSpec:
-        new = routing.deploy(spec, args.model, args.version)
-        return new if args.max_batch is None else dataclasses.replace(new, max_batch=args.max_batch)
-    return _change(settings, args.model, "deploy", deploy, args.version)
+    return _change(settings, args.model, "deploy",
+                   lambda spec: routing.deploy(spec, args.model, args.version), args.version)
+
+
+def _batching(settings: Settings, args: argparse.Namespace) -> int:
+    return _change(settings, args.model, "batching",
+                   lambda spec: routing.set_batching(spec, args.max_batch, args.batch_timeout_ms))
 
 
 def _canary(settings: Settings, args: argparse.Namespace) -> int:
     return _change(settings, args.model, "canary",
-                   lambda spec: routing.start_canary(_existing(spec, args.model), args.version,
+                   lambda spec: routing.start_canary(spec, args.version,
                                                      args.weight), args.version)
 
 
 def _shadow(settings: Settings, args: argparse.Namespace) -> int:
     if args.off:
         return _change(settings, args.model, "shadow_off",
-                       lambda spec: routing.remove_shadow(_existing(spec, args.model), args.version))
+                       lambda spec: routing.remove_shadow(spec, args.version))
     return _change(settings, args.model, "shadow",
-                   lambda spec: routing.add_shadow(_existing(spec, args.model), args.version),
+                   lambda spec: routing.add_shadow(spec, args.version),
                    args.version)
 
 
 def _promote(settings: Settings, args: argparse.Namespace) -> int:
     return _change(settings, args.model, "promote",
-                   lambda spec: routing.promote(_existing(spec, args.model)))
+                   lambda spec: routing.promote(spec))
 
 
 def _rollback(settings: Settings, args: argparse.Namespace) -> int:
     check = () if args.version is None else (args.version,)
     return _change(settings, args.model, "rollback",
-                   lambda spec: routing.rollback(_existing(spec, args.model), args.version), *check)
+                   lambda spec: routing.rollback(spec, args.version), *check)
 
 
 def _fallback(settings: Settings, args: argparse.Namespace) -> int:
     return _change(settings, args.model, "fallback",
-                   lambda spec: routing.set_fallback(_existing(spec, args.model), args.version),
+                   lambda spec: routing.set_fallback(spec, args.version),
                    args.version)
-
-
-def _existing(spec: DeploymentSpec | None, model: str) -> DeploymentSpec:
-    if spec is None:
-        raise routing.ControlError(f"{model} has no deployment yet; start with "
-                                   f"`streamserve deploy {model} VERSION`")
-    return spec
 
 
 def _routes(settings: Settings, args: argparse.Namespace) -> int:

@@ -116,6 +116,7 @@ class InferenceService:
         self._on_canary_verdict = on_canary_verdict
         self._deployment = Deployment({}, {})
         self._catalog = self._deployment.catalog
+        self._queueing_budget_s = settings.batch_timeout_ms / 1000
         self._dead_letter_redactor = settings.policy("").redactor
         self._coders: dict[tuple[str, str], MatrixCounter] = {}
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
@@ -127,10 +128,18 @@ class InferenceService:
     def deployment(self) -> Deployment:
         return self._deployment
 
+    @property
+    def queueing_budget_s(self) -> float:
+        """The worker's queue holds every model's requests: the tightest budget applies."""
+        return self._queueing_budget_s
+
     def install(self, deployment: Deployment) -> None:
         """Serve ``deployment`` from the next batch on (its versions loaded and warm)."""
         s = self._settings
         self._deployment, self._catalog = deployment, deployment.catalog
+        self._queueing_budget_s = min(
+            (spec.batch_timeout_ms or s.batch_timeout_ms for spec in deployment.specs.values()),
+            default=s.batch_timeout_ms) / 1000
         # Dead letters may name no model, or one not served: hide every model's fields.
         redactor = s.policy("").redactor
         for model in deployment.specs:
@@ -247,11 +256,9 @@ class InferenceService:
 
     async def _predict(self, served: ServingModel,
                        rows: np.ndarray) -> tuple[list[np.ndarray | RowFailure], float]:
-        started = time.perf_counter()
         # JAX blocks: run it in the executor so commits, timers and heartbeats go on.
-        results = await asyncio.get_running_loop().run_in_executor(
-            self._executor, serve_isolated, served.predict, rows)
-        seconds = time.perf_counter() - started
+        results, seconds = await asyncio.get_running_loop().run_in_executor(
+            self._executor, _timed_serve, served, rows)
         self._metrics.inference_latency.labels(served.model, served.version).observe(seconds)
         return results, seconds
 
@@ -385,6 +392,16 @@ class InferenceService:
             histogram = m.e2e_latency.labels(model)
             for s in seconds:
                 histogram.observe(max(0.0, s))
+
+
+def _timed_serve(served: ServingModel,
+                 rows: np.ndarray) -> tuple[list[np.ndarray | RowFailure], float]:
+    """Serve ``rows`` and say how long the model took, timed in the model thread: the event
+    loop's delays in picking up the result are not the version's (canary analysis
+    compares versions on this time)."""
+    started = time.perf_counter()
+    results = serve_isolated(served.predict, rows)
+    return results, time.perf_counter() - started
 
 
 def _roles(spec: DeploymentSpec) -> list[tuple[str, str]]:

@@ -120,6 +120,7 @@ class RequestServer(mode.Service):
             while not self.should_stop:
                 timeout = _IDLE_POLL_SECONDS
                 if self._queue:
+                    self._policy.budget = self._inference.queueing_budget_s  # specs may change it
                     decision = self._policy.decide(len(self._queue), self._queue[0][0],
                                                    time.monotonic())
                     if decision.take:

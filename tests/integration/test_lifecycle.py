@@ -202,6 +202,23 @@ def test_a_failing_version_trips_its_breaker_to_the_fallback_and_closes_again(li
     lifecycle.wait_for_metric('streamserve_breaker_state{model="iris",version="1"} 0.0')
 
 
+def test_batching_settings_of_a_spec_apply_live(lifecycle):
+    def applied() -> float:
+        line = next((line for line in lifecycle.worker.metrics().splitlines() if line.startswith(
+            'streamserve_control_changes_total{model="iris",outcome="applied"}')), " 0")
+        return float(line.split()[-1])
+
+    before = applied()
+    lifecycle.changed("batching", "iris", "--max-batch", "8")
+    deadline = time.monotonic() + 30
+    while applied() == before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    served = [r.value for r in lifecycle.answers("mb-", requests("mb-", 500))]
+    sizes = {a["parameters"]["batch_size"] for a in served}
+    assert max(sizes) <= 8 and len(sizes) > 1
+    lifecycle.changed("batching", "iris")  # back to the worker's settings
+
+
 def test_a_failing_canary_is_rolled_back_by_the_canary_analysis(lifecycle):
     s = lifecycle.settings
     lifecycle.changed("canary", "iris", "3", "--weight", "0.5")
