@@ -31,7 +31,7 @@ from pipeline.batching import padded_size
 from pipeline.breaker import BreakerState, CircuitBreaker
 from pipeline.canary import CanaryJudge, CanaryVerdict
 from pipeline.catalog import Catalog
-from pipeline.config import Settings
+from pipeline.config import ModelPolicy, Settings
 from pipeline.decode import Request, decode
 from pipeline.drift import CodedRows, MatrixCounter, watched_columns, watched_references
 from pipeline.isolation import RowFailure, serve_isolated
@@ -117,6 +117,7 @@ class InferenceService:
         self._deployment = Deployment({}, {})
         self._catalog = self._deployment.catalog
         self._queueing_budget_s = settings.batch_timeout_ms / 1000
+        self._policies: dict[str, ModelPolicy] = {}
         self._dead_letter_redactor = settings.policy("").redactor
         self._coders: dict[tuple[str, str], MatrixCounter] = {}
         self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
@@ -140,10 +141,11 @@ class InferenceService:
         self._queueing_budget_s = min(
             (spec.batch_timeout_ms or s.batch_timeout_ms for spec in deployment.specs.values()),
             default=s.batch_timeout_ms) / 1000
+        self._policies = {model: s.policy(model) for model in deployment.specs}
         # Dead letters may name no model, or one not served: hide every model's fields.
         redactor = s.policy("").redactor
-        for model in deployment.specs:
-            redactor = redactor.merged(s.policy(model).redactor)
+        for policy in self._policies.values():
+            redactor = redactor.merged(policy.redactor)
         self._dead_letter_redactor = redactor
         # Drift is coded for versions trained with reference statistics (the drift agent
         # keeps the windows).
@@ -218,7 +220,7 @@ class InferenceService:
         self._metrics.padding_rows.labels(model, version).inc(
             padded_size(len(rows), served.buckets) - len(rows))
         labels = served.manifest.outputs.labels
-        policy = self._settings.policy(model)
+        policy = self._policies[model]
         names = served.manifest.inputs.names
         done = time.time()
         outgoing = []

@@ -17,7 +17,7 @@ from typing import Any
 from pipeline.breaker import BreakerConfig
 from pipeline.canary import CanaryPolicy
 from pipeline.drift import DriftConfig
-from pipeline.redaction import Action, RedactionError, Redactor, parse_rules
+from pipeline.redaction import RedactionError, Redactor, parse_rules
 
 
 class ConfigError(ValueError):
