@@ -112,11 +112,11 @@ async def _store(table: faust.Table, event: faust.EventT, key: bytes, value: byt
 
     Faust commits an event's offset once the agent moves past it, and its flush before a
     commit gives up on records still queued after 0.1 s: a crash could then lose a
-    table change whose input is committed. Waiting here keeps the order: changelog
-    delivered, then the event done.
+    table change whose input is committed. So the record is sent directly (not through
+    Faust's send-soon buffer) and awaited: changelog delivered, then the event done.
     """
     table.data[key] = value
-    await table.send_changelog(event.message.partition, key, value)
+    await table.changelog_topic.send(key=key, value=value, partition=event.message.partition)
 
 
 def _report_json(model: str, version: str, window: WindowReport, feature: FeatureWindow) -> dict:
