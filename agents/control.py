@@ -4,8 +4,9 @@ trail, and the worker side that loads, verifies and warms versions before they s
 A change is a pure transition (``pipeline.routing``) of the model's current spec,
 written as the new spec (key = model name) plus an audit entry. Every worker follows
 the control topic; for a new spec it loads the versions it lacks in a loader thread
-(verified against the trusted keys, every padding bucket compiled) and only then
-swaps the deployment the server uses, so no request waits on a compile and a version
+(verified against the trusted keys, every padding bucket compiled), runs each bucket
+once in the model thread, and only then swaps the deployment the server uses, so no
+request waits on a compile or a cold first run, and a version
 that fails to load never takes traffic: the previous spec keeps serving, and the
 refusal is logged, counted and audited.
 """
@@ -173,6 +174,7 @@ class Deployer:
                     f"{spec.model}:{version} reads features {list(theirs)}, but stable version "
                     f"{spec.stable} reads {list(features)}: one request cannot go to both"))
                 return None
+        await self._inference.warm(list(loaded.values()))
         return loaded
 
     async def _refuse(self, spec: DeploymentSpec, version: str, current: DeploymentSpec | None,

@@ -134,6 +134,11 @@ class InferenceService:
         """The worker's queue holds every model's requests: the tightest budget applies."""
         return self._queueing_budget_s
 
+    async def warm(self, models: Sequence[ServingModel]) -> None:
+        """Run each of ``models`` once per bucket in the model thread, before it serves."""
+        for served in models:
+            await asyncio.get_running_loop().run_in_executor(self._executor, served.warm)
+
     def install(self, deployment: Deployment) -> None:
         """Serve ``deployment`` from the next batch on (its versions loaded and warm)."""
         s = self._settings

@@ -16,8 +16,8 @@ from pipeline.registry import Manifest, Registry
 class ServingModel:
     """One model version with an ahead-of-time compiled executable per padding bucket.
 
-    All compilation, and a first run of each executable, happen in the constructor
-    (``compiles`` counts them), so ``predict`` never traces, compiles or runs cold. ``predict`` reuses preallocated padding buffers: call it
+    All compilation happens in the constructor (``compiles`` counts it), so ``predict``
+    never traces or compiles; ``warm`` runs each executable once, so it never runs cold. ``predict`` reuses preallocated padding buffers: call it
     from one thread at a time (the worker's single inference executor thread).
     """
 
@@ -31,8 +31,10 @@ class ServingModel:
         jitted = jax.jit(architecture(manifest.architecture))
         self._executables = {b: self._lower(jitted, b).compile() for b in self.buckets}
         self.compiles = len(self._executables)
-        # One run per bucket: the first call of an executable pays for allocations and
-        # caches, which would otherwise land on the first requests it serves.
+
+    def warm(self) -> None:
+        """One run per bucket. The first call of an executable (in each thread) pays for
+        allocations and caches: call this in the thread that will serve, before it does."""
         for bucket, executable in self._executables.items():
             np.asarray(executable(self._params, np.zeros((bucket, self.n_features), np.float32)))
 
