@@ -116,7 +116,8 @@ async def _store(table: faust.Table, event: faust.EventT, key: bytes, value: byt
     Faust's send-soon buffer) and awaited: changelog delivered, then the event done.
     """
     table.data[key] = value
-    await table.changelog_topic.send(key=key, value=value, partition=event.message.partition)
+    sent = await table.changelog_topic.send(key=key, value=value, partition=event.message.partition)
+    await sent  # Faust's send returns once the record is queued; this is the broker's ack
 
 
 def _report_json(model: str, version: str, window: WindowReport, feature: FeatureWindow) -> dict:
