@@ -214,7 +214,7 @@ class Deployer:
         transition = rollback if verdict.action == "rollback" else promote
         log.warning("canary of %s: %s (%s)", model, verdict.action, verdict.reason)
         task = asyncio.get_running_loop().create_task(change(
-            self._settings, model, lambda spec: transition(spec), action=f"auto_{verdict.action}",
+            self._settings, model, transition, action=f"auto_{verdict.action}",
             who=self._who, source="canary-analysis", reason=verdict.reason,
             expected_revision=revision))
         _background.add(task)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from pipeline import routing
 from pipeline.config import Settings
-from pipeline.routing import ControlError, DeploymentSpec
+from pipeline.routing import DeploymentSpec
 
 
 def add_control_commands(commands: argparse._SubParsersAction, command: Callable) -> None:
@@ -111,23 +111,18 @@ def _fallback(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _routes(settings: Settings, args: argparse.Namespace) -> int:
-    from agents.control import check_servable, read_specs
+    from agents.control import read_specs
     from pipeline.registry import Registry
+    from pipeline.signing import TrustedKeys, newest_verified
 
     specs = asyncio.run(read_specs(settings))
     registry = Registry(settings.registry)
+    trusted = TrustedKeys.load(settings.trusted_keys)
     for model in sorted(set(specs) | set(registry.models())):
         if model in specs:
             print(specs[model].describe())
             continue
-        servable = None
-        for version in reversed(registry.versions(model)):
-            try:
-                check_servable(settings, model, version)
-            except ControlError:
-                continue
-            servable = version
-            break
+        servable = newest_verified(registry, model, trusted, settings.allow_unsigned)
         served = "nothing verifies" if servable is None else f"stable {servable}"
         print(f"{model}  {served}  (no spec: the newest version that verifies; "
               f"`streamserve deploy {model} VERSION` to pin one)")

@@ -26,9 +26,9 @@ from sklearn.model_selection import train_test_split
 from models.architectures import architecture, init_mlp, mlp_logits
 from models.datasets import Dataset, load
 from pipeline.drift import reference_for_labels, references_for
-from pipeline.registry import Manifest, ManifestDraft, Registry, RegistryError, lineage
+from pipeline.registry import Manifest, ManifestDraft, Registry, lineage
 from pipeline.schema import Feature, InputSchema, OutputSchema
-from pipeline.signing import TrustedKeys, ensure_signing_key, register_signed, verify_version
+from pipeline.signing import TrustedKeys, ensure_signing_key, newest_verified, register_signed
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +132,9 @@ def train_and_register(name: str, registry: Registry, seed: int = 0,
 def servable_version(name: str, registry: Registry, signing_key: Path, trusted: TrustedKeys) -> str:
     """The newest version of the built-in model ``name`` that verifies against ``trusted``
     (what a worker would serve); trained and signed with ``signing_key`` when none does."""
-    for version in reversed(registry.versions(name)):
-        try:
-            verify_version(registry, name, version, trusted)
-            return version
-        except RegistryError:
-            continue
+    version = newest_verified(registry, name, trusted)
+    if version is not None:
+        return version
     log.warning("training %s: no version in %s verifies against the trusted keys", name,
                 registry.root)
     return train_and_register(name, registry, signing_key=signing_key).version

@@ -330,6 +330,19 @@ def verify_version(registry: Registry, model: str, version: str, trusted_public_
                          allow_unsigned)
 
 
+def newest_verified(registry: Registry, model: str, trusted_public_keys: TrustedKeys,
+                    allow_unsigned: bool = False) -> str | None:
+    """The newest version of ``model`` that ``verify_version`` accepts (what a worker
+    without a spec for it serves); None when none does."""
+    for version in reversed(registry.versions(model)):
+        try:
+            verify_version(registry, model, version, trusted_public_keys, allow_unsigned)
+        except RegistryError:
+            continue
+        return version
+    return None
+
+
 def verify_folder(folder: Path, model: str, version: str, trusted_public_keys: TrustedKeys,
                   allow_unsigned: bool = False) -> VerifiedVersion:
     """``verify_version`` for a version folder outside a registry (an import being unpacked)."""
