@@ -41,9 +41,11 @@ def render(report: LedgerReport) -> str:
     lines = [f"{'requests':<16}{report.requests}", f"{'predictions':<16}{report.predictions}",
              f"{'dead letters':<16}{report.dead_letters}", f"{'lost':<16}{len(report.lost)}",
              f"{'both fates':<16}{len(report.both)}",
-             f"{'duplicated':<16}{len(report.duplicated)}"
-             + ("" if report.duplicates_identical else " (NOT byte-identical)")]
-    for name, positions in (("lost", report.lost), ("both fates", report.both)):
+             f"{'duplicated':<16}{len(report.duplicated)} "
+             f"({report.identical_duplicates} byte-identical repeats)",
+             f"{'conflicting':<16}{len(report.conflicting)}"]
+    for name, positions in (("lost", report.lost), ("both fates", report.both),
+                            ("conflicting", report.conflicting)):
         lines += [f"  {name}: {t}:{p}:{o}" for t, p, o in positions[:_SHOWN]]
     verdict = ("holds, exactly once" if report.exactly_once
                else "holds, at least once" if report.holds else "DOES NOT HOLD")

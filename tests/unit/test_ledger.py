@@ -1,3 +1,5 @@
+import orjson
+
 from pipeline.ledger import Fate, Output, reconcile
 
 REQUESTS = [("r", 0, i) for i in range(4)]
@@ -31,11 +33,33 @@ def test_a_request_with_both_fates_breaks_the_ledger():
 def test_identical_duplicates_hold_at_least_once_but_not_exactly_once():
     report = reconcile(REQUESTS, [prediction(i) for i in range(4)] + [prediction(2)])
     assert report.holds and not report.exactly_once and report.duplicated == (("r", 0, 2),)
+    assert report.identical_duplicates == 1
 
 
-def test_differing_duplicates_break_the_ledger():
-    report = reconcile(REQUESTS, [prediction(i) for i in range(4)] + [prediction(2, b"other")])
-    assert not report.holds and not report.duplicates_identical
+def answered(label, latency_ms, version="1"):
+    return orjson.dumps({"id": "x", "model_version": version, "parameters": {"latency_ms": latency_ms},
+                         "outputs": [{"name": "label", "data": [label]}]})
+
+
+def test_a_repeat_served_differently_with_the_same_answer_holds():
+    outputs = [prediction(i, answered("a", 1.0)) for i in range(4)] + [prediction(2, answered("a", 7.5))]
+    report = reconcile(REQUESTS, outputs)
+    assert report.holds and report.duplicated == (("r", 0, 2),) and report.identical_duplicates == 0
+
+
+def test_a_repeat_with_another_answer_breaks_the_ledger():
+    for other in (answered("b", 1.0), answered("a", 1.0, version="2"), b"not json"):
+        report = reconcile(REQUESTS, [prediction(i, answered("a", 1.0)) for i in range(4)]
+                           + [prediction(2, other)])
+        assert not report.holds and report.conflicting == (("r", 0, 2),)
+
+
+def test_a_dead_letter_repeated_with_another_reason_conflicts():
+    first = orjson.dumps({"reason": "deadline_exceeded", "error": "late by 3 ms"})
+    same = orjson.dumps({"reason": "deadline_exceeded", "error": "late by 9 ms"})
+    other = orjson.dumps({"reason": "model_error", "error": "boom"})
+    assert reconcile(REQUESTS[2:3], [dead_letter(2, first), dead_letter(2, same)]).holds
+    assert not reconcile(REQUESTS[2:3], [dead_letter(2, first), dead_letter(2, other)]).holds
 
 
 def test_outputs_of_other_requests_are_strays():
