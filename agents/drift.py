@@ -14,7 +14,9 @@ follow its ``ModelPolicy``.
 
 Counted once: the offsets counted ride in the same table value as the counts, so a
 message read again after this agent's crash, or rows a worker serves again after its
-own, are recognised and skipped.
+own, are recognised and skipped. Counted at all: the value also holds the offset of
+the last coded-rows message counted for its key, so messages Faust skipped around a
+rebalance (``DeliveryRuns``) are found and read again before the next one is counted.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from typing import Any
 import faust
 import orjson
 
+from agents.kafka_io import read_range
 from agents.metrics import Metrics
 from pipeline.config import Settings
+from pipeline.drift import (CodedRows, DeliveryRuns, DriftError, DriftMonitor, FeatureWindow,
+                            WindowReport)
 from pipeline.registry import RegistryError
-from pipeline.drift import CodedRows, DriftError, DriftMonitor, FeatureWindow, WindowReport
 
 log = logging.getLogger(__name__)
 
@@ -52,15 +56,18 @@ def add_drift_agent(app: faust.App, settings: Settings,
     state = app.Table("drift-windows", default=None, key_type=bytes, value_type=bytes,
                       partitions=settings.request_partitions)
 
-    # Live monitors of the partitions this worker holds; the table is their durable copy,
-    # read again after a rebalance (another worker may have moved them on meanwhile).
-    monitors: dict[str, DriftMonitor] = {}
+    # Live monitors of the partitions this worker holds, with the offset of the last
+    # message counted for each; the table is their durable copy, read again after a
+    # rebalance (another worker may have moved them on meanwhile).
+    monitors: dict[str, _Monitored] = {}
+    runs = DeliveryRuns()
 
     @app.on_partitions_revoked.connect
     async def forget(sender: faust.App, revoked: object, **kwargs: object) -> None:
         monitors.clear()
+        runs.clear()
 
-    def monitor_for(key: str, model: str, version: str) -> DriftMonitor | None:
+    def monitor_for(key: str, model: str, version: str) -> _Monitored | None:
         if key in monitors:
             return monitors[key]
         try:
@@ -73,38 +80,71 @@ def add_drift_agent(app: faust.App, settings: Settings,
         monitor = DriftMonitor.from_manifest_reference(reference, policy.drift_window_s,
                                                        policy.drift_hop_s, policy.drift,
                                                        policy.drift_grace_s)
+        monitored = _Monitored(monitor)
         snapshot = state.get(key.encode())
         if snapshot is not None:
-            monitor.restore(orjson.loads(snapshot))
-        monitors[key] = monitor
-        return monitor
+            stored = orjson.loads(snapshot)
+            monitor.restore(stored["monitor"])
+            monitored.last_offset = stored["rows_offset"]
+        monitors[key] = monitored
+        return monitored
+
+    async def count(key: str, model: str, version: str, monitored: _Monitored,
+                    offset: int, value: bytes) -> list[WindowReport]:
+        """Count one coded-rows message; the windows it closed."""
+        monitor = monitored.monitor
+        monitored.last_offset = offset
+        try:
+            rows = CodedRows.from_bytes(value)
+        except DriftError as e:  # a worker of another release: say so, keep going
+            log.error("drift rows for %s at offset %d unreadable, skipped: %s", key, offset, e)
+            return []
+        late = monitor.window.late_rows
+        closed = monitor.on_rows(rows)
+        if monitor.window.late_rows > late:
+            metrics.drift_late_rows.labels(model, version).inc(monitor.window.late_rows - late)
+        return closed
 
     @app.agent(rows_topic, concurrency=1)
     async def aggregate(stream: faust.StreamT) -> None:
         async for event in stream.events():
             key = event.key.decode()
             model, _, version = key.rpartition(":")
-            monitor = monitor_for(key, model, version)
-            if monitor is None:
+            monitored = monitor_for(key, model, version)
+            if monitored is None:
                 log.warning("drift rows for %s, which this worker does not serve; skipped", key)
                 continue
-            try:
-                rows = CodedRows.from_bytes(event.value)
-            except DriftError as e:  # a worker of another release: say so, keep going
-                log.error("drift rows for %s at offset %d unreadable, skipped: %s", key,
-                          event.message.offset, e)
-                continue
-            late = monitor.window.late_rows
-            closed = monitor.on_rows(rows)
-            if monitor.window.late_rows > late:
-                metrics.drift_late_rows.labels(model, version).inc(monitor.window.late_rows - late)
-            await _store(state, event, key.encode(), orjson.dumps(monitor.snapshot()))
+            message = event.message
+            missed = runs.deliver(message.partition, message.offset, monitored.last_offset)
+            if monitored.last_offset is not None and message.offset <= monitored.last_offset:
+                continue  # counted before this worker's restart or the last rebalance
+            closed = []
+            if missed:
+                log.warning("drift rows of %s at offsets %d-%d of partition %d were skipped by "
+                            "the stream; reading them again", key, missed.start, missed.stop - 1,
+                            message.partition)
+                async for record in read_range(settings, rows_topic.get_topic_name(),
+                                               message.partition, missed.start, missed.stop):
+                    if record.key == event.key:
+                        closed += await count(key, model, version, monitored, record.offset,
+                                              record.value)
+            closed += await count(key, model, version, monitored, message.offset, event.value)
+            await _store(state, event, key.encode(), orjson.dumps(
+                {"monitor": monitored.monitor.snapshot(), "rows_offset": monitored.last_offset}))
             for report in closed:
                 for feature in report.features:
                     await reports_topic.send(key=f"{key}:{feature.report.feature}".encode(),
                                              value=orjson.dumps(_report_json(model, version, report,
                                                                              feature)))
                     _export(metrics, model, version, feature)
+
+
+class _Monitored:
+    """A version's monitor and the offset of the last coded-rows message it counted."""
+
+    def __init__(self, monitor: DriftMonitor) -> None:
+        self.monitor = monitor
+        self.last_offset: int | None = None
 
 
 async def _store(table: faust.Table, event: faust.EventT, key: bytes, value: bytes) -> None:

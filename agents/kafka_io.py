@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
 
@@ -125,3 +125,21 @@ async def read_topic(settings: Settings, topic: str, *, from_beginning: bool,
     finally:
         await consumer.stop()
 
+
+
+async def read_range(settings: Settings, topic: str, partition: int, start: int,
+                     stop: int) -> AsyncIterator[ConsumerRecord]:
+    """The records of one partition from offset ``start`` up to, not including, ``stop``."""
+    tp = TopicPartition(topic, partition)
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        while await consumer.position(tp) < stop:
+            for record in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
+                if record.offset < stop:
+                    yield record
+    finally:
+        await consumer.stop()

@@ -5,7 +5,8 @@ The flow, with the conventions of DESIGN.md section 5::
     training:  reference_for(column, name) -> FeatureReference   (stored in the manifest)
     serving:   MatrixCounter.codes(watched_columns(...)) -> codes (once per batch of rows)
                CodedRows(codes, partitions, offsets, timestamps)  (shipped to the window owner)
-    windows:   SourceWatermarks.fresh(rows) -> mask               (each request counted once)
+    windows:   DeliveryRuns.deliver(...) -> offsets to read again  (messages the stream skipped)
+               SourceWatermarks.fresh(rows) -> mask               (each request counted once)
                MatrixCounter.tally(codes) -> MatrixCounts         (per pane)
                PaneWindow.on_counts(pane, counts) -> [ClosedWindow] (panes summed by addition)
     per window and feature:
@@ -43,7 +44,7 @@ from pipeline.drift.reference import (
     reference_for_labels,
     references_for,
 )
-from pipeline.drift.rows import CodedRows, SourceWatermarks
+from pipeline.drift.rows import CodedRows, DeliveryRuns, SourceWatermarks
 from pipeline.drift.verdict import DriftConfig, DriftEvent, DriftTracker, Verdict, judge
 from pipeline.drift.windows import ClosedWindow, PaneWindow, pane_index
 
@@ -66,6 +67,7 @@ __all__ = [
     "MatrixCounter",
     "MatrixCounts",
     "PaneWindow",
+    "DeliveryRuns",
     "SourceWatermarks",
     "Verdict",
     "compare",

@@ -111,3 +111,35 @@ class SourceWatermarks:
     @classmethod
     def restore(cls, snapshot: dict[str, int]) -> SourceWatermarks:
         return cls({int(p): int(o) for p, o in snapshot.items()})
+
+
+class DeliveryRuns:
+    """Per partition of the coded-rows topic, the run of consecutive offsets this process
+    was handed most recently, to find messages the stream skipped.
+
+    Faust can skip messages around a rebalance: it resumes fetching before it seeks to
+    the committed offsets, and drops what it fetched meanwhile (faust-streaming issues
+    #216/#221 describe the family). A key's messages between the last one counted and
+    the start of the current run were then never handed over, and must be read again.
+    """
+
+    def __init__(self) -> None:
+        self._starts: dict[int, int] = {}
+        self._ends: dict[int, int] = {}
+
+    def deliver(self, partition: int, offset: int, last_counted: int | None) -> range:
+        """Note ``offset`` as handed over, for a key whose last message counted is at
+        ``last_counted`` (None: none known); return the offsets that may hold that key's
+        messages never handed over: from after the last counted to this run's start."""
+        if self._ends.get(partition) != offset - 1:
+            self._starts[partition] = offset
+        self._ends[partition] = offset
+        start = self._starts[partition]
+        if last_counted is None or last_counted + 1 >= start:
+            return range(0)
+        return range(last_counted + 1, start)
+
+    def clear(self) -> None:
+        """Forget the runs: after a rebalance, fetching starts afresh."""
+        self._starts.clear()
+        self._ends.clear()

@@ -23,13 +23,6 @@ BASE_MS = (int(time.time()) - 600) * 1000
 WINDOWS = {"STREAMSERVE_DRIFT_WINDOW_S": "2", "STREAMSERVE_DRIFT_HOP_S": "1",
            "STREAMSERVE_DRIFT_GRACE_S": "1"}
 
-# Quarantined, not hidden: under the suite's load a restarted worker's drift agent
-# sometimes lacks counts its predecessor had made (a middle stretch of rows), so these
-# fail intermittently; issue 4 stays open until they pass reliably.
-_INTERMITTENT_RESTART_LOSS = pytest.mark.xfail(
-    strict=False, reason="intermittent: counts made before a restart sometimes missing after it")
-
-
 def requests(second: int, n: int, rng: np.random.Generator, shift: float) -> list[bytes]:
     column = CANCER.features.index(SHIFTED)
     sd = float(CANCER.X[:, column].std())
@@ -95,7 +88,6 @@ def test_drift_report_shows_the_shifted_feature(drift_worker):
     assert len(lines) == len(CANCER.features) + 1
 
 
-@_INTERMITTENT_RESTART_LOSS
 def test_drift_state_recovers_from_the_table_changelog_after_a_restart(
         kafka_bootstrap, registry_dir, tmp_path):
     from agents.fleet import WorkerProcess
@@ -138,7 +130,6 @@ def wait_until_answered(worker, n: int, timeout: float = 120) -> None:
     raise AssertionError(f"fewer than {n} requests answered in {timeout:.0f} s")
 
 
-@_INTERMITTENT_RESTART_LOSS
 def test_a_worker_killed_mid_window_counts_each_request_once(kafka_bootstrap, registry_dir, tmp_path):
     """Two runs of the same traffic: one worker left alone, one killed with SIGKILL while
     serving and restarted. Every window's counts (hence every report) must be equal."""

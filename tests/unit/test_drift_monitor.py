@@ -131,3 +131,19 @@ def test_truncated_coded_rows_are_refused_with_the_reason():
         CodedRows.from_bytes(b"\x01")
     with pytest.raises(DriftError, match="run one streamserve version"):
         CodedRows.from_bytes(b"\x02" + data[1:])
+
+
+def test_delivery_runs_find_a_keys_messages_the_stream_skipped():
+    from pipeline.drift import DeliveryRuns
+
+    runs = DeliveryRuns()
+    # Offsets 0-2 handed over before the seek, then 11: 8-10 never were.
+    assert [runs.deliver(2, o, last_counted=7) for o in (0, 1, 2)] == [range(0)] * 3
+    assert runs.deliver(2, 11, last_counted=7) == range(8, 11)
+    # Consecutive offsets after a counted message miss nothing; nor does a fresh key.
+    assert runs.deliver(2, 12, last_counted=11) == range(0)
+    assert runs.deliver(2, 13, last_counted=None) == range(0)
+    # Partitions are separate; a cleared run starts again at the next offset handed over.
+    assert runs.deliver(0, 5, last_counted=4) == range(0)
+    runs.clear()
+    assert runs.deliver(2, 20, last_counted=13) == range(14, 20)
