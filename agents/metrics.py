@@ -7,7 +7,11 @@ the outcome so the identity can be checked from one series.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+from agents.health import HealthChecks, serve_wsgi, with_health
 
 # Latency buckets from 1 ms to 10 s: serving latency sits in the low milliseconds, a
 # backlog after a restart in seconds.
@@ -88,6 +92,8 @@ class Metrics:
                            "1 once models are warm and the worker has partitions assigned",
                            registry=r)
 
-    def serve(self, port: int) -> None:
-        """Expose /metrics on ``port`` from a background thread."""
-        start_http_server(port, registry=self.registry)
+    def serve(self, port: int, health: HealthChecks | None = None) -> WSGIServer:
+        """Expose /metrics on ``port`` from a daemon thread, and with ``health`` also
+        /healthz and /readyz (``agents.health``); ``shutdown()`` on the result stops it."""
+        app = make_wsgi_app(self.registry)
+        return serve_wsgi(app if health is None else with_health(health, app), port)
