@@ -218,8 +218,9 @@ class LocalBroker:
                 raise
             return True
 
-    def stop(self, timeout: float = 30) -> bool:
-        """Stop the broker started from this home: SIGTERM, then SIGKILL after ``timeout``.
+    def stop(self, timeout: float = 30, *, crash: bool = False) -> bool:
+        """Stop the broker started from this home: SIGTERM, then SIGKILL after ``timeout``;
+        with ``crash``, SIGKILL at once (kill -9: nothing flushed; the chaos tests).
 
         Returns False when none was running. A broker on this port that was not
         started from this home (no pid file) is left alone.
@@ -230,7 +231,7 @@ class LocalBroker:
             pid = self._running_pid()
             if pid is None:
                 return False
-            self._terminate(pid, timeout)
+            self._terminate(pid, 0 if crash else timeout, graceful=not crash)
             self.pid_path.unlink(missing_ok=True)
             return True
 
@@ -297,11 +298,12 @@ class LocalBroker:
                 )
             time.sleep(0.2)
 
-    def _terminate(self, pid: int, timeout: float) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pid, signal.SIGTERM)  # start_new_session: the pid leads its group
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGTERM)
+    def _terminate(self, pid: int, timeout: float, graceful: bool = True) -> None:
+        if graceful:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGTERM)  # start_new_session: the pid leads its group
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while _alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -111,6 +111,7 @@ class InferenceService:
         self._settings = settings
         self._topics = settings.topics
         self._max_bytes = settings.max_message_bytes
+        self._faults = settings.fault_plan
         self._metrics = metrics
         self._executor = executor
         self._on_canary_verdict = on_canary_verdict
@@ -265,7 +266,7 @@ class InferenceService:
                        rows: np.ndarray) -> tuple[list[np.ndarray | RowFailure], float]:
         # JAX blocks: run it in the executor so commits, timers and heartbeats go on.
         results, seconds = await asyncio.get_running_loop().run_in_executor(
-            self._executor, _timed_serve, served, rows)
+            self._executor, _timed_serve, self._faults.model(served.predict), rows)
         self._metrics.inference_latency.labels(served.model, served.version).observe(seconds)
         return results, seconds
 
@@ -401,13 +402,13 @@ class InferenceService:
                 histogram.observe(max(0.0, s))
 
 
-def _timed_serve(served: ServingModel,
+def _timed_serve(predict: Callable[[np.ndarray], np.ndarray],
                  rows: np.ndarray) -> tuple[list[np.ndarray | RowFailure], float]:
     """Serve ``rows`` and say how long the model took, timed in the model thread: the event
     loop's delays in picking up the result are not the version's (canary analysis
     compares versions on this time)."""
     started = time.perf_counter()
-    results = serve_isolated(served.predict, rows)
+    results = serve_isolated(predict, rows)
     return results, time.perf_counter() - started
 
 

@@ -29,15 +29,26 @@ A crash before 4 replays the batch (duplicates, never losses). A rebalance waits
 the batches in flight to finish step 4 before the partitions are given up, so a
 rebalance alone causes no duplicates. SIGTERM stops the loop between batches and
 waits for the batches in flight.
+
+Exactly-once (STREAMSERVE_DELIVERY=exactly-once): steps 3 and 4 become one Kafka
+transaction per flush: the outputs, the drift codes and the offsets (sent to the
+transaction, not committed by the consumer) commit together, so read_committed readers
+see each output once. A failed transaction is aborted and its requests are read again
+from the committed offsets. The producer's transactional id is the worker's
+(STREAMSERVE_WORKER_ID): a restarted worker fences its predecessor's open transaction.
 """
+
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import socket
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -49,6 +60,7 @@ from agents.metrics import Metrics
 from pipeline.adaptive import BatchPolicy, CostModel
 from pipeline.batching import buckets_for, choose_bucket
 from pipeline.config import Settings
+from pipeline.faults import CrashCounter
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +72,10 @@ _FLUSH_SECONDS = 0.5
 # A pessimistic first guess at a batch's cost (1 ms + 50 µs a row); measurements replace it.
 _PRIOR_SECONDS_PER_ROW = 50e-6
 _PRIOR_SECONDS_PER_BATCH = 1e-3
+# An open transaction of a worker that died blocks read_committed readers of its
+# partitions until the broker aborts it; a flush commits every half second, so ten
+# seconds is generous.
+_TRANSACTION_TIMEOUT_MS = 10_000
 
 
 class RequestServer(mode.Service):
@@ -85,12 +101,27 @@ class RequestServer(mode.Service):
         self._flushed = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
+        self._transaction: _Transaction | None = None  # exactly-once: the open transaction's sends
+        self._crashes = CrashCounter(settings.fault_plan)
+        self._assigned: frozenset[TopicPartition] | None = None  # None until the group is joined
+
+    @property
+    def assigned(self) -> frozenset[TopicPartition] | None:
+        """The latest assignment, possibly empty (more workers than partitions); None until
+        the consumer first joined its group. Read by the readiness check (``agents.health``)."""
+        return self._assigned
 
     async def on_start(self) -> None:
         s = self._settings
+        if s.fault_plan.active:
+            log.warning("STREAMSERVE_FAULTS is set: injecting faults (%s)", s.fault_plan.describe())
+        transactional = {"transactional_id": transactional_id(s),
+                         "transaction_timeout_ms": _TRANSACTION_TIMEOUT_MS} if s.exactly_once else {}
         self._producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, acks="all",
-                                          enable_idempotence=True, linger_ms=1)
+                                          enable_idempotence=True, linger_ms=1, **transactional)
         await self._producer.start()
+        if s.exactly_once:
+            self._transaction = _Transaction(self._producer)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap, group_id=s.app_id, enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level="read_committed",
@@ -151,6 +182,7 @@ class RequestServer(mode.Service):
             outgoing = await self._compute(records, self._policy.cost.predict(bucket))
             self._policy.cost.observe(choose_bucket(len(records), self._buckets),
                                       time.monotonic() - started)
+            self._crash_point("before_produce")
             await self._hand_off(outgoing, {})
             self._unflushed.update(_next_offsets(records))
             if started - self._flushed >= _FLUSH_SECONDS:
@@ -169,13 +201,51 @@ class RequestServer(mode.Service):
         self._flushed = now
         drift, offsets = self._inference.drift_rows(), self._unflushed
         self._unflushed = {}
-        if drift or offsets:
+        if not (drift or offsets):
+            return
+        if self._transaction is None:
             await self._hand_off(drift, offsets)
+            return
+        await self._hand_off(drift, {})
+        try:
+            delivered = await self._transaction.commit(offsets, self._settings.app_id,
+                                                       lambda: self._crash_point("after_produce"))
+        except Exception as e:  # noqa: BLE001 - whatever failed, the transaction is undone
+            await self._rewind(e)
+            return
+        self._inference.delivered(delivered)
+        self._crash_point("after_commit")
+
+    async def _rewind(self, error: Exception) -> None:
+        """Abort the failed transaction and read its requests again from the committed
+        offsets; what was queued or served meanwhile is dropped with it."""
+        assert self._transaction is not None and self._consumer is not None
+        log.warning("a transaction failed (%r); aborting it and reading its requests again", error)
+        await self._transaction.abort()
+        self._queue, self._unflushed = [], {}
+        self._inference.drift_rows()  # their rows are served, and coded, again
+        for tp in self._consumer.assignment():
+            committed = await self._consumer.committed(tp)
+            if committed is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+
+    def _crash_point(self, point: str) -> None:
+        """Die here, without any clean-up, when the fault plan says so (chaos tests)."""
+        if self._crashes.due(point):
+            log.warning("injected fault: crashing at %s", point)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     async def _hand_off(self, outgoing: Sequence[Outgoing],
                         offsets: dict[TopicPartition, OffsetAndMetadata]) -> None:
         """Queue ``outgoing`` in the producer; a completion task awaits the acks, then
-        commits ``offsets`` after the completion before it."""
+        commits ``offsets`` after the completion before it. Exactly-once: the outputs
+        join the open transaction instead, which the next flush commits."""
+        if self._transaction is not None:
+            await self._transaction.begin()
+            self._transaction.sent.extend(await self._send(outgoing))
+            return
         sent = await self._send(outgoing)
         previous = self._completions[-1] if self._completions else None
         self._completions.append(asyncio.create_task(self._complete(sent, offsets, previous)))
@@ -236,6 +306,8 @@ class RequestServer(mode.Service):
                 sent = await self._send(failed)
         if previous is not None:
             await previous
+        if offsets:
+            self._crash_point("after_produce")
         # Commits coalesce: one commit request in flight carries every flush completed
         # meanwhile, so a commit round trip never throttles serving.
         if offsets:
@@ -248,6 +320,7 @@ class RequestServer(mode.Service):
         while self._to_commit:
             offsets, self._to_commit = self._to_commit, {}
             await self._consumer.commit(offsets)
+            self._crash_point("after_commit")
 
     async def _drain(self) -> None:
         """Wait until every batch handed to the producer is acknowledged and committed."""
@@ -267,7 +340,47 @@ class RequestServer(mode.Service):
 
     def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("serving partitions %s", sorted(tp.partition for tp in assigned))
+        self._assigned = frozenset(assigned)
         self._metrics.ready.set(1)
+
+
+class _Transaction:
+    """Exactly-once: the outputs sent in the open transaction, and its commit."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self._producer = producer
+        self.sent: list[tuple[list[Outgoing], asyncio.Future]] = []
+        self._open = False
+
+    async def begin(self) -> None:
+        if not self._open:
+            await self._producer.begin_transaction()
+            self._open = True
+
+    async def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], group_id: str,
+                     before_commit: Callable[[], None]) -> list[Outgoing]:
+        """Wait for the outputs' acks, add ``offsets`` and commit; the outputs delivered.
+        Raises when any of it failed: the caller aborts."""
+        await self.begin()  # offsets alone (every record dead-lettered elsewhere) need one too
+        sent, self.sent = self.sent, []
+        await asyncio.gather(*(future for _, future in sent))
+        if offsets:
+            await self._producer.send_offsets_to_transaction(offsets, group_id)
+        before_commit()
+        await self._producer.commit_transaction()
+        self._open = False
+        return [o for outputs, _ in sent for o in outputs]
+
+    async def abort(self) -> None:
+        self.sent = []
+        if self._open:
+            self._open = False
+            await self._producer.abort_transaction()
+
+
+def transactional_id(settings: Settings) -> str:
+    """The exactly-once producer's id: stable across restarts when the worker has a name."""
+    return f"{settings.app_id}-{settings.worker_id or f'{socket.gethostname()}-{os.getpid()}'}"
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -11,6 +12,18 @@ import numpy as np
 from models.architectures import architecture
 from pipeline.batching import PaddingBuffers, chunks
 from pipeline.registry import Manifest, Registry
+
+
+def keep_compiled(folder: str) -> None:
+    """Keep compiled executables in ``folder`` across processes (JAX's persistent
+    compilation cache), so a restarted worker loads them instead of compiling; "off"
+    leaves compiling as it is."""
+    if folder == "off":
+        return
+    jax.config.update("jax_compilation_cache_dir", str(Path(folder).resolve()))
+    # Every bucket, however quick to compile: a worker compiles dozens of them.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
 class ServingModel:

@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.breaker import BreakerConfig
 from pipeline.canary import CanaryPolicy
 from pipeline.drift import DriftConfig
+from pipeline.faults import FaultPlan, FaultSpecError
 from pipeline.redaction import RedactionError, Redactor, parse_rules
 
 
@@ -163,6 +164,25 @@ class Settings:
         "STREAMSERVE_MAX_MESSAGE_BYTES",
         "Largest request accepted; bigger ones are dead-lettered as too_large unread.",
     )
+    compile_cache: str = _setting(
+        ".streamserve/jax-cache", "STREAMSERVE_COMPILE_CACHE",
+        "Folder where compiled model executables are kept across restarts (JAX's persistent "
+        "compilation cache): a restarted worker loads them instead of compiling again "
+        "(measured: 18 s -> 1.5 s for two models). off: compile every time.")
+    delivery: str = _setting(
+        "at-least-once", "STREAMSERVE_DELIVERY",
+        "at-least-once: outputs are acknowledged before their offsets are committed; a "
+        "crash may repeat some outputs (same answer). exactly-once: outputs and offsets "
+        "are committed in one Kafka transaction; read_committed readers see each once.")
+    worker_id: str = _setting(
+        "", "STREAMSERVE_WORKER_ID",
+        "This worker's stable name (e.g. a StatefulSet pod name). In exactly-once mode it "
+        "names the transactional producer, so a restarted worker fences its predecessor. "
+        "Empty: host name and process id (a restart is then not fenced; see the README).")
+    faults: str = _setting(
+        "", "STREAMSERVE_FAULTS",
+        "Injected faults, for chaos tests only: crash_at=POINT[:N], poison=VALUE, slow_ms=MS "
+        "(pipeline/faults.py). Never set it in production.")
 
     drift: bool = _setting(
         True, "STREAMSERVE_DRIFT",
@@ -258,6 +278,12 @@ class Settings:
         _check(self.max_message_bytes >= 256, "STREAMSERVE_MAX_MESSAGE_BYTES", "must be at least 256")
         _check(bool(self.topic_prefix) and all(c.isalnum() or c in "._-" for c in self.topic_prefix),
                "STREAMSERVE_TOPIC_PREFIX", "must be non-empty and use only letters, digits, '.', '_' and '-'")
+        _check(self.delivery in _DELIVERY_MODES, "STREAMSERVE_DELIVERY",
+               f"must be one of {', '.join(_DELIVERY_MODES)}, got {self.delivery!r}")
+        try:
+            self.fault_plan  # noqa: B018 - parsed here so a typo stops the start
+        except FaultSpecError as e:
+            raise ConfigError(f"STREAMSERVE_FAULTS {e}") from None
         _check(self.broker is None or bool(self.broker.strip()), "STREAMSERVE_BROKER",
                "must be host:port[,host:port], or unset for the local broker")
         registry = Path(os.path.abspath(self.registry))
@@ -276,6 +302,14 @@ class Settings:
         object.__setattr__(self, "_models", _read_models_file(self.models_file))
         for model in ["", *self._models]:
             self.policy(model)  # every policy is checked at start, not at first use
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.delivery == "exactly-once"
+
+    @property
+    def fault_plan(self) -> FaultPlan:
+        return FaultPlan.parse(self.faults)
 
     @property
     def breaker(self) -> BreakerConfig:
@@ -343,6 +377,8 @@ class Settings:
         """(variable, default, meaning) for each setting, for help texts and docs."""
         return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in _public(cls)]
 
+
+_DELIVERY_MODES = ("at-least-once", "exactly-once")
 
 _BOOLEANS = {"on": True, "true": True, "1": True, "yes": True,
              "off": False, "false": False, "0": False, "no": False}
