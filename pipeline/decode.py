@@ -14,6 +14,13 @@ Two request forms are accepted:
      "inputs": [{"name": "sepal_length", "shape": [1], "datatype": "FP32", "data": [5.1]}, ...]}
 
 Every check costs no more than the request's size, and size is checked first.
+
+Only strict JSON (RFC 8259, as orjson reads it) becomes a ``Request``. What orjson refuses
+is read again by Python's more lenient ``json`` only to say precisely what is wrong
+(``NaN`` in feature 'x', a lone surrogate, nesting too deep), never to serve it. A JSON
+object holding the same key twice is refused as ambiguous (parsers disagree on which value
+wins); the exact check is a second parse, run only when a byte count says a duplicate is
+possible.
 """
 
 from __future__ import annotations
@@ -32,10 +39,17 @@ from pipeline.routing import Route
 from pipeline.schema import InputSchema
 
 MAX_ID_LENGTH = 256
+# Model names, versions and tenants are echoed in dead letters and error sentences.
+MAX_NAME_LENGTH = 256
+# An error lists this many missing or unexpected feature names, then counts the rest.
+_MAX_LISTED = 10
 _NUMERIC_DATATYPES = frozenset(
     {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 )
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+_FLAT = 'a request is one flat object: {"id": ..., "model": ..., "features": {...}}'
+# Python's json nests a little less deeply than orjson (1024 levels).
+_TOO_DEEP = f"the request nests JSON arrays or objects about 1000 levels deep; {_FLAT}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,18 +70,41 @@ class _Invalid(Exception):
         self.reason, self.error = reason, error
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str) -> None:
+        self.key = key
+
+
 def decode(raw: bytes | None, catalog: Catalog, max_bytes: int) -> Request | Rejection:
     """Decode and validate one request; never raises for bad input."""
+    if raw is None:
+        return Rejection(Reason.EMPTY_REQUEST,
+                         "the message value is null (a tombstone), not a request; "
+                         "send a JSON request object")
     if not raw:
         return Rejection(Reason.EMPTY_REQUEST,
-                         "the message value is empty; send a JSON request object")
+                         "the message value is empty (0 bytes); send a JSON request object")
     if len(raw) > max_bytes:
         return Rejection(Reason.TOO_LARGE,
                          f"the request is {len(raw)} bytes, over the {max_bytes}-byte limit "
                          "(STREAMSERVE_MAX_MESSAGE_BYTES); send one row per request")
-    body = _parse_json(raw)
-    if isinstance(body, Rejection):
-        return body
+    parsed = _parse_json(raw)
+    if isinstance(parsed, Rejection):
+        return parsed
+    body, strict_error = parsed
+    result = _validate(body, catalog)
+    if strict_error is not None and isinstance(result, Request):
+        # Valid to Python's json only, and not because of a feature value: NaN, Infinity
+        # or a number past the float64 range sits in a field the request form ignores.
+        return Rejection(Reason.NON_FINITE,
+                         f"the request holds NaN, Infinity or a number beyond the 64-bit float "
+                         f"range outside its features ({strict_error}); JSON has no such "
+                         "numbers: send only finite ones",
+                         id=result.id, model=result.model)
+    return result
+
+
+def _validate(body: dict[str, Any], catalog: Catalog) -> Request | Rejection:
     request_id = body.get("id")
     if request_id is None:
         return Rejection(Reason.MISSING_ID, "the request has no 'id'; add a unique string id")
@@ -76,11 +113,17 @@ def decode(raw: bytes | None, catalog: Catalog, max_bytes: int) -> Request | Rej
                          f"'id' must be a non-empty string of at most {MAX_ID_LENGTH} characters, "
                          f"got {_describe(request_id)}")
     oip = "inputs" in body
-    model = body.get("model_name" if oip else "model")
+    field = "model_name" if oip else "model"
+    model = body.get(field)
     if not isinstance(model, str) or not model:
-        field = "model_name" if oip else "model"
         return Rejection(Reason.MISSING_MODEL,
                          f"the request has no {field!r}; name the model to use", id=request_id)
+    if len(model) > MAX_NAME_LENGTH:
+        # Not carried in the rejection: dead letters and their metrics would hold it.
+        served = ", ".join(sorted(catalog.specs)) or "none"
+        return Rejection(Reason.UNKNOWN_MODEL,
+                         f"{field!r} is {_describe(model)}, over the {MAX_NAME_LENGTH}-character "
+                         f"limit for model names; served models: {served}", id=request_id)
     try:
         version = _optional_version(body.get("model_version" if oip else "version"))
         resolved = catalog.resolve(model, version, request_id)
@@ -95,26 +138,118 @@ def decode(raw: bytes | None, catalog: Catalog, max_bytes: int) -> Request | Rej
         return Rejection(invalid.reason, invalid.error, id=request_id, model=model)
 
 
-def _parse_json(raw: bytes) -> dict[str, Any] | Rejection:
+def _parse_json(raw: bytes) -> tuple[dict[str, Any], str | None] | Rejection:
+    """The request object, with orjson's complaint when only Python's json could read it."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as strict_error:
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            return Rejection(Reason.INVALID_UTF8,
-                             f"the request is not valid UTF-8 (byte {e.start}); encode JSON as UTF-8")
-        # Python's json.dumps writes NaN/Infinity by default; name that as what it is.
-        try:
-            body = json.loads(text)
-        except (ValueError, RecursionError):
-            return Rejection(Reason.MALFORMED_JSON, f"the request is not valid JSON: {strict_error}")
-        if not isinstance(body, dict):
-            return Rejection(Reason.MALFORMED_JSON, "the request is not valid JSON")
+        return _parse_lenient(raw, strict_error)
     if not isinstance(body, dict):
         return Rejection(Reason.MALFORMED_JSON,
                          f"the request must be a JSON object, got {_describe(body)}")
-    return body
+    # orjson keeps the last of two equal keys silently; the exact check is a second,
+    # slower parse, run only for the few requests a byte count cannot clear.
+    if _may_repeat_a_key(raw, body):
+        try:
+            json.loads(raw, object_pairs_hook=_unique_keys)
+        except _DuplicateKey as duplicate:
+            return _duplicate_key(duplicate.key)
+        except RecursionError:
+            return Rejection(Reason.MALFORMED_JSON, _TOO_DEEP)
+        except ValueError:
+            pass  # read by orjson: a difference of dialect, not a duplicate
+    return body, None
+
+
+def _parse_lenient(raw: bytes,
+                   strict_error: orjson.JSONDecodeError) -> tuple[dict[str, Any], str] | Rejection:
+    """Say why orjson refused ``raw``; a body read here is only ever rejected."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return Rejection(Reason.INVALID_UTF8,
+                         f"the request is not valid UTF-8 (byte {e.start} is "
+                         f"0x{raw[e.start]:02x}); encode the JSON as UTF-8")
+    where = f"line {strict_error.lineno} column {strict_error.colno}"
+    if strict_error.msg.startswith("depth limit exceeded"):
+        return Rejection(Reason.MALFORMED_JSON,
+                         f"the request nests JSON arrays or objects more than 1024 levels deep "
+                         f"({where}); {_FLAT}")
+    try:
+        # Reads NaN and Infinity (Python's json.dumps writes them) so that the feature
+        # holding one can be named.
+        body = json.loads(text, object_pairs_hook=_unique_keys)
+        # A lone surrogate escape ("\ud800") is read as a str no UTF-8 encoder accepts.
+        json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except _DuplicateKey as duplicate:
+        return _duplicate_key(duplicate.key)
+    except UnicodeEncodeError:
+        # Located only when orjson stopped at it (it may have stopped at a NaN before).
+        at = f" ({where})" if "surrogate" in strict_error.msg else ""
+        return Rejection(Reason.INVALID_UTF8,
+                         f"the request holds a lone UTF-16 surrogate escape such as \"\\ud800\""
+                         f"{at}, which is no character; send characters as UTF-8, or escape one "
+                         "beyond U+FFFF as a surrogate pair")
+    except RecursionError:
+        return Rejection(Reason.MALFORMED_JSON, _TOO_DEEP)
+    except ValueError:
+        if strict_error.msg.startswith("number is infinity"):
+            return Rejection(Reason.NON_FINITE,
+                             f"the request holds a number beyond the 64-bit float range "
+                             f"({where}); send finite numbers (features must fit float32: "
+                             f"±{_FLOAT32_MAX:.4g})")
+        return Rejection(Reason.MALFORMED_JSON, f"the request is not valid JSON: {strict_error}")
+    if not isinstance(body, dict):
+        return Rejection(Reason.MALFORMED_JSON,
+                         f"the request must be a JSON object, got {_describe(body)}")
+    return body, str(strict_error)
+
+
+def _may_repeat_a_key(raw: bytes, body: dict[str, Any]) -> bool:
+    """False when ``raw`` surely holds no JSON object with a key twice.
+
+    Each key in ``raw`` is followed by one ':' byte, and every other ':' byte is inside a
+    string. So when ``raw`` has no more colons than the distinct keys read, it has no
+    duplicate, at any depth: a key that is not counted (deeper down) leaves a colon over
+    and sends the request to the exact check.
+    """
+    colons, keys = raw.count(b":"), _key_count(body)
+    if colons > keys and b"\\" not in raw:
+        # Ids such as "topic:0:12" are common. With no escape in raw, each ':' in a string
+        # value read is one ':' byte of raw (an escaped "\u003a" would be none).
+        colons -= sum(value.count(":") for value in body.values() if isinstance(value, str))
+    return colons > keys
+
+
+def _key_count(body: dict[str, Any]) -> int:
+    """Keys in the request object and the objects one level in, or in OIP's 'inputs' list:
+    every object of the request forms but a tensor's own 'parameters'."""
+    count = len(body)
+    for value in body.values():
+        if isinstance(value, dict):
+            count += len(value)
+    inputs = body.get("inputs")
+    if isinstance(inputs, list):
+        count += sum(len(item) for item in inputs if isinstance(item, dict))
+    return count
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``'s object_pairs_hook: an object, unless it holds a key twice."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+def _duplicate_key(key: str) -> Rejection:
+    return Rejection(Reason.DUPLICATE_KEY,
+                     f"the key {_quote(key)} appears twice in one JSON object, so the request is "
+                     "ambiguous (parsers disagree on which value counts); send each key once")
 
 
 def _tabular_row(body: dict[str, Any], schema: InputSchema) -> list[float]:
@@ -138,10 +273,13 @@ def _oip_row(inputs: Any, schema: InputSchema) -> list[float]:
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
         raise _Invalid(Reason.SCHEMA_MISMATCH, "'inputs' must be a non-empty list of tensor objects")
     for tensor in inputs:
-        datatype = tensor.get("datatype")
-        if datatype not in _NUMERIC_DATATYPES:
+        name, datatype = tensor.get("name"), tensor.get("datatype")
+        if name is not None and not isinstance(name, str):
             raise _Invalid(Reason.SCHEMA_MISMATCH,
-                           f"input {tensor.get('name')!r} has datatype {datatype!r}; "
+                           f"each input's 'name' must be a string, got {_describe(name)}")
+        if not isinstance(datatype, str) or datatype not in _NUMERIC_DATATYPES:
+            raise _Invalid(Reason.SCHEMA_MISMATCH,
+                           f"input {_quote(name)} has datatype {_describe(datatype)}; "
                            f"use one of {', '.join(sorted(_NUMERIC_DATATYPES))}")
     if len(inputs) == 1 and inputs[0].get("name") not in schema.index:
         # One tensor holding the whole row, in schema order.
@@ -156,16 +294,19 @@ def _oip_row(inputs: Any, schema: InputSchema) -> list[float]:
 
 
 def _tensor_values(tensor: dict[str, Any], width: int) -> list[Any]:
-    name, shape, data = tensor.get("name"), tensor.get("shape"), tensor.get("data")
+    name, shape, data = _quote(tensor.get("name")), tensor.get("shape"), tensor.get("data")
     if not isinstance(data, list):
-        raise _Invalid(Reason.SCHEMA_MISMATCH, f"input {name!r} needs 'data' as a list")
+        raise _Invalid(Reason.SCHEMA_MISMATCH, f"input {name} needs 'data' as a list")
     if len(data) == 1 and isinstance(data[0], list):
         data = data[0]  # row-major nested form [[...]]
     if shape not in ([width], [1, width]) or len(data) != width:
+        # Never repr() what the sender chose: it may be long, or nested deep enough to
+        # raise RecursionError.
+        given = shape if isinstance(shape, list) and len(shape) <= 4 and all(
+            type(d) is int and abs(d) < 10**9 for d in shape) else _describe(shape)
         raise _Invalid(Reason.SCHEMA_MISMATCH,
-                       f"input {name!r} must have shape [1, {width}] with {width} values "
-                       f"(one row per request), got shape {shape} with "
-                       f"{len(data)} values")
+                       f"input {name} must have shape [1, {width}] with {width} values "
+                       f"(one row per request), got shape {given} with {len(data)} values")
     return data
 
 
@@ -176,23 +317,36 @@ def _check_names(given: Any, schema: InputSchema) -> None:
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"missing features: {', '.join(missing)}")
+            parts.append(f"missing features: {_listing(missing)}")
         if extra:
-            parts.append(f"unexpected features: {', '.join(extra)}")
+            parts.append(f"unexpected features: {_listing(extra)}")
         raise _Invalid(Reason.SCHEMA_MISMATCH,
-                       f"{'; '.join(parts)}; the model takes {', '.join(schema.names)}")
+                       f"{'; '.join(parts)}; the model takes {len(schema)} features: "
+                       f"{', '.join(schema.names)}")
+
+
+def _listing(names: list[str]) -> str:
+    """The first few names, each cut short: a request may send thousands, each long."""
+    shown = [n if len(n) <= 40 else f"{n[:40]}… ({len(n)} characters)"
+             for n in names[:_MAX_LISTED]]
+    more = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {more} more" if more else "")
 
 
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _Invalid(Reason.SCHEMA_MISMATCH,
                        f"feature {name!r} must be a number, got {_describe(value)}")
-    value = float(value)
-    if not math.isfinite(value) or abs(value) > _FLOAT32_MAX:
+    try:
+        number = float(value)
+    except OverflowError:  # an integer literal of more than 308 digits
+        number = math.inf
+    if not -_FLOAT32_MAX <= number <= _FLOAT32_MAX:  # also false for NaN
         raise _Invalid(Reason.NON_FINITE,
-                       f"feature {name!r} is {value!r}, which is not a finite float32; "
-                       "send finite numbers (impute missing values before sending)")
-    return value
+                       f"feature {name!r} is {_number_text(value)}, not a finite "
+                       f"float32 (at most ±{_FLOAT32_MAX:.4g}); send finite numbers (impute "
+                       "missing values before sending)")
+    return number
 
 
 def _optional_version(value: Any) -> str | None:
@@ -201,7 +355,12 @@ def _optional_version(value: Any) -> str | None:
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise _Invalid(Reason.SCHEMA_MISMATCH,
                        f"the version must be a string such as \"3\", got {_describe(value)}")
-    return str(value)
+    version = str(value)
+    if len(version) > MAX_NAME_LENGTH:
+        raise _Invalid(Reason.SCHEMA_MISMATCH,
+                       f"the version must be at most {MAX_NAME_LENGTH} characters, such as \"3\", "
+                       f"got {_describe(value)}")
+    return version
 
 
 def _optional_deadline(value: Any) -> int | None:
@@ -215,18 +374,37 @@ def _optional_deadline(value: Any) -> int | None:
 
 
 def _optional_tenant(value: Any) -> str | None:
-    if value is not None and not isinstance(value, str):
-        raise _Invalid(Reason.SCHEMA_MISMATCH, f"'tenant' must be a string, got {_describe(value)}")
+    if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME_LENGTH):
+        raise _Invalid(Reason.SCHEMA_MISMATCH,
+                       f"'tenant' must be a string of at most {MAX_NAME_LENGTH} characters, "
+                       f"got {_describe(value)}")
     return value
 
 
 def _describe(value: Any) -> str:
+    """What the sender sent, in a few words: never all of it (it may be huge or deep)."""
     if value is None:
         return "null"
     if isinstance(value, bool):
         return f"the boolean {str(value).lower()}"
     if isinstance(value, int | float):
-        return f"the number {value!r}"
+        text = _number_text(value)
+        return text if text.startswith("an ") else f"the number {text}"
     if isinstance(value, str):
-        return f"the string {value[:40]!r}"
+        return f"the string {value!r}" if len(value) <= 40 else \
+            f"a string of {len(value)} characters starting {value[:40]!r}"
     return {dict: "an object", list: "a list"}.get(type(value), type(value).__name__)
+
+
+def _quote(text: str | None) -> str:
+    """A name for a message, quoted and cut short (repr also escapes lone surrogates)."""
+    if text is None or len(text) <= 40:
+        return repr(text)
+    return f"{text[:40]!r}… ({len(text)} characters)"
+
+
+def _number_text(value: int | float) -> str:
+    if isinstance(value, int) and abs(value) >= 10**20:
+        # repr() of a huge int is slow (and refused past 4300 digits).
+        return f"an integer of about {int(value.bit_length() * math.log10(2)) + 1} digits"
+    return repr(value)

@@ -15,6 +15,8 @@ class Reason(StrEnum):
     TOO_LARGE = "too_large"
     INVALID_UTF8 = "invalid_utf8"
     MALFORMED_JSON = "malformed_json"
+    # A JSON object holds one key twice: parsers disagree on which value counts.
+    DUPLICATE_KEY = "duplicate_key"
     MISSING_ID = "missing_id"
     INVALID_ID = "invalid_id"
     MISSING_MODEL = "missing_model"
@@ -22,6 +24,8 @@ class Reason(StrEnum):
     UNKNOWN_VERSION = "unknown_version"
     SCHEMA_MISMATCH = "schema_mismatch"
     NON_FINITE = "non_finite"
+    # The request id was already served within the worker's dedupe window (pipeline.dedupe).
+    DUPLICATE_REQUEST = "duplicate_request"
     DEADLINE_EXCEEDED = "deadline_exceeded"
     MODEL_ERROR = "model_error"
     CIRCUIT_OPEN = "circuit_open"

@@ -180,3 +180,226 @@ def test_decode_never_raises_on_arbitrary_bytes():
         assert isinstance(result, Request | Rejection)
         if isinstance(result, Request):
             assert all(math.isfinite(v) for v in result.row)
+
+
+# Hostile inputs: each gets a precise reason and a sentence saying what to do, never an
+# exception (an exception in the worker would lose the batch).
+
+def tabular(**fields) -> dict:
+    return {"id": "r", "model": "iris", "features": FEATURES} | fields
+
+
+def test_null_value_is_a_tombstone_not_a_request():
+    result = decode(None, CATALOG, 1000)
+    assert result == Rejection(Reason.EMPTY_REQUEST, "the message value is null (a tombstone), "
+                               "not a request; send a JSON request object")
+    assert decode(b"", CATALOG, 1000).error == \
+        "the message value is empty (0 bytes); send a JSON request object"
+
+
+def test_size_limit_is_inclusive_and_names_the_setting():
+    raw = orjson.dumps(tabular())
+    assert isinstance(decode(raw, CATALOG, len(raw)), Request)
+    result = decode(raw + b" ", CATALOG, len(raw))
+    assert result == Rejection(Reason.TOO_LARGE, f"the request is {len(raw) + 1} bytes, over the "
+                               f"{len(raw)}-byte limit (STREAMSERVE_MAX_MESSAGE_BYTES); send one "
+                               "row per request")
+
+
+FLAT = 'a request is one flat object: {"id": ..., "model": ..., "features": {...}}'
+
+
+@pytest.mark.parametrize("raw,column", [
+    (b"[" * 10_000, 1026),
+    (b"[" * 10_000 + b"]" * 10_000, 1026),
+    (b'{"a": ' * 10_000 + b"1" + b"}" * 10_000, 6146),
+    (b'{"id": "r", "model": "iris", "features": {"sepal_length": ' + b"[" * 5000 + b"1"
+     + b"]" * 5000 + b"}}", 1082),
+])
+def test_deep_nesting_is_rejected_not_a_recursion_error(raw, column):
+    result = rejected(raw, Reason.MALFORMED_JSON, max_bytes=len(raw))
+    assert result.error == ("the request nests JSON arrays or objects more than 1024 levels deep "
+                            f"(line 1 column {column}); {FLAT}")
+
+
+@pytest.mark.parametrize("raw", [
+    # orjson refuses the NaN, Python's json (read to name it) the depth.
+    b"[NaN, " + b"[" * 1010 + b"]" * 1010 + b"]",
+    # orjson reads it; the duplicate-key check (Python's json) cannot: the depth is near
+    # both parsers' limits, and the deep object's colon is not counted.
+    b'{"id": "r", "model": "iris", "features": ' + orjson.dumps(FEATURES) + b', "x": '
+    + b"[" * 1010 + b'{"k": 1}' + b"]" * 1010 + b"}",
+])
+def test_nesting_near_the_limit_is_rejected_by_either_parser(raw):
+    assert rejected(raw, Reason.MALFORMED_JSON).error == \
+        f"the request nests JSON arrays or objects about 1000 levels deep; {FLAT}"
+
+
+def test_deep_nesting_within_the_limit_in_an_oip_shape_is_described_not_printed():
+    inputs = [{"name": "input-0", "shape": [[[[[[[[4]]]]]]]] * 50, "datatype": "FP32",
+               "data": [1, 2, 3, 4]}]
+    result = rejected({"id": "r", "model_name": "iris", "inputs": inputs}, Reason.SCHEMA_MISMATCH)
+    assert result.error == ("input 'input-0' must have shape [1, 4] with 4 values (one row per "
+                            "request), got shape a list with 4 values")
+
+
+NON_FINITE_HINT = "not a finite float32 (at most ±3.403e+38); send finite numbers (impute " \
+    "missing values before sending)"
+
+
+@pytest.mark.parametrize("literal,shown", [
+    (b"1e400", "inf"), (b"-1e309", "-inf"), (b"1" + b"0" * 400, "an integer of about 401 digits"),
+    (b"-" + b"9" * 4000, "an integer of about 4001 digits"), (b"3.5e38", "3.5e+38"),
+    (b"NaN", "nan"), (b"-Infinity", "-inf"),
+])
+def test_huge_numbers_in_a_feature_are_named(literal, shown):
+    raw = b'{"id": "r", "model": "iris", "features": {"sepal_length": 1, "sepal_width": ' \
+        + literal + b', "petal_length": 1, "petal_width": 1}}'
+    result = rejected(raw, Reason.NON_FINITE)
+    assert result.error == f"feature 'sepal_width' is {shown}, {NON_FINITE_HINT}"
+    assert (result.id, result.model) == ("r", "iris")
+
+
+def test_a_number_too_long_for_any_parser_is_located():
+    raw = b'{"id": "r", "model": "iris", "features": {"sepal_length": ' + b"1" * 5000 + b"}}"
+    assert rejected(raw, Reason.NON_FINITE).error == (
+        "the request holds a number beyond the 64-bit float range (line 1 column 59); send "
+        "finite numbers (features must fit float32: ±3.403e+38)")
+
+
+@pytest.mark.parametrize("field,literal", [("deadline_ms", b"1" + b"0" * 400),
+                                           ("note", b"NaN"), ("note", b"[1e999]")])
+def test_non_json_numbers_outside_the_features_are_not_served(field, literal):
+    raw = orjson.dumps(tabular())[:-1] + b', "' + field.encode() + b'": ' + literal + b"}"
+    result = rejected(raw, Reason.NON_FINITE)
+    assert result.error.startswith(
+        "the request holds NaN, Infinity or a number beyond the 64-bit float range outside "
+        "its features (")
+    assert result.error.endswith("); JSON has no such numbers: send only finite ones")
+    assert result.id == "r"
+
+
+DUPLICATE = "appears twice in one JSON object, so the request is ambiguous (parsers disagree " \
+    "on which value counts); send each key once"
+
+
+@pytest.mark.parametrize("raw,key", [
+    (b'{"id": "a", "id": "b", "model": "iris", "features": ' + orjson.dumps(FEATURES) + b"}",
+     "id"),
+    (b'{"id": "r", "model": "iris", "features": {"sepal_length": 1}, "features": '
+     + orjson.dumps(FEATURES) + b"}", "features"),
+    (b'{"id": "r", "model": "iris", "features": {"sepal_length": 1, "sepal_width": 1, '
+     + b'"petal_length": 1, "petal_width": 1, "sepal_length": 2}}', "sepal_length"),
+    # The second key is an escaped "features": orjson reads it as the same key.
+    (b'{"id": "r", "model": "iris", "features": ' + orjson.dumps(FEATURES)
+     + b', "\\u0066eatures": {}}', "features"),
+    # An escaped colon in the id must not hide a duplicate from the byte count.
+    (b'{"id": "r\\u003a1", "model": "iris", "features": {"sepal_length": 1, "sepal_width": 1, '
+     + b'"petal_length": 1, "petal_width": 1, "petal_width": 1}}', "petal_width"),
+    # Also where orjson fails first (NaN) and Python's json reads the request.
+    (b'{"id": "r", "id": "s", "model": "iris", "features": {"sepal_length": NaN}}', "id"),
+    (b'{"id": "r", "model_name": "iris", "inputs": [{"name": "input-0", "shape": [1, 4], '
+     + b'"datatype": "FP32", "data": [1, 2, 3, 4], "data": [5, 6, 7, 8]}]}', "data"),
+])
+def test_duplicate_keys_are_rejected_as_ambiguous(raw, key):
+    result = rejected(raw, Reason.DUPLICATE_KEY)
+    assert result.error == f"the key {key!r} {DUPLICATE}"
+    assert result.id is None  # which id would it be?
+
+
+@pytest.mark.parametrize("request_id", ["topic:0:12", "a:b:c:d:e", "r\\u00e9:1"])
+def test_colons_in_strings_are_not_taken_for_duplicate_keys(request_id):
+    raw = b'{"id": "' + request_id.encode() + b'", "model": "iris", "tenant": "t:1", "features": ' \
+        + orjson.dumps(FEATURES) + b"}"
+    assert isinstance(run(raw), Request)
+
+
+def test_too_many_features_are_counted_not_all_listed():
+    features = dict(FEATURES) | {f"f{i:04}": 1.0 for i in range(5000)}
+    result = rejected({"id": "r", "model": "iris", "features": features}, Reason.SCHEMA_MISMATCH)
+    assert result.error == (
+        "unexpected features: f0000, f0001, f0002, f0003, f0004, f0005, f0006, f0007, f0008, "
+        "f0009 and 4990 more; the model takes 4 features: sepal_length, sepal_width, "
+        "petal_length, petal_width")
+
+
+def test_too_many_oip_inputs_are_counted_not_all_listed():
+    inputs = [{"name": f"x{i}", "shape": [1], "datatype": "FP32", "data": [1]} for i in range(3000)]
+    result = rejected({"id": "r", "model_name": "iris", "inputs": inputs}, Reason.SCHEMA_MISMATCH,
+                      max_bytes=1 << 20)
+    assert result.error.startswith("missing features: sepal_length, sepal_width, petal_length, "
+                                   "petal_width; unexpected features: x0, x1, x10, x100, x1000, ")
+    assert "and 2990 more; the model takes 4 features:" in result.error
+
+
+def test_overlong_id():
+    result = rejected(tabular(id="x" * 10_000), Reason.INVALID_ID)
+    assert result.error == ("'id' must be a non-empty string of at most 256 characters, got a "
+                            f"string of 10000 characters starting {'x' * 40!r}")
+
+
+def test_overlong_model_name_is_not_echoed_or_carried():
+    result = rejected(tabular(model="m" * 10_000), Reason.UNKNOWN_MODEL)
+    assert result.error == (f"'model' is a string of 10000 characters starting {'m' * 40!r}, "
+                            "over the 256-character limit for model names; served models: iris")
+    assert (result.id, result.model) == ("r", None)
+
+
+def test_overlong_feature_name_is_cut_short():
+    result = rejected(tabular(features=FEATURES | {"y" * 10_000: 1}), Reason.SCHEMA_MISMATCH)
+    assert result.error.startswith(f"unexpected features: {'y' * 40}… (10000 characters); ")
+
+
+@pytest.mark.parametrize("field,says", [
+    ("version", ("the version must be at most 256 characters, such as \"3\", got a string "
+                 "of 300 characters starting ")),
+    ("tenant", ("'tenant' must be a string of at most 256 characters, got a string of 300 "
+                "characters starting "))])
+def test_overlong_version_and_tenant(field, says):
+    assert rejected(tabular(**{field: "v" * 300}), Reason.SCHEMA_MISMATCH).error.startswith(says)
+
+
+def test_huge_integer_id_is_described_not_printed():
+    raw = b'{"id": ' + b"7" * 400 + b', "model": "iris", "features": {"sepal_length": NaN}}'
+    assert rejected(raw, Reason.INVALID_ID).error == \
+        "'id' must be a non-empty string of at most 256 characters, got an integer of about 401 digits"
+
+
+@pytest.mark.parametrize("raw,byte", [(b"\xff", "byte 0 is 0xff"),
+                                      (b'{"id": "r\xc3"}', "byte 9 is 0xc3"),
+                                      # A surrogate written raw (CESU-8), not escaped.
+                                      (b'{"id": "\xed\xa0\x80"}', "byte 8 is 0xed")])
+def test_bytes_that_are_not_utf8_are_located(raw, byte):
+    assert rejected(raw, Reason.INVALID_UTF8).error == \
+        f"the request is not valid UTF-8 ({byte}); encode the JSON as UTF-8"
+
+
+@pytest.mark.parametrize("raw,where", [
+    (b'{"id": "\\ud800", "model": "iris", "features": {}}', " (line 1 column 9)"),
+    (b'{"id": "r", "model": "iris", "features": {"\\udfff": 1}}', " (line 1 column 44)"),
+    # NaN makes orjson stop first, so the surrogate cannot be located; it is still found.
+    (b'{"id": "r", "model": "iris", "features": {"sepal_length": NaN}, "t": "\\ud800"}', ""),
+])
+def test_lone_surrogate_escapes_are_rejected_before_they_reach_a_dead_letter(raw, where):
+    result = rejected(raw, Reason.INVALID_UTF8)
+    assert result.error == ('the request holds a lone UTF-16 surrogate escape such as "\\ud800"'
+                            f"{where}, which is no character; send characters as UTF-8, or "
+                            "escape one beyond U+FFFF as a surrogate pair")
+    assert result.id is None
+
+
+def test_a_surrogate_pair_is_a_character():
+    assert run(b'{"id": "\\ud83d\\ude00", "model": "iris", "features": '
+               + orjson.dumps(FEATURES) + b"}").id == "\U0001F600"
+
+
+@pytest.mark.parametrize("tensor,says", [
+    ({"name": ["input-0"], "datatype": "FP32"}, "each input's 'name' must be a string, got a list"),
+    ({"name": "input-0", "datatype": ["FP32"]}, "input 'input-0' has datatype a list; use one of"),
+    ({"name": "n" * 100, "datatype": "FP32", "data": 1},
+     f"input {'n' * 40!r}… (100 characters) needs 'data' as a list"),
+])
+def test_oip_fields_of_the_wrong_type(tensor, says):
+    inputs = [{"shape": [1, 4], "data": [1, 2, 3, 4]} | tensor]
+    result = rejected({"id": "r", "model_name": "iris", "inputs": inputs}, Reason.SCHEMA_MISMATCH)
+    assert result.error.startswith(says), result.error
