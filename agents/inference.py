@@ -33,6 +33,7 @@ from pipeline.canary import CanaryJudge, CanaryVerdict
 from pipeline.catalog import Catalog
 from pipeline.config import ModelPolicy, Settings
 from pipeline.decode import Request, decode
+from pipeline.dedupe import RecentIds
 from pipeline.drift import CodedRows, MatrixCounter, watched_columns, watched_references
 from pipeline.isolation import RowFailure, serve_isolated
 from pipeline.messages import (
@@ -112,6 +113,8 @@ class InferenceService:
         self._topics = settings.topics
         self._max_bytes = settings.max_message_bytes
         self._faults = settings.fault_plan
+        self._recent = (RecentIds(settings.dedupe_ids, settings.dedupe_window_s)
+                        if settings.dedupe_ids else None)
         self._metrics = metrics
         self._executor = executor
         self._on_canary_verdict = on_canary_verdict
@@ -174,9 +177,13 @@ class InferenceService:
         outgoing: list[Outgoing] = []
         groups: dict[tuple[str, str, Route], list[tuple[Incoming, Request]]] = {}
         expired: Counter[tuple[str, str, Route]] = Counter()
-        now = time.time()
+        now, clock = time.time(), time.monotonic()
+        recent = self._recent
         for record in batch:
             decoded = decode(record.value, catalog, self._max_bytes)
+            if isinstance(decoded, Request) and recent is not None and recent.seen_before(
+                    decoded.id, clock, (record.topic, record.partition, record.offset)):
+                decoded = recent.rejection(decoded.id, decoded.model)
             if isinstance(decoded, Request) and _expired(decoded, record, now + expected_seconds):
                 expired[(decoded.model, decoded.version, decoded.route)] += 1
                 decoded = Rejection(Reason.DEADLINE_EXCEEDED,
@@ -200,6 +207,10 @@ class InferenceService:
                 outgoing.extend(out)
                 for shadow in spec.shadows if served is not None else ():
                     outgoing.extend(await self._shadow(deployment, model, shadow, version, served))
+        if recent is not None:  # a request the server failed may be sent again with its id
+            for out in outgoing:
+                if out.kind is Kind.DEAD_LETTER and out.reason in _SERVER_FAILURES:
+                    recent.forget(out.key.decode())
         return outgoing
 
     async def _serve_group(self, deployment: Deployment, model: str, version: str, route: Route,
@@ -385,7 +396,9 @@ class InferenceService:
                 latencies.setdefault(out.model, []).append(now - out.request_timestamp)
             elif out.kind is Kind.DEAD_LETTER:
                 assert out.reason is not None
-                dead[(out.model, out.version, out.reason)] += 1
+                # Only served models name a series: any sender could invent model names.
+                model = out.model if out.model in self._deployment.specs else ""
+                dead[(model, out.version, out.reason)] += 1
             elif out.kind is Kind.SAMPLE:
                 samples[out.model] += 1
         for (model, version, route), count in served.items():
@@ -400,6 +413,9 @@ class InferenceService:
             histogram = m.e2e_latency.labels(model)
             for s in seconds:
                 histogram.observe(max(0.0, s))
+
+
+_SERVER_FAILURES = frozenset({Reason.DEADLINE_EXCEEDED, Reason.MODEL_ERROR, Reason.CIRCUIT_OPEN})
 
 
 def _timed_serve(predict: Callable[[np.ndarray], np.ndarray],

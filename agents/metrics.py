@@ -45,6 +45,13 @@ class Metrics:
         self.padding_rows = Counter("streamserve_padding_rows",
                                     "Padding rows computed to fill batches up to their bucket",
                                     ["model", "version"], registry=r)
+        self.lag = Gauge("streamserve_consumer_lag",
+                         "Requests in a partition not yet served (broker's end offset minus the "
+                         "next to serve): a backlog waits in Kafka, not in the worker's memory",
+                         ["partition"], registry=r)
+        self.queued = Gauge("streamserve_queued_requests",
+                            "Requests fetched and waiting in the worker for a batch (bounded)",
+                            registry=r)
         self.queue_wait = Histogram("streamserve_queue_wait_seconds",
                                     "Time the oldest request of a batch queued in the worker",
                                     buckets=_LATENCY_BUCKETS, registry=r)

@@ -99,6 +99,7 @@ class RequestServer(mode.Service):
         self._unflushed: dict[TopicPartition, OffsetAndMetadata] = {}  # served since the flush
         self._committer: asyncio.Task | None = None
         self._flushed = 0.0
+        self._reported = 0.0  # when lag and queue were last reported
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._transaction: _Transaction | None = None  # exactly-once: the open transaction's sends
@@ -162,6 +163,9 @@ class RequestServer(mode.Service):
                                                  max_records=self._buckets[-1])
                 arrival = time.monotonic()
                 self._queue.extend((arrival, r) for records in fetched.values() for r in records)
+                if arrival - self._reported >= _FLUSH_SECONDS:
+                    self._reported = arrival
+                    await self._report_backlog()
                 if not self._queue and arrival - self._flushed >= _FLUSH_SECONDS:
                     async with self._in_flight:
                         await self._flush(arrival)
@@ -215,6 +219,21 @@ class RequestServer(mode.Service):
             return
         self._inference.delivered(delivered)
         self._crash_point("after_commit")
+
+    async def _report_backlog(self) -> None:
+        """Consumer lag per partition, and the worker's own queue. The queue is bounded (a
+        fetch happens only when the policy does not serve, and takes at most one largest
+        bucket), so under overload the backlog stays in Kafka, and the lag says so."""
+        assert self._consumer is not None
+        oldest: dict[int, int] = {}
+        for _, record in self._queue:
+            oldest.setdefault(record.partition, record.offset)
+        for tp in self._consumer.assignment():
+            end = self._consumer.highwater(tp)
+            if end is not None:
+                next_to_serve = oldest.get(tp.partition, await self._consumer.position(tp))
+                self._metrics.lag.labels(str(tp.partition)).set(max(0, end - next_to_serve))
+        self._metrics.queued.set(len(self._queue))
 
     async def _rewind(self, error: Exception) -> None:
         """Abort the failed transaction and read its requests again from the committed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 from collections.abc import Awaitable
@@ -72,8 +73,30 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
     add_drift_agent(app, settings, lambda model, version: registry.manifest(model, version).reference,
                     metrics)
     heartbeat.beat()  # the loop that beats next is Faust's; its heartbeat service starts first
-    faust.Worker(app, HeartbeatService(heartbeat), server, follower,
-                 loglevel="INFO").execute_from_commandline()
+    _Worker(app, HeartbeatService(heartbeat), server, follower,
+            loglevel="INFO").execute_from_commandline()
+
+
+class _Worker(faust.Worker):
+    """A Faust worker whose stop on SIGTERM waits for its start to finish (30 s at most):
+    Faust's table manager raises if stopped while it registers the changelogs, and the
+    worker would then exit with an error after an otherwise clean stop."""
+
+    _up: asyncio.Event | None = None
+
+    async def on_startup_finished(self) -> None:
+        await super().on_startup_finished()
+        self._started_up().set()
+
+    async def _stop_on_signal(self, signal: object) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._started_up().wait(), 30)
+        await super()._stop_on_signal(signal)
+
+    def _started_up(self) -> asyncio.Event:
+        if self._up is None:
+            self._up = asyncio.Event()
+        return self._up
 
 
 async def _beating(heartbeat: Heartbeat, work: Awaitable[T]) -> T:

@@ -164,6 +164,13 @@ class Settings:
         "STREAMSERVE_MAX_MESSAGE_BYTES",
         "Largest request accepted; bigger ones are dead-lettered as too_large unread.",
     )
+    dedupe_ids: int = _setting(
+        50_000, "STREAMSERVE_DEDUPE_IDS",
+        "Request ids each worker remembers: a repeat of one within the window is dead-lettered "
+        "as duplicate_request rather than predicted twice (0: off). About 300 bytes each.")
+    dedupe_window_s: float = _setting(
+        600.0, "STREAMSERVE_DEDUPE_WINDOW_S",
+        "Seconds a served request id is remembered (and at most STREAMSERVE_DEDUPE_IDS of them).")
     compile_cache: str = _setting(
         ".streamserve/jax-cache", "STREAMSERVE_COMPILE_CACHE",
         "Folder where compiled model executables are kept across restarts (JAX's persistent "
@@ -278,6 +285,8 @@ class Settings:
         _check(self.max_message_bytes >= 256, "STREAMSERVE_MAX_MESSAGE_BYTES", "must be at least 256")
         _check(bool(self.topic_prefix) and all(c.isalnum() or c in "._-" for c in self.topic_prefix),
                "STREAMSERVE_TOPIC_PREFIX", "must be non-empty and use only letters, digits, '.', '_' and '-'")
+        _check(self.dedupe_ids >= 0, "STREAMSERVE_DEDUPE_IDS", "must be 0 (off) or more")
+        _check(self.dedupe_window_s > 0, "STREAMSERVE_DEDUPE_WINDOW_S", "must be a positive number of seconds")
         _check(self.delivery in _DELIVERY_MODES, "STREAMSERVE_DELIVERY",
                f"must be one of {', '.join(_DELIVERY_MODES)}, got {self.delivery!r}")
         try:

@@ -148,6 +148,20 @@ def test_an_expired_deadline_is_a_dead_letter(worker):
     assert "deadline_ms of 500" in late[0].value["error"]
 
 
+def test_a_repeated_request_id_gets_one_prediction_and_a_duplicate_dead_letter(worker):
+    settings = worker.settings
+    first = tabular("twice-1", "iris", IRIS.X[0], IRIS.features)
+    again = tabular("twice-1", "iris", IRIS.X[1], IRIS.features)  # same id, another request
+    run(produce(settings.bootstrap, settings.topics.requests, [first, again]))
+    received = run(collect(settings.bootstrap, [settings.topics.predictions, settings.topics.deadletter],
+                           expected=2, timeout=20, where=lambda r: r.value.get("id") == "twice-1"))
+    fates = sorted((r.topic.rsplit(".", 1)[1], r.value.get("reason")) for r in received)
+    assert fates == [("deadletter", "duplicate_request"), ("predictions", None)]
+    dead = next(r for r in received if r.topic == settings.topics.deadletter)
+    assert "already served within the last 600 s" in dead.value["error"]
+    assert orjson.loads(dead.value["original"])["features"]["sepal_length"] == IRIS.X[1][0]  # nothing lost
+
+
 @pytest.mark.skipif(shutil.which("kcat") is None, reason="kcat is installed by scripts/setup.sh")
 def test_a_request_produced_by_kcat_gets_its_prediction(worker):
     settings = worker.settings
