@@ -83,10 +83,11 @@ class WorkerProcess:
             if self.process.poll() is not None:
                 raise WorkerFailed(f"the worker exited with code {self.process.returncode}; "
                                    f"its log ({self.log}) ends:\n{self.log_tail()}")
-            try:
-                if "streamserve_worker_ready 1.0" in self.metrics():
+            try:  # every readiness check passes: models warm, consumer joined, Faust started
+                if urllib.request.urlopen(self.metrics_url.replace("/metrics", "/readyz"),
+                                          timeout=5).status == 200:
                     return
-            except OSError:
+            except OSError:  # HTTPError (503: not ready yet) included
                 pass
             time.sleep(0.3)
         raise WorkerFailed(f"the worker was not ready after {timeout:.0f} s; its log "

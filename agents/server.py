@@ -53,6 +53,7 @@ from collections.abc import Callable, Sequence
 import mode
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from agents.inference import Incoming, InferenceService, Outgoing
@@ -116,6 +117,18 @@ class RequestServer(mode.Service):
         s = self._settings
         if s.fault_plan.active:
             log.warning("STREAMSERVE_FAULTS is set: injecting faults (%s)", s.fault_plan.describe())
+        await self._start_producer()
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.bootstrap, group_id=s.app_id, enable_auto_commit=False,
+            auto_offset_reset="earliest", isolation_level="read_committed",
+            max_poll_records=s.max_batch)
+        self._consumer.subscribe([s.topics.requests], listener=_Rebalance(self))
+        await self._consumer.start()
+
+    async def _start_producer(self) -> None:
+        """The producer; exactly-once: a transactional one (its start fences, and aborts the
+        open transaction of, any earlier producer with this worker's transactional id)."""
+        s = self._settings
         transactional = {"transactional_id": transactional_id(s),
                          "transaction_timeout_ms": _TRANSACTION_TIMEOUT_MS} if s.exactly_once else {}
         self._producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, acks="all",
@@ -123,12 +136,6 @@ class RequestServer(mode.Service):
         await self._producer.start()
         if s.exactly_once:
             self._transaction = _Transaction(self._producer)
-        self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap, group_id=s.app_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", isolation_level="read_committed",
-            max_poll_records=s.max_batch)
-        self._consumer.subscribe([s.topics.requests], listener=_Rebalance(self))
-        await self._consumer.start()
 
     async def on_stop(self) -> None:
         # Runs before mode cancels the serving task: let it finish its batch and commit.
@@ -240,7 +247,12 @@ class RequestServer(mode.Service):
         offsets; what was queued or served meanwhile is dropped with it."""
         assert self._transaction is not None and self._consumer is not None
         log.warning("a transaction failed (%r); aborting it and reading its requests again", error)
-        await self._transaction.abort()
+        try:
+            await self._transaction.abort()
+        except Exception as e:  # noqa: BLE001 - fenced or fatal: only a new producer can go on
+            log.warning("the producer cannot abort (%r); starting a new one", e)
+            await self._producer.stop()
+            await self._start_producer()
         self._queue, self._unflushed = [], {}
         self._inference.drift_rows()  # their rows are served, and coded, again
         for tp in self._consumer.assignment():
@@ -338,7 +350,22 @@ class RequestServer(mode.Service):
         assert self._consumer is not None
         while self._to_commit:
             offsets, self._to_commit = self._to_commit, {}
-            await self._consumer.commit(offsets)
+            try:
+                await self._consumer.commit(offsets)
+            except CommitFailedError as e:
+                # The group moved on (a rebalance, or the broker lost this member): the
+                # partitions' next owner serves these requests again (at-least-once).
+                log.warning("offsets %s not committed (%s); their requests will be served again",
+                            {tp.partition: o.offset for tp, o in offsets.items()}, e)
+                continue
+            except KafkaError as e:  # the coordinator is away for a while: keep the offsets
+                if self.should_stop:  # stopping: their requests are served again after
+                    log.warning("committing offsets failed (%r) while stopping", e)
+                    continue
+                log.warning("committing offsets failed (%r); trying again", e)
+                self._to_commit = {**offsets, **self._to_commit}
+                await asyncio.sleep(_SEND_RETRY_SECONDS)
+                continue
             self._crash_point("after_commit")
 
     async def _drain(self) -> None:

@@ -16,7 +16,8 @@ import jax
 from agents.app import create_app
 from agents.control import ControlFollower, Deployer
 from agents.drift import add_drift_agent
-from agents.health import HealthChecks, Heartbeat, HeartbeatService, consumer_check, models_check
+from agents.health import (CheckResult, HealthChecks, Heartbeat, HeartbeatService, consumer_check,
+                           models_check)
 from agents.inference import InferenceService
 from agents.kafka_io import ensure_topics
 from agents.metrics import Metrics
@@ -44,6 +45,7 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
     metrics = Metrics()
     heartbeat = Heartbeat()
     server: RequestServer | None = None
+    worker: _Worker | None = None
     asyncio.run(_beating(heartbeat, ensure_topics(settings)))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
     deployer: Deployer | None = None
@@ -57,7 +59,8 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
     if metrics_port is not None:
         liveness = {"loop": heartbeat.check}
         metrics.serve(metrics_port, HealthChecks(liveness, {
-            **liveness, "models": models_check(inference), "consumer": consumer_check(lambda: server)}))
+            **liveness, "models": models_check(inference), "consumer": consumer_check(lambda: server),
+            "agents": lambda: _agents_check(worker)}))
     asyncio.run(_beating(heartbeat, deployer.start()))
     if not inference.deployment.specs:
         raise RegistryError(f"no model can be served from {settings.registry}; train one with "
@@ -73,8 +76,14 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
     add_drift_agent(app, settings, lambda model, version: registry.manifest(model, version).reference,
                     metrics)
     heartbeat.beat()  # the loop that beats next is Faust's; its heartbeat service starts first
-    _Worker(app, HeartbeatService(heartbeat), server, follower,
-            loglevel="INFO").execute_from_commandline()
+    worker = _Worker(app, HeartbeatService(heartbeat), server, follower, loglevel="INFO")
+    worker.execute_from_commandline()
+
+
+def _agents_check(worker: _Worker | None) -> CheckResult:
+    if worker is None or not worker.started:
+        return CheckResult(False, "the Faust app is starting (drift agent, table recovery)")
+    return CheckResult(True, "the Faust app is started (drift agent, tables recovered)")
 
 
 class _Worker(faust.Worker):
@@ -83,6 +92,10 @@ class _Worker(faust.Worker):
     worker would then exit with an error after an otherwise clean stop."""
 
     _up: asyncio.Event | None = None
+
+    @property
+    def started(self) -> bool:
+        return self._up is not None and self._up.is_set()
 
     async def on_startup_finished(self) -> None:
         await super().on_startup_finished()

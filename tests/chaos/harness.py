@@ -1,0 +1,129 @@
+"""Fault tools for the chaos tests: seeded traffic, faults, and the ledger as the oracle.
+
+Modelled on how Kafka tests its transactions: seed N records, inject faults while they
+are served, then account every request against the outputs (``streamserve verify``,
+in-process): one fate each, never lost, never both; no duplicates in exactly-once mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from agents.fleet import WorkerProcess
+from agents.kafka_io import ensure_topics
+from agents.verify import verify
+from models.datasets import load as load_dataset
+from pipeline.config import Settings
+from pipeline.ledger import LedgerReport
+from tests.conftest import registry_keys
+
+IRIS = load_dataset("iris")
+POISON = -999.0
+DELIVERY_MODES = ("at-least-once", "exactly-once")
+
+
+def requests(run_id: str, n: int, *, poison_every: int = 0, deadline_ms: int | None = None) -> list[bytes]:
+    """``n`` iris requests with ids ``<run_id>-<i>``; every ``poison_every``-th holds POISON."""
+    out = []
+    for i in range(n):
+        row = IRIS.X[i % len(IRIS.X)].tolist()
+        if poison_every and i % poison_every == poison_every - 1:
+            row[0] = POISON
+        body = {"id": f"{run_id}-{i}", "model": "iris", "features": dict(zip(IRIS.features, row, strict=True))}
+        if deadline_ms is not None:
+            body["deadline_ms"] = deadline_ms
+        out.append(orjson.dumps(body))
+    return out
+
+
+async def produce(bootstrap: str, topic: str, values: list[bytes], rate: float | None = None) -> None:
+    """Produce ``values`` keyed by id, at ``rate`` per second (None: as fast as possible)."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                linger_ms=5)
+    await producer.start()
+    try:
+        started = time.monotonic()
+        for i, value in enumerate(values):
+            if rate is not None and i % 50 == 0:
+                await asyncio.sleep(max(0.0, started + i / rate - time.monotonic()))
+            await producer.send(topic, value=value, key=orjson.loads(value)["id"].encode())
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+class Traffic:
+    """Requests produced from a background thread, so faults can be injected meanwhile."""
+
+    def __init__(self, bootstrap: str, topic: str, values: list[bytes], rate: float) -> None:
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(produce(bootstrap, topic, values, rate)), daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float = 120) -> None:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the traffic did not finish producing"
+
+
+@dataclass
+class Fleet:
+    """Workers of one run: same topics, group and registry; each with its own worker id."""
+
+    bootstrap: str
+    registry: Path
+    folder: Path
+    delivery: str = "at-least-once"
+    run_id: str = field(default_factory=lambda: f"c{uuid.uuid4().hex[:8]}")
+    starts: int = 0
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"STREAMSERVE_BROKER": self.bootstrap, "STREAMSERVE_REGISTRY": str(self.registry),
+                "STREAMSERVE_TRUSTED_KEYS": registry_keys(self.registry)["STREAMSERVE_TRUSTED_KEYS"],
+                "STREAMSERVE_TOPIC_PREFIX": self.run_id, "STREAMSERVE_APP_ID": self.run_id,
+                "STREAMSERVE_DELIVERY": self.delivery}
+
+    @property
+    def settings(self) -> Settings:
+        return Settings.from_env(self.env)
+
+    def start(self, worker_id: str = "w1", **env: str) -> WorkerProcess:
+        self.starts += 1
+        return WorkerProcess.start(self.folder / f"{worker_id}-{self.starts}.log",
+                                   {**self.env, "STREAMSERVE_WORKER_ID": worker_id, **env})
+
+    def send(self, values: list[bytes], rate: float | None = None, ensure: bool = True) -> None:
+        if ensure:
+            asyncio.run(ensure_topics(self.settings))
+        asyncio.run(produce(self.bootstrap, self.settings.topics.requests, values, rate))
+
+    def traffic(self, values: list[bytes], rate: float) -> Traffic:
+        asyncio.run(ensure_topics(self.settings))
+        return Traffic(self.bootstrap, self.settings.topics.requests, values, rate)
+
+    def ledger(self, id_prefix: str | None = None) -> LedgerReport:
+        return asyncio.run(verify(self.settings, id_prefix or self.run_id, None, None))
+
+    def settle(self, expected: int, timeout: float = 90) -> tuple[LedgerReport, float]:
+        """Wait until all ``expected`` requests have their fate; the report and the wait."""
+        return self.settle_prefix(self.run_id, expected, timeout)
+
+    def settle_prefix(self, id_prefix: str, expected: int,
+                      timeout: float = 90) -> tuple[LedgerReport, float]:
+        """``settle`` for the requests whose ids start with ``id_prefix``."""
+        started = time.monotonic()
+        while True:
+            report = self.ledger(id_prefix)
+            if report.requests == expected and not report.lost:
+                return report, time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"after {timeout:.0f} s: {report}")
+            time.sleep(1)

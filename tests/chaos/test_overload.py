@@ -1,0 +1,82 @@
+"""A burst ten times over saturation: the backlog waits in Kafka, not in the worker."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.chaos.harness import Fleet, requests
+from tests.integration.clients import collect, run
+
+pytestmark = pytest.mark.integration
+
+
+def memory_kib(pid: int) -> tuple[int, int]:
+    """(resident now, peak resident) of a process, in KiB."""
+    status = open(f"/proc/{pid}/status").read()
+    return (int(re.search(r"VmRSS:\s+(\d+)", status)[1]), int(re.search(r"VmHWM:\s+(\d+)", status)[1]))
+
+
+def gauge_max(text: str, name: str) -> float:
+    values = [float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", text, re.M)]
+    return max(values, default=0.0)
+
+
+def test_a_burst_ten_times_over_saturation_drains_with_bounded_memory(
+        kafka_bootstrap, registry_dir, tmp_path):
+    fleet = Fleet(kafka_bootstrap, registry_dir, tmp_path)
+    worker = fleet.start()
+    try:
+        # Saturation: how fast this worker drains a backlog of requests already waiting.
+        warmup = requests(f"{fleet.run_id}-sat", 3000)
+        fleet.send(warmup)
+        started = time.monotonic()
+        fleet.settle_prefix(f"{fleet.run_id}-sat", len(warmup))
+        saturation = len(warmup) / (time.monotonic() - started)
+        rss_before, _ = memory_kib(worker.process.pid)
+
+        # Ten seconds' worth of saturation, produced as fast as the producer can.
+        burst = requests(f"{fleet.run_id}-burst", int(10 * saturation))
+        lag_seen, queued_seen = [], []
+        stop = threading.Event()
+
+        def watch():
+            while not stop.is_set():
+                text = worker.metrics()
+                lag_seen.append(sum(float(v) for v in re.findall(
+                    r"^streamserve_consumer_lag\{[^}]*\} (\S+)$", text, re.M)))
+                queued_seen.append(gauge_max(text, "streamserve_queued_requests"))
+                time.sleep(0.25)
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        burst_started = time.monotonic()
+        fleet.send(burst)
+        produced_s = time.monotonic() - burst_started
+        fleet.settle_prefix(f"{fleet.run_id}-burst", len(burst), timeout=180)
+        drained_s = time.monotonic() - burst_started
+        stop.set()
+        watcher.join()
+        rss_after, peak = memory_kib(worker.process.pid)
+
+        # Latency afterwards: a light load is answered as fast as before the burst.
+        trickle = requests(f"{fleet.run_id}-after", 200)
+        fleet.send(trickle, rate=100)
+        answered = run(collect(fleet.bootstrap, [fleet.settings.topics.predictions], expected=200,
+                               timeout=60, where=lambda r: r.value["id"].startswith(f"{fleet.run_id}-after")))
+    finally:
+        worker.stop()
+    latencies = np.array([r.value["parameters"]["latency_ms"] for r in answered])
+    p99 = float(np.percentile(latencies, 99))
+    print(f"\nOVERLOAD saturation {saturation:.0f}/s; burst of {len(burst)} produced in {produced_s:.1f} s "
+          f"({len(burst) / produced_s / saturation:.1f}x saturation), drained in {drained_s:.1f} s; "
+          f"peak lag {max(lag_seen):.0f}, peak queue {max(queued_seen):.0f}; RSS {rss_before // 1024} -> "
+          f"{rss_after // 1024} MiB (peak {peak // 1024} MiB); p99 after {p99:.1f} ms")
+    assert len(answered) == 200
+    assert max(lag_seen) > 0.3 * len(burst)  # the backlog showed as consumer lag
+    assert max(queued_seen) <= 2 * 1024  # the worker's own queue stays bounded
+    assert (rss_after - rss_before) < 200 * 1024, "the burst grew the worker's memory"
+    assert p99 < 250, f"latency after the burst did not recover: p99 {p99:.1f} ms"
