@@ -6,15 +6,18 @@ import time
 
 import pytest
 
-from tests.chaos.harness import Fleet, requests
+from tests.chaos.harness import DELIVERY_MODES, Fleet, requests
 from tests.chaos.test_crashes import report_line
 
 pytestmark = pytest.mark.integration
 
 
-def test_rows_the_model_raises_on_become_model_error_and_the_rest_is_served(
-        kafka_bootstrap, registry_dir, tmp_path):
-    fleet = Fleet(kafka_bootstrap, registry_dir, tmp_path)
+@pytest.fixture(params=DELIVERY_MODES)
+def fleet(request, kafka_bootstrap, registry_dir, tmp_path) -> Fleet:
+    return Fleet(kafka_bootstrap, registry_dir, tmp_path, delivery=request.param)
+
+
+def test_rows_the_model_raises_on_become_model_error_and_the_rest_is_served(fleet):
     n, poisoned = 2000, 2000 // 100
     worker = fleet.start(STREAMSERVE_FAULTS="poison=-999")
     try:
@@ -24,14 +27,12 @@ def test_rows_the_model_raises_on_become_model_error_and_the_rest_is_served(
     finally:
         worker.stop()
     report_line("model raises on 1 % of rows", fleet, n, report, recovery_s)
-    assert report.holds, report
+    assert report.exactly_once, report
     assert (report.predictions, report.dead_letters) == (n - poisoned, poisoned)
     assert f'streamserve_deadletters_total{{model="iris",reason="model_error"}} {poisoned}.0' in dead
 
 
-def test_a_model_slower_than_the_deadlines_dead_letters_them_and_keeps_its_partitions(
-        kafka_bootstrap, registry_dir, tmp_path):
-    fleet = Fleet(kafka_bootstrap, registry_dir, tmp_path)
+def test_a_model_slower_than_the_deadlines_dead_letters_them_and_keeps_its_partitions(fleet):
     n = 600
     worker = fleet.start(STREAMSERVE_FAULTS="slow_ms=400")
     try:

@@ -69,7 +69,7 @@ def test_a_serving_worker_is_alive_and_ready_and_still_serves_metrics(pair):
         assert status == 200 and body["status"] == "ok" and body["failing"] == []
         assert list(body["checks"]) == ["loop"] and body["checks"]["loop"]["ok"]
         body = ready(worker)
-        assert body["status"] == "ok" and list(body["checks"]) == ["loop", "models", "consumer"]
+        assert body["status"] == "ok" and list(body["checks"]) == ["loop", "models", "consumer", "agents"]
         assert all(check["ok"] for check in body["checks"].values())
         models = body["checks"]["models"]["detail"]
         assert "iris stable 1" in models and "breast_cancer stable 1" in models
