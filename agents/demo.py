@@ -6,7 +6,6 @@ Everything it starts it stops again, on success, on failure and on Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import base64
 import sys
 import time
 from collections import Counter
@@ -15,10 +14,12 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
+from agents.client import StreamClient
 from agents.fleet import WorkerProcess
-from agents.kafka_io import ensure_topics, read_topic, start_producer
+from agents.kafka_io import ensure_topics, read_topic
 from models.datasets import load as load_dataset
 from models.train import servable_version
+from pipeline.client import DeadLetterError, PredictionTimeout, PredictRequest
 from pipeline.config import Settings
 from pipeline.registry import Registry
 from pipeline.signing import TrustedKeys
@@ -34,10 +35,13 @@ _ANSWER_TIMEOUT = 60.0
 
 @dataclass(slots=True)
 class Planned:
-    value: bytes
+    """A request to send: ``request`` (a valid one), or ``raw`` bytes spoiled on purpose."""
+
     model: str
     true_label: str | None  # None for a deliberately invalid request
     expected_reason: str | None
+    request: PredictRequest | None = None
+    raw: bytes = b""
 
 
 @dataclass
@@ -101,13 +105,13 @@ def _plan(registry: Registry, run: str, n: int, invalid_share: float,
         values = ds.X[row].copy()
         if model == SHIFTED_MODEL and i >= n // 2:
             values[shifted] += shift
-        request = {"id": f"{run}-{i}", "model": model,
-                   "features": dict(zip(ds.features, values.tolist(), strict=True))}
+        request = PredictRequest(model, dict(zip(ds.features, values.tolist(), strict=True)),
+                                 id=f"{run}-{i}")
         if rng.random() < invalid_share:
-            value, reason = _spoil(request, i, max_bytes)
-            plan.append(Planned(value, model, None, reason))
+            value, reason = _spoil(orjson.loads(request.encode()), i, max_bytes)
+            plan.append(Planned(model, None, reason, raw=value))
         else:
-            plan.append(Planned(orjson.dumps(request), model, ds.labels[int(ds.y[row])], None))
+            plan.append(Planned(model, ds.labels[int(ds.y[row])], None, request=request))
     return plan
 
 
@@ -132,61 +136,47 @@ def _spoil(request: dict, i: int, max_bytes: int) -> tuple[bytes, str]:
 
 
 async def _drive(settings: Settings, plan: list[Planned], rate: float) -> tuple[Tally, float]:
-    """Send on an open-loop schedule of ``rate`` requests/s (0: as fast as possible)."""
+    """Send on an open-loop schedule of ``rate`` requests/s (0: as fast as possible), each
+    awaiting its own answer through one client (broken requests sent raw)."""
     await ensure_topics(settings)
     tally = Tally()
-    by_id = {orjson.loads(p.value)["id"]: i for i, p in enumerate(plan) if p.expected_reason is None}
-    by_original = {p.value: i for i, p in enumerate(plan) if p.expected_reason is not None}
-    ready = [asyncio.Event(), asyncio.Event()]
-    topics = settings.topics
-    readers = [asyncio.create_task(_collect(settings, topic, event, plan, by_id, by_original, tally))
-               for topic, event in zip((topics.predictions, topics.deadletter), ready, strict=True)]
-    await asyncio.gather(*(e.wait() for e in ready))
-    producer = await start_producer(settings)
-    started = time.time()
-    try:
+    async with StreamClient(settings, timeout=_ANSWER_TIMEOUT) as client:
+        started = time.time()
+        answers = set()
         for i, planned in enumerate(plan):
             if rate:
                 await asyncio.sleep(max(0.0, started + i / rate - time.time()))
             tally.sent_at[i] = time.time()
-            await producer.send(topics.requests, value=planned.value)
+            answers.add(asyncio.create_task(_answer(client, i, planned, tally)))
             if i % 100 == 0:
                 _progress(i + 1, len(tally.answered_at), len(plan))
-        await producer.flush()
-    finally:
-        await producer.stop()
-    deadline = time.monotonic() + _ANSWER_TIMEOUT
-    while len(tally.answered_at) < len(plan) and time.monotonic() < deadline:
+        while answers:
+            _progress(len(plan), len(tally.answered_at), len(plan))
+            _, answers = await asyncio.wait(answers, timeout=0.2)
         _progress(len(plan), len(tally.answered_at), len(plan))
-        await asyncio.sleep(0.2)
-    _progress(len(plan), len(tally.answered_at), len(plan))
-    print(file=sys.stderr)
-    for reader in readers:
-        reader.cancel()
-    await asyncio.gather(*readers, return_exceptions=True)
+        print(file=sys.stderr)
     last = max(tally.answered_at.values(), default=started)
     return tally, last - started
 
 
-async def _collect(settings: Settings, topic: str, ready: asyncio.Event, plan: list[Planned],
-                   by_id: dict, by_original: dict, tally: Tally) -> None:
-    async for record in read_topic(settings, topic, from_beginning=False, ready=ready):
-        message = orjson.loads(record.value)
-        if "reason" in message:
-            original = message["original"].encode() if message["original_encoding"] == "utf-8" \
-                else base64.b64decode(message["original"])
-            index = by_id.get(message["id"], by_original.get(original))
-            if index is None:
-                continue
-            tally.reasons[message["reason"]] += 1
-            if message["reason"] != plan[index].expected_reason:
-                tally.wrong_reason += 1
+async def _answer(client: StreamClient, index: int, planned: Planned, tally: Tally) -> None:
+    try:
+        if planned.request is not None:
+            prediction = await client.predict_request(planned.request)
         else:
-            index = by_id.get(message["id"])
-            if index is None:
-                continue
-            tally.predicted[index] = message["outputs"][1]["data"][0]
-        tally.answered_at.setdefault(index, time.time())
+            prediction = await client.send_raw(planned.raw)
+    except DeadLetterError as e:
+        tally.reasons[e.reason] += 1
+        if e.reason != planned.expected_reason:
+            tally.wrong_reason += 1
+    except PredictionTimeout:
+        return  # unanswered
+    else:
+        if planned.expected_reason is not None:  # a broken request was served
+            tally.wrong_reason += 1
+        else:
+            tally.predicted[index] = prediction.label
+    tally.answered_at[index] = time.time()
 
 
 def _progress(sent: int, answered: int, total: int) -> None:
