@@ -143,3 +143,71 @@ async def read_range(settings: Settings, topic: str, partition: int, start: int,
                     yield record
     finally:
         await consumer.stop()
+
+
+async def require_topic(settings: Settings, topic: str) -> None:
+    """Raise ``KafkaAccessError`` (naming the serving topics) when ``topic`` does not exist."""
+    await _require_topic(settings, topic)
+
+
+async def partition_offsets(
+        settings: Settings, topic: str, timestamps_ms: tuple[int, ...] = (),
+) -> dict[int, tuple[int, int, tuple[int | None, ...]]]:
+    """Per partition of ``topic``: its first offset, its end (read_committed: the last
+    stable offset) and, for each of ``timestamps_ms``, the first offset whose timestamp is
+    at or after it (None when no record is that late)."""
+    await _require_topic(settings, topic)
+    # Subscribed without a group: every partition is assigned once it has started.
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap, group_id=None,
+                                enable_auto_commit=False, isolation_level="read_committed")
+    try:
+        await consumer.start()
+    except KafkaConnectionError as e:
+        await consumer.stop()
+        raise _unreachable(settings, e) from e
+    try:
+        partitions = sorted(consumer.assignment())
+        beginnings = await consumer.beginning_offsets(partitions)
+        ends = await consumer.end_offsets(partitions)
+        at_times = []
+        for stamp in timestamps_ms:
+            found = await consumer.offsets_for_times({tp: stamp for tp in partitions})
+            at_times.append({tp: None if hit is None else hit.offset for tp, hit in found.items()})
+        return {tp.partition: (beginnings[tp], ends[tp], tuple(at[tp] for at in at_times))
+                for tp in partitions}
+    finally:
+        await consumer.stop()
+
+
+async def read_partitions(settings: Settings, topic: str,
+                          ranges: dict[int, tuple[int, int]]) -> AsyncIterator[ConsumerRecord]:
+    """The records of ``topic`` (read_committed) from ``ranges[partition] = (first, past)``:
+    offsets ``first`` up to, not including, ``past``; in offset order within a partition."""
+    wanted = {TopicPartition(topic, p): (first, past)
+              for p, (first, past) in ranges.items() if first < past}
+    if not wanted:
+        return
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None,
+                                enable_auto_commit=False, isolation_level="read_committed",
+                                auto_offset_reset="earliest")
+    try:
+        await consumer.start()
+    except KafkaConnectionError as e:
+        await consumer.stop()
+        raise _unreachable(settings, e) from e
+    try:
+        consumer.assign(list(wanted))
+        for tp, (first, _) in wanted.items():
+            consumer.seek(tp, first)
+        while True:
+            # Transaction markers take offsets too: stop on the position, not a count.
+            open_ = [tp for tp, (_, past) in wanted.items() if await consumer.position(tp) < past]
+            if not open_:
+                return
+            batch = await consumer.getmany(*open_, timeout_ms=500)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.offset < wanted[tp][1]:
+                        yield record
+    finally:
+        await consumer.stop()
