@@ -62,6 +62,7 @@ class Incoming:
     offset: int
     timestamp: float  # seconds since the epoch, as Kafka stamped the request
     value: bytes | None
+    replay: bool = False  # a replayed request (``streamserve replay``): kept out of monitoring
 
 
 class Kind(StrEnum):
@@ -197,7 +198,8 @@ class InferenceService:
                 groups.setdefault((decoded.model, decoded.version, decoded.route), []).append(
                     (record, decoded))
         for (model, version, route), count in expired.items():  # a deadline missed is a failure
-            self._record_outcome(deployment, model, version, route, 0, count, 0.0, [])
+            self._feed_breaker(model, version, 0, count)
+            self._judge_canary(deployment, model, route, count, [], [])
         for (model, version, route), items in groups.items():
             spec = deployment.specs[model]
             size = spec.max_batch or len(items)
@@ -218,7 +220,8 @@ class InferenceService:
         now = time.time()
         if not self._breakers[(model, version)].allow(now):
             # Refused by its breaker: failures of this version (a canary's judge counts them).
-            self._record_outcome(deployment, model, version, route, 0, len(items), 0.0, [])
+            self._feed_breaker(model, version, 0, len(items))
+            self._judge_canary(deployment, model, route, len(items), [], [])
             fallback = self._catalog.fallback(model)
             if fallback is None or fallback.version == version \
                     or not self._breakers[(model, fallback.version)].allow(now):
@@ -260,14 +263,20 @@ class InferenceService:
             if policy.sample_rate and sampled(request.id, policy.sample_rate):
                 outgoing.append(self._sample(record, request, names, result, labels, policy.redactor))
         ok = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
-        classes = np.stack([results[i] for i in ok]).argmax(axis=1) if ok else np.empty(0, np.intp)
-        self._record_outcome(deployment, model, version, route, len(ok), len(results) - len(ok),
-                             seconds, classes.tolist())
+        self._feed_breaker(model, version, len(ok), len(results) - len(ok))
+        # Replayed requests test a version: they say nothing of live traffic or the canary.
+        watched = [i for i, (record, _) in enumerate(items)
+                   if not record.replay or self._settings.replay_monitoring]
+        watched_ok = [i for i in watched if not isinstance(results[i], RowFailure)]
+        classes = (np.stack([results[i] for i in watched_ok]).argmax(axis=1) if watched_ok
+                   else np.empty(0, np.intp))
+        self._judge_canary(deployment, model, route, len(watched) - len(watched_ok),
+                           [seconds] * len(watched_ok), classes.tolist())
         coder = self._coders.get((model, version))
-        if coder is not None and ok:
-            sources = [items[i][0] for i in ok]
+        if coder is not None and watched_ok:
+            sources = [items[i][0] for i in watched_ok]
             self._pending_drift.setdefault((model, version), []).append(CodedRows(
-                coder.codes(watched_columns(rows[ok], classes)),
+                coder.codes(watched_columns(rows[watched_ok], classes)),
                 np.array([r.partition for r in sources], np.int32),
                 np.array([r.offset for r in sources], np.int64),
                 np.array([round(r.timestamp * 1000) for r in sources], np.int64)))
@@ -281,9 +290,8 @@ class InferenceService:
         self._metrics.inference_latency.labels(served.model, served.version).observe(seconds)
         return results, seconds
 
-    def _record_outcome(self, deployment: Deployment, model: str, version: str, route: Route,
-                        successes: int, failures: int, seconds: float, classes: list[int]) -> None:
-        """Feed a group's outcome to its version's breaker and, during a canary, its judge."""
+    def _feed_breaker(self, model: str, version: str, successes: int, failures: int) -> None:
+        """A group's outcome to its version's breaker."""
         breaker = self._breakers.get((model, version))
         if breaker is not None:
             before = breaker.state
@@ -291,6 +299,10 @@ class InferenceService:
             if breaker.state is not before:
                 log.warning("circuit breaker of %s:%s is now %s", model, version, breaker.state)
             self._metrics.breaker_state.labels(model, version).set(_BREAKER_VALUE[breaker.state])
+
+    def _judge_canary(self, deployment: Deployment, model: str, route: Route, failures: int,
+                      latencies: list[float], classes: list[int]) -> None:
+        """During a canary, let its judge see a group's failures, latencies and classes."""
         spec = deployment.specs.get(model)
         if spec is None or spec.canary is None or route not in (Route.STABLE, Route.CANARY):
             return
@@ -301,7 +313,7 @@ class InferenceService:
         if judge is None:
             n_classes = len(deployment.models[(model, spec.stable)].manifest.outputs.labels)
             judge = self._judges[key] = CanaryJudge(self._settings.canary, n_classes)
-        judge.observe(route, failures, [seconds] * successes, classes)
+        judge.observe(route, failures, latencies, classes)
         verdict = judge.verdict()
         if verdict.action in ("rollback", "promote") and self._on_canary_verdict is not None:
             self._judged.add(key)

@@ -62,6 +62,7 @@ from pipeline.adaptive import BatchPolicy, CostModel
 from pipeline.batching import buckets_for, choose_bucket
 from pipeline.config import Settings
 from pipeline.faults import CrashCounter
+from pipeline.replay import REPLAY_HEADER
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +285,9 @@ class RequestServer(mode.Service):
     async def _compute(self, records: Sequence[ConsumerRecord],
                        expected_seconds: float) -> list[Outgoing]:
         batch = [Incoming(topic=r.topic, partition=r.partition, offset=r.offset,
-                          timestamp=r.timestamp / 1000, value=r.value) for r in records]
+                          timestamp=r.timestamp / 1000, value=r.value,
+                          replay=bool(r.headers) and any(k == REPLAY_HEADER for k, _ in r.headers))
+                 for r in records]
         try:
             return await self._inference.handle(batch, expected_seconds)
         except Exception as e:  # noqa: BLE001 - never lose a batch to an unexpected failure

@@ -164,6 +164,10 @@ class Settings:
         "STREAMSERVE_MAX_MESSAGE_BYTES",
         "Largest request accepted; bigger ones are dead-lettered as too_large unread.",
     )
+    replay_monitoring: bool = _setting(
+        False, "STREAMSERVE_REPLAY_MONITORING",
+        "Let replayed requests (header streamserve-replay, from `streamserve replay`) count in "
+        "drift statistics and canary analysis: on or off.")
     dedupe_ids: int = _setting(
         50_000, "STREAMSERVE_DEDUPE_IDS",
         "Request ids each worker remembers: a repeat of one within the window is dead-lettered "

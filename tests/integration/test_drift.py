@@ -176,3 +176,49 @@ def test_a_worker_killed_mid_window_counts_each_request_once(kafka_bootstrap, re
     sizes = {end - BASE_MS // 1000: size for (end, feature), (size, _, _) in reports["calm"].items()
              if feature == SHIFTED}
     assert sizes == {1: 1500, 2: 3000, 3: 3000, 4: 3000, 5: 3000, 6: 3000, 7: 1500}
+
+
+def test_replayed_requests_are_kept_out_of_the_drift_counts(drift_worker):
+    """Requests with the replay header are served but never coded for drift."""
+    from aiokafka import AIOKafkaProducer
+
+    from agents.kafka_io import read_topic
+    from pipeline.drift import CodedRows
+    from pipeline.replay import REPLAY_HEADER
+
+    s = drift_worker.settings
+    rng = np.random.default_rng(3)
+    live, replayed = requests(20, 40, rng, 0.0), requests(21, 40, rng, 0.0)
+    replayed = [v.replace(b'"id":"d21-', b'"id":"replayed-') for v in replayed]
+
+    async def send() -> dict[int, set[int]]:
+        producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap)
+        await producer.start()
+        sent: dict[int, set[int]] = {}
+        try:
+            for values, headers in ((live, []), (replayed, [(REPLAY_HEADER, b"r1")])):
+                for value in values:
+                    meta = await (await producer.send(s.topics.requests, value, headers=headers))
+                    if headers:
+                        sent.setdefault(meta.partition, set()).add(meta.offset)
+        finally:
+            await producer.stop()
+        return sent
+
+    replay_positions = run(send())
+    answered = run(collect(s.bootstrap, [s.topics.predictions], expected=80, timeout=30,
+                           where=lambda r: r.value["id"].startswith(("d20-", "replayed-"))))
+    assert len(answered) == 80  # both are served
+    time.sleep(1.5)  # the next flush ships the codes
+
+    async def coded() -> dict[int, set[int]]:
+        positions: dict[int, set[int]] = {}
+        async for record in read_topic(s, s.topics.drift_rows, from_beginning=True, to_end=True):
+            rows = CodedRows.from_bytes(record.value)
+            for partition, offset in zip(rows.partitions.tolist(), rows.offsets.tolist(), strict=True):
+                positions.setdefault(partition, set()).add(offset)
+        return positions
+
+    counted = run(coded())
+    assert sum(len(o) for o in counted.values()) >= 40  # the live requests were coded
+    assert not any(replay_positions[p] & counted.get(p, set()) for p in replay_positions)
