@@ -18,7 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from scipy.stats import chi2
+# chdtri(v, p): the chi2_v quantile at 1 - p; scipy.special's, since scipy.stats costs
+# most of a second to import in every worker and CLI command.
+from scipy.special import chdtri
 
 from pipeline.drift.compare import FeatureReport
 
@@ -54,7 +56,7 @@ class DriftConfig:
         if n_bins < 2 or n_features < 1 or n_reference < 1 or window_size < 1:
             raise ValueError(f"need K >= 2 bins, F >= 1 features, N >= 1 and M >= 1 values, got "
                              f"K={n_bins}, F={n_features}, N={n_reference}, M={window_size}")
-        critical = float(chi2.ppf(1 - self.alpha / n_features, n_bins - 1))
+        critical = float(chdtri(n_bins - 1, self.alpha / n_features))
         return max(self.psi_floor, critical * (1 / n_reference + 1 / window_size))
 
 
