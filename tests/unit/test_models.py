@@ -12,9 +12,9 @@ from models import (
     architecture,
     load,
     mlp,
-    train,
     train_and_register,
 )
+from models.train import train
 from pipeline.batching import buckets_for
 from pipeline.registry import Registry
 from pipeline.schema import OutputSchema
