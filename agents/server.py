@@ -42,6 +42,7 @@ from the committed offsets. The producer's transactional id is the worker's
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -253,7 +254,14 @@ class RequestServer(mode.Service):
         except Exception as e:  # noqa: BLE001 - fenced or fatal: only a new producer can go on
             log.warning("the producer cannot abort (%r); starting a new one", e)
             await self._producer.stop()
-            await self._start_producer()
+            while True:  # the broker may be away for a while: wait for it
+                try:
+                    await self._start_producer()
+                    break
+                except KafkaError as e:
+                    log.warning("a new producer cannot start yet (%r); trying again", e)
+                    await self._producer.stop()
+                    await asyncio.sleep(_SEND_RETRY_SECONDS)
         self._queue, self._unflushed = [], {}
         self._inference.drift_rows()  # their rows are served, and coded, again
         for tp in self._consumer.assignment():
@@ -381,6 +389,9 @@ class RequestServer(mode.Service):
     async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         """Finish the batches in flight (they commit), and drop what is queued from ``revoked``:
         its next owner reads it again from the committed offset."""
+        for tp in revoked:  # their lag is their next owner's to report
+            with contextlib.suppress(KeyError):
+                self._metrics.lag.remove(str(tp.partition))
         async with self._in_flight:
             self._queue = [(t, r) for t, r in self._queue
                            if TopicPartition(r.topic, r.partition) not in revoked]

@@ -83,6 +83,7 @@ class Fleet:
     delivery: str = "at-least-once"
     run_id: str = field(default_factory=lambda: f"c{uuid.uuid4().hex[:8]}")
     starts: int = 0
+    workers: list[WorkerProcess] = field(default_factory=list)
 
     @property
     def env(self) -> dict[str, str]:
@@ -97,8 +98,15 @@ class Fleet:
 
     def start(self, worker_id: str = "w1", **env: str) -> WorkerProcess:
         self.starts += 1
-        return WorkerProcess.start(self.folder / f"{worker_id}-{self.starts}.log",
-                                   {**self.env, "STREAMSERVE_WORKER_ID": worker_id, **env})
+        worker = WorkerProcess.start(self.folder / f"{worker_id}-{self.starts}.log",
+                                     {**self.env, "STREAMSERVE_WORKER_ID": worker_id, **env})
+        self.workers.append(worker)
+        return worker
+
+    def close(self) -> None:
+        """Stop every worker still running (a test that failed midway leaves some)."""
+        for worker in self.workers:
+            worker.stop()
 
     def send(self, values: list[bytes], rate: float | None = None, ensure: bool = True) -> None:
         if ensure:

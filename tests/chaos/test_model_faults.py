@@ -13,8 +13,10 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(params=DELIVERY_MODES)
-def fleet(request, kafka_bootstrap, registry_dir, tmp_path) -> Fleet:
-    return Fleet(kafka_bootstrap, registry_dir, tmp_path, delivery=request.param)
+def fleet(request, kafka_bootstrap, registry_dir, tmp_path):
+    fleet = Fleet(kafka_bootstrap, registry_dir, tmp_path, delivery=request.param)
+    yield fleet
+    fleet.close()
 
 
 def test_rows_the_model_raises_on_become_model_error_and_the_rest_is_served(fleet):
@@ -32,7 +34,10 @@ def test_rows_the_model_raises_on_become_model_error_and_the_rest_is_served(flee
     assert f'streamserve_deadletters_total{{model="iris",reason="model_error"}} {poisoned}.0' in dead
 
 
-def test_a_model_slower_than_the_deadlines_dead_letters_them_and_keeps_its_partitions(fleet):
+def test_a_model_slower_than_the_deadlines_dead_letters_them_and_keeps_its_partitions(
+        kafka_bootstrap, registry_dir, tmp_path):
+    # Deadlines are checked before any output is sent, the same in both delivery modes.
+    fleet = Fleet(kafka_bootstrap, registry_dir, tmp_path)
     n = 600
     worker = fleet.start(STREAMSERVE_FAULTS="slow_ms=400")
     try:
