@@ -13,6 +13,7 @@ from typing import TextIO
 import orjson
 
 from agents.control_cli import add_control_commands
+from agents.ops_cli import add_ops_commands
 from agents.replay_cli import add_replay_commands
 from pipeline.config import ConfigError, Settings
 
@@ -164,6 +165,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="registered model to serve (default synthetic32; a built-in one is "
                             "trained when the registry lacks it)")
     add_replay_commands(commands, command)
+    add_ops_commands(commands, command)
     return parser
 
 

@@ -23,6 +23,7 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 from enum import StrEnum
 
+import jax
 import numpy as np
 
 from agents.metrics import Metrics
@@ -114,6 +115,10 @@ class InferenceService:
         self._topics = settings.topics
         self._max_bytes = settings.max_message_bytes
         self._faults = settings.fault_plan
+        self._device = jax.default_backend()  # "cpu", "gpu" or "tpu": what model calls cost
+        metrics.price_per_hour.labels("cpu").set(settings.price_cpu_hour)
+        metrics.price_per_hour.labels(self._device if self._device != "cpu" else "gpu").set(
+            settings.price_gpu_hour)
         self._recent = (RecentIds(settings.dedupe_ids, settings.dedupe_window_s)
                         if settings.dedupe_ids else None)
         self._metrics = metrics
@@ -288,6 +293,9 @@ class InferenceService:
         results, seconds = await asyncio.get_running_loop().run_in_executor(
             self._executor, _timed_serve, self._faults.model(served.predict), rows)
         self._metrics.inference_latency.labels(served.model, served.version).observe(seconds)
+        if self._device != "cpu":
+            self._metrics.accelerator_seconds.labels(served.model, served.version,
+                                                     self._device).inc(seconds)
         return results, seconds
 
     def _feed_breaker(self, model: str, version: str, successes: int, failures: int) -> None:

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    ProcessCollector,
+    make_wsgi_app,
+)
 
 from agents.health import HealthChecks, serve_wsgi, with_health
-
-# Latency buckets from 1 ms to 10 s: serving latency sits in the low milliseconds, a
-# backlog after a restart in seconds.
-_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+from pipeline.config import LATENCY_BUCKETS_S
 
 
 class Metrics:
@@ -35,16 +39,25 @@ class Metrics:
         self.e2e_latency = Histogram(
             "streamserve_e2e_latency_seconds",
             "Request timestamp to prediction produced and acknowledged",
-            ["model"], buckets=_LATENCY_BUCKETS, registry=r)
+            ["model"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.inference_latency = Histogram(
             "streamserve_inference_latency_seconds", "One model call on one padded batch",
-            ["model", "version"], buckets=_LATENCY_BUCKETS, registry=r)
+            ["model", "version"], buckets=LATENCY_BUCKETS_S, registry=r)
         self.batch_size = Histogram(
             "streamserve_batch_size", "Rows per model call, before padding",
             ["model", "version"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024), registry=r)
         self.padding_rows = Counter("streamserve_padding_rows",
                                     "Padding rows computed to fill batches up to their bucket",
                                     ["model", "version"], registry=r)
+        # Cost: the worker's CPU seconds (process_cpu_seconds_total, with its start time and
+        # memory), model calls on an accelerator, and the configured prices.
+        ProcessCollector(registry=r)
+        self.accelerator_seconds = Counter(
+            "streamserve_accelerator_seconds", "Seconds of model calls on a GPU/TPU (none on CPU)",
+            ["model", "version", "device"], registry=r)
+        self.price_per_hour = Gauge("streamserve_price_per_hour",
+                                    "Configured price of one resource for an hour (cost rules)",
+                                    ["resource"], registry=r)
         self.lag = Gauge("streamserve_consumer_lag",
                          "Requests in a partition not yet served (broker's end offset minus the "
                          "next to serve): a backlog waits in Kafka, not in the worker's memory",
@@ -54,7 +67,7 @@ class Metrics:
                             registry=r)
         self.queue_wait = Histogram("streamserve_queue_wait_seconds",
                                     "Time the oldest request of a batch queued in the worker",
-                                    buckets=_LATENCY_BUCKETS, registry=r)
+                                    buckets=LATENCY_BUCKETS_S, registry=r)
         self.jit_compiles = Counter("streamserve_jit_compiles",
                                     "XLA compilations (all at model load: one per bucket)",
                                     ["model", "version"], registry=r)

@@ -19,6 +19,12 @@ from pipeline.canary import CanaryPolicy
 from pipeline.drift import DriftConfig
 from pipeline.faults import FaultPlan, FaultSpecError
 from pipeline.redaction import RedactionError, Redactor, parse_rules
+from pipeline.slo import Objectives, SloError
+
+
+# Bounds of the latency histograms (seconds), 1 ms to 10 s: serving latency sits in the low
+# milliseconds, a backlog after a restart in seconds. The latency objective is one of them.
+LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 class ConfigError(ValueError):
@@ -164,6 +170,25 @@ class Settings:
         "STREAMSERVE_MAX_MESSAGE_BYTES",
         "Largest request accepted; bigger ones are dead-lettered as too_large unread.",
     )
+    slo_availability: float = _setting(
+        0.999, "STREAMSERVE_SLO_AVAILABILITY",
+        "Availability objective: the share of requests answered with a prediction or a "
+        "client-error dead letter (server failures: deadline_exceeded, model_error, "
+        "circuit_open). `streamserve ops rules` turns it into burn-rate alerts.")
+    slo_latency_ms: float = _setting(
+        100.0, "STREAMSERVE_SLO_LATENCY_MS",
+        "Latency objective: a request is fast when answered within this many milliseconds of "
+        "its timestamp. One of the latency histogram's bucket bounds.")
+    slo_latency_target: float = _setting(
+        0.99, "STREAMSERVE_SLO_LATENCY_TARGET",
+        "Share of requests that must be fast (within STREAMSERVE_SLO_LATENCY_MS).")
+    price_cpu_hour: float = _setting(
+        0.04, "STREAMSERVE_PRICE_CPU_HOUR",
+        "Price of one CPU core for an hour, for the cost per 1,000 predictions (exported as "
+        "streamserve_price_per_hour{resource=\"cpu\"}).")
+    price_gpu_hour: float = _setting(
+        2.5, "STREAMSERVE_PRICE_GPU_HOUR",
+        "Price of one accelerator (GPU/TPU) for an hour, for the cost per 1,000 predictions.")
     replay_monitoring: bool = _setting(
         False, "STREAMSERVE_REPLAY_MONITORING",
         "Let replayed requests (header streamserve-replay, from `streamserve replay`) count in "
@@ -289,6 +314,15 @@ class Settings:
         _check(self.max_message_bytes >= 256, "STREAMSERVE_MAX_MESSAGE_BYTES", "must be at least 256")
         _check(bool(self.topic_prefix) and all(c.isalnum() or c in "._-" for c in self.topic_prefix),
                "STREAMSERVE_TOPIC_PREFIX", "must be non-empty and use only letters, digits, '.', '_' and '-'")
+        try:
+            self.objectives  # noqa: B018 - checked once here so a bad objective stops the start
+        except SloError as e:
+            raise ConfigError(f"STREAMSERVE_SLO_* settings: {e}") from None
+        _check(self.slo_latency_ms / 1000 in LATENCY_BUCKETS_S, "STREAMSERVE_SLO_LATENCY_MS",
+               "must be a bound of the latency histogram, one of "
+               + ", ".join(f"{b * 1000:g}" for b in LATENCY_BUCKETS_S) + f" (ms); got {self.slo_latency_ms:g}")
+        _check(self.price_cpu_hour >= 0 and self.price_gpu_hour >= 0, "STREAMSERVE_PRICE_*_HOUR",
+               "must not be negative")
         _check(self.dedupe_ids >= 0, "STREAMSERVE_DEDUPE_IDS", "must be 0 (off) or more")
         _check(self.dedupe_window_s > 0, "STREAMSERVE_DEDUPE_WINDOW_S", "must be a positive number of seconds")
         _check(self.delivery in _DELIVERY_MODES, "STREAMSERVE_DELIVERY",
@@ -315,6 +349,11 @@ class Settings:
         object.__setattr__(self, "_models", _read_models_file(self.models_file))
         for model in ["", *self._models]:
             self.policy(model)  # every policy is checked at start, not at first use
+
+    @property
+    def objectives(self) -> Objectives:
+        return Objectives(availability=self.slo_availability, latency_ms=self.slo_latency_ms,
+                          latency_target=self.slo_latency_target)
 
     @property
     def exactly_once(self) -> bool:

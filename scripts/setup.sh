@@ -6,6 +6,9 @@
 # 1. .venv in the repository root (python3, 3.11 or newer; PYTHON=... picks another)
 # 2. pip install -e '.[test]' into it, again only when pyproject.toml changed
 # 3. kcat (Debian package, via apt-get) when it is not on PATH
+# 3b. promtool and prometheus (Debian package prometheus) when not on PATH: the tests
+#    check and unit-test the alerting rules with promtool and scrape a worker with a
+#    Prometheus server of their own (the package's system service is not used)
 # 4. the local Kafka broker's jars into $STREAMSERVE_HOME/kafka/libs (default
 #    .streamserve), fetched once with Maven; skipped when STREAMSERVE_BROKER names
 #    a broker of your own (e.g. `docker compose up`).
@@ -60,6 +63,22 @@ elif command -v apt-get >/dev/null; then
     quiet "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends kcat
 else
     say "warning: kcat is not installed and apt-get is missing: install kcat yourself (e.g. brew install kcat)"
+fi
+
+# 3b. promtool and prometheus, for the rules' tests ----------------------------------
+if command -v promtool >/dev/null && command -v prometheus >/dev/null; then
+    say "promtool and prometheus are installed"
+elif command -v apt-get >/dev/null; then
+    sudo=()
+    if [[ $(id -u) -ne 0 ]]; then
+        command -v sudo >/dev/null || die "installing prometheus needs root: run as root, or install sudo, or install Prometheus (promtool and prometheus on PATH) yourself"
+        sudo=(sudo)
+    fi
+    say "installing promtool and prometheus (apt-get, package prometheus)"
+    quiet "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    quiet "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus
+else
+    say "warning: promtool is not installed and apt-get is missing: install Prometheus yourself (e.g. brew install prometheus); the rules' tests skip without it"
 fi
 
 # 4. the local Kafka broker's jars ------------------------------------------------
