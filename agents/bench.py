@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 
 from agents.bench_results import (
@@ -55,10 +55,8 @@ from agents.bench_results import (
     Sizes,
     WorkerStats,
 )
-from agents.client import StreamClient
 from agents.fleet import WorkerProcess
 from agents.kafka_io import admin_client, start_producer
-from pipeline.client import Prediction, PredictRequest
 from pipeline.config import Settings
 from pipeline.registry import Manifest, Registry
 
@@ -354,23 +352,42 @@ class Bench:
         return case
 
     async def _latency_point(self, s: Settings, share: int, rate: float) -> LatencyPoint:
-        """Send at ``rate`` on schedule through the client library, never waiting for answers
-        before sending on; each answer's round trip as the client saw it."""
+        """Send at ``rate`` on schedule, never waiting for answers; time each answer's arrival."""
         self.progress.start(f"6 latency at {share} %")
         count = max(1, int(rate * self.sizes.latency_seconds))
-        async with StreamClient(s, timeout=_STALL_SECONDS, id_prefix=f"{s.topic_prefix}-lat{share}") as client:
+        keys = [f"{s.topic_prefix}-lat{share}-{i}".encode() for i in range(count)]
+        values = [self._request(key.decode(), i) for i, key in enumerate(keys)]
+        sent: dict[bytes, float] = {}
+        received: dict[bytes, float] = {}
+        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="latest")
+        await consumer.start()
+        consumer.assign(_output_partitions(s))
+        for tp in consumer.assignment():
+            await consumer.position(tp)  # fix the start (the end) now, before anything is sent
+        reader = asyncio.create_task(_receive(consumer, received))
+        producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=0)
+        await producer.start()
+        try:
             started = time.monotonic()
-            calls = []
-            for i in range(count):
+            for i, (key, value) in enumerate(zip(keys, values, strict=True)):
                 if (delay := started + i / rate - time.monotonic()) > 0:
                     await asyncio.sleep(delay)
-                request = PredictRequest(self.model, self.rows[i % len(self.rows)])
-                calls.append(asyncio.create_task(client.predict_request(request)))
+                sent[key] = time.monotonic()
+                await producer.send(s.topics.requests, value, key=key)
                 if i % 500 == 0:
-                    answered = sum(c.done() for c in calls)
-                    self.progress.status(f"{rate:,.0f} req/s: sent {i}/{count}, answered {answered}")
-            results = await asyncio.gather(*calls, return_exceptions=True)
-        ms = np.array([r.round_trip_ms for r in results if isinstance(r, Prediction)])
+                    self.progress.status(f"{rate:,.0f} req/s: sent {i}/{count}, answered {len(received)}")
+            await producer.flush()
+            deadline = time.monotonic() + _STALL_SECONDS
+            while len(received) < count and time.monotonic() < deadline:
+                self.progress.status(f"{rate:,.0f} req/s: sent {count}, answered {len(received)}")
+                await asyncio.sleep(0.1)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await producer.stop()
+            await consumer.stop()
+        ms = np.array([received[key] - t for key, t in sent.items() if key in received]) * 1000
         if not len(ms):
             raise BenchError(f"{self.progress.title}: no answer arrived; see the logs in {self.logs}")
         p50, p95, p99 = np.percentile(ms, [50, 95, 99]).tolist()
@@ -452,6 +469,15 @@ async def _read_outputs(s: Settings, seen: dict[TopicPartition, int]) -> list[tu
         return out
     finally:
         await consumer.stop()
+
+
+async def _receive(consumer: AIOKafkaConsumer, received: dict[bytes, float]) -> None:
+    while True:
+        fetched = await consumer.getmany(timeout_ms=100)
+        now = time.monotonic()
+        for records in fetched.values():
+            for r in records:
+                received.setdefault(r.key, now)
 
 
 def _match(s: Settings, n: int, outputs: Sequence[tuple[bytes | None, int, str]]) -> Answers:
