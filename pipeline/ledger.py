@@ -7,7 +7,8 @@ for too.
 
 Under at-least-once delivery a crash makes a worker serve some requests again, so a
 request may have its fate twice. A repeat is harmless when it gives the client the
-same answer: the same version's outputs, or the same dead-letter reason. How it was
+same answer: the same version's label and probabilities (to float noise: another batch
+size may round the last bits differently), or the same dead-letter reason. How it was
 served (batch size, latency) may differ, so repeats are rarely byte-identical; the
 report counts both.
 """
@@ -58,18 +59,45 @@ class LedgerReport:
         return self.holds and not self.duplicated
 
 
-def answer(fate: Fate, value: bytes) -> Any:
-    """What the client reads from an output: a prediction's version and outputs, or a
-    dead letter's reason. Unparsable values are their bytes."""
+def same_answer(fate: Fate, first: bytes, repeat: bytes) -> bool:
+    """Whether a repeat tells the client what the first output did: a prediction's version,
+    label and probabilities (within float noise: another batch size may round the last
+    bits differently), or a dead letter's reason. Unparsable values must be equal."""
+    a, b = _parsed(first), _parsed(repeat)
+    if a is None or b is None:
+        return first == repeat
+    if fate is Fate.DEAD_LETTER:
+        return a.get("reason") == b.get("reason")
+    if a.get("model_version") != b.get("model_version"):
+        return False
+    outputs_a, outputs_b = a.get("outputs") or [], b.get("outputs") or []
+    if [o.get("name") for o in outputs_a] != [o.get("name") for o in outputs_b]:
+        return False
+    for x, y in zip(outputs_a, outputs_b, strict=True):
+        if x.get("datatype") == "BYTES" or x.get("datatype") != y.get("datatype"):
+            if x.get("data") != y.get("data"):
+                return False
+        elif not _close(x.get("data"), y.get("data")):
+            return False
+    return True
+
+
+_TOLERANCE = 1e-5
+
+
+def _close(a: Any, b: Any) -> bool:
+    if not (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)):
+        return a == b
+    return all(isinstance(x, (int, float)) and isinstance(y, (int, float))
+               and abs(x - y) <= _TOLERANCE for x, y in zip(a, b, strict=True))
+
+
+def _parsed(value: bytes) -> dict | None:
     try:
         message = orjson.loads(value)
     except orjson.JSONDecodeError:
-        return value
-    if not isinstance(message, dict):
-        return value
-    if fate is Fate.PREDICTION:
-        return orjson.dumps([message.get("model_version"), message.get("outputs")])
-    return message.get("reason")
+        return None
+    return message if isinstance(message, dict) else None
 
 
 def reconcile(requests: Iterable[Position], outputs: Iterable[Output]) -> LedgerReport:
@@ -90,7 +118,7 @@ def reconcile(requests: Iterable[Position], outputs: Iterable[Output]) -> Ledger
         duplicated.add(out.source)
         if first[key] == out.value:
             identical += 1
-        elif answer(out.fate, first[key]) != answer(out.fate, out.value):
+        elif not same_answer(out.fate, first[key], out.value):
             conflicting.add(out.source)
     predicted = {p for p, fate in first if fate is Fate.PREDICTION}
     dead = {p for p, fate in first if fate is Fate.DEAD_LETTER}

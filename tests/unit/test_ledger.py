@@ -36,9 +36,10 @@ def test_identical_duplicates_hold_at_least_once_but_not_exactly_once():
     assert report.identical_duplicates == 1
 
 
-def answered(label, latency_ms, version="1"):
+def answered(label, latency_ms, version="1", probabilities=(0.25, 0.75)):
     return orjson.dumps({"id": "x", "model_version": version, "parameters": {"latency_ms": latency_ms},
-                         "outputs": [{"name": "label", "data": [label]}]})
+                         "outputs": [{"name": "probabilities", "datatype": "FP32", "data": list(probabilities)},
+                                     {"name": "label", "datatype": "BYTES", "data": [label]}]})
 
 
 def test_a_repeat_served_differently_with_the_same_answer_holds():
@@ -47,8 +48,15 @@ def test_a_repeat_served_differently_with_the_same_answer_holds():
     assert report.holds and report.duplicated == (("r", 0, 2),) and report.identical_duplicates == 0
 
 
+def test_a_repeat_computed_in_another_batch_size_differs_in_float_noise_only():
+    noisy = answered("a", 3.0, probabilities=(0.25 + 3e-8, 0.75 - 3e-8))
+    report = reconcile(REQUESTS, [prediction(i, answered("a", 1.0)) for i in range(4)] + [prediction(2, noisy)])
+    assert report.holds and report.duplicated == (("r", 0, 2),)
+
+
 def test_a_repeat_with_another_answer_breaks_the_ledger():
-    for other in (answered("b", 1.0), answered("a", 1.0, version="2"), b"not json"):
+    for other in (answered("b", 1.0), answered("a", 1.0, version="2"), b"not json",
+                  answered("a", 1.0, probabilities=(0.3, 0.7))):
         report = reconcile(REQUESTS, [prediction(i, answered("a", 1.0)) for i in range(4)]
                            + [prediction(2, other)])
         assert not report.holds and report.conflicting == (("r", 0, 2),)
