@@ -15,6 +15,7 @@ import orjson
 from agents.control_cli import add_control_commands
 from agents.ops_cli import add_ops_commands
 from agents.replay_cli import add_replay_commands
+from agents.status_cli import add_status_commands
 from pipeline.config import ConfigError, Settings
 
 
@@ -166,6 +167,7 @@ def _parser() -> argparse.ArgumentParser:
                             "trained when the registry lacks it)")
     add_replay_commands(commands, command)
     add_ops_commands(commands, command)
+    add_status_commands(commands, command)
     return parser
 
 

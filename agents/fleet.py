@@ -60,8 +60,9 @@ class WorkerProcess:
 
     @classmethod
     def start(cls, log: Path, env: Mapping[str, str] | None = None,
-              timeout: float = 120) -> WorkerProcess:
-        """Start a worker with ``env`` over this process's environment; return once it serves."""
+              timeout: float = 120, wait: bool = True) -> WorkerProcess:
+        """Start a worker with ``env`` over this process's environment; return once it serves
+        (with ``wait``; at once without, e.g. for a worker meant to crash)."""
         environment = dict(os.environ, **(env or {}))
         port = free_port()
         log.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +71,8 @@ class WorkerProcess:
                 [sys.executable, "-m", "agents.cli", "worker", "--metrics-port", str(port)],
                 env=environment, stdout=out, stderr=subprocess.STDOUT)
         worker = cls(Settings.from_env(environment), environment, port, process, log)
+        if not wait:
+            return worker
         try:
             worker._wait_ready(timeout)
         except BaseException:

@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -211,3 +212,91 @@ async def read_partitions(settings: Settings, topic: str,
                         yield record
     finally:
         await consumer.stop()
+
+
+class ClusterView:
+    """An admin client and a group-less consumer (read_committed), kept open for reading
+    offsets again and again, and for tailing topics from their beginning
+    (``streamserve status``, refreshed by ``--watch``).
+
+    ``tail(topic)`` returns the records written since its last call, up to the end
+    offsets as of this call; the first call starts at the beginning. The topics to tail
+    are given up front: the consumer's assignment is set once they all exist.
+    """
+
+    def __init__(self, settings: Settings, tailed: tuple[str, ...] = ()) -> None:
+        self._settings = settings
+        self._tailed = tailed
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+        self._consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None,
+                                          enable_auto_commit=False,
+                                          isolation_level="read_committed",
+                                          auto_offset_reset="earliest")
+        self._assigned: set[TopicPartition] = set()
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self._admin.start()
+            await self._consumer.start()
+        except KafkaError as e:
+            await self.close()
+            raise _unreachable(self._settings, e) from e
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._consumer.stop()
+        await self._admin.close()
+
+    async def topics(self) -> set[str]:
+        return set(await self._admin.list_topics())
+
+    async def partitions(self, topic: str) -> list[int]:
+        """``topic``'s partition numbers, sorted; empty when it does not exist."""
+        described = await self._admin.describe_topics([topic])
+        return sorted(p["partition"] for d in described
+                      if d["topic"] == topic and not d["error_code"] for p in d["partitions"])
+
+    async def offsets(self, topic: str) -> dict[int, tuple[int, int]]:
+        """Per partition of ``topic``: its first offset kept and its end (the last stable
+        offset); empty when the topic does not exist."""
+        tps = [TopicPartition(topic, p) for p in await self.partitions(topic)]
+        if not tps:
+            return {}
+        firsts = await self._consumer.beginning_offsets(tps)
+        ends = await self._consumer.end_offsets(tps)
+        return {tp.partition: (firsts[tp], ends[tp]) for tp in tps}
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        """The offsets consumer group ``group`` committed on ``topic``, by partition (those
+        it never committed on are absent)."""
+        offsets = await self._admin.list_consumer_group_offsets(group)
+        return {tp.partition: meta.offset for tp, meta in offsets.items() if tp.topic == topic}
+
+    async def tail(self, topic: str, timeout: float = 30) -> list[ConsumerRecord]:
+        """``topic``'s records since the last call (the first: from the beginning), at
+        least up to its end as of this call; empty while a tailed topic does not exist yet.
+        ``KafkaAccessError`` when they cannot all be read within ``timeout`` seconds."""
+        if topic not in self._tailed:
+            raise ValueError(f"{topic!r} is not tailed; pass it to ClusterView(tailed=...)")
+        if not self._assigned:
+            wanted = {TopicPartition(t, p) for t in self._tailed for p in await self.partitions(t)}
+            if {tp.topic for tp in wanted} != set(self._tailed):
+                return []
+            self._consumer.assign(sorted(wanted))
+            self._assigned = wanted
+        mine = [tp for tp in self._assigned if tp.topic == topic]
+        ends = await self._consumer.end_offsets(mine)
+        records: list[ConsumerRecord] = []
+        deadline = time.monotonic() + timeout
+        # Transaction markers take offsets too: stop on the position, not a count. Records
+        # past the ends are kept: the position has moved past them.
+        while open_ := [tp for tp in mine if await self._consumer.position(tp) < ends[tp]]:
+            if time.monotonic() > deadline:
+                raise KafkaAccessError(f"could not read {topic} up to its end within "
+                                       f"{timeout:.0f} s from {self._settings.bootstrap}")
+            batch = await self._consumer.getmany(*open_, timeout_ms=500, max_records=5000)
+            records += [r for rs in batch.values() for r in rs]
+        return records

@@ -96,10 +96,12 @@ class Fleet:
     def settings(self) -> Settings:
         return Settings.from_env(self.env)
 
-    def start(self, worker_id: str = "w1", **env: str) -> WorkerProcess:
+    def start(self, worker_id: str = "w1", wait: bool = True, **env: str) -> WorkerProcess:
+        """A worker of the fleet, once ready (``wait``), or at once (one meant to crash)."""
         self.starts += 1
         worker = WorkerProcess.start(self.folder / f"{worker_id}-{self.starts}.log",
-                                     {**self.env, "STREAMSERVE_WORKER_ID": worker_id, **env})
+                                     {**self.env, "STREAMSERVE_WORKER_ID": worker_id, **env},
+                                     wait=wait)
         self.workers.append(worker)
         return worker
 
