@@ -119,13 +119,13 @@ def add_drift_agent(app: faust.App, settings: Settings,
             if monitored.last_offset is not None and message.offset <= monitored.last_offset:
                 continue  # counted before this worker's restart or the last rebalance
             closed = []
-            if missed:
-                log.warning("drift rows of %s at offsets %d-%d of partition %d were skipped by "
-                            "the stream; reading them again", key, missed.start, missed.stop - 1,
-                            message.partition)
+            if missed:  # or transaction markers, which take offsets too (exactly-once mode)
                 async for record in read_range(settings, rows_topic.get_topic_name(),
                                                message.partition, missed.start, missed.stop):
                     if record.key == event.key:
+                        log.warning("drift rows of %s at offset %d of partition %d were skipped "
+                                    "by the stream; counted now", key, record.offset,
+                                    message.partition)
                         closed += await count(key, model, version, monitored, record.offset,
                                               record.value)
             closed += await count(key, model, version, monitored, message.offset, event.value)

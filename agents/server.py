@@ -106,6 +106,7 @@ class RequestServer(mode.Service):
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._transaction: _Transaction | None = None  # exactly-once: the open transaction's sends
+        self._committed: dict[TopicPartition, int] = {}  # exactly-once: offsets this worker committed
         self._crashes = CrashCounter(settings.fault_plan)
         self._assigned: frozenset[TopicPartition] | None = None  # None until the group is joined
 
@@ -226,6 +227,7 @@ class RequestServer(mode.Service):
         except Exception as e:  # noqa: BLE001 - whatever failed, the transaction is undone
             await self._rewind(e)
             return
+        self._committed.update({tp: o.offset for tp, o in offsets.items()})
         self._inference.delivered(delivered)
         self._crash_point("after_commit")
 
@@ -398,7 +400,19 @@ class RequestServer(mode.Service):
             await self._flush(time.monotonic())
             await self._drain()
 
-    def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Exactly-once: resume a partition this worker committed before from no earlier
+        than its own last commit. Kafka writes a transaction's offsets to the group after
+        the commit returns, and aiokafka fetches committed offsets without KIP-447's
+        require_stable, so right after a rebalance (a broker restart makes one) the group
+        can still answer with an older offset: its requests would be served twice."""
+        assert self._consumer is not None
+        for tp in assigned & self._committed.keys():
+            committed = await self._consumer.committed(tp)
+            if committed is None or committed < self._committed[tp]:
+                log.info("partition %d resumes from this worker's own commit %d (the group "
+                         "answered %s)", tp.partition, self._committed[tp], committed)
+                self._consumer.seek(tp, self._committed[tp])
         log.info("serving partitions %s", sorted(tp.partition for tp in assigned))
         self._assigned = frozenset(assigned)
         self._metrics.ready.set(1)
@@ -451,7 +465,7 @@ class _Rebalance(ConsumerRebalanceListener):
         await self._server.partitions_revoked(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._server.partitions_assigned(assigned)
+        await self._server.partitions_assigned(assigned)
 
 
 def _next_offsets(records: Sequence[ConsumerRecord]) -> dict[TopicPartition, OffsetAndMetadata]:
