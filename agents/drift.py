@@ -28,11 +28,17 @@ from typing import Any
 import faust
 import orjson
 
-from agents.kafka_io import read_range
+from agents.kafka_io import read_partitions
 from agents.metrics import Metrics
 from pipeline.config import Settings
-from pipeline.drift import (CodedRows, DeliveryRuns, DriftError, DriftMonitor, FeatureWindow,
-                            WindowReport)
+from pipeline.drift import (
+    CodedRows,
+    DeliveryRuns,
+    DriftError,
+    DriftMonitor,
+    FeatureWindow,
+    WindowReport,
+)
 from pipeline.registry import RegistryError
 
 log = logging.getLogger(__name__)
@@ -120,8 +126,8 @@ def add_drift_agent(app: faust.App, settings: Settings,
                 continue  # counted before this worker's restart or the last rebalance
             closed = []
             if missed:  # or transaction markers, which take offsets too (exactly-once mode)
-                async for record in read_range(settings, rows_topic.get_topic_name(),
-                                               message.partition, missed.start, missed.stop):
+                async for record in read_partitions(settings, rows_topic.get_topic_name(),
+                                                    {message.partition: (missed.start, missed.stop)}):
                     if record.key == event.key:
                         log.warning("drift rows of %s at offset %d of partition %d were skipped "
                                     "by the stream; counted now", key, record.offset,

@@ -74,6 +74,18 @@ async def _wait_for_metadata(settings: Settings, names: list[str], timeout: floa
         await producer.stop()
 
 
+async def _start_consumer(settings: Settings, *topics: str, **options: object) -> AIOKafkaConsumer:
+    """A started consumer without a group, or KafkaAccessError naming the fix."""
+    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.bootstrap, group_id=None,
+                                enable_auto_commit=False, **options)
+    try:
+        await consumer.start()
+    except KafkaConnectionError as e:
+        await consumer.stop()
+        raise _unreachable(settings, e) from e
+    return consumer
+
+
 async def start_producer(settings: Settings, **options: object) -> AIOKafkaProducer:
     producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
                                 enable_idempotence=True, linger_ms=5, **options)
@@ -96,14 +108,8 @@ async def read_topic(settings: Settings, topic: str, *, from_beginning: bool,
     missing its own replies.
     """
     await _require_topic(settings, topic)
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap, group_id=None,
-                                enable_auto_commit=False, isolation_level="read_committed",
-                                auto_offset_reset="earliest" if from_beginning else "latest")
-    try:
-        await consumer.start()
-    except KafkaConnectionError as e:
-        await consumer.stop()
-        raise _unreachable(settings, e) from e
+    consumer = await _start_consumer(settings, topic, isolation_level="read_committed",
+                                     auto_offset_reset="earliest" if from_beginning else "latest")
     try:
         for tp in consumer.assignment():
             await consumer.position(tp)  # fix the start positions now, before ``ready``
@@ -128,24 +134,6 @@ async def read_topic(settings: Settings, topic: str, *, from_beginning: bool,
 
 
 
-async def read_range(settings: Settings, topic: str, partition: int, start: int,
-                     stop: int) -> AsyncIterator[ConsumerRecord]:
-    """The records of one partition from offset ``start`` up to, not including, ``stop``."""
-    tp = TopicPartition(topic, partition)
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        consumer.assign([tp])
-        consumer.seek(tp, start)
-        while await consumer.position(tp) < stop:
-            for record in (await consumer.getmany(tp, timeout_ms=500)).get(tp, []):
-                if record.offset < stop:
-                    yield record
-    finally:
-        await consumer.stop()
-
-
 async def require_topic(settings: Settings, topic: str) -> None:
     """Raise ``KafkaAccessError`` (naming the serving topics) when ``topic`` does not exist."""
     await _require_topic(settings, topic)
@@ -159,13 +147,7 @@ async def partition_offsets(
     at or after it (None when no record is that late)."""
     await _require_topic(settings, topic)
     # Subscribed without a group: every partition is assigned once it has started.
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.bootstrap, group_id=None,
-                                enable_auto_commit=False, isolation_level="read_committed")
-    try:
-        await consumer.start()
-    except KafkaConnectionError as e:
-        await consumer.stop()
-        raise _unreachable(settings, e) from e
+    consumer = await _start_consumer(settings, topic, isolation_level="read_committed")
     try:
         partitions = sorted(consumer.assignment())
         beginnings = await consumer.beginning_offsets(partitions)
@@ -188,14 +170,8 @@ async def read_partitions(settings: Settings, topic: str,
               for p, (first, past) in ranges.items() if first < past}
     if not wanted:
         return
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None,
-                                enable_auto_commit=False, isolation_level="read_committed",
-                                auto_offset_reset="earliest")
-    try:
-        await consumer.start()
-    except KafkaConnectionError as e:
-        await consumer.stop()
-        raise _unreachable(settings, e) from e
+    consumer = await _start_consumer(settings, isolation_level="read_committed",
+                                     auto_offset_reset="earliest")
     try:
         consumer.assign(list(wanted))
         for tp, (first, _) in wanted.items():

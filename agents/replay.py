@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-import orjson
 import zstandard
 from aiokafka import ConsumerRecord
 
@@ -76,7 +75,6 @@ from pipeline.replay import (
     request_models,
     strip_run,
 )
-from pipeline.routing import DeploymentSpec
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ZSTD_LEVEL = 10  # JSON lines shrink ~10x; level 10 still writes ~50 MB/s
@@ -435,12 +433,9 @@ class _Replies:
 async def check_pinnable(settings: Settings, models: Iterable[str], versions: Sequence[str]) -> None:
     """Refuse a gate whose versions the workers would not serve when pinned (a request may
     pin the stable, canary or fallback version), naming the command that fixes it."""
-    specs: dict[str, DeploymentSpec] = {}
-    async for record in read_topic(settings, settings.topics.control, from_beginning=True,
-                                   to_end=True):
-        if record.value is not None:
-            spec = DeploymentSpec.from_json(orjson.loads(record.value))
-            specs[spec.model] = spec
+    from agents.control import read_specs  # imported when a gate runs: it loads JAX
+
+    specs = await read_specs(settings)
     for model in sorted(models):
         spec = specs.get(model)
         if spec is None:
