@@ -10,7 +10,9 @@ assignor and aiokafka's cannot share one group.
 from __future__ import annotations
 
 import faust
+from faust.auth import SASLCredentials, SSLCredentials
 
+from agents.kafka_io import ssl_context
 from pipeline.config import Settings
 
 
@@ -18,10 +20,20 @@ def faust_broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(","))
 
 
+def broker_credentials(settings: Settings) -> SASLCredentials | SSLCredentials | None:
+    """Faust's form of STREAMSERVE_SECURITY_* (its clients take no aiokafka keywords)."""
+    security, context = settings.kafka_security, ssl_context(settings)
+    if security.uses_sasl:
+        return SASLCredentials(username=security.username, password=security.password,
+                               mechanism=security.sasl_mechanism, ssl_context=context)
+    return SSLCredentials(context) if context is not None else None
+
+
 def create_app(settings: Settings) -> faust.App:
     return faust.App(
         f"{settings.app_id}.faust",
         broker=faust_broker_url(settings.bootstrap),
+        broker_credentials=broker_credentials(settings),
         store="memory://",
         web_enabled=False,  # metrics come from prometheus_client; one port per worker is enough
         topic_partitions=settings.request_partitions,

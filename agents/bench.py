@@ -56,7 +56,7 @@ from agents.bench_results import (
     WorkerStats,
 )
 from agents.fleet import WorkerProcess
-from agents.kafka_io import admin_client, start_producer
+from agents.kafka_io import admin_client, connection, start_producer
 from pipeline.config import Settings
 from pipeline.registry import Manifest, Registry
 
@@ -315,7 +315,7 @@ class Bench:
                              processes: Sequence[Peer | WorkerProcess]) -> dict[TopicPartition, int]:
         """Wait until the output topics hold ``n`` records; their end offsets then."""
         partitions = _output_partitions(s)
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None)
+        consumer = AIOKafkaConsumer(**connection(s), group_id=None)
         await consumer.start()
         try:
             count, changed = 0, time.monotonic()
@@ -359,14 +359,14 @@ class Bench:
         values = [self._request(key.decode(), i) for i, key in enumerate(keys)]
         sent: dict[bytes, float] = {}
         received: dict[bytes, float] = {}
-        consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False,
+        consumer = AIOKafkaConsumer(**connection(s), group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="latest")
         await consumer.start()
         consumer.assign(_output_partitions(s))
         for tp in consumer.assignment():
             await consumer.position(tp)  # fix the start (the end) now, before anything is sent
         reader = asyncio.create_task(_receive(consumer, received))
-        producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, linger_ms=0)
+        producer = AIOKafkaProducer(**connection(s), linger_ms=0)
         await producer.start()
         try:
             started = time.monotonic()
@@ -456,7 +456,7 @@ async def _read_outputs(s: Settings, seen: dict[TopicPartition, int]) -> list[tu
     partitions = _output_partitions(s)
     # From the beginning by the reset policy: a seek_to_beginning right after assign() races
     # with the policy's own reset, and can lose.
-    consumer = AIOKafkaConsumer(bootstrap_servers=s.bootstrap, group_id=None, enable_auto_commit=False,
+    consumer = AIOKafkaConsumer(**connection(s), group_id=None, enable_auto_commit=False,
                                 auto_offset_reset="earliest")
     await consumer.start()
     try:

@@ -35,7 +35,7 @@ from typing import Any, Self, TypeVar
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from agents.kafka_io import KafkaAccessError, start_producer
+from agents.kafka_io import KafkaAccessError, connection, start_producer
 from pipeline.client import (
     ClientClosed,
     MalformedReply,
@@ -111,7 +111,7 @@ class StreamClient:
             raise self._failure
         topics = self.settings.topics
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.settings.bootstrap, group_id=None, enable_auto_commit=False,
+            **connection(self.settings), group_id=None, enable_auto_commit=False,
             isolation_level="read_committed", auto_offset_reset="latest",
             client_id=f"streamserve-{self.id_prefix}")
         producer = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -11,8 +12,29 @@ from typing import Self
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.helpers import create_ssl_context
 
 from pipeline.config import Settings
+
+
+def connection(settings: Settings) -> dict[str, object]:
+    """The keyword arguments every aiokafka client of ``settings`` is made with: the
+    bootstrap servers and the security (SASL login, TLS context) of STREAMSERVE_SECURITY_*."""
+    return {"bootstrap_servers": settings.bootstrap, **settings.kafka_security.aiokafka_options(),
+            "ssl_context": ssl_context(settings)}
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context of ``settings`` (None without TLS): trust, client identity, hostname check."""
+    security = settings.kafka_security
+    if not security.uses_tls:
+        return None
+    context = create_ssl_context(cafile=security.cafile and str(security.cafile),
+                                 certfile=security.certfile and str(security.certfile),
+                                 keyfile=security.keyfile and str(security.keyfile),
+                                 password=security.key_password or None)
+    context.check_hostname = security.check_hostname
+    return context
 
 
 class KafkaAccessError(RuntimeError):
@@ -27,7 +49,7 @@ def _unreachable(settings: Settings, error: Exception) -> KafkaAccessError:
 
 @asynccontextmanager
 async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]:
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
+    admin = AIOKafkaAdminClient(**connection(settings))
     try:
         await admin.start()
     except KafkaError as e:
@@ -65,7 +87,7 @@ async def _require_topic(settings: Settings, topic: str) -> None:
 
 
 async def _wait_for_metadata(settings: Settings, names: list[str], timeout: float = 30) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap)
+    producer = AIOKafkaProducer(**connection(settings))
     await producer.start()
     try:
         for name in names:
@@ -76,7 +98,7 @@ async def _wait_for_metadata(settings: Settings, names: list[str], timeout: floa
 
 async def _start_consumer(settings: Settings, *topics: str, **options: object) -> AIOKafkaConsumer:
     """A started consumer without a group, or KafkaAccessError naming the fix."""
-    consumer = AIOKafkaConsumer(*topics, bootstrap_servers=settings.bootstrap, group_id=None,
+    consumer = AIOKafkaConsumer(*topics, **connection(settings), group_id=None,
                                 enable_auto_commit=False, **options)
     try:
         await consumer.start()
@@ -87,7 +109,7 @@ async def _start_consumer(settings: Settings, *topics: str, **options: object) -
 
 
 async def start_producer(settings: Settings, **options: object) -> AIOKafkaProducer:
-    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap, acks="all",
+    producer = AIOKafkaProducer(**connection(settings), acks="all",
                                 enable_idempotence=True, linger_ms=5, **options)
     try:
         await producer.start()
@@ -203,8 +225,8 @@ class ClusterView:
     def __init__(self, settings: Settings, tailed: tuple[str, ...] = ()) -> None:
         self._settings = settings
         self._tailed = tailed
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=settings.bootstrap)
-        self._consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap, group_id=None,
+        self._admin = AIOKafkaAdminClient(**connection(settings))
+        self._consumer = AIOKafkaConsumer(**connection(settings), group_id=None,
                                           enable_auto_commit=False,
                                           isolation_level="read_committed",
                                           auto_offset_reset="earliest")

@@ -57,6 +57,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import CommitFailedError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
+from agents.kafka_io import connection
 from agents.inference import Incoming, InferenceService, Outgoing
 from agents.metrics import Metrics
 from pipeline.adaptive import BatchPolicy, CostModel
@@ -122,7 +123,7 @@ class RequestServer(mode.Service):
             log.warning("STREAMSERVE_FAULTS is set: injecting faults (%s)", s.fault_plan.describe())
         await self._start_producer()
         self._consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap, group_id=s.app_id, enable_auto_commit=False,
+            **connection(s), group_id=s.app_id, enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level="read_committed",
             max_poll_records=s.max_batch)
         self._consumer.subscribe([s.topics.requests], listener=_Rebalance(self))
@@ -134,7 +135,7 @@ class RequestServer(mode.Service):
         s = self._settings
         transactional = {"transactional_id": transactional_id(s),
                          "transaction_timeout_ms": _TRANSACTION_TIMEOUT_MS} if s.exactly_once else {}
-        self._producer = AIOKafkaProducer(bootstrap_servers=s.bootstrap, acks="all",
+        self._producer = AIOKafkaProducer(**connection(s), acks="all",
                                           enable_idempotence=True, linger_ms=1, **transactional)
         await self._producer.start()
         if s.exactly_once:

@@ -19,6 +19,7 @@ from pipeline.canary import CanaryPolicy
 from pipeline.drift import DriftConfig
 from pipeline.faults import FaultPlan, FaultSpecError
 from pipeline.redaction import RedactionError, Redactor, parse_rules
+from pipeline.security import KafkaSecurity, SecurityConfigError
 from pipeline.slo import Objectives, SloError
 
 
@@ -119,6 +120,30 @@ class Settings:
     local_broker_port: int = _setting(
         9092, "STREAMSERVE_LOCAL_BROKER_PORT", "Port of the embedded local broker."
     )
+    security_protocol: str = _setting(
+        "PLAINTEXT", "STREAMSERVE_SECURITY_PROTOCOL",
+        "How every client (worker, CLI, client library) talks to Kafka: PLAINTEXT, SSL, "
+        "SASL_PLAINTEXT or SASL_SSL.")
+    sasl_mechanism: str = _setting(
+        "SCRAM-SHA-512", "STREAMSERVE_SASL_MECHANISM",
+        "SASL mechanism when the protocol is SASL_*: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.")
+    sasl_username: str = _setting(
+        "", "STREAMSERVE_SASL_USERNAME", "SASL user name (the Kafka principal User:NAME).")
+    sasl_password: str = _secret("STREAMSERVE_SASL_PASSWORD", "SASL password.")
+    ssl_cafile: Path | None = _setting(
+        None, "STREAMSERVE_SSL_CAFILE",
+        "PEM file of the certificate authorities that sign the brokers' certificates "
+        "(unset: the system's).")
+    ssl_certfile: Path | None = _setting(
+        None, "STREAMSERVE_SSL_CERTFILE", "PEM client certificate, for brokers that require one.")
+    ssl_keyfile: Path | None = _setting(
+        None, "STREAMSERVE_SSL_KEYFILE", "PEM private key of STREAMSERVE_SSL_CERTFILE.")
+    ssl_key_password: str = _secret("STREAMSERVE_SSL_KEY_PASSWORD",
+                                    "Password of an encrypted STREAMSERVE_SSL_KEYFILE.")
+    ssl_check_hostname: bool = _setting(
+        True, "STREAMSERVE_SSL_CHECK_HOSTNAME",
+        "Check that a broker's certificate names the host connected to: on or off (off only "
+        "for tests; it lets anyone with a certificate of the CA pose as the broker).")
     home: Path = _setting(
         Path(".streamserve"),
         "STREAMSERVE_HOME",
@@ -333,6 +358,10 @@ class Settings:
             raise ConfigError(f"STREAMSERVE_FAULTS {e}") from None
         _check(self.broker is None or bool(self.broker.strip()), "STREAMSERVE_BROKER",
                "must be host:port[,host:port], or unset for the local broker")
+        try:
+            self.kafka_security  # noqa: B018 - checked once here so bad credentials stop the start
+        except SecurityConfigError as e:
+            raise ConfigError(str(e)) from None
         registry = Path(os.path.abspath(self.registry))
         _check(not Path(os.path.abspath(self.signing_key)).is_relative_to(registry),
                "STREAMSERVE_SIGNING_KEY", f"must lie outside the registry ({self.registry}): "
@@ -349,6 +378,15 @@ class Settings:
         object.__setattr__(self, "_models", _read_models_file(self.models_file))
         for model in ["", *self._models]:
             self.policy(model)  # every policy is checked at start, not at first use
+
+    @property
+    def kafka_security(self) -> KafkaSecurity:
+        return KafkaSecurity(protocol=self.security_protocol.upper(),
+                             sasl_mechanism=self.sasl_mechanism.upper(),
+                             username=self.sasl_username, password=self.sasl_password,
+                             cafile=self.ssl_cafile, certfile=self.ssl_certfile,
+                             keyfile=self.ssl_keyfile, key_password=self.ssl_key_password,
+                             check_hostname=self.ssl_check_hostname)
 
     @property
     def objectives(self) -> Objectives:

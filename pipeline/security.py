@@ -1,0 +1,90 @@
+"""How every streamserve Kafka client authenticates and encrypts: one value, checked once.
+
+The worker, the CLI and the client library all connect with the ``KafkaSecurity`` of the
+same settings (``Settings.kafka_security``): SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)
+over plaintext or TLS, or TLS alone with an optional client certificate. Secrets are
+held out of ``repr`` so that a logged settings object never shows them. The TLS context
+itself is built by the I/O shell (``agents.kafka_io.connection``): this module stays pure.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+class SecurityConfigError(ValueError):
+    """The Kafka security settings cannot work together; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaSecurity:
+    """A Kafka client's security: protocol, SASL login, TLS trust and identity."""
+
+    protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = "SCRAM-SHA-512"
+    username: str = ""
+    password: str = field(default="", repr=False)
+    cafile: Path | None = None
+    certfile: Path | None = None
+    keyfile: Path | None = None
+    key_password: str = field(default="", repr=False)
+    check_hostname: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.protocol in PROTOCOLS, "STREAMSERVE_SECURITY_PROTOCOL",
+                 f"must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}")
+        if self.uses_sasl:
+            _require(self.sasl_mechanism in MECHANISMS, "STREAMSERVE_SASL_MECHANISM",
+                     f"must be one of {', '.join(MECHANISMS)}, got {self.sasl_mechanism!r}")
+            _require(bool(self.username), "STREAMSERVE_SASL_USERNAME",
+                     f"must be set: {self.protocol} logs in with a user name and password")
+            _require(bool(self.password), "STREAMSERVE_SASL_PASSWORD",
+                     "(or STREAMSERVE_SASL_PASSWORD_FILE) must be set: "
+                     f"{self.protocol} logs in with a user name and password")
+        tls_files = {"STREAMSERVE_SSL_CAFILE": self.cafile, "STREAMSERVE_SSL_CERTFILE": self.certfile,
+                     "STREAMSERVE_SSL_KEYFILE": self.keyfile}
+        if not self.uses_tls:
+            given = [env for env, path in tls_files.items() if path is not None]
+            _require(not given, ", ".join(given),
+                     f"only apply to TLS: set STREAMSERVE_SECURITY_PROTOCOL to SSL or SASL_SSL "
+                     f"(it is {self.protocol})")
+        _require((self.certfile is None) == (self.keyfile is None),
+                 "STREAMSERVE_SSL_CERTFILE and STREAMSERVE_SSL_KEYFILE",
+                 "go together: a client certificate needs its private key")
+        for env, path in tls_files.items():
+            if path is not None:
+                _require(os.access(path, os.R_OK), f"{env}={path}",
+                         "cannot be read: point it at a PEM file this process may read")
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.protocol.endswith("SSL")
+
+    @property
+    def principal(self) -> str:
+        """The Kafka principal this client acts as (what ACLs name)."""
+        return f"User:{self.username}" if self.uses_sasl else "User:ANONYMOUS"
+
+    def aiokafka_options(self) -> dict[str, Any]:
+        """aiokafka client keyword arguments, but for ``ssl_context`` (the shell builds it)."""
+        options: dict[str, Any] = {"security_protocol": self.protocol}
+        if self.uses_sasl:
+            options |= {"sasl_mechanism": self.sasl_mechanism,
+                        "sasl_plain_username": self.username,
+                        "sasl_plain_password": self.password}
+        return options
+
+
+def _require(ok: bool, env: str, message: str) -> None:
+    if not ok:
+        raise SecurityConfigError(f"{env} {message}")
