@@ -72,8 +72,11 @@ class KafkaSecurity:
 
     @property
     def principal(self) -> str:
-        """The Kafka principal this client acts as (what ACLs name)."""
-        return f"User:{self.username}" if self.uses_sasl else "User:ANONYMOUS"
+        """The Kafka principal this client acts as (what ACLs name); with TLS client
+        certificates and no SASL the broker names it after the certificate's subject."""
+        if self.uses_sasl:
+            return f"User:{self.username}"
+        return "User:<certificate subject>" if self.certfile else "User:ANONYMOUS"
 
     def aiokafka_options(self) -> dict[str, Any]:
         """aiokafka client keyword arguments, but for ``ssl_context`` (the shell builds it)."""

@@ -1,0 +1,58 @@
+"""Kafka security settings: validated at start, secrets never shown, one set of options."""
+
+import pytest
+
+from pipeline.config import ConfigError, Settings
+from pipeline.security import KafkaSecurity
+
+
+def test_plaintext_by_default_as_anonymous():
+    security = Settings().kafka_security
+    assert security.protocol == "PLAINTEXT"
+    assert security.principal == "User:ANONYMOUS"
+    assert security.aiokafka_options() == {"security_protocol": "PLAINTEXT"}
+
+
+def test_sasl_options_carry_the_login_and_the_principal_names_the_user():
+    s = Settings.from_env({"STREAMSERVE_SECURITY_PROTOCOL": "sasl_plaintext",
+                           "STREAMSERVE_SASL_MECHANISM": "scram-sha-256",
+                           "STREAMSERVE_SASL_USERNAME": "worker", "STREAMSERVE_SASL_PASSWORD": "s3cret"})
+    assert s.kafka_security.principal == "User:worker"
+    assert s.kafka_security.aiokafka_options() == {
+        "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",
+        "sasl_plain_username": "worker", "sasl_plain_password": "s3cret"}
+
+
+def test_the_password_is_read_from_a_file_and_never_shown(tmp_path):
+    (tmp_path / "password").write_text("hunter2-from-file\n")
+    s = Settings.from_env({"STREAMSERVE_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                           "STREAMSERVE_SASL_USERNAME": "client",
+                           "STREAMSERVE_SASL_PASSWORD_FILE": str(tmp_path / "password")})
+    assert s.kafka_security.password == "hunter2-from-file"
+    assert "hunter2" not in repr(s) and "hunter2" not in repr(s.kafka_security)
+
+
+@pytest.mark.parametrize(("env", "says"), [
+    ({"STREAMSERVE_SECURITY_PROTOCOL": "KERBEROS"}, "STREAMSERVE_SECURITY_PROTOCOL must be one of"),
+    ({"STREAMSERVE_SECURITY_PROTOCOL": "SASL_SSL"}, "STREAMSERVE_SASL_USERNAME must be set"),
+    ({"STREAMSERVE_SECURITY_PROTOCOL": "SASL_SSL", "STREAMSERVE_SASL_USERNAME": "u"},
+     "STREAMSERVE_SASL_PASSWORD .*must be set"),
+    ({"STREAMSERVE_SECURITY_PROTOCOL": "SASL_SSL", "STREAMSERVE_SASL_USERNAME": "u",
+      "STREAMSERVE_SASL_PASSWORD": "p", "STREAMSERVE_SASL_MECHANISM": "GSSAPI"},
+     "STREAMSERVE_SASL_MECHANISM must be one of"),
+    ({"STREAMSERVE_SSL_CAFILE": "/etc/hostname"}, "STREAMSERVE_SSL_CAFILE only apply to TLS"),
+    ({"STREAMSERVE_SECURITY_PROTOCOL": "SSL", "STREAMSERVE_SSL_CAFILE": "/no/such/ca.pem"},
+     "STREAMSERVE_SSL_CAFILE=/no/such/ca.pem cannot be read"),
+    ({"STREAMSERVE_SECURITY_PROTOCOL": "SSL", "STREAMSERVE_SSL_CERTFILE": "/etc/hostname"},
+     "STREAMSERVE_SSL_CERTFILE and STREAMSERVE_SSL_KEYFILE go together"),
+    ({"STREAMSERVE_SASL_PASSWORD_FILE": "/no/such/file"}, "STREAMSERVE_SASL_PASSWORD_FILE=.*cannot be read"),
+])
+def test_settings_that_cannot_work_are_refused_at_start_naming_the_variable(env, says):
+    with pytest.raises(ConfigError, match=says):
+        Settings.from_env(env)
+
+
+def test_tls_alone_needs_no_login():
+    security = KafkaSecurity(protocol="SSL")
+    assert security.uses_tls and not security.uses_sasl
+    assert security.aiokafka_options() == {"security_protocol": "SSL"}
