@@ -10,9 +10,26 @@
     <home>/broker/logs/        server.log (log4j, WARN and up) and broker.out (JVM stdout/stderr)
     <home>/broker/broker.pid
 
-Pure standard library: readiness is checked with a raw Kafka Metadata request, so
-``start()`` returns only once the broker serves clients (not merely once its port
-accepts TCP connections, which happens before the broker processes requests).
+``broker start --secure`` runs a second, secured broker from ``<home>/broker-secure/``
+(same layout, its own data) on the local port + 2: TLS with a throwaway CA, SCRAM logins,
+and the KRaft ACL authorizer denying whatever no ACL allows. It adds::
+
+    <home>/broker-secure/tls/ca.pem              the CA clients trust (its key is not kept)
+    <home>/broker-secure/tls/broker.pem          the broker's key and certificate (0600)
+    <home>/broker-secure/credentials/NAME.password   SCRAM passwords (0600): admin, worker,
+                                                 client, and broker (its own inter-broker
+                                                 and controller login)
+    <home>/broker-secure/credentials/NAME.env    STREAMSERVE_* settings logging in as NAME
+
+Listeners: clients and inter-broker traffic on SASL_SSL (SCRAM-SHA-256/512; the broker
+logs in to itself as User:broker), the controller on SASL_SSL with PLAIN (KRaft controllers
+cannot check SCRAM, whose credentials live in the metadata they serve), its one user
+User:broker defined in the broker's JAAS settings. Super users: User:admin and User:broker.
+
+Light to import (aiokafka and cryptography are imported when used). Readiness is
+checked with a Kafka Metadata request, so ``start()`` returns only once the broker
+serves clients (not merely once its port accepts TCP connections, which happens before
+the broker processes requests).
 """
 
 from __future__ import annotations
@@ -24,6 +41,8 @@ import fcntl
 import hashlib
 import logging
 import os
+import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -40,7 +59,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # pipeline.config is pure too, but keep this module importable alone
     from pipeline.config import Settings
 
-__all__ = ["BrokerError", "BrokerStatus", "LocalBroker", "ensure_broker"]
+__all__ = ["PRINCIPALS", "SECURE_PORT_OFFSET", "BrokerError", "BrokerStatus", "LocalBroker",
+           "ensure_broker"]
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM = KAFKA_DIR / "pom.xml"
@@ -50,6 +70,13 @@ HOST = "127.0.0.1"
 HEAP = "-Xmx512m"
 STAMP = ".streamserve-complete"  # written into libs/ once every jar is there
 DOCKER_HINT = "or run `docker compose up` and set STREAMSERVE_BROKER=127.0.0.1:9092"
+
+SECURE_PORT_OFFSET = 2  # the secured broker beside the plain one: ports 9094 and 9095
+PRINCIPALS = ("admin", "worker", "client")  # the secured broker's SCRAM users, with an env file each
+SUPER_USER = "admin"
+BROKER_USER = "broker"  # the broker's own login: controller and inter-broker connections
+MECHANISM = "SCRAM-SHA-512"  # what the env files use; SCRAM-SHA-256 works too
+SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class BrokerError(RuntimeError):
@@ -67,19 +94,23 @@ class BrokerStatus:
 class LocalBroker:
     """A single-node KRaft Kafka broker run from jars under ``home``.
 
-    The broker listens on ``127.0.0.1:port`` (PLAINTEXT) and its controller on
-    ``127.0.0.1:port+1``. ``libs`` overrides where the jars live (tests share one
-    download); it defaults to ``home/kafka/libs``.
+    The broker listens on ``127.0.0.1:port`` (PLAINTEXT; with ``secure``, SASL_SSL) and
+    its controller on ``127.0.0.1:port+1``. ``libs`` overrides where the jars live (tests
+    share one download); it defaults to ``home/kafka/libs``.
     """
 
-    def __init__(self, home: Path, port: int = 9092, libs: Path | None = None) -> None:
+    def __init__(self, home: Path, port: int = 9092, libs: Path | None = None, *,
+                 secure: bool = False) -> None:
         if not 0 < port < 65535:
             raise BrokerError(f"broker port {port} is not usable: pick a port between 1 and 65534")
         self.home = Path(home).absolute()
         self.port = port
         self.controller_port = port + 1
+        self.secure = secure
         self.libs = Path(libs).absolute() if libs is not None else self.home / "kafka" / "libs"
-        self.dir = self.home / "broker"
+        self.dir = self.home / ("broker-secure" if secure else "broker")
+        self.tls_dir = self.dir / "tls"
+        self.credentials_dir = self.dir / "credentials"
         self.data_dir = self.dir / "data"
         self.logs_dir = self.dir / "logs"
         self.config_path = self.dir / "server.properties"
@@ -100,9 +131,27 @@ class LocalBroker:
         stamp = self.libs / STAMP
         return stamp.is_file() and stamp.read_text().strip() == _pom_digest()
 
+    @property
+    def cafile(self) -> Path:
+        return self.tls_dir / "ca.pem"
+
+    def env_file(self, user: str) -> Path:
+        """The secured broker's settings file for ``user`` (``set -a; . FILE`` to use it)."""
+        return self.credentials_dir / f"{user}.env"
+
+    def environment(self, user: str) -> dict[str, str]:
+        """The STREAMSERVE_* settings that log in to the secured broker as ``user``."""
+        if not self.secure:
+            raise BrokerError("only the secured broker (`streamserve broker start --secure`) "
+                              "has users to log in as")
+        return {"STREAMSERVE_BROKER": self.bootstrap, "STREAMSERVE_SECURITY_PROTOCOL": "SASL_SSL",
+                "STREAMSERVE_SASL_MECHANISM": MECHANISM, "STREAMSERVE_SASL_USERNAME": user,
+                "STREAMSERVE_SASL_PASSWORD_FILE": str(self._password_path(user)),
+                "STREAMSERVE_SSL_CAFILE": str(self.cafile)}
+
     def status(self) -> BrokerStatus:
         pid = self._running_pid()
-        running = pid is not None or _kafka_ready(HOST, self.port, timeout=2.0)
+        running = pid is not None or self._ready(timeout=2.0)
         return BrokerStatus(running=running, pid=pid, bootstrap=self.bootstrap, home=self.home)
 
     def server_properties(self) -> str:
@@ -134,8 +183,38 @@ class LocalBroker:
             # buffer would take a quarter of the 512 MiB heap.
             "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),
         }
+        if self.secure:
+            props |= self._secure_properties()
         body = "".join(f"{k}={v}\n" for k, v in props.items())
         return "# Written by streamserve (agents/broker.py) on every start; edits are lost.\n" + body
+
+    def _secure_properties(self) -> dict[str, str]:
+        """TLS everywhere, SCRAM for clients, PLAIN for the controller, ACLs enforced."""
+        password = self._password_path(BROKER_USER).read_text().strip()
+        login = f'username="{BROKER_USER}" password="{password}"'
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required"
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule required"
+        return {
+            "listeners": f"SASL_SSL://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
+            "advertised.listeners": f"SASL_SSL://{HOST}:{self.port}",
+            "inter.broker.listener.name": "SASL_SSL",
+            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SASL_SSL",
+            "listener.name.sasl_ssl.sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
+            "sasl.mechanism.inter.broker.protocol": MECHANISM,
+            **{f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config": f"{scram} {login};"
+               for mechanism in SCRAM_MECHANISMS},
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config":
+                f'{plain} {login} user_{BROKER_USER}="{password}";',
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.tls_dir / "broker.pem"),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.cafile),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "allow.everyone.if.no.acl.found": "false",
+            "super.users": f"User:{SUPER_USER};User:{BROKER_USER}",
+        }
 
     # ---------------------------------------------------------------- install
 
@@ -193,7 +272,7 @@ class LocalBroker:
                 self._wait_ready(pid, time.monotonic() + timeout, stop_on_timeout=False)
                 return False
             if _port_open(HOST, self.port):
-                if _kafka_ready(HOST, self.port, timeout=min(timeout, 10.0)):
+                if self._ready(timeout=min(timeout, 10.0)):
                     return False
                 raise BrokerError(
                     f"port {self.port} is in use by something that does not answer as a Kafka "
@@ -207,7 +286,9 @@ class LocalBroker:
             self.install()
             self.data_dir.mkdir(parents=True, exist_ok=True)
             self.logs_dir.mkdir(parents=True, exist_ok=True)
-            self.config_path.write_text(self.server_properties())
+            if self.secure:
+                self._make_secrets()
+            _write_private(self.config_path, self.server_properties().encode())  # passwords, secure
             self._format_storage()
             pid = self._launch()
             try:
@@ -246,13 +327,22 @@ class LocalBroker:
     def _classpath(self) -> str:
         return str(self.libs / "*")  # the JVM expands this wildcard itself
 
+    @property
+    def _formatted(self) -> bool:
+        return (self.data_dir / "meta.properties").is_file()
+
     def _format_storage(self) -> None:
-        if (self.data_dir / "meta.properties").is_file():
+        if self._formatted:
             return
+        # KIP-900: the SCRAM users exist from the first start, before any client connects.
+        users = [arg for user in (*PRINCIPALS, BROKER_USER) for mechanism in SCRAM_MECHANISMS
+                 for arg in ("--add-scram", (f"{mechanism}=[name={user},password="
+                                             f"{self._password_path(user).read_text().strip()}]"))
+                 ] if self.secure else []
         cmd = self._java(
             "-Xmx256m", f"-Dlog4j.configuration={LOG4J.as_uri()}", f"-Dkafka.logs.dir={self.logs_dir}",
             "-cp", self._classpath(), "kafka.tools.StorageTool", "format",
-            "-t", _cluster_id(), "-c", str(self.config_path), "--ignore-formatted",
+            "-t", _cluster_id(), "-c", str(self.config_path), "--ignore-formatted", *users,
         )
         result = subprocess.run(cmd, cwd=self.dir, stdin=subprocess.DEVNULL,
                                 capture_output=True, text=True, timeout=120)
@@ -262,6 +352,41 @@ class LocalBroker:
                 f"formatting the broker's storage in {self.data_dir} failed: {tail or 'no output'}; "
                 f"delete {self.data_dir} to start afresh"
             )
+
+    def _password_path(self, user: str) -> Path:
+        return self.credentials_dir / f"{user}.password"
+
+    def _make_secrets(self) -> None:
+        """A fresh CA, broker certificate and passwords before the first start; later starts
+        keep them (the SCRAM users were made with these passwords). Writes the env files."""
+        from pipeline.tls import server_tls
+
+        users = (*PRINCIPALS, BROKER_USER)
+        if not self._formatted:
+            tls = server_tls(f"streamserve local broker {self.bootstrap}")
+            _write_private(self.tls_dir / "broker.pem", tls.keystore)
+            self.cafile.write_bytes(tls.ca_cert)  # public; the CA's key is dropped here
+            for user in users:
+                _write_private(self._password_path(user), secrets.token_urlsafe(24).encode())
+        needed = [self.tls_dir / "broker.pem", self.cafile, *map(self._password_path, users)]
+        if missing := [path for path in needed if not path.is_file()]:
+            raise BrokerError(f"{missing[0]} is missing, and the secured broker's data in "
+                              f"{self.data_dir} was made with it: delete {self.dir} to start "
+                              "afresh (new CA, new passwords, no topics)")
+        for user in PRINCIPALS:
+            _write_private(self.env_file(user), "".join(
+                f"{name}={shlex.quote(value)}\n"
+                for name, value in self.environment(user).items()).encode())
+
+    def _ready(self, timeout: float) -> bool:
+        """Whether the broker serves clients; the secured one is asked as its admin."""
+        if not self.secure:
+            return _kafka_ready(HOST, self.port, timeout)
+        if not self._password_path(SUPER_USER).is_file():
+            return False  # never started from here: nothing to log in with
+        from pipeline.config import Settings
+
+        return _kafka_ready(HOST, self.port, timeout, Settings.from_env(self.environment(SUPER_USER)))
 
     def _launch(self) -> int:
         self._log_marks = {p: p.stat().st_size for p in (self.log_path, self.out_path) if p.exists()}
@@ -288,7 +413,7 @@ class LocalBroker:
                     f"the local Kafka broker exited during start-up (logs in {self.logs_dir}): "
                     f"{self._log_tail()}"
                 )
-            if _kafka_ready(HOST, self.port, timeout=2.0):
+            if self._ready(timeout=2.0):
                 return
             if time.monotonic() >= deadline:
                 what = "was stopped" if stop_on_timeout else "is still starting"
@@ -431,6 +556,17 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _write_private(path: Path, data: bytes) -> None:
+    """Write ``path`` readable by its owner alone (mode 0600, whatever the umask)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
 def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout):
@@ -439,21 +575,26 @@ def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
         return False
 
 
-def _kafka_ready(host: str, port: int, timeout: float) -> bool:
+def _kafka_ready(host: str, port: int, timeout: float, login: Settings | None = None) -> bool:
     """Whether a Kafka broker at host:port answers a metadata request listing a live broker.
 
     A KRaft broker binds its port early but serves requests only once it has caught
     up with the metadata log and is unfenced, so an answer here means a client can
-    create topics and produce right away.
+    create topics and produce right away. ``login``: the settings (security) to connect
+    with, for a secured broker.
     """
     # A thread of its own, so callers inside a running event loop can use this too.
     with ThreadPoolExecutor(max_workers=1) as thread:
-        return thread.submit(asyncio.run, _answers_metadata(f"{host}:{port}", timeout)).result()
+        return thread.submit(asyncio.run, _answers_metadata(f"{host}:{port}", timeout, login)).result()
 
 
-async def _answers_metadata(bootstrap: str, timeout: float) -> bool:
+async def _answers_metadata(bootstrap: str, timeout: float, login: Settings | None) -> bool:
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import KafkaError
+
+    from agents.kafka_io import connection
+
+    options = {"bootstrap_servers": bootstrap} if login is None else connection(login)
 
     # Refused connections are the expected answer while the broker starts: keep them quiet.
     aiokafka_log = logging.getLogger("aiokafka")
@@ -462,7 +603,7 @@ async def _answers_metadata(bootstrap: str, timeout: float) -> bool:
     try:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
+            admin = AIOKafkaAdminClient(**options, request_timeout_ms=2000)
             try:
                 await admin.start()
                 cluster = await admin.describe_cluster()

@@ -12,8 +12,10 @@ from typing import TextIO
 
 import orjson
 
+from agents.acl_cli import add_acl_commands
 from agents.control_cli import add_control_commands
 from agents.ops_cli import add_ops_commands
+from agents.quota_cli import add_quota_commands
 from agents.replay_cli import add_replay_commands
 from agents.status_cli import add_status_commands
 from pipeline.config import ConfigError, Settings
@@ -25,12 +27,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 2
+    settings = None
     try:
-        return args.run(Settings.from_env(), args) or 0
+        settings = Settings.from_env()
+        return args.run(settings, args) or 0
     except KeyboardInterrupt:
         return 130
     except _user_errors() as e:
         print(f"streamserve: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from agents.kafka_io import REFUSALS, refused
+
+        if settings is None or not isinstance(e, REFUSALS):
+            raise
+        # A refusal no command put in its own words: who may do it instead.
+        print(f"streamserve: error: {refused(settings, e)}", file=sys.stderr)
         return 2
 
 
@@ -38,11 +50,13 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from agents.broker import BrokerError
     from agents.kafka_io import KafkaAccessError
     from models.train import UnknownModelError
+    from pipeline.kafka_quotas import QuotaError
     from pipeline.registry import RegistryError
     from pipeline.routing import ControlError
+    from pipeline.schema import SchemaError
 
     return (ConfigError, BrokerError, KafkaAccessError, RegistryError, UnknownModelError,
-            ControlError, OSError)
+            ControlError, SchemaError, QuotaError, OSError)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,9 +77,14 @@ def _parser() -> argparse.ArgumentParser:
     broker = commands.add_parser("broker", help="the embedded single-node Kafka broker",
                                  description="The embedded single-node Kafka broker (KRaft).")
     broker_commands = broker.add_subparsers(title="actions", metavar="ACTION", required=True)
-    command("start", _broker_start, "start it (a no-op when it already runs)", broker_commands)
-    command("stop", _broker_stop, "stop it and leave no process behind", broker_commands)
-    command("status", _broker_status, "say whether it runs", broker_commands)
+    for action, run, help in (("start", _broker_start, "start it (a no-op when it already runs)"),
+                              ("stop", _broker_stop, "stop it and leave no process behind"),
+                              ("status", _broker_status, "say whether it runs")):
+        command(action, run, help, broker_commands).add_argument(
+            "--secure", action="store_true",
+            help="the secured broker instead (port STREAMSERVE_LOCAL_BROKER_PORT + 2): TLS, SCRAM "
+                 "users admin, worker and client, ACLs enforced; settings files per user in "
+                 "STREAMSERVE_HOME/broker-secure/credentials")
 
     models = commands.add_parser("models", help="train, list, sign, verify and move model versions",
                                  description="Train, list, sign, verify, export and import "
@@ -76,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
                     "STREAMSERVE_SIGNING_KEY (created when missing)", model_commands)
     train.add_argument("name", help="built-in model: iris, breast_cancer or synthetic32")
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--sensitive", action="append", default=[], metavar="FIELD[,FIELD]",
+                       help="mark features sensitive: their values never leave a worker in "
+                            "clear (hashed with STREAMSERVE_REDACTION_KEY, masked without one)")
     command("list", _registry_command("models_list"),
             "list registered models and versions, with each one's signature status", model_commands)
     show = command("show", _registry_command("models_show"),
@@ -167,39 +189,53 @@ def _parser() -> argparse.ArgumentParser:
                             "trained when the registry lacks it)")
     add_replay_commands(commands, command)
     add_ops_commands(commands, command)
+    add_acl_commands(commands, command)
+    add_quota_commands(commands, command)
     add_status_commands(commands, command)
     return parser
 
 
-def _local_broker(settings: Settings):
-    from agents.broker import LocalBroker
+def _local_broker(settings: Settings, args: argparse.Namespace):
+    """The local broker (``--secure``: the secured one) of ``settings``; refused when
+    STREAMSERVE_BROKER names another cluster."""
+    from agents.broker import SECURE_PORT_OFFSET, LocalBroker
 
-    return LocalBroker(settings.home, settings.local_broker_port)
-
-
-def _require_local(settings: Settings) -> None:
-    if not settings.uses_local_broker:
+    port = settings.local_broker_port + (SECURE_PORT_OFFSET if args.secure else 0)
+    broker = LocalBroker(settings.home, port, secure=args.secure)
+    # A sourced credentials file names the secured broker itself: that one is managed here.
+    if not settings.uses_local_broker and settings.broker != broker.bootstrap:
         raise ConfigError(f"STREAMSERVE_BROKER={settings.broker} points at an existing cluster; "
                           "unset it to manage the local broker")
+    return broker
 
 
 def _broker_start(settings: Settings, args: argparse.Namespace) -> int:
-    _require_local(settings)
-    started = _local_broker(settings).start()
-    print(f"broker {'started' if started else 'already running'} on {settings.bootstrap}")
+    broker = _local_broker(settings, args)
+    started = broker.start()
+    print(f"broker {'started' if started else 'already running'} on {broker.bootstrap}")
+    if broker.secure:
+        print(f"TLS (CA {broker.cafile}), SCRAM logins, ACLs enforced; log in with `set -a; . "
+              f"{broker.env_file('NAME')}`, NAME one of admin, worker, client; then, as admin, "
+              "`streamserve acl apply`")
+    if broker.secure and started:
+        from agents.audit import record
+        from agents.broker import PRINCIPALS
+
+        admin = Settings.from_env(broker.environment("admin"), topic_prefix=settings.topic_prefix)
+        asyncio.run(record(admin, action="broker_start", subject=f"broker:{broker.bootstrap}",
+                           details={"security": "SASL_SSL", "users": list(PRINCIPALS),
+                                    "ca": str(broker.cafile)}))
     return 0
 
 
 def _broker_stop(settings: Settings, args: argparse.Namespace) -> int:
-    _require_local(settings)
-    stopped = _local_broker(settings).stop()
+    stopped = _local_broker(settings, args).stop()
     print("broker stopped" if stopped else "no broker was running")
     return 0
 
 
 def _broker_status(settings: Settings, args: argparse.Namespace) -> int:
-    _require_local(settings)
-    status = _local_broker(settings).status()
+    status = _local_broker(settings, args).status()
     print(f"broker {'running (pid ' + str(status.pid) + ')' if status.running else 'stopped'} "
           f"on {status.bootstrap}, data in {status.home}")
     return 0 if status.running else 3
@@ -234,22 +270,27 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _produce_lines(settings: Settings, topic: str, lines) -> int:
-    from agents.kafka_io import ensure_topics, start_producer
+    from agents.kafka_io import ensure_topics, refusals, start_producer
+    from pipeline.acl import Operation
 
     await ensure_topics(settings)
     producer = await start_producer(settings)
-    sent = 0
+    deliveries = []
     try:
-        for line in lines:
-            value = line.rstrip(b"\r\n")
-            if not value.strip():
-                continue
-            await producer.send(topic, value=value, key=_request_key(value))
-            sent += 1
-        await producer.flush()
+        with refusals(settings, Operation.WRITE):
+            for line in lines:
+                value = line.rstrip(b"\r\n")
+                if not value.strip():
+                    continue
+                deliveries.append(await producer.send(topic, value=value, key=_request_key(value)))
+            # A refused or failed write shows only in its delivery: check every one.
+            failed = [r for r in await asyncio.gather(*deliveries, return_exceptions=True)
+                      if isinstance(r, BaseException)]
+            if failed:
+                raise failed[0]
     finally:
         await producer.stop()
-    return sent
+    return len(deliveries)
 
 
 def _request_key(value: bytes) -> bytes | None:
@@ -270,19 +311,21 @@ def _consume(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _consume_lines(settings: Settings, topic: str, from_beginning: bool, limit: int | None,
                          timeout: float | None, out: TextIO) -> None:
-    from agents.kafka_io import ensure_topics, read_topic
+    from agents.kafka_io import ensure_topics, read_topic, refusals
+    from pipeline.acl import Operation
 
     await ensure_topics(settings)
     count = 0
     if limit is not None and limit <= 0:
         return
-    async for record in read_topic(settings, topic, from_beginning=from_beginning,
-                                   idle_timeout=timeout):
-        out.write((record.value or b"").decode("utf-8", errors="replace") + "\n")
-        out.flush()
-        count += 1
-        if limit is not None and count >= limit:
-            return
+    with refusals(settings, Operation.READ):
+        async for record in read_topic(settings, topic, from_beginning=from_beginning,
+                                       idle_timeout=timeout):
+            out.write((record.value or b"").decode("utf-8", errors="replace") + "\n")
+            out.flush()
+            count += 1
+            if limit is not None and count >= limit:
+                return
 
 
 def _drift_report(settings: Settings, args: argparse.Namespace) -> int:

@@ -14,17 +14,14 @@ refusal is logged, counted and audited.
 from __future__ import annotations
 
 import asyncio
-import getpass
 import logging
-import os
-import socket
-import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import mode
 import orjson
 
+from agents.audit import AuditTrail, record
 from agents.inference import Deployment, InferenceService
 from agents.kafka_io import ensure_topics, read_topic, start_producer
 from agents.metrics import Metrics
@@ -33,37 +30,32 @@ from pipeline.batching import buckets_for
 from pipeline.canary import CanaryVerdict
 from pipeline.config import Settings
 from pipeline.registry import Registry, RegistryError
-from pipeline.routing import AuditEntry, ControlError, DeploymentSpec, promote, rollback
-from pipeline.signing import SignatureError, TrustedKeys, verify_version
+from pipeline.routing import ControlError, DeploymentSpec, promote, rollback
+from pipeline.signing import (
+    SignatureError,
+    TrustedKeys,
+    VerifiedVersion,
+    verify_version,
+)
 
 log = logging.getLogger(__name__)
 
 Transition = Callable[[DeploymentSpec | None], DeploymentSpec]
 
 
-def operator() -> str:
-    """Who is changing things: user@host (the audit trail's "who")."""
-    return f"{getpass.getuser()}@{socket.gethostname()}"
-
-
 async def read_specs(settings: Settings) -> dict[str, DeploymentSpec]:
     """The current spec of every model with one (the latest record per key)."""
     specs: dict[str, DeploymentSpec] = {}
-    async for record in read_topic(settings, settings.topics.control, from_beginning=True,
-                                   to_end=True):
-        if record.value is not None:
-            spec = DeploymentSpec.from_json(orjson.loads(record.value))
+    async for message in read_topic(settings, settings.topics.control, from_beginning=True,
+                                    to_end=True):
+        if message.value is not None:
+            spec = DeploymentSpec.from_json(orjson.loads(message.value))
             specs[spec.model] = spec
     return specs
 
 
-async def read_audit(settings: Settings) -> list[AuditEntry]:
-    return [AuditEntry.from_json(orjson.loads(record.value)) async for record in read_topic(
-        settings, settings.topics.audit, from_beginning=True, to_end=True)]
-
-
 async def change(settings: Settings, model: str, transition: Transition, *, action: str,
-                 who: str, source: str, reason: str = "",
+                 source: str, reason: str = "",
                  expected_revision: int | None = None) -> DeploymentSpec | None:
     """Apply ``transition`` to ``model``'s current spec; write the new spec and its audit
     entry. With ``expected_revision``, nothing happens (None) unless the current spec is
@@ -73,15 +65,13 @@ async def change(settings: Settings, model: str, transition: Transition, *, acti
     if expected_revision is not None and (current is None or current.revision != expected_revision):
         return None
     new = transition(current)
-    entry = AuditEntry(action=action, model=model, who=who, when=time.time(), source=source,
-                       before=None if current is None else current.to_json(), after=new.to_json(),
-                       reason=reason)
     producer = await start_producer(settings)
     try:
         await producer.send_and_wait(settings.topics.control, key=model.encode(),
                                      value=orjson.dumps(new.to_json()))
-        await producer.send_and_wait(settings.topics.audit, key=model.encode(),
-                                     value=orjson.dumps(entry.to_json()))
+        await record(settings, action=action, subject=model, source=source, reason=reason,
+                     before=None if current is None else current.to_json(), after=new.to_json(),
+                     producer=producer)
     finally:
         await producer.stop()
     return new
@@ -106,7 +96,7 @@ class Deployer:
         self._metrics = metrics
         self._registry = Registry(settings.registry)
         self._buckets = buckets_for(settings.max_batch)
-        self._who = f"worker {socket.gethostname()}:{os.getpid()}"
+        self._trail = AuditTrail(settings, source="worker")
         # Compiling happens here, beside the model thread, so serving goes on meanwhile.
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
 
@@ -114,7 +104,7 @@ class Deployer:
         """The first deployment: every spec on the control topic (a spec that cannot load
         falls back to its stable version alone), and for each model without one, its
         newest registered version that loads. A model with nothing that loads is not
-        served; every refusal is logged, counted and audited."""
+        served; every load and refusal is audited (and every refusal logged and counted)."""
         specs = await read_specs(self._settings)
         candidates = {model: [spec, DeploymentSpec(model, spec.stable, revision=spec.revision)]
                       for model, spec in specs.items()}
@@ -131,6 +121,11 @@ class Deployer:
                     installed[model] = candidate
                     break
         self._inference.install(Deployment(models, installed))
+        await self._trail.close()  # the start-up's event loop ends here, the serving one follows
+
+    async def close(self) -> None:
+        """Write the audit entries under way, then stop the trail's producer."""
+        await self._trail.close()
 
     async def apply(self, spec: DeploymentSpec) -> bool:
         """Install ``spec`` once its versions are loaded; False (and audited) when one fails."""
@@ -154,42 +149,47 @@ class Deployer:
     async def _load(self, spec: DeploymentSpec, have: Mapping[tuple[str, str], ServingModel],
                     current: DeploymentSpec | None) -> dict[tuple[str, str], ServingModel] | None:
         """The versions of ``spec`` not in ``have``, verified and compiled; None if one fails."""
-        loaded = {}
+        loaded, verified = {}, {}
         for version in sorted(spec.versions()):
             key = (spec.model, version)
             if key in have:
                 continue
             try:
-                loaded[key] = await asyncio.get_running_loop().run_in_executor(
+                loaded[key], verified[key] = await asyncio.get_running_loop().run_in_executor(
                     self._loader, self._load_version, spec.model, version)
             except (RegistryError, SignatureError, ValueError, OSError) as e:
-                await self._refuse(spec, version, current, e)
+                self._refuse(spec, version, current, e)
                 return None
         everything = {**have, **loaded}
         features = everything[(spec.model, spec.stable)].manifest.inputs.names
         for version in sorted(spec.versions()):
             theirs = everything[(spec.model, version)].manifest.inputs.names
             if theirs != features:
-                await self._refuse(spec, version, current, ValueError(
+                self._refuse(spec, version, current, ValueError(
                     f"{spec.model}:{version} reads features {list(theirs)}, but stable version "
                     f"{spec.stable} reads {list(features)}: one request cannot go to both"))
                 return None
         await self._inference.warm(list(loaded.values()))
+        for check in verified.values():
+            signature = "verified" if check.problem is None else \
+                f"{check.problem.reason}, let through by STREAMSERVE_ALLOW_UNSIGNED"
+            self._trail.note(action="load", subject=spec.model, details={
+                "version": check.version, "key_id": check.key_id, "signature": signature})
         return loaded
 
-    async def _refuse(self, spec: DeploymentSpec, version: str, current: DeploymentSpec | None,
-                      error: Exception) -> None:
+    def _refuse(self, spec: DeploymentSpec, version: str, current: DeploymentSpec | None,
+                error: Exception) -> None:
         """Say why ``spec`` cannot serve: the log, a metric and an audit entry."""
         reason = getattr(error, "reason", type(error).__name__)
         log.error("refused %s, %s keeps serving: %s", spec.describe(),
                   "nothing" if current is None else current.describe(), error)
         self._metrics.model_refusals.labels(spec.model, version, str(reason)).inc()
-        await self._audit(AuditEntry(
-            action="load_refused", model=spec.model, who=self._who, when=time.time(),
-            source="worker", before=None if current is None else current.to_json(),
-            after=spec.to_json(), reason=str(error)))
+        self._trail.note(action="load_refused", subject=spec.model, reason=str(error),
+                         details={"version": version, "error": str(reason)},
+                         before=None if current is None else current.to_json(),
+                         after=spec.to_json())
 
-    def _load_version(self, model: str, version: str) -> ServingModel:
+    def _load_version(self, model: str, version: str) -> tuple[ServingModel, VerifiedVersion]:
         s = self._settings
         verified = verify_version(self._registry, model, version, TrustedKeys.load(s.trusted_keys),
                                   s.allow_unsigned)
@@ -199,15 +199,7 @@ class Deployer:
         # The parameters served are the bytes that were verified, read once.
         served = ServingModel(verified.manifest, verified.params(), self._buckets)
         self._metrics.jit_compiles.labels(model, version).inc(served.compiles)
-        return served
-
-    async def _audit(self, entry: AuditEntry) -> None:
-        producer = await start_producer(self._settings)
-        try:
-            await producer.send_and_wait(self._settings.topics.audit, key=entry.model.encode(),
-                                         value=orjson.dumps(entry.to_json()))
-        finally:
-            await producer.stop()
+        return served, verified
 
     def on_canary_verdict(self, model: str, revision: int, verdict: CanaryVerdict) -> None:
         """Roll the canary back, or promote it, as the judge decided (audited with its reason)."""
@@ -215,7 +207,7 @@ class Deployer:
         log.warning("canary of %s: %s (%s)", model, verdict.action, verdict.reason)
         task = asyncio.get_running_loop().create_task(change(
             self._settings, model, transition, action=f"auto_{verdict.action}",
-            who=self._who, source="canary-analysis", reason=verdict.reason,
+            source="canary-analysis", reason=verdict.reason,
             expected_revision=revision))
         _background.add(task)
         task.add_done_callback(_background.discard)
@@ -232,15 +224,18 @@ class ControlFollower(mode.Service):
         self._settings = settings
         self._deployer = deployer
 
+    async def on_stop(self) -> None:
+        await self._deployer.close()
+
     @mode.Service.task
     async def _follow(self) -> None:
-        async for record in read_topic(self._settings, self._settings.topics.control,
-                                       from_beginning=True):
-            if record.value is None or self.should_stop:
+        async for message in read_topic(self._settings, self._settings.topics.control,
+                                        from_beginning=True):
+            if message.value is None or self.should_stop:
                 continue
             try:
-                spec = DeploymentSpec.from_json(orjson.loads(record.value))
+                spec = DeploymentSpec.from_json(orjson.loads(message.value))
             except (ControlError, orjson.JSONDecodeError) as e:
-                log.error("control record at offset %d unreadable, skipped: %s", record.offset, e)
+                log.error("control record at offset %d unreadable, skipped: %s", message.offset, e)
                 continue
             await self._deployer.apply(spec)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime
+import time
 from collections.abc import Callable
+
+import orjson
 
 from pipeline import routing
 from pipeline.config import Settings
@@ -45,8 +47,16 @@ def add_control_commands(commands: argparse._SubParsersAction, command: Callable
                                "so the smallest budget among its models applies (default: "
                                "STREAMSERVE_BATCH_TIMEOUT_MS)")
     command("routes", _routes, "every model's deployment: stable, canary, shadows, fallback")
-    audit = command("audit", _audit, "the control plane's audit trail, oldest first")
+    audit = command("audit", _audit, "the audit trail, oldest first: deployment changes, "
+                                     "versions loaded and refused, ACL, quota and broker changes")
     audit.add_argument("--model", help="only this model's entries")
+    audit.add_argument("--subject", help="only this subject's entries, and those under it "
+                                         "(quota: every quota's; broker, acl, or a model)")
+    audit.add_argument("--action", action="append", default=[], metavar="ACTION",
+                       help="only entries of this action (repeat for several), e.g. load_refused")
+    audit.add_argument("--since", metavar="TIME", help="only entries since TIME: ISO 8601 (UTC "
+                                                       "if no zone) or an age such as 30m, 2h, 7d")
+    audit.add_argument("--json", action="store_true", help="one JSON object per line")
 
 
 def _model_version(parser: argparse.ArgumentParser) -> None:
@@ -57,12 +67,15 @@ def _model_version(parser: argparse.ArgumentParser) -> None:
 def _change(settings: Settings, model: str, action: str,
             transition: Callable[[DeploymentSpec | None], DeploymentSpec],
             *check: str) -> int:
-    from agents.control import change, check_servable, operator
+    from agents.control import change, check_servable
+    from agents.kafka_io import refusals
+    from pipeline.acl import Operation, Principals
 
     for version in check:
         check_servable(settings, model, version)
-    new = asyncio.run(change(settings, model, transition, action=action, who=operator(),
-                             source="cli"))
+    with refusals(settings, Operation.WRITE, fix="lifecycle commands need admin credentials",
+                  fixed_by=Principals().admin):
+        new = asyncio.run(change(settings, model, transition, action=action, source="cli"))
     assert new is not None
     print(new.describe())
     return 0
@@ -130,15 +143,15 @@ def _routes(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _audit(settings: Settings, args: argparse.Namespace) -> int:
-    from agents.control import read_audit
+    from agents.audit import read_entries
+    from pipeline.audit import parse_since, render, select
 
-    for entry in asyncio.run(read_audit(settings)):
-        if args.model is not None and entry.model != args.model:
-            continue
-        when = datetime.datetime.fromtimestamp(entry.when, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
-        after = "-" if entry.after is None else DeploymentSpec.from_json(entry.after).describe()
-        print(f"{when}Z  {entry.action:<14} {entry.model:<14} by {entry.who} ({entry.source})")
-        print(f"    now: {after}")
-        if entry.reason:
-            print(f"    why: {entry.reason}")
+    since = None if args.since is None else parse_since(args.since, time.time())
+    entries = select(asyncio.run(read_entries(settings)), model=args.model, subject=args.subject,
+                     actions=args.action, since=since)
+    if args.json:
+        for entry in entries:
+            print(orjson.dumps(entry.to_json()).decode())
+    elif entries:
+        print(render(entries))
     return 0

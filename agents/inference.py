@@ -20,7 +20,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import jax
@@ -46,6 +46,7 @@ from pipeline.messages import (
     encode_shadow,
     source_headers,
 )
+from pipeline.quotas import TenantQuotas
 from pipeline.redaction import Redactor
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import DeploymentSpec, Route
@@ -87,6 +88,7 @@ class Outgoing:
     reason: Reason | None  # why, for a dead letter
     request_timestamp: float
     route: str = ""
+    quota: str = ""  # a request's answer: the tenant quota whose in-flight slot it frees
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +115,7 @@ class InferenceService:
                  on_canary_verdict: Callable[[str, int, CanaryVerdict], None] | None = None) -> None:
         self._settings = settings
         self._topics = settings.topics
-        self._max_bytes = settings.max_message_bytes
+        self._max_bytes, self._max_features = settings.max_message_bytes, settings.max_features
         self._faults = settings.fault_plan
         self._device = jax.default_backend()  # "cpu", "gpu" or "tpu": what model calls cost
         metrics.price_per_hour.labels("cpu").set(settings.price_cpu_hour)
@@ -121,6 +123,8 @@ class InferenceService:
             settings.price_gpu_hour)
         self._recent = (RecentIds(settings.dedupe_ids, settings.dedupe_window_s)
                         if settings.dedupe_ids else None)
+        plan = settings.tenant_quota_plan
+        self._quotas = TenantQuotas(plan) if plan else None
         self._metrics = metrics
         self._executor = executor
         self._on_canary_verdict = on_canary_verdict
@@ -156,7 +160,16 @@ class InferenceService:
         self._queueing_budget_s = min(
             (spec.batch_timeout_ms or s.batch_timeout_ms for spec in deployment.specs.values()),
             default=s.batch_timeout_ms) / 1000
-        self._policies = {model: s.policy(model) for model in deployment.specs}
+        # A loaded version's sensitive features are redacted whatever the rules say (they
+        # may only be stricter); a model's marks are those of all its loaded versions.
+        marks: dict[str, set[str]] = {}
+        for (model, _), served in deployment.models.items():
+            marks.setdefault(model, set()).update(served.manifest.inputs.sensitive)
+        self._policies = {}
+        for model in deployment.specs:
+            policy = s.policy(model)
+            self._policies[model] = replace(
+                policy, redactor=policy.redactor.marking(marks.get(model, ())))
         # Dead letters may name no model, or one not served: hide every model's fields.
         redactor = s.policy("").redactor
         for policy in self._policies.values():
@@ -184,9 +197,10 @@ class InferenceService:
         groups: dict[tuple[str, str, Route], list[tuple[Incoming, Request]]] = {}
         expired: Counter[tuple[str, str, Route]] = Counter()
         now, clock = time.time(), time.monotonic()
-        recent = self._recent
+        recent, quotas = self._recent, self._quotas
+        admitted: Counter[str] = Counter()  # in-flight slots this batch's requests took
         for record in batch:
-            decoded = decode(record.value, catalog, self._max_bytes)
+            decoded = decode(record.value, catalog, self._max_bytes, self._max_features)
             if isinstance(decoded, Request) and recent is not None and recent.seen_before(
                     decoded.id, clock, (record.topic, record.partition, record.offset)):
                 decoded = recent.rejection(decoded.id, decoded.model)
@@ -197,6 +211,13 @@ class InferenceService:
                                     f"and could not be answered within its deadline_ms of "
                                     f"{decoded.deadline_ms}; raise the deadline or add workers",
                                     id=decoded.id, model=decoded.model)
+            if isinstance(decoded, Request) and quotas is not None:
+                refusal = quotas.admit(decoded.tenant, clock)
+                if refusal is not None:
+                    self._metrics.quota_rejections.labels(refusal.quota, refusal.limit).inc()
+                    decoded = replace(refusal.rejection, id=decoded.id, model=decoded.model)
+                elif quota := self._quota_of(decoded):
+                    admitted[quota] += 1
             if isinstance(decoded, Rejection):
                 outgoing.append(self._dead_letter(record, decoded, version=""))
             else:
@@ -205,18 +226,24 @@ class InferenceService:
         for (model, version, route), count in expired.items():  # a deadline missed is a failure
             self._feed_breaker(model, version, 0, count)
             self._judge_canary(deployment, model, route, count, [], [])
-        for (model, version, route), items in groups.items():
-            spec = deployment.specs[model]
-            size = spec.max_batch or len(items)
-            for start in range(0, len(items), size):
-                served, out = await self._serve_group(deployment, model, version, route,
-                                                      items[start:start + size])
-                outgoing.extend(out)
-                for shadow in spec.shadows if served is not None else ():
-                    outgoing.extend(await self._shadow(deployment, model, shadow, version, served))
-        if recent is not None:  # a request the server failed may be sent again with its id
+        try:
+            for (model, version, route), items in groups.items():
+                spec = deployment.specs[model]
+                size = spec.max_batch or len(items)
+                for start in range(0, len(items), size):
+                    served, out = await self._serve_group(deployment, model, version, route,
+                                                          items[start:start + size])
+                    outgoing.extend(out)
+                    for shadow in spec.shadows if served is not None else ():
+                        outgoing.extend(await self._shadow(deployment, model, shadow, version, served))
+        except BaseException:
+            # These answers will not be sent (the caller dead-letters the batch untagged).
+            for quota, count in admitted.items():
+                quotas.release(quota, count)
+            raise
+        if recent is not None:  # a request refused for now may be sent again with its id
             for out in outgoing:
-                if out.kind is Kind.DEAD_LETTER and out.reason in _SERVER_FAILURES:
+                if out.kind is Kind.DEAD_LETTER and out.reason in _RETRYABLE:
                     recent.forget(out.key.decode())
         return outgoing
 
@@ -235,8 +262,8 @@ class InferenceService:
                             f"set a fallback with `streamserve fallback {model} VERSION`")
                          + "; the breaker tries the version again shortly")
                 return None, [self._dead_letter(record, Rejection(
-                    Reason.CIRCUIT_OPEN, error, id=request.id, model=model), version)
-                    for record, request in items]
+                    Reason.CIRCUIT_OPEN, error, id=request.id, model=model), version,
+                    quota=self._quota_of(request)) for record, request in items]
             version, route = fallback.version, fallback.route
         served = deployment.models[(model, version)]
         rows = np.array([request.row for _, request in items], dtype=np.float32)
@@ -254,7 +281,8 @@ class InferenceService:
                 log.warning("model %s:%s failed on request %s: %s", model, version, request.id,
                             result.error)
                 rejection = Rejection(Reason.MODEL_ERROR, result.error, id=request.id, model=model)
-                outgoing.append(self._dead_letter(record, rejection, version, route))
+                outgoing.append(self._dead_letter(record, rejection, version, route,
+                                                  quota=self._quota_of(request)))
                 continue
             facts = ServingFacts(route=str(route), batch_size=len(rows),
                                  latency_ms=1000 * (done - record.timestamp))
@@ -264,7 +292,7 @@ class InferenceService:
                 value=encode_prediction(request.id, model, version, result, labels, facts),
                 headers=source_headers(record.topic, record.partition, record.offset),
                 model=model, version=version, reason=None, request_timestamp=record.timestamp,
-                route=str(route)))
+                route=str(route), quota=self._quota_of(request)))
             if policy.sample_rate and sampled(request.id, policy.sample_rate):
                 outgoing.append(self._sample(record, request, names, result, labels, policy.redactor))
         ok = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
@@ -385,15 +413,21 @@ class InferenceService:
         self._pending_drift.clear()
         return messages
 
+    def _quota_of(self, request: Request) -> str:
+        """The quota holding an in-flight slot for ``request``, which its answer frees."""
+        quota = self._quotas.governing(request.tenant) if self._quotas is not None else None
+        return quota or ""
+
     def _dead_letter(self, record: Incoming, rejection: Rejection, version: str,
-                     route: Route | str = "") -> Outgoing:
+                     route: Route | str = "", quota: str = "") -> Outgoing:
         return Outgoing(
             kind=Kind.DEAD_LETTER, topic=self._topics.deadletter, partition=record.partition,
             key=dead_letter_key(rejection, record.topic, record.partition, record.offset),
-            value=encode_dead_letter(rejection, self._dead_letter_redactor.original(record.value)),
+            value=encode_dead_letter(self._dead_letter_redactor.rejection(rejection),
+                                     self._dead_letter_redactor.original(record.value)),
             headers=source_headers(record.topic, record.partition, record.offset),
             model=rejection.model or "", version=version, reason=rejection.reason,
-            request_timestamp=record.timestamp, route=str(route))
+            request_timestamp=record.timestamp, route=str(route), quota=quota)
 
     def fail_batch(self, batch: Sequence[Incoming], error: Exception) -> list[Outgoing]:
         """Dead letters for a whole batch, when serving it failed outside any model call."""
@@ -402,7 +436,8 @@ class InferenceService:
                 for record in batch]
 
     def delivered(self, outgoing: Sequence[Outgoing]) -> None:
-        """Count outputs once the broker has acknowledged them."""
+        """Count outputs once the broker has acknowledged them, and free the in-flight
+        slots of the requests they answer."""
         m, now = self._metrics, time.time()
         # Count per label set, then touch each metric once: label lookups cost more
         # than the increments.
@@ -410,7 +445,10 @@ class InferenceService:
         samples: Counter[str] = Counter()
         dead: Counter[tuple[str, str, Reason]] = Counter()
         latencies: dict[str, list[float]] = {}
+        answered: Counter[str] = Counter()
         for out in outgoing:
+            if out.quota:
+                answered[out.quota] += 1
             if out.kind is Kind.PREDICTION:
                 served[(out.model, out.version, out.route)] += 1
                 latencies.setdefault(out.model, []).append(now - out.request_timestamp)
@@ -433,9 +471,19 @@ class InferenceService:
             histogram = m.e2e_latency.labels(model)
             for s in seconds:
                 histogram.observe(max(0.0, s))
+        for quota, count in answered.items():
+            self._quotas.release(quota, count)
+
+    def abandoned(self) -> None:
+        """The outputs handed out and not yet delivered never will be (an aborted
+        transaction): free every in-flight slot; their requests are read again."""
+        if self._quotas is not None:
+            self._quotas.release_all()
 
 
-_SERVER_FAILURES = frozenset({Reason.DEADLINE_EXCEEDED, Reason.MODEL_ERROR, Reason.CIRCUIT_OPEN})
+# Refused for the server's sake or the tenant's quota, not for what the request holds.
+_RETRYABLE = frozenset({Reason.DEADLINE_EXCEEDED, Reason.MODEL_ERROR, Reason.CIRCUIT_OPEN,
+                        Reason.QUOTA_EXCEEDED})
 
 
 def _timed_serve(predict: Callable[[np.ndarray], np.ndarray],

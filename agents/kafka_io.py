@@ -5,16 +5,36 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    TopicAlreadyExistsError,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+    UnsupportedSaslMechanismError,
+    for_code,
+)
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.api import Request, Response
+from aiokafka.protocol.metadata import MetadataRequest
 
+from pipeline import acl
 from pipeline.config import Settings
+
+# What Kafka answers when the principal logged in may not do something.
+REFUSALS = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
+            ClusterAuthorizationFailedError, TransactionalIdAuthorizationFailed)
 
 
 def connection(settings: Settings) -> dict[str, object]:
@@ -38,13 +58,102 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 class KafkaAccessError(RuntimeError):
-    """Kafka could not be used as asked: unreachable servers, a missing topic."""
+    """Kafka could not be used as asked: unreachable servers, a refused login or access,
+    a missing topic."""
 
 
-def _unreachable(settings: Settings, error: Exception) -> KafkaAccessError:
+async def unreachable(settings: Settings, error: Exception) -> KafkaAccessError:
+    """Why the clients of ``settings`` could not start: a refused login or TLS handshake
+    when the first server says so, else that Kafka cannot be reached."""
+    refusal = await _login_refusal(settings)
+    if refusal is not None:
+        return KafkaAccessError(refusal)
     hint = ("start it with `streamserve broker start`" if settings.uses_local_broker
             else "check STREAMSERVE_BROKER")
     return KafkaAccessError(f"cannot reach Kafka at {settings.bootstrap} ({error}); {hint}")
+
+
+async def _login_refusal(settings: Settings) -> str | None:
+    """What the first bootstrap server makes of this client's TLS handshake and login
+    (aiokafka only logs it and reports "Unable to bootstrap"); None when it accepts them
+    or cannot be reached at all."""
+    security = settings.kafka_security
+    host, _, port = settings.bootstrap.split(",")[0].strip().rpartition(":")
+    where = f"Kafka at {host}:{port}"
+    options = {k: v for k, v in connection(settings).items() if k != "bootstrap_servers"}
+    try:
+        conn = await create_conn(host, int(port), request_timeout_ms=5000, **options)
+    except ssl.SSLCertVerificationError as e:
+        return (f"{where} presented a certificate this client does not trust ({e.verify_message}): "
+                "set STREAMSERVE_SSL_CAFILE to the CA that signed it, and connect by a name or "
+                "address the certificate holds")
+    except ssl.SSLError as e:
+        return (f"the TLS handshake with {where} failed ({e.reason or e}): check that its listener "
+                f"speaks STREAMSERVE_SECURITY_PROTOCOL={security.protocol}")
+    except SaslAuthenticationFailed:
+        return (f"{where} refused the login of {security.principal} ({security.sasl_mechanism}): "
+                "check STREAMSERVE_SASL_USERNAME and STREAMSERVE_SASL_PASSWORD (or _FILE)")
+    except UnsupportedSaslMechanismError:
+        return (f"{where} does not accept SASL mechanism {security.sasl_mechanism}: set "
+                "STREAMSERVE_SASL_MECHANISM to one its listener enables")
+    except KafkaConnectionError:  # connected, then dropped: it wanted another protocol
+        return (f"{where} closed the connection: is it a Kafka listener that speaks "
+                f"STREAMSERVE_SECURITY_PROTOCOL={security.protocol}? (a secured broker wants "
+                "SASL_SSL, with a user name and password)")
+    except (TimeoutError, OSError, KafkaError):
+        return None
+    conn.close()
+    return None
+
+
+def refused(settings: Settings, error: KafkaError, operation: acl.Operation | None = None,
+            fix: str | None = None, fixed_by: str | None = None) -> KafkaAccessError:
+    """``error`` (one of REFUSALS) as a sentence naming the principal, the resource and the
+    fix: ``fix`` (with ``fixed_by``'s credentials) when given, else who the streamserve ACL
+    layout lets do it."""
+    principal = settings.kafka_security.principal
+    kind, name = _refused_resource(error)
+    scope = acl.Scope(settings.topics, settings.app_id)
+    how = {who: f"`set -a; . {path}`" for who in acl.Principals().all()
+           if (path := _local_env_file(settings, who)).is_file()}
+    return KafkaAccessError(acl.refusal(principal, kind, name, operation, acl.layout(scope),
+                                        fix=fix, fixed_by=fixed_by, how_to_become=how))
+
+
+def _refused_resource(error: KafkaError) -> tuple[acl.ResourceType, str]:
+    subject = error.args[0] if error.args else None
+    names = [subject] if isinstance(subject, str) else sorted(subject or ())
+    kind = {TopicAuthorizationFailedError: acl.ResourceType.TOPIC,
+            GroupAuthorizationFailedError: acl.ResourceType.GROUP,
+            TransactionalIdAuthorizationFailed: acl.ResourceType.TRANSACTIONAL_ID,
+            }.get(type(error), acl.ResourceType.CLUSTER)
+    if kind == acl.ResourceType.CLUSTER or not names:
+        return acl.ResourceType.CLUSTER, "kafka-cluster"
+    return kind, ", ".join(map(str, names))
+
+
+def _local_env_file(settings: Settings, principal: str) -> Path:
+    """Where `streamserve broker start --secure` put the settings that log in as ``principal``."""
+    from agents.broker import LocalBroker
+
+    return LocalBroker(settings.home, secure=True).env_file(principal.split(":", 1)[1])
+
+
+@contextmanager
+def refusals(settings: Settings, operation: acl.Operation | None = None,
+             fix: str | None = None, fixed_by: str | None = None) -> Iterator[None]:
+    """Turn Kafka's authorization refusals inside the block into ``refused(...)``."""
+    try:
+        yield
+    except REFUSALS as e:
+        raise refused(settings, e, operation, fix, fixed_by) from None
+
+
+async def send_request(admin: AIOKafkaAdminClient, request: Request) -> Response:
+    """``request`` (an aiokafka protocol class) to any broker, through ``admin``'s connections:
+    aiokafka's admin client has no method for ACLs, nor a metadata request that never
+    creates a topic."""
+    return await admin._send_request(request)
 
 
 @asynccontextmanager
@@ -53,7 +162,8 @@ async def admin_client(settings: Settings) -> AsyncIterator[AIOKafkaAdminClient]
     try:
         await admin.start()
     except KafkaError as e:
-        raise _unreachable(settings, e) from e
+        await admin.close()
+        raise await unreachable(settings, e) from e
     try:
         yield admin
     finally:
@@ -73,17 +183,35 @@ async def ensure_topics(settings: Settings) -> None:
     async with admin_client(settings) as admin:
         existing = set(await admin.list_topics())
         missing = [topic for topic in wanted if topic.name not in existing]
-        if missing:
-            await admin.create_topics(missing)
-            await _wait_for_metadata(settings, [t.name for t in missing])
+        if not missing:
+            return
+        response = await admin.create_topics(missing)
+    created = []
+    for name, code, *message in response.topic_errors:
+        error = for_code(code)
+        if code == 0:
+            created.append(name)
+        elif error not in (TopicAlreadyExistsError, *REFUSALS):
+            raise KafkaAccessError(f"creating topic {name} on {settings.bootstrap} failed: "
+                                   f"{error.__name__} {''.join(filter(None, message))}".rstrip())
+        # Refused: a topic this principal may not see or create. Using it will say so.
+    await _wait_for_metadata(settings, created)
 
 
 async def _require_topic(settings: Settings, topic: str) -> None:
+    """Return when ``topic`` exists and this principal may see it; raise
+    TopicAuthorizationFailedError when it may not, KafkaAccessError when it does not exist."""
     async with admin_client(settings) as admin:
-        if topic not in await admin.list_topics():
-            raise KafkaAccessError(f"topic {topic!r} does not exist on {settings.bootstrap}; "
-                                   f"the serving topics are {settings.topic_prefix}.requests, "
-                                   ".predictions and .deadletter")
+        if topic in await admin.list_topics():
+            return
+        # Named, a topic one may not see answers "not authorized", whether it exists or not.
+        response = await send_request(admin, MetadataRequest([topic], allow_auto_topic_creation=False))
+    if any(t["error_code"] == TopicAuthorizationFailedError.errno
+           for t in response.to_object()["topics"]):
+        raise TopicAuthorizationFailedError(topic)
+    raise KafkaAccessError(f"topic {topic!r} does not exist on {settings.bootstrap}; "
+                           f"the serving topics are {settings.topic_prefix}.requests, "
+                           ".predictions and .deadletter")
 
 
 async def _wait_for_metadata(settings: Settings, names: list[str], timeout: float = 30) -> None:
@@ -104,7 +232,7 @@ async def _start_consumer(settings: Settings, *topics: str, **options: object) -
         await consumer.start()
     except KafkaConnectionError as e:
         await consumer.stop()
-        raise _unreachable(settings, e) from e
+        raise await unreachable(settings, e) from e
     return consumer
 
 
@@ -115,7 +243,7 @@ async def start_producer(settings: Settings, **options: object) -> AIOKafkaProdu
         await producer.start()
     except KafkaConnectionError as e:
         await producer.stop()
-        raise _unreachable(settings, e) from e
+        raise await unreachable(settings, e) from e
     return producer
 
 
@@ -238,7 +366,7 @@ class ClusterView:
             await self._consumer.start()
         except KafkaError as e:
             await self.close()
-            raise _unreachable(self._settings, e) from e
+            raise await unreachable(self._settings, e) from e
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -36,6 +36,11 @@ class Metrics:
                                    ["model", "reason"], registry=r)
         self.samples = Counter("streamserve_samples", "Sampled, redacted requests written",
                                ["model"], registry=r)
+        # Labelled by quota (a configured tenant, or "default" for all others): bounded.
+        self.quota_rejections = Counter(
+            "streamserve_quota_rejections",
+            "Requests dead-lettered as quota_exceeded, by tenant quota and limit (rate, inflight)",
+            ["tenant", "limit"], registry=r)
         self.e2e_latency = Histogram(
             "streamserve_e2e_latency_seconds",
             "Request timestamp to prediction produced and acknowledged",

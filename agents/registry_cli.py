@@ -47,12 +47,16 @@ def keys_generate(settings: Settings, args: argparse.Namespace) -> int:
 def models_train(settings: Settings, args: argparse.Namespace) -> int:
     from models.train import train_and_register
 
+    sensitive = [name.strip() for names in args.sensitive for name in names.split(",")
+                 if name.strip()]
     manifest = train_and_register(args.name, Registry(settings.registry), seed=args.seed,
-                                  signing_key=settings.signing_key)
+                                  signing_key=settings.signing_key, sensitive=sensitive)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in manifest.metrics.items())
     signer = key_id(ensure_signing_key(settings.signing_key).public_key())
-    print(f"registered {manifest.model}:{manifest.version} ({metrics}) in {settings.registry}, "
-          f"signed by key {signer} ({settings.signing_key})")
+    marked = (f"; sensitive: {', '.join(manifest.inputs.sensitive)}"
+              if manifest.inputs.sensitive else "")
+    print(f"registered {manifest.model}:{manifest.version} ({metrics}{marked}) in "
+          f"{settings.registry}, signed by key {signer} ({settings.signing_key})")
     return 0
 
 
@@ -93,6 +97,7 @@ def models_show(settings: Settings, args: argparse.Namespace) -> int:
                          + ", ".join(f"{k} {v}" for k, v in sorted(m.hyperparameters.items()))),
         ("inputs", f"{len(m.inputs)} features: "
                    + ", ".join(f"{f.name} {f.dtype} {_range(f.minimum, f.maximum)}"
+                               + (" sensitive" if f.sensitive else "")
                                for f in m.inputs.features)),
         ("outputs", ", ".join(m.outputs.labels)),
         ("metrics", ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.metrics.items()))),

@@ -267,6 +267,7 @@ class RequestServer(mode.Service):
                     await asyncio.sleep(_SEND_RETRY_SECONDS)
         self._queue, self._unflushed = [], {}
         self._inference.drift_rows()  # their rows are served, and coded, again
+        self._inference.abandoned()  # and admitted again
         for tp in self._consumer.assignment():
             committed = await self._consumer.committed(tp)
             if committed is None:

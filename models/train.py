@@ -13,6 +13,7 @@ import logging
 import socket
 import subprocess
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,8 +69,12 @@ class TrainedModel:
     seconds: float
 
 
-def train(name: str, seed: int = 0) -> TrainedModel:
-    """Train the built-in model ``name``; the same seed gives the same parameters."""
+def train(name: str, seed: int = 0, sensitive: Iterable[str] = ()) -> TrainedModel:
+    """Train the built-in model ``name``; the same seed gives the same parameters.
+
+    ``sensitive`` names the features whose values must never leave a worker in clear
+    (marked in the manifest's input schema; see ``pipeline.redaction``).
+    """
     try:
         recipe = BUILTIN[name]
     except KeyError:
@@ -79,6 +84,7 @@ def train(name: str, seed: int = 0) -> TrainedModel:
     X_train, X_test, y_train, y_test = train_test_split(
         data.X, data.y, test_size=recipe.test_size, stratify=data.y, random_state=seed
     )
+    inputs = _input_schema(data, X_train).marked(sensitive)  # a bad name fails before fitting
     scale = X_train.std(axis=0)
     sizes = (X_train.shape[1], *recipe.hidden, len(data.labels))
     params = init_mlp(seed, sizes, X_train.mean(axis=0), np.where(scale > 0, scale, 1.0))
@@ -102,7 +108,7 @@ def train(name: str, seed: int = 0) -> TrainedModel:
         architecture="mlp",
         hyperparameters={"hidden": list(recipe.hidden), "l2": recipe.l2, "max_iter": recipe.max_iter,
                          "test_size": recipe.test_size, "optimizer": "L-BFGS-B"},
-        inputs=_input_schema(data, X_train),
+        inputs=inputs,
         outputs=OutputSchema(data.labels),
         metrics=metrics,
         lineage=lineage(X_train, y_train, code_revision=_code_revision(), created_by=_user(),
@@ -114,8 +120,9 @@ def train(name: str, seed: int = 0) -> TrainedModel:
 
 
 def train_and_register(name: str, registry: Registry, seed: int = 0,
-                       signing_key: Path | None = None) -> Manifest:
-    """Train the built-in model ``name`` and register it as its next version.
+                       signing_key: Path | None = None, sensitive: Iterable[str] = ()) -> Manifest:
+    """Train the built-in model ``name`` and register it as its next version, with the
+    features ``sensitive`` names marked sensitive.
 
     With ``signing_key`` (a private key file, ``Settings.signing_key``) the version is signed
     as it is registered; a missing key is created, with its ``.pub`` beside it. Without it
@@ -123,7 +130,7 @@ def train_and_register(name: str, registry: Registry, seed: int = 0,
     """
     # The key first: a bad key path fails before a minute of training, not after.
     key = ensure_signing_key(signing_key) if signing_key is not None else None
-    trained = train(name, seed)
+    trained = train(name, seed, sensitive)
     if key is None:
         return registry.register(trained.draft, trained.params)
     return register_signed(registry, trained.draft, trained.params, key)

@@ -18,6 +18,7 @@ from pipeline.breaker import BreakerConfig
 from pipeline.canary import CanaryPolicy
 from pipeline.drift import DriftConfig
 from pipeline.faults import FaultPlan, FaultSpecError
+from pipeline.quotas import Quota, QuotaSpecError, parse_quotas
 from pipeline.redaction import RedactionError, Redactor, parse_rules
 from pipeline.security import KafkaSecurity, SecurityConfigError
 from pipeline.slo import Objectives, SloError
@@ -195,6 +196,19 @@ class Settings:
         "STREAMSERVE_MAX_MESSAGE_BYTES",
         "Largest request accepted; bigger ones are dead-lettered as too_large unread.",
     )
+    max_features: int = _setting(
+        1024, "STREAMSERVE_MAX_FEATURES",
+        "Most features one request may name (tabular 'features' entries or OIP inputs); more "
+        "are dead-lettered as too_many_features before any per-feature work. Raise it to "
+        "serve a model that takes more.")
+    tenant_quotas: str = _setting(
+        "", "STREAMSERVE_TENANT_QUOTAS",
+        "Per-tenant quotas: 'TENANT:rate=R[,burst=B][,inflight=N];...'. rate: requests/s "
+        "(a token bucket of burst tokens, default the rate rounded up); inflight: requests "
+        "admitted and not yet answered. 'default' is one quota shared by every tenant not "
+        "named and by requests without one (without it they are unlimited). Excess is "
+        "dead-lettered as quota_exceeded. Each worker enforces its own: the fleet admits up "
+        "to a quota times the number of workers (as Envoy's local rate limit). Unset: none.")
     slo_availability: float = _setting(
         0.999, "STREAMSERVE_SLO_AVAILABILITY",
         "Availability objective: the share of requests answered with a prediction or a "
@@ -337,6 +351,11 @@ class Settings:
         _check(1 <= self.batch_timeout_ms <= 10_000, "STREAMSERVE_BATCH_TIMEOUT_MS",
                "must be between 1 and 10000 milliseconds")
         _check(self.max_message_bytes >= 256, "STREAMSERVE_MAX_MESSAGE_BYTES", "must be at least 256")
+        _check(self.max_features >= 1, "STREAMSERVE_MAX_FEATURES", "must be at least 1")
+        try:
+            self.tenant_quota_plan  # noqa: B018 - parsed here so a typo stops the start
+        except QuotaSpecError as e:
+            raise ConfigError(str(e)) from None
         _check(bool(self.topic_prefix) and all(c.isalnum() or c in "._-" for c in self.topic_prefix),
                "STREAMSERVE_TOPIC_PREFIX", "must be non-empty and use only letters, digits, '.', '_' and '-'")
         try:
@@ -396,6 +415,11 @@ class Settings:
     @property
     def exactly_once(self) -> bool:
         return self.delivery == "exactly-once"
+
+    @property
+    def tenant_quota_plan(self) -> dict[str, Quota]:
+        """STREAMSERVE_TENANT_QUOTAS, read: quota name (a tenant or ``default``) -> limits."""
+        return parse_quotas(self.tenant_quotas)
 
     @property
     def fault_plan(self) -> FaultPlan:

@@ -13,11 +13,13 @@ Two request forms are accepted:
     {"id": "r-1", "model_name": "iris", "model_version"?: "3",
      "inputs": [{"name": "sepal_length", "shape": [1], "datatype": "FP32", "data": [5.1]}, ...]}
 
-Every check costs no more than the request's size, and size is checked first.
+Every check costs no more than the request's size, and size is checked first; then
+nesting depth, on the bytes (so neither parser nears its recursion limit), and the number
+of features before any per-feature work.
 
 Only strict JSON (RFC 8259, as orjson reads it) becomes a ``Request``. What orjson refuses
 is read again by Python's more lenient ``json`` only to say precisely what is wrong
-(``NaN`` in feature 'x', a lone surrogate, nesting too deep), never to serve it. A JSON
+(``NaN`` in feature 'x', a lone surrogate), never to serve it. A JSON
 object holding the same key twice is refused as ambiguous (parsers disagree on which value
 wins); the exact check is a second parse, run only when a byte count says a duplicate is
 possible.
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import json
 import math
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +38,7 @@ import numpy as np
 import orjson
 
 from pipeline.catalog import Catalog
-from pipeline.rejections import Reason, Rejection
+from pipeline.rejections import REDACTED_VALUE, Reason, Rejection
 from pipeline.routing import Route
 from pipeline.schema import InputSchema
 
@@ -48,8 +52,15 @@ _NUMERIC_DATATYPES = frozenset(
 )
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 _FLAT = 'a request is one flat object: {"id": ..., "model": ..., "features": {...}}'
-# Python's json nests a little less deeply than orjson (1024 levels).
-_TOO_DEEP = f"the request nests JSON arrays or objects about 1000 levels deep; {_FLAT}"
+# The request forms nest at most 5 deep (an OIP tensor's [[...]] data). This leaves room
+# for a client's own fields and keeps both parsers far below their recursion limits.
+MAX_DEPTH = 32
+# A JSON string, also one the end of the bytes cuts short: brackets inside do not nest.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*\\?(?:"|\Z)', re.DOTALL)
+_NOT_MARKS = bytes(b for b in range(256) if b not in b'[]{}"')
+_ONE_KIND = bytes.maketrans(b"{}", b"[]")  # depth does not care which kind
+# Up to this many brackets, peeling the innermost pairs is cheaper than numpy's set-up.
+_PEEL_UP_TO = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +77,14 @@ class Request:
 class _Invalid(Exception):
     """Raised inside the decoder only; always turned into a Rejection before returning."""
 
-    def __init__(self, reason: Reason, error: str) -> None:
-        self.reason, self.error = reason, error
+    def __init__(self, reason: Reason, error: str, quotes: tuple[str, str] | None = None) -> None:
+        self.reason, self.error, self.quotes = reason, error, quotes
+
+    @classmethod
+    def quoting(cls, reason: Reason, field: str, value: str, say: Callable[[str], str]) -> _Invalid:
+        """An error quoting ``field``'s ``value``, worded by ``say``; it keeps the sentence
+        without the value too, for when the field is redacted (``Rejection.quotes``)."""
+        return cls(reason, say(value), (field, say(REDACTED_VALUE)))
 
 
 class _DuplicateKey(Exception):
@@ -75,8 +92,10 @@ class _DuplicateKey(Exception):
         self.key = key
 
 
-def decode(raw: bytes | None, catalog: Catalog, max_bytes: int) -> Request | Rejection:
-    """Decode and validate one request; never raises for bad input."""
+def decode(raw: bytes | None, catalog: Catalog, max_bytes: int,
+           max_features: int | None = None) -> Request | Rejection:
+    """Decode and validate one request; never raises for bad input. ``max_features``
+    bounds the tabular 'features' entries or OIP inputs (None: no bound)."""
     if raw is None:
         return Rejection(Reason.EMPTY_REQUEST,
                          "the message value is null (a tombstone), not a request; "
@@ -88,11 +107,16 @@ def decode(raw: bytes | None, catalog: Catalog, max_bytes: int) -> Request | Rej
         return Rejection(Reason.TOO_LARGE,
                          f"the request is {len(raw)} bytes, over the {max_bytes}-byte limit "
                          "(STREAMSERVE_MAX_MESSAGE_BYTES); send one row per request")
+    depth = _depth_over_limit(raw)
+    if depth is not None:
+        return Rejection(Reason.TOO_DEEP,
+                         f"the request nests JSON arrays or objects {depth} levels deep, more "
+                         f"than the {MAX_DEPTH} a request may; {_FLAT}")
     parsed = _parse_json(raw)
     if isinstance(parsed, Rejection):
         return parsed
     body, strict_error = parsed
-    result = _validate(body, catalog)
+    result = _validate(body, catalog, max_features)
     if strict_error is not None and isinstance(result, Request):
         # Valid to Python's json only, and not because of a feature value: NaN, Infinity
         # or a number past the float64 range sits in a field the request form ignores.
@@ -104,7 +128,8 @@ def decode(raw: bytes | None, catalog: Catalog, max_bytes: int) -> Request | Rej
     return result
 
 
-def _validate(body: dict[str, Any], catalog: Catalog) -> Request | Rejection:
+def _validate(body: dict[str, Any], catalog: Catalog,
+              max_features: int | None) -> Request | Rejection:
     request_id = body.get("id")
     if request_id is None:
         return Rejection(Reason.MISSING_ID, "the request has no 'id'; add a unique string id")
@@ -130,12 +155,14 @@ def _validate(body: dict[str, Any], catalog: Catalog) -> Request | Rejection:
         if isinstance(resolved, Rejection):
             return Rejection(resolved.reason, resolved.error, id=request_id, model=model)
         decision, schema = resolved
-        row = _oip_row(body["inputs"], schema) if oip else _tabular_row(body, schema)
+        row = (_oip_row(body["inputs"], schema, max_features) if oip
+               else _tabular_row(body, schema, max_features))
         return Request(request_id, model, decision.version, row, decision.route,
                        deadline_ms=_optional_deadline(body.get("deadline_ms")),
                        tenant=_optional_tenant(body.get("tenant")))
     except _Invalid as invalid:
-        return Rejection(invalid.reason, invalid.error, id=request_id, model=model)
+        return Rejection(invalid.reason, invalid.error, id=request_id, model=model,
+                         quotes=invalid.quotes)
 
 
 def _parse_json(raw: bytes) -> tuple[dict[str, Any], str | None] | Rejection:
@@ -145,8 +172,7 @@ def _parse_json(raw: bytes) -> tuple[dict[str, Any], str | None] | Rejection:
     except orjson.JSONDecodeError as strict_error:
         return _parse_lenient(raw, strict_error)
     if not isinstance(body, dict):
-        return Rejection(Reason.MALFORMED_JSON,
-                         f"the request must be a JSON object, got {_describe(body)}")
+        return _not_an_object(body)
     # orjson keeps the last of two equal keys silently; the exact check is a second,
     # slower parse, run only for the few requests a byte count cannot clear.
     if _may_repeat_a_key(raw, body):
@@ -154,8 +180,6 @@ def _parse_json(raw: bytes) -> tuple[dict[str, Any], str | None] | Rejection:
             json.loads(raw, object_pairs_hook=_unique_keys)
         except _DuplicateKey as duplicate:
             return _duplicate_key(duplicate.key)
-        except RecursionError:
-            return Rejection(Reason.MALFORMED_JSON, _TOO_DEEP)
         except ValueError:
             pass  # read by orjson: a difference of dialect, not a duplicate
     return body, None
@@ -171,10 +195,6 @@ def _parse_lenient(raw: bytes,
                          f"the request is not valid UTF-8 (byte {e.start} is "
                          f"0x{raw[e.start]:02x}); encode the JSON as UTF-8")
     where = f"line {strict_error.lineno} column {strict_error.colno}"
-    if strict_error.msg.startswith("depth limit exceeded"):
-        return Rejection(Reason.MALFORMED_JSON,
-                         f"the request nests JSON arrays or objects more than 1024 levels deep "
-                         f"({where}); {_FLAT}")
     try:
         # Reads NaN and Infinity (Python's json.dumps writes them) so that the feature
         # holding one can be named.
@@ -190,8 +210,6 @@ def _parse_lenient(raw: bytes,
                          f"the request holds a lone UTF-16 surrogate escape such as \"\\ud800\""
                          f"{at}, which is no character; send characters as UTF-8, or escape one "
                          "beyond U+FFFF as a surrogate pair")
-    except RecursionError:
-        return Rejection(Reason.MALFORMED_JSON, _TOO_DEEP)
     except ValueError:
         if strict_error.msg.startswith("number is infinity"):
             return Rejection(Reason.NON_FINITE,
@@ -200,9 +218,44 @@ def _parse_lenient(raw: bytes,
                              f"±{_FLOAT32_MAX:.4g})")
         return Rejection(Reason.MALFORMED_JSON, f"the request is not valid JSON: {strict_error}")
     if not isinstance(body, dict):
-        return Rejection(Reason.MALFORMED_JSON,
-                         f"the request must be a JSON object, got {_describe(body)}")
+        return _not_an_object(body)
     return body, str(strict_error)
+
+
+def _depth_over_limit(raw: bytes) -> int | None:
+    """How deep ``raw`` nests JSON arrays and objects, when deeper than MAX_DEPTH; else None.
+
+    Brackets inside strings do not count, and counting stops at a closing bracket with
+    nothing to close, where a parser stops too. Costs two byte counts for a request of at
+    most MAX_DEPTH opening brackets (every tabular one), a few passes in C for any other.
+    """
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return None
+    if b'\\"' in raw:  # a quote may be escaped: lex the strings out (rare)
+        raw = _STRING.sub(b"", raw)
+    # Brackets and quotes only, less the strings that were empty of brackets; what lies
+    # between the quotes left is a string's brackets.
+    marks = raw.translate(_ONE_KIND, _NOT_MARKS).replace(b'""', b"")
+    brackets = b"".join(marks.split(b'"')[::2]) if b'"' in marks else marks
+    if len(brackets) <= _PEEL_UP_TO:
+        peeled = brackets
+        for _ in range(MAX_DEPTH):  # each round removes the innermost pairs
+            peeled = peeled.replace(b"[]", b"")
+            if not peeled:
+                return None
+    # Deeper, unbalanced or long: the depth at each bracket ('[' has bit 1 set, ']' not).
+    depth = np.cumsum((np.frombuffer(brackets, np.uint8) & 2).astype(np.int32) - 1)
+    unmatched = np.flatnonzero(depth < 0)
+    deepest = int(depth[:unmatched[0] if unmatched.size else depth.size].max(initial=0))
+    return deepest if deepest > MAX_DEPTH else None
+
+
+def _not_an_object(body: Any) -> Rejection:
+    def say(value: str) -> str:
+        return f"the request must be a JSON object, got {value}"
+
+    # No field holds the value: redaction, when on, hides it (Rejection.quotes).
+    return Rejection(Reason.MALFORMED_JSON, say(_describe(body)), quotes=(None, say(REDACTED_VALUE)))
 
 
 def _may_repeat_a_key(raw: bytes, body: dict[str, Any]) -> bool:
@@ -252,12 +305,14 @@ def _duplicate_key(key: str) -> Rejection:
                      "ambiguous (parsers disagree on which value counts); send each key once")
 
 
-def _tabular_row(body: dict[str, Any], schema: InputSchema) -> list[float]:
+def _tabular_row(body: dict[str, Any], schema: InputSchema,
+                 max_features: int | None) -> list[float]:
     features = body.get("features")
     if not isinstance(features, dict):
         raise _Invalid(Reason.SCHEMA_MISMATCH,
                        "'features' must be an object mapping feature names to numbers, "
                        f"got {_describe(features)}")
+    _check_count(len(features), schema, max_features)
     if features.keys() != schema.index.keys():
         _check_names(features.keys(), schema)
     row = [features[name] for name in schema.names]
@@ -269,7 +324,8 @@ def _tabular_row(body: dict[str, Any], schema: InputSchema) -> list[float]:
     return row
 
 
-def _oip_row(inputs: Any, schema: InputSchema) -> list[float]:
+def _oip_row(inputs: Any, schema: InputSchema, max_features: int | None) -> list[float]:
+    _check_count(len(inputs) if isinstance(inputs, list) else 0, schema, max_features)
     if not isinstance(inputs, list) or not inputs or not all(isinstance(i, dict) for i in inputs):
         raise _Invalid(Reason.SCHEMA_MISMATCH, "'inputs' must be a non-empty list of tensor objects")
     for tensor in inputs:
@@ -310,6 +366,17 @@ def _tensor_values(tensor: dict[str, Any], width: int) -> list[Any]:
     return data
 
 
+def _check_count(count: int, schema: InputSchema, max_features: int | None) -> None:
+    """Refuse more features than a request may hold, before any work per feature."""
+    if max_features is not None and count > max_features:
+        fix = ("send only those" if len(schema) <= max_features
+               else "the operator must raise STREAMSERVE_MAX_FEATURES to serve it")
+        raise _Invalid(Reason.TOO_MANY_FEATURES,
+                       f"the request holds {count} features, more than the {max_features} a "
+                       f"request may (STREAMSERVE_MAX_FEATURES); the model takes "
+                       f"{len(schema)}: {fix}")
+
+
 def _check_names(given: Any, schema: InputSchema) -> None:
     given = set(given)
     missing = [n for n in schema.names if n not in given]
@@ -335,17 +402,16 @@ def _listing(names: list[str]) -> str:
 
 def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise _Invalid(Reason.SCHEMA_MISMATCH,
-                       f"feature {name!r} must be a number, got {_describe(value)}")
+        raise _Invalid.quoting(Reason.SCHEMA_MISMATCH, name, _describe(value),
+                               lambda v: f"feature {name!r} must be a number, got {v}")
     try:
         number = float(value)
     except OverflowError:  # an integer literal of more than 308 digits
         number = math.inf
     if not -_FLOAT32_MAX <= number <= _FLOAT32_MAX:  # also false for NaN
-        raise _Invalid(Reason.NON_FINITE,
-                       f"feature {name!r} is {_number_text(value)}, not a finite "
-                       f"float32 (at most ±{_FLOAT32_MAX:.4g}); send finite numbers (impute "
-                       "missing values before sending)")
+        raise _Invalid.quoting(Reason.NON_FINITE, name, _number_text(value), lambda v: (
+            f"feature {name!r} is {v}, not a finite float32 (at most ±{_FLOAT32_MAX:.4g}); "
+            "send finite numbers (impute missing values before sending)"))
     return number
 
 
@@ -367,17 +433,17 @@ def _optional_deadline(value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise _Invalid(Reason.SCHEMA_MISMATCH,
-                       f"'deadline_ms' must be a positive whole number of milliseconds, "
-                       f"got {_describe(value)}")
+        raise _Invalid.quoting(Reason.SCHEMA_MISMATCH, "deadline_ms", _describe(value), lambda v:
+                               f"'deadline_ms' must be a positive whole number of milliseconds, "
+                               f"got {v}")
     return value
 
 
 def _optional_tenant(value: Any) -> str | None:
     if value is not None and (not isinstance(value, str) or len(value) > MAX_NAME_LENGTH):
-        raise _Invalid(Reason.SCHEMA_MISMATCH,
-                       f"'tenant' must be a string of at most {MAX_NAME_LENGTH} characters, "
-                       f"got {_describe(value)}")
+        raise _Invalid.quoting(Reason.SCHEMA_MISMATCH, "tenant", _describe(value), lambda v:
+                               f"'tenant' must be a string of at most {MAX_NAME_LENGTH} "
+                               f"characters, got {v}")
     return value
 
 

@@ -1,4 +1,13 @@
-"""Keep sensitive request fields out of what we write back: dead letters and logged payloads.
+"""Keep sensitive request fields out of everything a worker writes: samples and dead letters.
+
+Two sources name the fields. A model's input schema marks features ``sensitive``
+(``streamserve models train NAME --sensitive FIELD``, signed with its manifest): a mark
+asks for ``hash``, which keeps equal values joinable offline (samples to later labels,
+dead letters to one another) without revealing them, or for ``mask`` when no redaction
+key is set (a hash needs one; serving is not refused for want of it). Operator rules
+(``STREAMSERVE_REDACT``, per model in ``STREAMSERVE_MODELS_FILE``) add fields and may be
+stricter than a mark, never weaker: where both name a field, the stricter action wins.
+A record whose model is unknown gets every served model's rules and marks.
 
 Rules name fields and say what to do with each (``"ssn=drop,card=hash,zip=mask"``):
 
@@ -12,7 +21,13 @@ Rules apply by name to a tabular request's ``features`` and top-level fields, an
 Open Inference Protocol v2 request's ``inputs`` (see ``pipeline.decode`` for both forms).
 What cannot be attributed to a field is treated conservatively: a tensor holding
 several features by position, or a container where a mapping of fields was expected,
-is masked whenever any rule is set. Redaction never raises for odd input.
+is masked whenever any rule is set. A dead letter's error sentence quoting a redacted
+field's value (``Rejection.quotes``) is replaced by the one without it. Redaction never
+raises for odd input.
+
+Other outputs carry no request values: predictions and shadow outputs hold the model's
+outputs; drift rows hold each value's bin number among the reference's few bins, and
+drift reports counts and scores over a whole window. Log lines name requests by id.
 """
 
 from __future__ import annotations
@@ -20,13 +35,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from types import MappingProxyType
 from typing import Any
 
 import orjson
+
+from pipeline.rejections import Rejection
 
 MASKED = "***"
 HASH_PREFIX = "hmac-sha256:"
@@ -186,6 +203,24 @@ class Redactor:
                                                separators=(",", ":")).encode("utf-8"))
         except (TypeError, ValueError, RecursionError):
             return RedactedOriginal(None, withheld=True)
+
+    def rejection(self, rejection: Rejection) -> Rejection:
+        """``rejection`` with its error sentence worded without the value it quotes, when
+        that value's field is redacted here."""
+        if rejection.quotes is None:
+            return rejection
+        field, without = rejection.quotes
+        # A value no field holds is hidden whenever any rule is set, as an original whose
+        # fields cannot be found is withheld.
+        if not (self.active if field is None else field in self.rules):
+            return rejection
+        return replace(rejection, error=without, quotes=None)
+
+    def marking(self, sensitive: Iterable[str]) -> Redactor:
+        """These rules plus the fields a schema marks ``sensitive``: ``hash`` with this
+        redactor's key, ``mask`` without one; a rule stricter than that stays."""
+        action = Action.HASH if self.key else Action.MASK
+        return self.merged(Redactor(dict.fromkeys(sensitive, action), self.key))
 
     def merged(self, other: Redactor) -> Redactor:
         """Both rule sets; where they disagree on a field, the stricter action (drop > mask > hash).

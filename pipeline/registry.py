@@ -42,6 +42,10 @@ from pipeline.schema import InputSchema, OutputSchema
 # The manifest's shape. Signatures (a file beside the manifest) and the lineage keys
 # below did not change it, so versions registered before them still load (unsigned).
 FORMAT_VERSION = 1
+# Format 2 marks input features sensitive. Only a manifest with marks is written as 2:
+# unmarked ones keep their bytes (and signatures), and a release that cannot honour the
+# marks refuses such a version instead of serving it without the redaction it asks for.
+SENSITIVE_FORMAT_VERSION = 2
 MANIFEST_FILE = "manifest.json"
 PARAMS_FILE = "params.npz"
 SIGNATURE_FILE = "signature.json"
@@ -126,7 +130,7 @@ class Manifest(ManifestDraft):
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "format_version": FORMAT_VERSION,
+            "format_version": SENSITIVE_FORMAT_VERSION if self.inputs.sensitive else FORMAT_VERSION,
             "model": self.model,
             "version": self.version,
             "architecture": self.architecture,
@@ -141,10 +145,11 @@ class Manifest(ManifestDraft):
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Manifest:
-        if d.get("format_version") != FORMAT_VERSION:
+        if d.get("format_version") not in (FORMAT_VERSION, SENSITIVE_FORMAT_VERSION):
             raise RegistryError(
                 f"manifest format_version {d.get('format_version')!r} is not one this streamserve "
-                f"reads ({FORMAT_VERSION}); use the streamserve release that wrote it"
+                f"reads ({FORMAT_VERSION} or {SENSITIVE_FORMAT_VERSION}); use the streamserve "
+                f"release that wrote it"
             )
         try:
             return cls(

@@ -9,10 +9,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+# What an error sentence says in place of a value that redaction hides.
+REDACTED_VALUE = "a redacted value"
+
 
 class Reason(StrEnum):
     EMPTY_REQUEST = "empty_request"
     TOO_LARGE = "too_large"
+    # Arrays or objects nested deeper than any request form needs (a byte scan, before parsing).
+    TOO_DEEP = "too_deep"
+    # More features than STREAMSERVE_MAX_FEATURES, refused before any per-feature work.
+    TOO_MANY_FEATURES = "too_many_features"
     INVALID_UTF8 = "invalid_utf8"
     MALFORMED_JSON = "malformed_json"
     # A JSON object holds one key twice: parsers disagree on which value counts.
@@ -29,10 +36,13 @@ class Reason(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     MODEL_ERROR = "model_error"
     CIRCUIT_OPEN = "circuit_open"
+    # The request's tenant is over its quota on this worker (pipeline.quotas).
+    QUOTA_EXCEEDED = "quota_exceeded"
 
     @property
     def is_client_error(self) -> bool:
-        """True when the sender must fix the request; False when the server failed it."""
+        """True when the sender must act (fix the request, or send more slowly when over its
+        quota); False when the server failed it."""
         return self not in (Reason.DEADLINE_EXCEEDED, Reason.MODEL_ERROR, Reason.CIRCUIT_OPEN)
 
 
@@ -42,3 +52,7 @@ class Rejection:
     error: str
     id: str | None = None
     model: str | None = None
+    # When ``error`` quotes a request field's value: (that field, the same sentence with
+    # REDACTED_VALUE in place of the value), for when redaction hides the field. The field
+    # is None when the value is the whole request (not a JSON object): no rule can name it.
+    quotes: tuple[str | None, str] | None = None

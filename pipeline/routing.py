@@ -5,7 +5,7 @@ canary taking a weighted, sticky share of requests; shadow versions that see eve
 request but whose predictions go to the shadow topic only; a fallback, served while
 the stable or canary version's circuit breaker is open; and the earlier stable
 versions, for rollback. The shell keeps the newest spec per model on the compacted
-control topic (``to_json``) and every change on the audit topic (``AuditEntry``).
+control topic (``to_json``) and every change on the audit topic (``pipeline.audit``).
 
 A spec changes only through these transitions. Each is a pure function returning a
 new spec with ``revision + 1`` (so the shell can compare-and-set), or raising
@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -175,13 +174,13 @@ class DeploymentSpec:
         keys and wrong types raise ControlError (a typo must not silently change routing)."""
         if not isinstance(d, Mapping):
             raise ControlError(f"a deployment spec is a JSON object, got {type(d).__name__}")
-        _check_keys(d, required={"model", "stable"}, allowed=_SPEC_KEYS, what="deployment spec")
+        check_keys(d, required={"model", "stable"}, allowed=_SPEC_KEYS, what="deployment spec")
         canary = d.get("canary")
         if canary is not None:
             if not isinstance(canary, Mapping):
                 raise ControlError(f'"canary" must be an object like {{"version": "2", "weight": 0.1}} '
                                    f"or null, got {canary!r}")
-            _check_keys(canary, required={"version", "weight"}, allowed={"version", "weight"},
+            check_keys(canary, required={"version", "weight"}, allowed={"version", "weight"},
                         what="canary")
             canary = Canary(canary["version"], canary["weight"])
         return cls(model=d["model"], stable=d["stable"], canary=canary,
@@ -212,8 +211,9 @@ class DeploymentSpec:
 _SPEC_KEYS = frozenset(DeploymentSpec.__dataclass_fields__)
 
 
-def _check_keys(d: Mapping[str, Any], required: set[str], allowed: frozenset[str] | set[str],
-                what: str) -> None:
+def check_keys(d: Mapping[str, Any], required: set[str], allowed: frozenset[str] | set[str],
+               what: str) -> None:
+    """ControlError naming the keys ``d`` (a JSON object read back) lacks or should not have."""
     missing = required - d.keys()
     if missing:
         raise ControlError(f"the {what} lacks {', '.join(sorted(missing))}")
@@ -462,53 +462,3 @@ def route(spec: DeploymentSpec, request_id: str, pinned: str | None = None) -> R
         return _decision(canary.version, Route.CANARY)
     return _decision(spec.stable, Route.STABLE)
 
-
-# --- audit -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class AuditEntry:
-    """One change of a deployment, for the audit topic: who did what, when, from where, why.
-
-    ``action``: the transition, e.g. "deploy", "canary", "promote", "rollback".
-    ``when``: Unix seconds. ``source``: where the command came from (e.g. "cli",
-    "canary-judge", a host name). ``before``/``after``: the specs' ``to_json``
-    (``before`` is None for a first deploy).
-    """
-
-    action: str
-    model: str
-    who: str
-    when: float
-    source: str
-    before: dict[str, Any] | None
-    after: dict[str, Any] | None
-    reason: str = ""
-
-    def __post_init__(self) -> None:
-        for name in ("action", "model", "who", "source"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ControlError(f"audit {name} must be a non-empty string, got {value!r}")
-        if not isinstance(self.reason, str):
-            raise ControlError(f"audit reason must be a string, got {self.reason!r}")
-        if isinstance(self.when, bool) or not isinstance(self.when, int | float) \
-                or not math.isfinite(self.when):
-            raise ControlError(f"audit when must be a finite number of Unix seconds, got {self.when!r}")
-        for name in ("before", "after"):
-            value = getattr(self, name)
-            if value is not None and not isinstance(value, dict):
-                raise ControlError(f"audit {name} must be a spec's JSON object or None, got {value!r}")
-
-    def to_json(self) -> dict[str, Any]:
-        return {name: getattr(self, name) for name in _AUDIT_KEYS}
-
-    @classmethod
-    def from_json(cls, d: Any) -> AuditEntry:
-        if not isinstance(d, Mapping):
-            raise ControlError(f"an audit entry is a JSON object, got {type(d).__name__}")
-        _check_keys(d, required=set(_AUDIT_KEYS) - {"reason"}, allowed=_AUDIT_KEYS, what="audit entry")
-        return cls(**d)
-
-
-_AUDIT_KEYS = tuple(AuditEntry.__dataclass_fields__)

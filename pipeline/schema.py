@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+
+class SchemaError(ValueError):
+    """A schema that cannot work; the message says what to change."""
 
 
 @dataclass(frozen=True, slots=True)
 class Feature:
-    """One numeric input feature. ``minimum``/``maximum`` bound what training saw."""
+    """One numeric input feature. ``minimum``/``maximum`` bound what training saw.
+
+    ``sensitive``: the feature's values must never leave a worker in clear (samples, dead
+    letters, logs); ``pipeline.redaction`` hashes them unless a rule asks for more.
+    """
 
     name: str
     dtype: str = "float32"
     minimum: float = -math.inf
     maximum: float = math.inf
+    sensitive: bool = False
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "dtype": self.dtype,
-                "minimum": _finite_or_none(self.minimum), "maximum": _finite_or_none(self.maximum)}
+        d: dict[str, Any] = {"name": self.name, "dtype": self.dtype,
+                             "minimum": _finite_or_none(self.minimum),
+                             "maximum": _finite_or_none(self.maximum)}
+        if self.sensitive:  # written only when set: unmarked manifests keep their bytes
+            d["sensitive"] = True
+        return d
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Feature:
+        sensitive = d.get("sensitive", False)
+        if not isinstance(sensitive, bool):
+            raise SchemaError(f"feature {d['name']!r}: 'sensitive' must be true or false, "
+                              f"got {sensitive!r}")
         return cls(d["name"], d.get("dtype", "float32"),
-                   _none_to(d.get("minimum"), -math.inf), _none_to(d.get("maximum"), math.inf))
+                   _none_to(d.get("minimum"), -math.inf), _none_to(d.get("maximum"), math.inf),
+                   sensitive)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,14 +57,29 @@ class InputSchema:
     def __post_init__(self) -> None:
         names = tuple(f.name for f in self.features)
         if not names:
-            raise ValueError("an input schema needs at least one feature")
+            raise SchemaError("an input schema needs at least one feature")
         if len(set(names)) != len(names):
-            raise ValueError(f"feature names must be unique, got {list(names)}")
+            raise SchemaError(f"feature names must be unique, got {list(names)}")
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "index", {n: i for i, n in enumerate(names)})
 
     def __len__(self) -> int:
         return len(self.features)
+
+    @property
+    def sensitive(self) -> tuple[str, ...]:
+        """The names of the features marked sensitive, in schema order."""
+        return tuple(f.name for f in self.features if f.sensitive)
+
+    def marked(self, names: Iterable[str]) -> InputSchema:
+        """This schema with ``names`` marked sensitive as well (marks are never removed)."""
+        names = set(names)
+        unknown = sorted(names - self.index.keys())
+        if unknown:
+            raise SchemaError(f"cannot mark {', '.join(map(repr, unknown))} sensitive: the model "
+                              f"has no such feature; its features are {', '.join(self.names)}")
+        return InputSchema(tuple(replace(f, sensitive=True) if f.name in names else f
+                                 for f in self.features))
 
     def to_json(self) -> dict[str, Any]:
         return {"features": [f.to_json() for f in self.features]}
@@ -63,7 +97,7 @@ class OutputSchema:
 
     def __post_init__(self) -> None:
         if len(self.labels) < 2:
-            raise ValueError("a classifier needs at least two labels")
+            raise SchemaError("a classifier needs at least two labels")
 
     def to_json(self) -> dict[str, Any]:
         return {"labels": list(self.labels)}

@@ -10,6 +10,7 @@ and ``start_worker`` passes its STREAMSERVE_TRUSTED_KEYS to every worker.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import uuid
 from collections.abc import Iterator
@@ -43,11 +44,47 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         broker.stop()
 
 
+@pytest.fixture(scope="session")
+def secure_broker(tmp_path_factory: pytest.TempPathFactory):
+    """The secured local broker (TLS, SCRAM users admin, worker and client, ACLs enforced)
+    on a free port, in a home of its own; ``environment(user)`` logs in as ``user``."""
+    from agents.broker import LocalBroker
+
+    broker = LocalBroker(tmp_path_factory.mktemp("kafka-secure"), free_port(2), libs=shared_libs(),
+                         secure=True)
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
 def registry_keys(registry: Path) -> dict[str, str]:
     """STREAMSERVE_SIGNING_KEY and STREAMSERVE_TRUSTED_KEYS for the test key of ``registry``:
     a folder beside it (``<registry>-keys``) holding ``signing.key`` and ``signing.pub``."""
     keys = registry.parent / f"{registry.name}-keys"
     return {"STREAMSERVE_SIGNING_KEY": str(keys / "signing.key"), "STREAMSERVE_TRUSTED_KEYS": str(keys)}
+
+
+def register_tampered(root: Path, model: str = "iris", version: str = "1") -> str:
+    """A copy of ``model:version`` registered in ``root`` and signed with its test key, then
+    one byte of its parameters flipped on disk: a new version every worker must refuse
+    (``tampered_parameters``). Returns that version."""
+    from pipeline.registry import ManifestDraft, Registry
+    from pipeline.signing import load_private_key, register_signed
+
+    registry = Registry(root)
+    source = registry.manifest(model, version)
+    draft = ManifestDraft(**{f.name: getattr(source, f.name)
+                             for f in dataclasses.fields(ManifestDraft)})
+    key = load_private_key(Path(registry_keys(root)["STREAMSERVE_SIGNING_KEY"]))
+    copy = register_signed(registry, draft, registry.load_params(model, version), key)
+    params_file = next(p for p in registry.folder(model, copy.version).iterdir()
+                       if p.suffix == ".npz")
+    data = bytearray(params_file.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    params_file.write_bytes(bytes(data))
+    return copy.version
 
 
 @pytest.fixture(scope="session")

@@ -17,13 +17,14 @@ import numpy as np
 import orjson
 import pytest
 
-from agents.control import change, read_audit, read_specs
+from agents.audit import read_entries
+from agents.control import change, read_specs
 from models.datasets import load as load_dataset
 from models.train import train_and_register
 from pipeline import routing
 from pipeline.registry import ManifestDraft, Registry
 from pipeline.signing import load_private_key, register_signed
-from tests.conftest import registry_keys, start_worker
+from tests.conftest import register_tampered, registry_keys, start_worker
 from tests.integration.clients import collect, produce, run
 
 pytestmark = pytest.mark.integration
@@ -104,12 +105,7 @@ def lifecycle(kafka_bootstrap, registry_dir, tmp_path_factory):
         params = registry.load_params("iris", "1")
         register_signed(registry, draft, {k: np.full_like(v, np.nan) for k, v in params.items()},
                         load_private_key(key_path))
-        tampered = register_signed(registry, draft, params, load_private_key(key_path))
-        params_file = next(p for p in registry.folder("iris", tampered.version).iterdir()
-                           if p.suffix == ".npz")
-        data = bytearray(params_file.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        params_file.write_bytes(bytes(data))
+        register_tampered(root)
         yield Lifecycle(worker, root)
     finally:
         worker.stop()
@@ -166,11 +162,11 @@ def test_a_tampered_version_is_refused_and_the_previous_spec_keeps_serving(lifec
     assert "tampered_parameters" in refused.stderr or "parameters" in refused.stderr
     # A spec written past the CLI's check (another tool, a race): every worker refuses it.
     asyncio.run(change(s, "iris", lambda spec: routing.deploy(spec, "iris", "4"), action="deploy",
-                       who="test", source="test"))
+                       source="test"))
     lifecycle.wait_for_metric('streamserve_model_refusals_total{model="iris",'
                               'reason="tampered_parameters",version="4"} 1.0')
-    refusal = [e for e in asyncio.run(read_audit(s)) if e.action == "load_refused"]
-    assert refusal and "iris:4" in refusal[-1].reason and refusal[-1].who.startswith("worker ")
+    refusal = [e for e in asyncio.run(read_entries(s)) if e.action == "load_refused"]
+    assert refusal and "iris:4" in refusal[-1].reason and refusal[-1].source == "worker"
     served = [r.value for r in lifecycle.answers("t-", requests("t-", 200))]
     assert {a["model_version"] for a in served} == {"1"}
     lifecycle.changed("deploy", "iris", "1")  # put the control topic right again
@@ -230,7 +226,7 @@ def test_a_failing_canary_is_rolled_back_by_the_canary_analysis(lifecycle):
     lifecycle.wait_for_metric(loaded("canary", "3"), present=False)
     spec = asyncio.run(read_specs(s))["iris"]
     assert spec.canary is None and spec.stable == "1"
-    entry = asyncio.run(read_audit(s))[-1]
+    entry = asyncio.run(read_entries(s))[-1]
     assert (entry.action, entry.source) == ("auto_rollback", "canary-analysis")
     assert "error rate" in entry.reason and entry.after["canary"] is None
     routes = lifecycle.changed("routes")

@@ -6,7 +6,7 @@ import pytest
 from pipeline.catalog import Catalog
 from pipeline.routing import DeploymentSpec, Route
 from pipeline.decode import Request, decode
-from pipeline.rejections import Reason, Rejection
+from pipeline.rejections import REDACTED_VALUE, Reason, Rejection
 from pipeline.schema import Feature, InputSchema
 
 IRIS = InputSchema(tuple(Feature(n) for n in
@@ -128,6 +128,42 @@ def test_mistyped_feature(value):
     assert "'sepal_width' must be a number" in result.error
 
 
+PLANTED = "4.735193719"
+
+
+@pytest.mark.parametrize("body, field", [
+    ({"id": "r", "model": "iris", "features": dict(FEATURES, petal_length=PLANTED + "-x")},
+     "petal_length"),
+    (orjson.dumps({"id": "r", "model": "iris", "features": dict(FEATURES, petal_length=0.0)})
+     .replace(b"0.0", PLANTED.encode() + b"e39"), "petal_length"),
+    ({"id": "r", "model_name": "iris", "inputs": [
+        {"name": n, "shape": [1], "datatype": "FP64", "data": [PLANTED if n == "petal_width" else 1.0]}
+        for n in FEATURES]}, "petal_width"),
+    ({"id": "r", "model_name": "iris", "inputs": [
+        {"name": "x", "shape": [1, 4], "datatype": "FP64", "data": [1.0, 1.0, PLANTED, 1.0]}]},
+     "petal_length"),
+    ({"id": "r", "model": "iris", "features": FEATURES, "tenant": PLANTED * 40}, "tenant"),
+    ({"id": "r", "model": "iris", "features": FEATURES, "deadline_ms": PLANTED}, "deadline_ms"),
+    (PLANTED, None),  # the whole request: no field holds it
+])
+def test_an_error_quoting_a_value_names_its_field_and_keeps_a_sentence_without_it(body, field):
+    result = run(body)
+    assert isinstance(result, Rejection) and PLANTED in result.error
+    quoted_field, without = result.quotes
+    assert quoted_field == field and PLANTED not in without
+    before, after = without.split(REDACTED_VALUE)
+    assert result.error.startswith(before) and result.error.endswith(after)
+
+
+@pytest.mark.parametrize("body", [
+    {"id": "r", "model": "iris", "features": dict(FEATURES, colour=1.0)},
+    {"id": "r", "model": "rose", "features": FEATURES},
+    {"id": "r", "model": "iris", "version": "9", "features": FEATURES},
+])
+def test_an_error_quoting_no_value_says_so(body):
+    assert run(body).quotes is None
+
+
 def test_features_not_an_object():
     rejected({"id": "r", "model": "iris", "features": [1, 2, 3, 4]}, Reason.SCHEMA_MISMATCH)
 
@@ -209,30 +245,44 @@ def test_size_limit_is_inclusive_and_names_the_setting():
 FLAT = 'a request is one flat object: {"id": ..., "model": ..., "features": {...}}'
 
 
-@pytest.mark.parametrize("raw,column", [
-    (b"[" * 10_000, 1026),
-    (b"[" * 10_000 + b"]" * 10_000, 1026),
-    (b'{"a": ' * 10_000 + b"1" + b"}" * 10_000, 6146),
+@pytest.mark.parametrize("raw,depth", [
+    (b"[" * 33, 33),
+    (b"[" * 10_000, 10_000),
+    (b"[" * 10_000 + b"]" * 10_000, 10_000),
+    (b'{"a": ' * 10_000 + b"1" + b"}" * 10_000, 10_000),
     (b'{"id": "r", "model": "iris", "features": {"sepal_length": ' + b"[" * 5000 + b"1"
-     + b"]" * 5000 + b"}}", 1082),
+     + b"]" * 5000 + b"}}", 5002),
+    # orjson would refuse the NaN first, and Python's json (read to name it) the depth.
+    (b"[NaN, " + b"[" * 1010 + b"]" * 1010 + b"]", 1011),
+    # Valid to orjson, deep in a field the request form ignores.
+    (b'{"id": "r", "model": "iris", "features": ' + orjson.dumps(FEATURES) + b', "x": '
+     + b"[" * 1010 + b'{"k": 1}' + b"]" * 1010 + b"}", 1012),
+    # Not UTF-8 and too deep: the depth is read on the bytes first.
+    (b'{"id": "r\xff", "x": ' + b"[" * 40 + b"]" * 40 + b"}", 41),
 ])
-def test_deep_nesting_is_rejected_not_a_recursion_error(raw, column):
-    result = rejected(raw, Reason.MALFORMED_JSON, max_bytes=len(raw))
-    assert result.error == ("the request nests JSON arrays or objects more than 1024 levels deep "
-                            f"(line 1 column {column}); {FLAT}")
+def test_deep_nesting_is_refused_on_the_bytes_before_parsing(raw, depth):
+    result = rejected(raw, Reason.TOO_DEEP, max_bytes=len(raw))
+    assert result.error == (f"the request nests JSON arrays or objects {depth} levels deep, "
+                            f"more than the 32 a request may; {FLAT}")
+
+
+@pytest.mark.parametrize("extra", [
+    b'"x": ' + b"[" * 30 + b"]" * 30,  # 32 deep with the request and its features
+    b'"x": "' + b"[" * 100 + b'"',  # brackets in a string do not nest
+    b'"x": "\\\"' + b"{" * 100 + b'"',  # nor after escaped quotes and backslashes
+    b'"x": [' + b"[1], " * 40 + b"[1]]",  # many brackets, shallow
+])
+def test_nesting_within_the_limit_is_served(extra):
+    raw = orjson.dumps(tabular())[:-1] + b", " + extra + b"}"
+    assert isinstance(run(raw), Request), raw
 
 
 @pytest.mark.parametrize("raw", [
-    # orjson refuses the NaN, Python's json (read to name it) the depth.
-    b"[NaN, " + b"[" * 1010 + b"]" * 1010 + b"]",
-    # orjson reads it; the duplicate-key check (Python's json) cannot: the depth is near
-    # both parsers' limits, and the deep object's colon is not counted.
-    b'{"id": "r", "model": "iris", "features": ' + orjson.dumps(FEATURES) + b', "x": '
-    + b"[" * 1010 + b'{"k": 1}' + b"]" * 1010 + b"}",
+    b"]" * 40 + b"[" * 40,  # a parser stops at the first closing bracket: not deep
+    b'{"id": "r", "x": "' + b"[" * 40,  # a string the end cuts short
 ])
-def test_nesting_near_the_limit_is_rejected_by_either_parser(raw):
-    assert rejected(raw, Reason.MALFORMED_JSON).error == \
-        f"the request nests JSON arrays or objects about 1000 levels deep; {FLAT}"
+def test_brackets_a_parser_never_nests_are_malformed_not_deep(raw):
+    rejected(raw, Reason.MALFORMED_JSON)
 
 
 def test_deep_nesting_within_the_limit_in_an_oip_shape_is_described_not_printed():
@@ -330,6 +380,30 @@ def test_too_many_oip_inputs_are_counted_not_all_listed():
     assert result.error.startswith("missing features: sepal_length, sepal_width, petal_length, "
                                    "petal_width; unexpected features: x0, x1, x10, x100, x1000, ")
     assert "and 2990 more; the model takes 4 features:" in result.error
+
+
+def many_inputs(n):
+    return [{"name": f"x{i}", "shape": [1], "datatype": "FP32", "data": [1]} for i in range(n)]
+
+
+@pytest.mark.parametrize("body", [
+    lambda n: tabular(features={f"f{i}": 1.0 for i in range(n)}),
+    lambda n: {"id": "r", "model_name": "iris", "inputs": many_inputs(n)},
+])
+def test_more_features_than_the_limit_are_refused_before_they_are_read(body):
+    result = decode(orjson.dumps(body(11)), CATALOG, 65536, max_features=10)
+    assert result == Rejection(Reason.TOO_MANY_FEATURES, (
+        "the request holds 11 features, more than the 10 a request may "
+        "(STREAMSERVE_MAX_FEATURES); the model takes 4: send only those"), id="r", model="iris")
+    at_the_limit = decode(orjson.dumps(body(10)), CATALOG, 65536, max_features=10)
+    assert at_the_limit.reason is Reason.SCHEMA_MISMATCH  # its names are read
+
+
+def test_a_model_wider_than_the_feature_limit_tells_the_operator():
+    result = decode(orjson.dumps(tabular()), CATALOG, 65536, max_features=3)
+    assert result.reason is Reason.TOO_MANY_FEATURES
+    assert result.error.endswith("the model takes 4: the operator must raise "
+                                 "STREAMSERVE_MAX_FEATURES to serve it")
 
 
 def test_overlong_id():

@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipeline.catalog import Catalog
-from pipeline.decode import MAX_ID_LENGTH, MAX_NAME_LENGTH, Request, decode
+from pipeline.decode import MAX_DEPTH, MAX_ID_LENGTH, MAX_NAME_LENGTH, Request, decode
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import Canary, DeploymentSpec
 from pipeline.schema import Feature, InputSchema
@@ -196,3 +196,27 @@ def test_a_key_given_twice_anywhere_is_rejected_as_ambiguous(body, data):
     result = check(raw)
     assert isinstance(result, Rejection) and result.reason is Reason.DUPLICATE_KEY, result
     assert f"the key {key!r} appears twice" in result.error
+
+
+def depth_of(value) -> int:
+    if isinstance(value, dict | Pairs):
+        inner = value.values() if isinstance(value, dict) else [v for _, v in value]
+    elif isinstance(value, list):
+        inner = value
+    else:
+        return 0
+    return 1 + max((depth_of(v) for v in inner), default=0)
+
+
+@FUZZ
+@given(json_values, st.lists(st.booleans(), max_size=40), st.booleans())
+def test_nesting_deeper_than_the_limit_and_only_that_is_too_deep(value, wrappers, ascii_only):
+    # Strings with brackets, quotes and backslashes (escaped by json.dumps) must not count.
+    for in_object in wrappers:
+        value = {"k": value} if in_object else [value]
+    result = check(encode(dump(value), ascii_only))
+    deep = depth_of(value) > MAX_DEPTH
+    assert (isinstance(result, Rejection) and result.reason is Reason.TOO_DEEP) == deep, result
+    if deep:
+        assert result.error.startswith(f"the request nests JSON arrays or objects "
+                                       f"{depth_of(value)} levels deep")

@@ -12,6 +12,7 @@ from pipeline.redaction import (
     Redactor,
     parse_rules,
 )
+from pipeline.rejections import REDACTED_VALUE, Reason, Rejection
 
 KEY = b"k" * 32
 CARD = "4111-1111-1111-1111"
@@ -251,3 +252,54 @@ def test_merged_takes_the_key_that_is_set_and_refuses_two_different_keys():
     with pytest.raises(RedactionError, match="different keys"):
         Redactor({}, KEY).merged(Redactor({}, b"other"))
     assert not Redactor({}).merged(Redactor({})).active
+
+
+# --- schema marks ---------------------------------------------------------------------
+
+def test_a_mark_hashes_with_a_key_and_masks_without_one():
+    assert Redactor({}, KEY).marking(["card"]).rules == {"card": Action.HASH}
+    assert Redactor({}).marking(["card"]).rules == {"card": Action.MASK}
+    assert not Redactor({}, KEY).marking([]).active
+
+
+@pytest.mark.parametrize("rule, key, expected", [
+    (Action.DROP, KEY, Action.DROP), (Action.MASK, KEY, Action.MASK),
+    (Action.HASH, KEY, Action.HASH), (Action.HASH, b"", None), (Action.MASK, b"", Action.MASK),
+])
+def test_a_rule_may_be_stricter_than_a_mark_never_weaker(rule, key, expected):
+    if expected is None:  # a hash rule needs a key: refused before any mark applies
+        with pytest.raises(RedactionError):
+            Redactor({"card": rule}, key)
+        return
+    marked = Redactor({"card": rule, "zip": Action.MASK}, key).marking(["card", "mean_radius"])
+    assert marked.rules == {"card": expected, "zip": Action.MASK,
+                            "mean_radius": Action.HASH if key else Action.MASK}
+    assert marked.key == key
+
+
+# --- error sentences ------------------------------------------------------------------
+
+QUOTING = Rejection(Reason.SCHEMA_MISMATCH, f"feature 'card' must be a number, got the string {CARD!r}",
+                    id="r", model="m",
+                    quotes=("card", f"feature 'card' must be a number, got {REDACTED_VALUE}"))
+
+
+@pytest.mark.parametrize("action", list(Action))
+def test_an_error_quoting_a_redacted_field_is_worded_without_the_value(action):
+    out = Redactor({"card": action}, KEY).rejection(QUOTING)
+    assert out == Rejection(Reason.SCHEMA_MISMATCH, QUOTING.quotes[1], id="r", model="m")
+    assert CARD not in out.error
+
+
+def test_an_error_quoting_a_value_no_field_holds_is_worded_without_it_when_any_rule_is_set():
+    whole = Rejection(Reason.MALFORMED_JSON, f"the request must be a JSON object, got {CARD!r}",
+                      quotes=(None, f"the request must be a JSON object, got {REDACTED_VALUE}"))
+    assert Redactor({"zip": Action.MASK}).rejection(whole).error == whole.quotes[1]
+    assert Redactor({}).rejection(whole) is whole
+
+
+def test_an_error_quoting_another_field_or_none_is_kept():
+    assert Redactor({"zip": Action.DROP}).rejection(QUOTING) is QUOTING
+    assert Redactor({}).rejection(QUOTING) is QUOTING
+    plain = Rejection(Reason.UNKNOWN_MODEL, "model 'x' is not served here", id="r", model="x")
+    assert Redactor({"card": Action.DROP}).rejection(plain) is plain

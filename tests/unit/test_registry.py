@@ -10,6 +10,7 @@ import pytest
 from pipeline.registry import (
     FORMAT_VERSION,
     LINEAGE_KEYS,
+    SENSITIVE_FORMAT_VERSION,
     Manifest,
     ManifestDraft,
     Registry,
@@ -161,10 +162,33 @@ def test_another_manifest_format_is_refused_clearly(tmp_path):
     registry.register(draft(), PARAMS)
     path = tmp_path / "iris" / "1" / "manifest.json"
     document = json.loads(path.read_text())
-    path.write_text(json.dumps(document | {"format_version": FORMAT_VERSION + 1}))
-    with pytest.raises(RegistryError, match=rf"format_version {FORMAT_VERSION + 1} is not one this "
-                                            rf"streamserve reads \({FORMAT_VERSION}\); use the "
-                                            rf"streamserve release that wrote it"):
+    path.write_text(json.dumps(document | {"format_version": 3}))
+    with pytest.raises(RegistryError, match=r"format_version 3 is not one this streamserve reads "
+                                            r"\(1 or 2\); use the streamserve release that wrote it"):
+        registry.manifest("iris", "1")
+
+
+def test_sensitive_marks_round_trip_and_only_marked_manifests_are_format_2(tmp_path):
+    registry = Registry(tmp_path)
+    plain = registry.register(draft(), PARAMS)
+    marked = registry.register(replace(draft(), inputs=draft().inputs.marked(["b"])), PARAMS)
+    assert marked.inputs.sensitive == ("b",) and plain.inputs.sensitive == ()
+    assert registry.manifest("iris", "2") == marked
+    documents = [json.loads((tmp_path / "iris" / v / "manifest.json").read_text()) for v in "12"]
+    assert [d["format_version"] for d in documents] == [FORMAT_VERSION, SENSITIVE_FORMAT_VERSION]
+    # An unmarked feature is written as before the mark existed: old signatures still match.
+    assert [f.get("sensitive") for f in documents[1]["inputs"]["features"]] == [None, True]
+    assert "sensitive" not in json.dumps(documents[0])
+
+
+def test_a_sensitive_mark_that_is_not_a_boolean_is_refused(tmp_path):
+    registry = Registry(tmp_path)
+    registry.register(draft(), PARAMS)
+    path = tmp_path / "iris" / "1" / "manifest.json"
+    document = json.loads(path.read_text())
+    document["inputs"]["features"][0]["sensitive"] = "yes"
+    path.write_text(json.dumps(document))
+    with pytest.raises(RegistryError, match="feature 'a': 'sensitive' must be true or false"):
         registry.manifest("iris", "1")
 
 

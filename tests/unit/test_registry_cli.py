@@ -126,3 +126,21 @@ def test_train_signs_with_a_key_made_on_a_fresh_machine(tmp_path, env, capsys):
     lineage = Registry(env).manifest("iris", "1").lineage
     assert "@" in lineage["created_by"] and lineage["code_revision"]
     assert lineage["created_at"].endswith("+00:00") and len(lineage["data_fingerprint"]) == 64
+
+
+def test_train_marks_sensitive_features_in_the_signed_manifest(env, capsys):
+    status, out, _ = run(capsys, "models", "train", "iris", "--sensitive", "petal_width, sepal_width",
+                         "--sensitive", "petal_length")
+    assert status == 0 and "sensitive: sepal_width, petal_length, petal_width" in out
+    assert Registry(env).manifest("iris", "1").inputs.sensitive == (
+        "sepal_width", "petal_length", "petal_width")
+    assert run(capsys, "models", "verify", "iris", "1")[0] == 0
+    status, out, _ = run(capsys, "models", "show", "iris", "1")
+    assert "sepal_length float32" in out and "sepal_width float32 [2, 4.4] sensitive" in out
+
+
+def test_train_refuses_to_mark_a_feature_the_model_lacks(env, capsys):
+    status, _, err = run(capsys, "models", "train", "iris", "--sensitive", "petal_size")
+    assert status == 2 and "cannot mark 'petal_size' sensitive: the model has no such feature" in err
+    assert "its features are sepal_length, sepal_width, petal_length, petal_width" in err
+    assert Registry(env).versions("iris") == []

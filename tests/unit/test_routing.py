@@ -5,7 +5,6 @@ import pytest
 
 from pipeline.routing import (
     HISTORY_LIMIT,
-    AuditEntry,
     Canary,
     ControlError,
     DeploymentSpec,
@@ -410,32 +409,3 @@ def test_pinned_unknown_version_is_an_error_naming_the_deployed_versions():
     shadow = route(spec, "r-1", "4")
     assert isinstance(shadow, str) and "is a shadow" in shadow
 
-
-# --- audit -------------------------------------------------------------------------------------
-
-
-def test_audit_entry_round_trip():
-    before = spec_1()
-    after = start_canary(before, "2", 0.1)
-    entry = AuditEntry("canary", "iris", "alice", 1_700_000_000.5, "cli", before.to_json(),
-                       after.to_json(), reason="try the retrained model")
-    assert AuditEntry.from_json(json.loads(json.dumps(entry.to_json()))) == entry
-    first = AuditEntry("deploy", "iris", "bob", 1.0, "cli", None, before.to_json())
-    assert AuditEntry.from_json(first.to_json()) == first
-    assert "reason" in first.to_json()
-    assert AuditEntry.from_json({k: v for k, v in first.to_json().items() if k != "reason"}) == first
-
-
-@pytest.mark.parametrize("change, match", [
-    ({"who": ""}, "who must be a non-empty string"),
-    ({"when": math.nan}, "finite number"),
-    ({"when": "now"}, "finite number"),
-    ({"before": []}, "before must be"),
-    ({"extra": 1}, "unknown keys extra"),
-])
-def test_audit_entry_refuses_bad_shapes(change, match):
-    d = AuditEntry("deploy", "iris", "bob", 1.0, "cli", None, spec_1().to_json()).to_json()
-    with pytest.raises(ControlError, match=match):
-        AuditEntry.from_json({**d, **change})
-    with pytest.raises(ControlError, match="lacks who"):
-        AuditEntry.from_json({k: v for k, v in d.items() if k != "who"})
