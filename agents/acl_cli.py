@@ -22,7 +22,7 @@ def add_acl_commands(commands: argparse._SubParsersAction, command: Callable) ->
     defaults = Principals()
     for role, rights in (("client", "writes requests, reads predictions and dead letters"),
                          ("worker", "serves: reads requests and control, writes the rest"),
-                         ("admin", "everything on the deployment's topics")):
+                         ("admin", "may do anything with the deployment's topics")):
         apply.add_argument(f"--{role}", default=getattr(defaults, role), metavar="PRINCIPAL",
                            help=f"the {role} principal, who {rights} (default %(default)s)")
     command("list", _list, "every ACL binding the cluster holds", actions)

@@ -12,7 +12,7 @@ from typing import Self
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.conn import create_conn
+from aiokafka.conn import collect_hosts, create_conn
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
     GroupAuthorizationFailedError,
@@ -78,11 +78,11 @@ async def _login_refusal(settings: Settings) -> str | None:
     (aiokafka only logs it and reports "Unable to bootstrap"); None when it accepts them
     or cannot be reached at all."""
     security = settings.kafka_security
-    host, _, port = settings.bootstrap.split(",")[0].strip().rpartition(":")
+    host, port, _ = collect_hosts(settings.bootstrap, randomize=False)[0]
     where = f"Kafka at {host}:{port}"
     options = {k: v for k, v in connection(settings).items() if k != "bootstrap_servers"}
     try:
-        conn = await create_conn(host, int(port), request_timeout_ms=5000, **options)
+        conn = await create_conn(host, port, request_timeout_ms=5000, **options)
     except ssl.SSLCertVerificationError as e:
         return (f"{where} presented a certificate this client does not trust ({e.verify_message}): "
                 "set STREAMSERVE_SSL_CAFILE to the CA that signed it, and connect by a name or "
@@ -195,7 +195,8 @@ async def ensure_topics(settings: Settings) -> None:
             raise KafkaAccessError(f"creating topic {name} on {settings.bootstrap} failed: "
                                    f"{error.__name__} {''.join(filter(None, message))}".rstrip())
         # Refused: a topic this principal may not see or create. Using it will say so.
-    await _wait_for_metadata(settings, created)
+    if created:
+        await _wait_for_metadata(settings, created)
 
 
 async def _require_topic(settings: Settings, topic: str) -> None:
