@@ -45,11 +45,12 @@ async def list_acls(settings: Settings) -> list[AclBinding]:
         return sorted(await _describe(settings, admin))
 
 
-async def apply_layout(settings: Settings, principals: Principals) -> AclPlan:
+async def apply_layout(settings: Settings, principals: Principals, *,
+                       workers_decide_canaries: bool = False) -> AclPlan:
     """Create the serving topics, then add the layout's missing bindings and remove the
     stale ones of ``principals`` on this deployment's resources; returns what changed."""
     scope = Scope(settings.topics, settings.app_id)
-    wanted = layout(scope, principals)
+    wanted = layout(scope, principals, workers_decide_canaries=workers_decide_canaries)
     async with admin_client(settings) as admin:
         changes = plan(await _describe(settings, admin), wanted, scope, principals)
         await ensure_topics(settings)

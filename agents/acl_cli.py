@@ -25,6 +25,10 @@ def add_acl_commands(commands: argparse._SubParsersAction, command: Callable) ->
                          ("admin", "may do anything with the deployment's topics")):
         apply.add_argument(f"--{role}", default=getattr(defaults, role), metavar="PRINCIPAL",
                            help=f"the {role} principal, who {rights} (default %(default)s)")
+    apply.add_argument("--workers-decide-canaries", action="store_true",
+                       help="let workers write the control topic, so that the canary judge "
+                            "they run rolls back or promotes by itself (without it, an admin "
+                            "does: the refused decision is logged and audited)")
     command("list", _list, "every ACL binding the cluster holds", actions)
 
 
@@ -36,7 +40,8 @@ def _apply(settings: Settings, args: argparse.Namespace) -> int:
         principals = Principals(client=args.client, worker=args.worker, admin=args.admin)
     except ValueError as e:
         raise ConfigError(f"--client/--worker/--admin: {e}") from None
-    changes = asyncio.run(apply_layout(settings, principals))
+    changes = asyncio.run(apply_layout(
+        settings, principals, workers_decide_canaries=args.workers_decide_canaries))
     for binding in changes.add:
         print(f"added    {binding.describe()}")
     for binding in changes.remove:

@@ -211,6 +211,20 @@ class Deployer:
             expected_revision=revision))
         _background.add(task)
         task.add_done_callback(_background.discard)
+        task.add_done_callback(lambda done: self._undecided(model, verdict, done))
+
+    def _undecided(self, model: str, verdict: CanaryVerdict, done: asyncio.Task) -> None:
+        """A decision the worker could not write (e.g. its principal may not write the
+        control topic) is an error for the log and an entry for the audit trail, so that
+        an admin acts on it; serving goes on with the canary as it is."""
+        if done.cancelled() or done.exception() is None:
+            return
+        error = done.exception()
+        log.error("canary of %s: the automatic %s could not be written (%s); an admin must "
+                  "run `streamserve %s %s`, or let workers decide with `streamserve acl apply "
+                  "--workers-decide-canaries`", model, verdict.action, error, verdict.action, model)
+        self._trail.note(action=f"auto_{verdict.action}_refused", subject=model,
+                         reason=f"{verdict.reason}; not written: {error}")
 
 
 _background: set[asyncio.Task] = set()  # tasks kept alive until done

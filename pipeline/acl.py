@@ -151,8 +151,13 @@ class Scope:
         return False
 
 
-def layout(scope: Scope, principals: Principals = Principals()) -> frozenset[AclBinding]:
-    """Every binding a deployment needs, and no more (see the module's docstring)."""
+def layout(scope: Scope, principals: Principals = Principals(), *,
+           workers_decide_canaries: bool = False) -> frozenset[AclBinding]:
+    """Every binding a deployment needs, and no more (see the module's docstring).
+
+    ``workers_decide_canaries`` lets workers write the control topic too: the canary
+    judge runs in them, and without it their automatic rollbacks and promotions are
+    refused (logged and audited) and wait for an admin."""
     t, who = scope.topics, principals
     topic, group = ResourceType.TOPIC, ResourceType.GROUP
     read, write = Operation.READ, Operation.WRITE
@@ -172,6 +177,8 @@ def layout(scope: Scope, principals: Principals = Principals()) -> frozenset[Acl
         AclBinding(who.admin, topic, f"{t.prefix}.", Operation.ALL, prefixed),
         AclBinding(who.admin, group, scope.app_id, Operation.DESCRIBE),
     ]
+    if workers_decide_canaries:
+        bindings.append(AclBinding(who.worker, topic, t.control, write))
     return frozenset(bindings)
 
 

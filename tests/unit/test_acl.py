@@ -66,6 +66,12 @@ def test_workers_use_their_two_groups_and_their_transactional_ids() -> None:
     assert who("other-host-42", WRITE, ResourceType.TRANSACTIONAL_ID) == []
 
 
+def test_only_with_workers_deciding_canaries_may_workers_write_control() -> None:
+    deciding = layout(SCOPE, workers_decide_canaries=True)
+    assert holders(deciding, TOPIC, "ss.control", WRITE) == ["User:admin", "User:worker"]
+    assert deciding - LAYOUT == {AclBinding("User:worker", TOPIC, "ss.control", WRITE)}
+
+
 def test_the_layout_lies_within_its_scope_and_names_its_principals() -> None:
     principals = Principals("User:c", "User:w", "User:a")
     bindings = layout(SCOPE, principals)
