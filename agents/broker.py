@@ -339,13 +339,20 @@ class LocalBroker:
                  for arg in ("--add-scram", (f"{mechanism}=[name={user},password="
                                              f"{self._password_path(user).read_text().strip()}]"))
                  ] if self.secure else []
+        tool = ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(self.config_path),
+                "--ignore-formatted", *users]
+        # The tool takes passwords only as arguments: they go in a private argument file
+        # (`java @FILE`), so that the process list shows none.
+        arguments = self.dir / ".format-arguments"
+        _write_private(arguments, "".join(f'"{arg}"\n' for arg in tool).encode())
         cmd = self._java(
             "-Xmx256m", f"-Dlog4j.configuration={LOG4J.as_uri()}", f"-Dkafka.logs.dir={self.logs_dir}",
-            "-cp", self._classpath(), "kafka.tools.StorageTool", "format",
-            "-t", _cluster_id(), "-c", str(self.config_path), "--ignore-formatted", *users,
-        )
-        result = subprocess.run(cmd, cwd=self.dir, stdin=subprocess.DEVNULL,
-                                capture_output=True, text=True, timeout=120)
+            "-cp", self._classpath(), f"@{arguments}")
+        try:
+            result = subprocess.run(cmd, cwd=self.dir, stdin=subprocess.DEVNULL,
+                                    capture_output=True, text=True, timeout=120)
+        finally:
+            arguments.unlink(missing_ok=True)
         if result.returncode != 0:
             tail = _tail_text(result.stdout + result.stderr, 4)
             raise BrokerError(
