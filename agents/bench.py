@@ -11,7 +11,9 @@ One broker, one machine, the cases one after the other, each on topics of its ow
 3b. ``streamserve_drift_off``: the same with drift counting off (``STREAMSERVE_DRIFT=off``).
 4. ``streamserve_per_record``: the same with ``STREAMSERVE_MAX_BATCH=1``.
 5. ``handwritten_aiokafka`` and ``quix_streams``: the same job as a user would write it.
-6. latency: open-loop load at 25, 50 and 75 % of case 3's throughput, on case 3's worker.
+6. latency: open-loop load at 25, 50 and 75 % of case 3's throughput, on case 3's worker,
+   from a raw producer; and the 25 % load through the client library (``StreamClient.stream``),
+   each round trip as a client sees it: beside the raw figures, the client's own cost.
 7. ``streamserve_two_workers``: two workers in one consumer group.
 
 Throughput is answers / (last output's timestamp - first's). The output topics stamp
@@ -27,6 +29,7 @@ stamped after the last request was acknowledged count.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import logging
 import os
@@ -55,8 +58,10 @@ from agents.bench_results import (
     Sizes,
     WorkerStats,
 )
+from agents.client import StreamClient
 from agents.fleet import WorkerProcess
 from agents.kafka_io import admin_client, connection, start_producer
+from pipeline.client import PredictRequest
 from pipeline.config import Settings
 from pipeline.registry import Manifest, Registry
 
@@ -65,6 +70,7 @@ if TYPE_CHECKING:  # JAX loads only once a case needs it
 
 PARTITIONS = 4
 LATENCY_SHARES = (25, 50, 75)
+CLIENT_SHARE = 25  # low enough that the worker answers promptly: the client's cost shows
 _STALL_SECONDS = 30.0  # no new answer for this long: the case has failed
 _MATMUL = 2048
 
@@ -132,7 +138,7 @@ class Bench:
             await self.peer("0 broker warm-up (not counted)", "passthrough", self.sizes.requests // 4)
             cases = {"kafka_ceiling": await self.peer("1 Kafka ceiling (pass-through)", "passthrough"),
                      "model_ceiling": self.model_ceiling()}
-            cases["streamserve"], latency = await self.streamserve_and_latency()
+            cases["streamserve"], latency, client = await self.streamserve_and_latency()
             cases["streamserve_per_record"] = await self.variant(
                 "4 streamserve, max_batch=1", "per-record", {"STREAMSERVE_MAX_BATCH": "1"},
                 self.sizes.per_record_requests)
@@ -144,7 +150,7 @@ class Bench:
             cases["streamserve_two_workers"] = await self.two_workers()
         finally:
             await self._delete_topics()
-        return Report(device, self.model, self.sizes, cases, latency,
+        return Report(device, self.model, self.sizes, cases, latency, client,
                       sum(self.worker_stats[1:], self.worker_stats[0]), self.load)
 
     def _registered(self) -> Manifest:
@@ -235,7 +241,7 @@ class Bench:
             _kill(peer.process)
         return await self._throughput(s, n, end)
 
-    async def streamserve_and_latency(self) -> tuple[Case, dict[int, LatencyPoint]]:
+    async def streamserve_and_latency(self) -> tuple[Case, dict[int, LatencyPoint], LatencyPoint]:
         self.progress.start("3 streamserve")
         s = await self._fresh("streamserve")
         n = self.sizes.requests
@@ -246,10 +252,16 @@ class Bench:
             after = _counters(workers)
             self.worker_stats.append(WorkerStats.between(before, after))
             case = await self._throughput(s, n, end, self.worker_stats[-1])
+            # This process's heap (JAX, the model ceiling's) is no load generator's: a full
+            # collection over it paused the senders for 200 ms. Collections from here on
+            # look only at what the load makes.
+            gc.collect()
+            gc.freeze()
             latency = {share: await self._latency_point(s, share, case.throughput_rps * share / 100)
                        for share in LATENCY_SHARES}
+            client = await self._client_point(s, CLIENT_SHARE, latency[CLIENT_SHARE].rate_rps)
             self.worker_stats.append(WorkerStats.between(after, _counters(workers)))
-        return case, latency
+        return case, latency, client
 
     async def variant(self, title: str, slug: str, env: dict[str, str], n: int) -> Case:
         """One worker like case 3's but with ``env`` set: the same backlog drained."""
@@ -368,11 +380,10 @@ class Bench:
         reader = asyncio.create_task(_receive(consumer, received))
         producer = AIOKafkaProducer(**connection(s), linger_ms=0)
         await producer.start()
+        schedule = _Schedule(rate, count)
         try:
-            started = time.monotonic()
-            for i, (key, value) in enumerate(zip(keys, values, strict=True)):
-                if (delay := started + i / rate - time.monotonic()) > 0:
-                    await asyncio.sleep(delay)
+            async for i in schedule:
+                key, value = keys[i], values[i]
                 sent[key] = time.monotonic()
                 await producer.send(s.topics.requests, value, key=key)
                 if i % 500 == 0:
@@ -387,12 +398,34 @@ class Bench:
             await asyncio.gather(reader, return_exceptions=True)
             await producer.stop()
             await consumer.stop()
-        ms = np.array([received[key] - t for key, t in sent.items() if key in received]) * 1000
-        if not len(ms):
+        ms = [1000 * (received[key] - t) for key, t in sent.items() if key in received]
+        return self._point(share, schedule, ms)
+
+    async def _client_point(self, s: Settings, share: int, rate: float) -> LatencyPoint:
+        """``_latency_point``'s load through the client library: requests made, checked, sent
+        and matched to their replies by ``StreamClient.stream``, each one's round trip as the
+        client measured it."""
+        self.progress.start(f"6 latency at {share} %, through the client")
+        count = max(1, int(rate * self.sizes.latency_seconds))
+        schedule = _Schedule(rate, count)
+        requests = (PredictRequest(self.model, self.rows[i % len(self.rows)]) async for i in schedule)
+        ms = []
+        async with StreamClient(s, timeout=_STALL_SECONDS, id_prefix=f"{s.topic_prefix}-client") as client:
+            async for outcome in client.stream(requests, max_in_flight=count):
+                if outcome.ok:
+                    ms.append(outcome.result().round_trip_ms)
+                    if len(ms) % 500 == 0:
+                        self.progress.status(f"{rate:,.0f} req/s: answered {len(ms)}/{count}")
+        return self._point(share, schedule, ms)
+
+    def _point(self, share: int, schedule: _Schedule, ms: Sequence[float]) -> LatencyPoint:
+        if not ms:
             raise BenchError(f"{self.progress.title}: no answer arrived; see the logs in {self.logs}")
         p50, p95, p99 = np.percentile(ms, [50, 95, 99]).tolist()
-        self.progress.done(f"{rate:,.0f} req/s: p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
-        return LatencyPoint(share, rate, count, len(ms), p50, p95, p99)
+        self.progress.done(f"{schedule.rate:,.0f} req/s offered, {schedule.achieved_rps:,.0f} kept: "
+                           f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
+        return LatencyPoint(share, schedule.rate, schedule.achieved_rps, schedule.count, len(ms),
+                            p50, p95, p99)
 
     async def _delete_topics(self) -> None:
         async with admin_client(self.settings) as admin:
@@ -401,6 +434,25 @@ class Bench:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+class _Schedule:
+    """Open-loop load: ``0 .. count-1``, each at its time at ``rate`` per second, whatever
+    the answers do. ``achieved_rps``: the rate the sender kept (lower when it could not)."""
+
+    def __init__(self, rate: float, count: int) -> None:
+        self.rate, self.count = rate, count
+        self.achieved_rps = 0.0
+
+    async def __aiter__(self) -> AsyncIterator[int]:
+        started = time.monotonic()
+        for i in range(self.count):
+            if (delay := started + i / self.rate - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            yield i
+        # On schedule the last send is (count - 1) / rate after the first: the 1 / rate added
+        # makes a schedule kept exactly come out at ``rate``.
+        self.achieved_rps = self.count / (time.monotonic() - started + 1 / self.rate)
 
 
 @dataclass(frozen=True, slots=True)

@@ -107,7 +107,8 @@ class Case:
 @dataclass(frozen=True, slots=True)
 class LatencyPoint:
     share: int  # percent of case 3's throughput
-    rate_rps: float
+    rate_rps: float  # offered
+    achieved_rps: float  # what the load generator kept up
     requests: int
     answered: int
     p50: float  # milliseconds from a request's send to its answer's arrival
@@ -121,7 +122,8 @@ class Report:
     model: str
     sizes: Sizes
     cases: dict[str, Case]
-    latency: dict[int, LatencyPoint]
+    latency: dict[int, LatencyPoint]  # from a raw producer
+    client: LatencyPoint  # the same load through the client library, at one share
     workers: WorkerStats  # summed over every streamserve worker and case
     load: float  # the machine's 1-minute load average before the run
 
@@ -134,7 +136,9 @@ class Report:
                 "vs_quix": rps["streamserve"] / rps["quix_streams"],
                 "two_workers": rps["streamserve_two_workers"] / rps["streamserve"],
                 "drift_on_vs_off": rps["streamserve"] / rps["streamserve_drift_off"],
-                "model_vs_flop_bound": rps["model_ceiling"] / flop_bound}
+                "model_vs_flop_bound": rps["model_ceiling"] / flop_bound,
+                "client_vs_raw_p50": self.client.p50 / self.latency[self.client.share].p50,
+                "client_vs_raw_p99": self.client.p99 / self.latency[self.client.share].p99}
 
     def incomplete(self) -> list[str]:
         """Titles of the cases where a request was not answered exactly once."""
@@ -144,9 +148,8 @@ class Report:
         return {
             "device": self.device,
             "cases": {name: case.to_json() for name, case in self.cases.items()},
-            "latency_ms": {str(p.share): {"p50": p.p50, "p95": p.p95, "p99": p.p99, "rate_rps": p.rate_rps,
-                                          "requests": p.requests, "answered": p.answered}
-                           for p in self.latency.values()},
+            "latency_ms": {str(p.share): _point_json(p) for p in self.latency.values()},
+            "client_latency_ms": {"share": self.client.share, **_point_json(self.client)},
             "ratios": self.ratios(),
             "jit_compiles_after_warmup": round(self.workers.jit_compiles),
             "padding_waste": self.workers.padding_waste,
@@ -162,18 +165,28 @@ class Report:
         for case in self.cases.values():
             answered = f"{case.answers.answered_once}/{case.answers.requests}" if case.answers else ""
             lines.append(f"{case.title:<32}{case.throughput_rps:>10,.0f}/s  {answered:<15}{case.notes()}")
-        lines += ["", (f"{'6 LATENCY, OPEN LOOP':<32}{'OFFERED':>12}  {'ANSWERED':<15}"
+        lines += ["", (f"{'6 LATENCY, OPEN LOOP':<32}{'OFFERED':>12}{'KEPT':>12}  {'ANSWERED':<15}"
                        f"{'P50':>9}{'P95':>11}{'P99':>11}")]
-        for p in self.latency.values():
+        points = [(f"{p.share} % of case 3", p) for p in self.latency.values()]
+        points.append((f"{self.client.share} %, through the client", self.client))
+        for title, p in points:
             answered = f"{p.answered}/{p.requests}"
-            lines.append(f"{f'  {p.share} % of case 3':<32}{p.rate_rps:>10,.0f}/s  {answered:<15}"
-                         f"{p.p50:>6.1f} ms{p.p95:>8.1f} ms{p.p99:>8.1f} ms")
+            lines.append(f"{f'  {title}':<32}{p.rate_rps:>10,.0f}/s{p.achieved_rps:>10,.0f}/s  "
+                         f"{answered:<15}{p.p50:>6.1f} ms{p.p95:>8.1f} ms{p.p99:>8.1f} ms")
+        raw = self.latency[self.client.share]
+        lines.append(f"{'  client / raw producer':<73}{self.client.p50 / raw.p50:>8.2f}x"
+                     f"{self.client.p95 / raw.p95:>10.2f}x{self.client.p99 / raw.p99:>10.2f}x")
         lines += ["", "RATIOS", *(f"  {name:<22}{value:>8.3f}" for name, value in self.ratios().items())]
         waste = self.workers.padding_waste
         lines += ["", f"jit compiles after warm-up: {self.workers.jit_compiles:.0f}",
                   "padding waste: " + (f"{100 * waste:.1f} % of the rows computed" if waste is not None
                                        else "n/a (the workers export no streamserve_padding_rows_total)")]
         return "\n".join(lines)
+
+
+def _point_json(p: LatencyPoint) -> dict[str, float]:
+    return {"p50": p.p50, "p95": p.p95, "p99": p.p99, "rate_rps": p.rate_rps,
+            "achieved_rps": p.achieved_rps, "requests": p.requests, "answered": p.answered}
 
 
 class Progress:

@@ -6,6 +6,10 @@ consumer is positioned (partitions assigned, positions at the end fixed) before 
 request goes out, so no reply can slip past it; it reads without a consumer group, so two
 clients each see every reply and each settles only its own (``PendingReplies``).
 
+A request costs the client a future and a timer, not a task: it queues for the client's one
+sender task, which hands requests to the producer in order, and the reader settles the
+future its caller awaits (or the timer fails it with ``PredictionTimeout``).
+
 Which partitions it reads: all of both reply topics by default (requests then go where
 Kafka's keyed partitioner puts their ids, like any other producer's). A fleet of many
 clients can give each a few request partitions (``partitions=[...]``): a client then writes
@@ -16,9 +20,11 @@ answers (README, "Requests and replies"), instead of every client reading every 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import threading
+from collections import deque
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
@@ -34,8 +40,9 @@ from typing import Any, Self, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import KafkaError
+from aiokafka.structs import RecordMetadata
 
-from agents.kafka_io import KafkaAccessError, connection, start_producer
+from agents.kafka_io import KafkaAccessError, connection, start_producer, unreachable
 from pipeline.client import (
     ClientClosed,
     MalformedReply,
@@ -86,6 +93,9 @@ class StreamClient:
         self._producer: AIOKafkaProducer | None = None
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._queue: deque[_Queued] = deque()  # requests for the sender, oldest first
+        self._queued = asyncio.Event()
         self._failure: ClientClosed | None = None
 
     @classmethod
@@ -120,7 +130,7 @@ class StreamClient:
                 await consumer.start()
                 existing = await consumer.topics()
             except KafkaError as e:
-                raise _unreachable(self.settings, e) from e
+                raise await unreachable(self.settings, e) from e
             missing = [t for t in (topics.requests, topics.predictions, topics.deadletter)
                        if t not in existing]
             if missing:
@@ -153,6 +163,8 @@ class StreamClient:
         self._producer, self._consumer = producer, consumer
         self._reader = asyncio.create_task(self._read_replies(consumer),
                                            name=f"streamserve-client-{self.id_prefix}")
+        self._sender = asyncio.create_task(self._send_queued(producer),
+                                           name=f"streamserve-client-{self.id_prefix}-sender")
         log.debug("client %s reads %s", self.id_prefix, sorted(assignment))
         return self
 
@@ -160,12 +172,17 @@ class StreamClient:
         """Fail whatever is still awaited with ``ClientClosed``, then disconnect."""
         if self._failure is None:
             self._failure = ClientClosed("the client is closed; start a new one")
-        self._pending.fail_all(ClientClosed("the client was closed before the reply came"))
-        reader, producer, consumer = self._reader, self._producer, self._consumer
-        self._reader = self._producer = self._consumer = None
-        if reader is not None:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        closed = ClientClosed("the client was closed before the reply came")
+        self._pending.fail_all(closed)
+        tasks = [t for t in (self._reader, self._sender) if t is not None]
+        producer, consumer = self._producer, self._consumer
+        self._reader = self._sender = self._producer = self._consumer = None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        while self._queue:  # raw requests not sent yet (the others failed above)
+            if not (owner := self._queue.popleft().owner).done():
+                owner.set_exception(closed)
         if producer is not None:
             await producer.stop()
         if consumer is not None:
@@ -186,7 +203,7 @@ class StreamClient:
     async def predict_request(self, request: PredictRequest, *,
                               timeout: float | None = None) -> Prediction:
         """``predict`` for a ``PredictRequest`` (an id is made up when it has none)."""
-        return await self._predict(self._identified(request), timeout)
+        return await self._submit(self._identified(request), self._limit(timeout))
 
     async def predict_many(self, model: str, rows: Iterable[Mapping[str, float]], *,
                            version: str | None = None, timeout: float | None = None,
@@ -198,7 +215,8 @@ class StreamClient:
         place in the list.
         """
         requests = [self._identified(PredictRequest(model, row, version=version)) for row in rows]
-        results = await asyncio.gather(*(self._predict(r, timeout) for r in requests),
+        limit = self._limit(timeout)
+        results = await asyncio.gather(*(self._submit(r, limit) for r in requests),
                                        return_exceptions=True)
         for result in results:
             if isinstance(result, BaseException) and not (
@@ -217,18 +235,22 @@ class StreamClient:
         self._check_open()
         if max_in_flight < 1:
             raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+        limit = self._limit(timeout)
         settled: asyncio.Queue[Outcome | _End] = asyncio.Queue()
         slots = asyncio.Semaphore(max_in_flight)
-        running: set[asyncio.Task[None]] = set()
+        replies: set[asyncio.Future[Prediction]] = set()  # sent, not yet settled
         launched = 0
 
-        async def serve(request: PredictRequest) -> None:
-            try:
-                settled.put_nowait(Outcome(request, prediction=await self._predict(request, timeout)))
-            except StreamClientError as e:
-                settled.put_nowait(Outcome(request, error=e))
-            except Exception as e:  # noqa: BLE001 - handed to the reader, who raises it
-                settled.put_nowait(_End(e))
+        def on_settled(request: PredictRequest, reply: asyncio.Future[Prediction]) -> None:
+            replies.discard(reply)
+            if reply.cancelled():
+                return
+            if (error := reply.exception()) is None:
+                settled.put_nowait(Outcome(request, prediction=reply.result()))
+            elif isinstance(error, StreamClientError):
+                settled.put_nowait(Outcome(request, error=error))
+            else:  # handed to the reader, who raises it
+                settled.put_nowait(_End(error))
 
         async def feed() -> None:
             nonlocal launched
@@ -238,9 +260,9 @@ class StreamClient:
                         raise TypeError(f"stream() takes PredictRequest items, got {request!r}")
                     request = self._identified(request)
                     await slots.acquire()
-                    task = asyncio.create_task(serve(request))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
+                    reply = self._submit(request, limit)
+                    replies.add(reply)
+                    reply.add_done_callback(functools.partial(on_settled, request))
                     launched += 1
                 settled.put_nowait(_End(None))
             except Exception as e:  # noqa: BLE001 - handed to the reader, who raises it
@@ -260,9 +282,10 @@ class StreamClient:
                 yielded += 1
                 yield item
         finally:
-            for task in (feeder, *running):
-                task.cancel()
-            await asyncio.gather(feeder, *running, return_exceptions=True)
+            feeder.cancel()
+            await asyncio.gather(feeder, return_exceptions=True)
+            for reply in list(replies):  # stops awaiting them; one still queued is never sent
+                reply.cancel()
 
     async def send_raw(self, value: bytes, *, key: bytes | None = None,
                        timeout: float | None = None) -> Prediction:
@@ -270,20 +293,22 @@ class StreamClient:
         await its reply, found by where Kafka wrote the request since its id may be
         unreadable. ``key``: by default the request's id when it has a readable one."""
         self._check_open()
-        assert self._producer is not None
         key = key if key is not None else raw_request_key(value)
         partition = (None if self._partitions is None
                      else choose_partition(key if key is not None else value, self._partitions))
-        waiter: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[Prediction] = loop.create_future()
+        delivered: asyncio.Future[RecordMetadata] = loop.create_future()
         topic = self.settings.topics.requests
+        limit = self._limit(timeout)
         sent_at = self._pending.raw_sending()
         source: SourcePosition | None = None
-        limit = self._limit(timeout)
         try:
             async with asyncio.timeout(_delay(limit)) as scope:
+                self._enqueue(_Queued(value, key, partition, delivered,
+                                      functools.partial(_pass_on, delivered)))
                 try:
-                    delivery = await self._producer.send(topic, value, key=key, partition=partition)
-                    metadata = await asyncio.shield(delivery)
+                    metadata = await delivered
                 except KafkaError as e:
                     raise RequestNotSent(f"Kafka did not take the request: {e}") from e
                 source = SourcePosition(topic, metadata.partition, metadata.offset)
@@ -305,31 +330,62 @@ class StreamClient:
     def _identified(self, request: PredictRequest) -> PredictRequest:
         return request if request.id is not None else request.with_id(self._ids.next())
 
-    async def _predict(self, request: PredictRequest, timeout: float | None) -> Prediction:
+    def _submit(self, request: PredictRequest, limit: float) -> asyncio.Future[Prediction]:
+        """Queue ``request`` for the sender; the future its reply settles. Every failure of
+        the request (not sent, no reply within ``limit`` seconds, a dead letter, the client
+        closed) fails the future; only a programming error raises."""
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Prediction] = loop.create_future()
+        if self._failure is not None:
+            reply.set_exception(self._failure)
+            return reply
         self._check_open()
-        assert self._producer is not None
         request_id = check_request_id(request.id)
+        self._pending.expect(request_id, reply)  # before sending: the reply may come quickly
+        timer = (None if math.isinf(limit) else
+                 loop.call_later(limit, _time_out, reply, request_id, limit, self.settings.topics.requests))
+        reply.add_done_callback(functools.partial(self._settled, request_id, timer))
         key = request_id.encode()
-        value = request.encode()
         partition = None if self._partitions is None else choose_partition(key, self._partitions)
+        self._enqueue(_Queued(request.encode(), key, partition, reply,
+                              functools.partial(_fail_undelivered, reply, request_id)))
+        return reply
+
+    def _settled(self, request_id: str, timer: asyncio.TimerHandle | None,
+                 _: asyncio.Future[Prediction]) -> None:
+        self._pending.forget(request_id)
+        if timer is not None:
+            timer.cancel()
+
+    def _enqueue(self, queued: _Queued) -> None:
+        self._queue.append(queued)
+        self._queued.set()
+
+    async def _send_queued(self, producer: AIOKafkaProducer) -> None:
+        """Hand the queued requests to the producer, oldest first, and each one's delivery
+        to its callback.
+
+        One sender rather than every request awaiting the producer itself: the producer's
+        send waits while a partition's batch is full, and every waiting send then wakes at
+        each drain, most only to wait again, a herd that grows with the backlog (a client a
+        few thousand requests behind collapsed). A request already settled when its turn
+        comes (timed out, abandoned) is not sent.
+        """
         topic = self.settings.topics.requests
-        waiter: asyncio.Future[Prediction] = asyncio.get_running_loop().create_future()
-        self._pending.expect(request_id, waiter)  # before sending: the reply may come quickly
-        limit = self._limit(timeout)
-        try:
-            async with asyncio.timeout(_delay(limit)) as scope:
-                try:
-                    delivery = await self._producer.send(topic, value, key=key, partition=partition)
-                    await asyncio.shield(delivery)
-                except KafkaError as e:
-                    raise RequestNotSent(f"Kafka did not take request {request_id}: {e}") from e
-                return await waiter
-        except TimeoutError:
-            if scope.expired():
-                raise PredictionTimeout(request_id, limit, topic) from None
-            raise
-        finally:
-            self._pending.forget(request_id)
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            while self._queue:
+                queued = self._queue[0]  # left queued while it is sent: close() fails it
+                if not queued.owner.done():
+                    try:
+                        delivery = await producer.send(topic, queued.value, key=queued.key,
+                                                       partition=queued.partition)
+                    except Exception as e:  # noqa: BLE001 - that request's failure, not the sender's
+                        delivery = asyncio.get_running_loop().create_future()
+                        delivery.set_exception(e)
+                    delivery.add_done_callback(queued.delivered)
+                self._queue.popleft()
 
     def _limit(self, timeout: float | None) -> float:
         limit = self.timeout if timeout is None else timeout
@@ -371,6 +427,18 @@ class StreamClient:
             self._pending.fail_all(self._failure)
 
 
+@dataclass(slots=True)
+class _Queued:
+    """A request for the sender: what to send, whose future stops it being sent once done,
+    and who hears of its delivery."""
+
+    value: bytes
+    key: bytes | None
+    partition: int | None
+    owner: asyncio.Future[Any]
+    delivered: Callable[[asyncio.Future[RecordMetadata]], None]
+
+
 @dataclass(frozen=True, slots=True)
 class _End:
     """The end of a stream's source (``error`` None), or why the stream stops."""
@@ -392,15 +460,40 @@ async def _next(outcomes: AsyncIterator[Outcome]) -> Outcome | None:
     return await anext(outcomes, None)
 
 
+def _time_out(reply: asyncio.Future[Prediction], request_id: str, limit: float, topic: str) -> None:
+    if not reply.done():
+        reply.set_exception(PredictionTimeout(request_id, limit, topic))
+
+
+def _fail_undelivered(reply: asyncio.Future[Prediction], request_id: str,
+                      delivery: asyncio.Future[RecordMetadata]) -> None:
+    # No reply comes before its request's delivery, so only the reply is awaited; a failed
+    # delivery fails it instead.
+    if delivery.cancelled() or (error := delivery.exception()) is None or reply.done():
+        return
+    if isinstance(error, KafkaError):
+        failure = RequestNotSent(f"Kafka did not take request {request_id}: {error}")
+        failure.__cause__ = error
+        error = failure
+    reply.set_exception(error)
+
+
+def _pass_on(target: asyncio.Future[RecordMetadata], delivery: asyncio.Future[RecordMetadata]) -> None:
+    if delivery.cancelled():
+        target.cancel()
+        return
+    error = delivery.exception()  # read even when no one waits: else asyncio logs it
+    if target.done():
+        return
+    if error is not None:
+        target.set_exception(error)
+    else:
+        target.set_result(delivery.result())
+
+
 def _delay(seconds: float) -> float | None:
     """``seconds`` for ``asyncio.timeout``: None (never) for infinity."""
     return None if math.isinf(seconds) else seconds
-
-
-def _unreachable(settings: Settings, error: Exception) -> KafkaAccessError:
-    hint = ("start it with `streamserve broker start`" if settings.uses_local_broker
-            else "check STREAMSERVE_BROKER")
-    return KafkaAccessError(f"cannot reach Kafka at {settings.bootstrap} ({error}); {hint}")
 
 
 class SyncStreamClient:

@@ -144,7 +144,12 @@ class PredictRequest:
         return orjson.dumps(body)
 
     def with_id(self, request_id: str) -> PredictRequest:
-        return replace(self, id=request_id)
+        # A copy with only the id set: replace() would check and copy every feature again.
+        request = object.__new__(type(self))
+        for name in self.__slots__:
+            object.__setattr__(request, name, getattr(self, name))
+        object.__setattr__(request, "id", check_request_id(request_id))
+        return request
 
 
 def _check_name(what: str, value: object) -> None:
@@ -169,15 +174,21 @@ def _checked_features(features: object) -> dict[str, float]:
     for name, value in features.items():
         if not isinstance(name, str):
             raise TypeError(f"feature names must be strings, got {name!r}")
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"feature {name!r} is {value!r}: every feature must be a number")
-        number = float(value)
+        # A plain float, the usual case, skips the abstract-class checks (several times
+        # slower than the rest of the loop).
+        number = value if type(value) is float else _number(name, value)
         if not math.isfinite(number):
             # JSON has no NaN or infinity (orjson would write null): refuse it here, as the
             # worker would (non_finite), rather than send something else.
             raise ValueError(f"feature {name!r} is {number}: features must be finite numbers")
         checked[name] = number
     return checked
+
+
+def _number(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"feature {name!r} is {value!r}: every feature must be a number")
+    return float(value)
 
 
 def raw_request_key(value: bytes) -> bytes | None:
@@ -328,7 +339,7 @@ Reply = Prediction | DeadLetter
 def parse_prediction(value: bytes, source: SourcePosition | None = None) -> Prediction:
     body = _object(value, "prediction")
     try:
-        outputs = tuple(Output(str(o["name"]), tuple(int(n) for n in o["shape"]),
+        outputs = tuple(Output(str(o["name"]), tuple(map(int, o["shape"])),
                                str(o["datatype"]), tuple(o["data"])) for o in body["outputs"])
         parameters = body.get("parameters") or {}
         return Prediction(id=_text(body["id"]), model=_text(body["model_name"]),

@@ -24,7 +24,7 @@ CASES = ("kafka_ceiling", "model_ceiling", "streamserve", "streamserve_drift_off
 STREAMSERVE_CASES = ("streamserve", "streamserve_drift_off", "streamserve_per_record",
                      "streamserve_two_workers")
 RATIOS = ("vs_kafka_ceiling", "vs_per_record", "vs_handwritten", "vs_quix", "two_workers",
-          "model_vs_flop_bound", "drift_on_vs_off")
+          "model_vs_flop_bound", "drift_on_vs_off", "client_vs_raw_p50", "client_vs_raw_p99")
 
 
 def positive(x: object) -> bool:
@@ -49,8 +49,8 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
     assert "JAX on" in run.stdout and "RATIOS" in run.stdout, run.stdout
 
     result = orjson.loads(out.read_bytes())
-    assert set(result) == {"device", "cases", "latency_ms", "ratios", "jit_compiles_after_warmup",
-                           "padding_waste"}
+    assert set(result) == {"device", "cases", "latency_ms", "client_latency_ms", "ratios",
+                           "jit_compiles_after_warmup", "padding_waste"}
     assert isinstance(result["device"], str) and result["device"]
     assert set(result["cases"]) == set(CASES)
     for name, case in result["cases"].items():
@@ -60,8 +60,10 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
         assert case["answered_once"] == case["requests"] > 0, (name, case)
         assert case["missing"] == case["duplicates"] == case["deadletters"] == 0, (name, case)
     assert set(result["latency_ms"]) == {"25", "50", "75"}
-    for share, point in result["latency_ms"].items():
-        assert all(positive(point[p]) for p in ("p50", "p95", "p99")), (share, point)
+    client = result["client_latency_ms"]
+    assert client["share"] == 25 and client["rate_rps"] == result["latency_ms"]["25"]["rate_rps"]
+    for share, point in [*result["latency_ms"].items(), ("client", client)]:
+        assert all(positive(point[p]) for p in ("p50", "p95", "p99", "achieved_rps")), (share, point)
         assert point["p50"] <= point["p95"] <= point["p99"], (share, point)
         assert point["answered"] == point["requests"], (share, point)
     assert set(result["ratios"]) == set(RATIOS)

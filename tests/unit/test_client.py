@@ -1,8 +1,10 @@
 """The client library's pure part: requests, reply parsing, correlation; no broker."""
 
+import asyncio
 import subprocess
 import sys
 from concurrent.futures import Future
+from dataclasses import replace
 
 import numpy as np
 import orjson
@@ -93,10 +95,13 @@ def test_request_refuses_what_the_worker_would_dead_letter(changes):
 
 
 def test_a_request_without_an_id_cannot_be_encoded_until_it_has_one():
-    request = PredictRequest("iris", IRIS)
+    request = PredictRequest("iris", IRIS, version="3", tenant="acme")
     with pytest.raises(ValueError, match="with_id"):
         request.encode()
     assert orjson.loads(request.with_id("r-9").encode())["id"] == "r-9"
+    assert request.with_id("r-9") == replace(request, id="r-9") and request.id is None
+    with pytest.raises(ValueError, match="request id"):
+        request.with_id("")
 
 
 def test_request_ids_are_unique_under_one_prefix_per_client():
@@ -302,3 +307,69 @@ def test_importing_the_module_loads_no_kafka_library_until_the_client_is_asked_f
 
     with pytest.raises(AttributeError, match="NoSuchThing"):
         pipeline.client.NoSuchThing  # noqa: B018
+
+
+# -- the client's sender, on a fake producer -----------------------------------------------
+
+class HeldProducer:
+    """A producer whose sends wait until ``released``, as aiokafka's do while a partition's
+    batch is full; each delivery fails with ``failure`` when one is given."""
+
+    def __init__(self, failure: Exception | None = None) -> None:
+        self.sent: list[bytes] = []
+        self.released = asyncio.Event()
+        self.failure = failure
+
+    async def send(self, topic, value, key=None, partition=None):
+        await self.released.wait()
+        self.sent.append(key)
+        delivery = asyncio.get_running_loop().create_future()
+        if self.failure is None:
+            delivery.set_result(None)
+        else:
+            delivery.set_exception(self.failure)
+        return delivery
+
+    async def stop(self) -> None:
+        pass
+
+
+def client_on(producer: HeldProducer):
+    """A started client whose sender feeds ``producer`` (and no reply reader)."""
+    from agents.client import StreamClient
+
+    client = StreamClient(timeout=30)
+    client._producer = producer
+    client._sender = asyncio.create_task(client._send_queued(producer))
+    return client
+
+
+async def test_a_request_whose_time_runs_out_before_its_turn_is_never_sent():
+    from pipeline.client import ClientClosed
+
+    producer = HeldProducer()
+    client = client_on(producer)
+    first = asyncio.ensure_future(client.predict("iris", IRIS, request_id="first"))
+    await asyncio.sleep(0)  # "first" is queued, and holds the sender
+    with pytest.raises(PredictionTimeout, match="second"):  # on time, though the sender is held
+        await client.predict("iris", IRIS, request_id="second", timeout=0.05)
+    producer.released.set()
+    await asyncio.sleep(0.01)
+    assert producer.sent == [b"first"]
+    await client.close()
+    with pytest.raises(ClientClosed):
+        await first
+
+
+async def test_a_failed_delivery_fails_its_request_as_not_sent():
+    from aiokafka.errors import KafkaTimeoutError
+
+    from pipeline.client import RequestNotSent
+
+    producer = HeldProducer(KafkaTimeoutError())
+    producer.released.set()
+    client = client_on(producer)
+    results = await client.predict_many("iris", [IRIS, IRIS], return_exceptions=True)
+    assert all(isinstance(r, RequestNotSent) and isinstance(r.__cause__, KafkaTimeoutError)
+               for r in results)
+    await client.close()
