@@ -1,6 +1,6 @@
 """Worker crashes, shutdowns and a rebalance during traffic: the ledger holds in both
-delivery modes. One fleet per mode goes through the faults in turn; each phase has its
-own request ids, so each is accounted for on its own."""
+delivery modes. One fleet per mode goes through the faults in turn, both modes at once;
+each phase has its own request ids, so each is accounted for on its own."""
 
 from __future__ import annotations
 
@@ -10,16 +10,14 @@ import time
 import pytest
 
 from pipeline.faults import CRASH_POINTS
-from tests.chaos.harness import DELIVERY_MODES, Fleet, requests
+from tests.chaos.harness import Fleet, at_once, fleets, requests
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=DELIVERY_MODES)
-def fleet(request, kafka_bootstrap, registry_dir, tmp_path):
-    fleet = Fleet(kafka_bootstrap, registry_dir, tmp_path, delivery=request.param)
-    yield fleet
-    fleet.close()
+@pytest.fixture
+def every_mode(kafka_bootstrap, registry_dir, tmp_path):
+    yield from fleets(kafka_bootstrap, registry_dir, tmp_path)
 
 
 def report_line(name, fleet, n, report, recovery_s):
@@ -34,7 +32,11 @@ def assert_ledger(fleet, report):
         assert not report.duplicated, report
 
 
-def test_sigkill_sigterm_and_a_rebalance_lose_nothing(fleet):
+def test_sigkill_sigterm_and_a_rebalance_lose_nothing(every_mode):
+    at_once(every_mode, _crashes_shutdowns_and_a_rebalance)
+
+
+def _crashes_shutdowns_and_a_rebalance(fleet: Fleet) -> None:
     # 1. SIGKILL at the named points (a batch served, nothing sent; outputs acknowledged,
     #    offsets not committed; just committed), then at a random moment, restarting the
     #    worker each time, with requests arriving throughout.

@@ -6,20 +6,22 @@ import time
 
 import pytest
 
-from tests.chaos.harness import DELIVERY_MODES, Fleet, requests
+from tests.chaos.harness import Fleet, at_once, fleets, requests
 from tests.chaos.test_crashes import report_line
 
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(params=DELIVERY_MODES)
-def fleet(request, kafka_bootstrap, registry_dir, tmp_path):
-    fleet = Fleet(kafka_bootstrap, registry_dir, tmp_path, delivery=request.param)
-    yield fleet
-    fleet.close()
+@pytest.fixture
+def every_mode(kafka_bootstrap, registry_dir, tmp_path):
+    yield from fleets(kafka_bootstrap, registry_dir, tmp_path)
 
 
-def test_rows_the_model_raises_on_become_model_error_and_the_rest_is_served(fleet):
+def test_rows_the_model_raises_on_become_model_error_and_the_rest_is_served(every_mode):
+    at_once(every_mode, _poisoned_rows)
+
+
+def _poisoned_rows(fleet: Fleet) -> None:
     n, poisoned = 2000, 2000 // 100
     worker = fleet.start(STREAMSERVE_FAULTS="poison=-999")
     try:
