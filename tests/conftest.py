@@ -49,10 +49,20 @@ def secure_broker(tmp_path_factory: pytest.TempPathFactory):
     """The secured local broker (TLS, SCRAM users admin, worker and client, ACLs enforced)
     on a free port, in a home of its own; ``environment(user)`` logs in as ``user``."""
     from agents.broker import LocalBroker
+    from agents.cli import main
 
-    broker = LocalBroker(tmp_path_factory.mktemp("kafka-secure"), free_port(2), libs=shared_libs(),
-                         secure=True)
-    broker.start()
+    # Started as a user starts it, `streamserve broker start --secure` (which also audits the
+    # start), on the shared jars; its port is the local broker's + 2.
+    home, port = tmp_path_factory.mktemp("kafka-secure"), free_port(4)
+    (home / "kafka").mkdir()
+    (home / "kafka" / "libs").symlink_to(shared_libs())
+    with pytest.MonkeyPatch.context() as patch:
+        for name in [name for name in os.environ if name.startswith("STREAMSERVE_")]:
+            patch.delenv(name)
+        patch.setenv("STREAMSERVE_HOME", str(home))
+        patch.setenv("STREAMSERVE_LOCAL_BROKER_PORT", str(port))
+        assert main(["broker", "start", "--secure"]) == 0
+    broker = LocalBroker(home, port + 2, secure=True)
     try:
         yield broker
     finally:

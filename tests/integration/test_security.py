@@ -169,6 +169,17 @@ def test_an_admin_deploys_and_reads_the_audit(deployment: Deployment, worker: Wo
     assert audit.returncode == 0 and "deploy" in audit.stdout, audit.stderr
 
 
+def test_the_secured_brokers_start_is_audited(deployment: Deployment) -> None:
+    from agents.audit import read_entries
+
+    admin = deployment.settings("admin", STREAMSERVE_TOPIC_PREFIX="streamserve")
+    [entry] = [e for e in asyncio.run(read_entries(admin)) if e.action == "broker_start"]
+    assert entry.subject == f"broker:{deployment.broker.bootstrap}"
+    assert entry.principal == "User:admin" and entry.source == "cli" and entry.host
+    assert entry.details["security"] == "SASL_SSL"
+    assert all(password not in entry.command for password in deployment.passwords())
+
+
 def test_acl_apply_converges_and_only_admins_may(deployment: Deployment, worker: WorkerProcess) -> None:
     assert "already as laid out" in deployment.cli("admin", "acl", "apply").stdout
     stale = AclBinding("User:client", ResourceType.TOPIC, f"{deployment.prefix}.samples",
