@@ -83,15 +83,25 @@ def add_drift_agent(app: faust.App, settings: Settings,
         if not reference:
             return None
         policy = settings.policy(model)
-        monitor = DriftMonitor.from_manifest_reference(reference, policy.drift_window_s,
-                                                       policy.drift_hop_s, policy.drift,
-                                                       policy.drift_grace_s)
-        monitored = _Monitored(monitor)
+
+        def fresh() -> DriftMonitor:
+            return DriftMonitor.from_manifest_reference(reference, policy.drift_window_s,
+                                                        policy.drift_hop_s, policy.drift,
+                                                        policy.drift_grace_s)
+
+        monitored = _Monitored(fresh())
         snapshot = state.get(key.encode())
         if snapshot is not None:
-            stored = orjson.loads(snapshot)
-            monitor.restore(stored["monitor"])
-            monitored.last_offset = stored["rows_offset"]
+            try:
+                stored = orjson.loads(snapshot)
+                monitored.monitor.restore(stored["monitor"])
+                monitored.last_offset = stored["rows_offset"]
+            except (ValueError, KeyError, TypeError, IndexError) as e:
+                # Another release's state (or a damaged one): a crash here would restart
+                # the agent into the same value forever. The windows start afresh instead.
+                log.error("drift state of %s unreadable (%s: %s); counting afresh from here",
+                          key, type(e).__name__, e)
+                monitored = _Monitored(fresh())
         monitors[key] = monitored
         return monitored
 

@@ -222,3 +222,50 @@ def test_replayed_requests_are_kept_out_of_the_drift_counts(drift_worker):
     counted = run(coded())
     assert sum(len(o) for o in counted.values()) >= 40  # the live requests were coded
     assert not any(replay_positions[p] & counted.get(p, set()) for p in replay_positions)
+
+
+def test_drift_state_of_another_release_is_counted_afresh_not_crashed_on(
+        kafka_bootstrap, registry_dir, tmp_path):
+    """A table value the agent cannot read (an older release's format) is logged and the
+    windows start afresh: the agent does not crash into the same value again and again."""
+    from aiokafka import AIOKafkaProducer
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+    prefix = f"o{int(time.time() * 1000) % 10**9}"
+    changelog = f"{prefix}.faust-drift-windows-changelog"
+
+    async def plant() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(changelog, 4, 1,
+                                                topic_configs={"cleanup.policy": "compact"})])
+        finally:
+            await admin.close()
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            for partition in range(4):
+                await producer.send_and_wait(changelog, b'{"panes": []}', key=b"breast_cancer:1",
+                                             partition=partition)
+        finally:
+            await producer.stop()
+
+    run(plant())
+    worker = start_worker(kafka_bootstrap, registry_dir, tmp_path / "worker.log",
+                          STREAMSERVE_TOPIC_PREFIX=prefix, STREAMSERVE_APP_ID=prefix, **WINDOWS)
+    try:
+        s = worker.settings
+        rng = np.random.default_rng(5)
+        for second in range(4):
+            run(produce(s.bootstrap, s.topics.requests, requests(second, 400, rng, 0.0),
+                        timestamp_ms=BASE_MS + second * 1000 + 500))
+        run(produce(s.bootstrap, s.topics.requests, requests(8, 1, rng, 0.0),
+                    timestamp_ms=BASE_MS + 8 * 1000))
+        reports = run(collect(s.bootstrap, [s.topics.drift], expected=1, timeout=60))
+        log = worker.log_tail(10**7)
+    finally:
+        worker.stop()
+    assert reports, "no drift report after the unreadable state"
+    assert "drift state of breast_cancer:1 unreadable (KeyError" in log
+    assert "Crashed reason" not in log
