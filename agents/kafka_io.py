@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Self
+from typing import Self, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -31,6 +31,8 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from pipeline import acl
 from pipeline.config import Settings
+
+Client = TypeVar("Client", AIOKafkaConsumer, AIOKafkaProducer)
 
 # What Kafka answers when the principal logged in may not do something.
 REFUSALS = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
@@ -225,27 +227,25 @@ async def _wait_for_metadata(settings: Settings, names: list[str], timeout: floa
         await producer.stop()
 
 
+async def _started(settings: Settings, client: Client) -> Client:
+    """``client`` started, or stopped again and KafkaAccessError naming the fix."""
+    try:
+        await client.start()
+    except KafkaConnectionError as e:
+        await client.stop()
+        raise await unreachable(settings, e) from e
+    return client
+
+
 async def _start_consumer(settings: Settings, *topics: str, **options: object) -> AIOKafkaConsumer:
     """A started consumer without a group, or KafkaAccessError naming the fix."""
-    consumer = AIOKafkaConsumer(*topics, **connection(settings), group_id=None,
-                                enable_auto_commit=False, **options)
-    try:
-        await consumer.start()
-    except KafkaConnectionError as e:
-        await consumer.stop()
-        raise await unreachable(settings, e) from e
-    return consumer
+    return await _started(settings, AIOKafkaConsumer(*topics, **connection(settings), group_id=None,
+                                                     enable_auto_commit=False, **options))
 
 
 async def start_producer(settings: Settings, **options: object) -> AIOKafkaProducer:
-    producer = AIOKafkaProducer(**connection(settings), acks="all",
-                                enable_idempotence=True, linger_ms=5, **options)
-    try:
-        await producer.start()
-    except KafkaConnectionError as e:
-        await producer.stop()
-        raise await unreachable(settings, e) from e
-    return producer
+    return await _started(settings, AIOKafkaProducer(**connection(settings), acks="all",
+                                                     enable_idempotence=True, linger_ms=5, **options))
 
 
 async def read_topic(settings: Settings, topic: str, *, from_beginning: bool,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -74,6 +75,18 @@ def registry_keys(registry: Path) -> dict[str, str]:
     a folder beside it (``<registry>-keys``) holding ``signing.key`` and ``signing.pub``."""
     keys = registry.parent / f"{registry.name}-keys"
     return {"STREAMSERVE_SIGNING_KEY": str(keys / "signing.key"), "STREAMSERVE_TRUSTED_KEYS": str(keys)}
+
+
+def iris_registry(registry_dir: Path, folder: Path) -> tuple[Path, dict[str, str]]:
+    """A copy of the session's registry with iris alone (every worker loads every model:
+    one fewer to compile) at ``folder``/registry, with the session's test key beside it;
+    returns the copy and its ``registry_keys``."""
+    root = folder / "registry"
+    shutil.copytree(registry_dir, root, ignore=shutil.ignore_patterns("breast_cancer"))
+    keys = registry_keys(root)
+    shutil.copytree(registry_keys(registry_dir)["STREAMSERVE_TRUSTED_KEYS"],
+                    keys["STREAMSERVE_TRUSTED_KEYS"])
+    return root, keys
 
 
 def register_tampered(root: Path, model: str = "iris", version: str = "1") -> str:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import getpass
-import shutil
 import socket
 import time
 import uuid
@@ -24,7 +23,7 @@ from agents.kafka_io import admin_client, connection
 from agents.kafka_quotas import describe_quotas
 from pipeline import routing
 from pipeline.kafka_quotas import entity
-from tests.conftest import register_tampered, registry_keys, start_worker
+from tests.conftest import iris_registry, register_tampered, start_worker
 from tests.integration.test_lifecycle import Lifecycle
 
 pytestmark = pytest.mark.integration
@@ -36,11 +35,7 @@ WHO = f"{getpass.getuser()}@{socket.gethostname()}"
 def audited(kafka_bootstrap, registry_dir, tmp_path_factory):
     """A worker on a registry of iris 1 and 2, 2 tampered with before the worker starts."""
     folder = tmp_path_factory.mktemp("audit")
-    root = folder / "registry"
-    shutil.copytree(registry_dir, root, ignore=shutil.ignore_patterns("breast_cancer"))
-    keys = registry_keys(root)
-    shutil.copytree(registry_keys(registry_dir)["STREAMSERVE_TRUSTED_KEYS"],
-                    keys["STREAMSERVE_TRUSTED_KEYS"])
+    root, keys = iris_registry(registry_dir, folder)
     assert register_tampered(root) == "2"
     worker = start_worker(kafka_bootstrap, root, folder / "worker.log", **keys)
     try:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import shutil
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from models.train import train_and_register
 from pipeline import routing
 from pipeline.registry import ManifestDraft, Registry
 from pipeline.signing import load_private_key, register_signed
-from tests.conftest import register_tampered, registry_keys, start_worker
+from tests.conftest import iris_registry, register_tampered, registry_keys, start_worker
 from tests.integration.clients import collect, produce, run
 
 pytestmark = pytest.mark.integration
@@ -86,11 +85,7 @@ def lifecycle(kafka_bootstrap, registry_dir, tmp_path_factory):
     another seed), 3 (signed but broken: NaN parameters) and 4 (signed, then its
     parameters changed on disk)."""
     folder = tmp_path_factory.mktemp("lifecycle")
-    root = folder / "registry"
-    shutil.copytree(registry_dir, root, ignore=shutil.ignore_patterns("breast_cancer"))
-    keys = registry_keys(root)
-    shutil.copytree(registry_keys(registry_dir)["STREAMSERVE_TRUSTED_KEYS"],
-                    keys["STREAMSERVE_TRUSTED_KEYS"])
+    root, keys = iris_registry(registry_dir, folder)
     # Canary analysis judges errors here; its latency test is left to the unit tests (on
     # two loaded cores, model-time p99 moves by more than a healthy canary's 2x).
     worker = start_worker(kafka_bootstrap, root, folder / "worker.log", **keys,

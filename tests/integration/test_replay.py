@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime
-import shutil
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from models.datasets import load as load_dataset
 from models.train import train_and_register
 from pipeline.registry import Registry
 from pipeline.replay import INDEX_HEADER, REPLAY_HEADER
-from tests.conftest import registry_keys, start_worker
+from tests.conftest import iris_registry, start_worker
 
 pytestmark = pytest.mark.integration
 
@@ -97,11 +96,7 @@ def margin_rows(params: list[dict]) -> tuple[np.ndarray, list[bool]]:
 @pytest.fixture(scope="module")
 def fleet(kafka_bootstrap, registry_dir, tmp_path_factory):
     folder = tmp_path_factory.mktemp("replay")
-    root = folder / "registry"
-    shutil.copytree(registry_dir, root, ignore=shutil.ignore_patterns("breast_cancer"))
-    keys = registry_keys(root)
-    shutil.copytree(registry_keys(registry_dir)["STREAMSERVE_TRUSTED_KEYS"],
-                    keys["STREAMSERVE_TRUSTED_KEYS"])
+    root, keys = iris_registry(registry_dir, folder)
     train_and_register("iris", Registry(root), seed=1,
                        signing_key=Path(keys["STREAMSERVE_SIGNING_KEY"]))
     worker = start_worker(kafka_bootstrap, root, folder / "worker.log", **keys,
