@@ -49,7 +49,7 @@ from pipeline.messages import (
 from pipeline.quotas import TenantQuotas
 from pipeline.redaction import Redactor
 from pipeline.rejections import Reason, Rejection
-from pipeline.routing import DeploymentSpec, Route
+from pipeline.routing import DeploymentSpec, Route, RouteDecision
 from pipeline.sampling import sampled
 
 log = logging.getLogger(__name__)
@@ -249,61 +249,93 @@ class InferenceService:
 
     async def _serve_group(self, deployment: Deployment, model: str, version: str, route: Route,
                            items: list[tuple[Incoming, Request]]) -> tuple[_Served | None, list[Outgoing]]:
-        now = time.time()
-        if not self._breakers[(model, version)].allow(now):
+        """Serve one group with its version; the rows it fails on get a second opinion.
+
+        A row the version fails on is tried on the other version it can fall back on (the
+        fallback; or, while the version's breaker is open and the fallback serves, the
+        version itself). Served there, the row is answered from there and the failure is
+        the version's; failing there too, the input is at fault: it is dead-lettered and
+        counts against neither breaker, so no client can open a breaker for others by
+        sending inputs no version can serve. Without a second version, a failure counts.
+        """
+        now = time.monotonic()
+        fallback = self._catalog.fallback(model)
+        if fallback is not None and (fallback.version == version
+                                     or not self._breakers[(model, fallback.version)].allow(now)):
+            fallback = None
+        if self._breakers[(model, version)].allow(now):
+            second = fallback
+        else:
             # Refused by its breaker: failures of this version (a canary's judge counts them).
             self._feed_breaker(model, version, 0, len(items))
             self._judge_canary(deployment, model, route, len(items), [], [])
-            fallback = self._catalog.fallback(model)
-            if fallback is None or fallback.version == version \
-                    or not self._breakers[(model, fallback.version)].allow(now):
+            if fallback is None:
                 error = (f"{model}:{version} is failing and its circuit breaker is open; "
-                         + ("its fallback is failing too" if fallback else
+                         + ("its fallback is failing too" if self._catalog.fallback(model) else
                             f"set a fallback with `streamserve fallback {model} VERSION`")
                          + "; the breaker tries the version again shortly")
                 return None, [self._dead_letter(record, Rejection(
                     Reason.CIRCUIT_OPEN, error, id=request.id, model=model), version,
                     quota=self._quota_of(request)) for record, request in items]
+            second = RouteDecision(version, route)
             version, route = fallback.version, fallback.route
         served = deployment.models[(model, version)]
         rows = np.array([request.row for _, request in items], dtype=np.float32)
         results, seconds = await self._predict(served, rows)
+        failed = [i for i, result in enumerate(results) if isinstance(result, RowFailure)]
+        rescued: dict[int, np.ndarray] = {}  # row -> the second version's answer
+        if failed and second is not None:
+            retried, _ = await self._predict(deployment.models[(model, second.version)], rows[failed])
+            for i, result in zip(failed, retried, strict=True):
+                if isinstance(result, RowFailure):
+                    results[i] = RowFailure(
+                        f"versions {version} and {second.version} of {model} both failed on this "
+                        f"request, so its inputs are at fault: {results[i].error}")
+                else:
+                    rescued[i] = result
+            self._feed_breaker(model, second.version, len(rescued), 0)
+        charged = len(rescued) if second is not None else len(failed)
         self._metrics.batch_size.labels(model, version).observe(len(rows))
         self._metrics.padding_rows.labels(model, version).inc(
             padded_size(len(rows), served.buckets) - len(rows))
-        labels = served.manifest.outputs.labels
         policy = self._policies[model]
         names = served.manifest.inputs.names
         done = time.time()
         outgoing = []
-        for (record, request), result in zip(items, results, strict=True):
-            if isinstance(result, RowFailure):
-                log.warning("model %s:%s failed on request %s: %s", model, version, request.id,
-                            result.error)
-                rejection = Rejection(Reason.MODEL_ERROR, result.error, id=request.id, model=model)
-                outgoing.append(self._dead_letter(record, rejection, version, route,
+        for i, ((record, request), result) in enumerate(zip(items, results, strict=True)):
+            by, by_route, answer = version, route, result
+            if i in rescued:
+                by, by_route, answer = second.version, second.route, rescued[i]
+            if isinstance(answer, RowFailure):
+                log.warning("model %s:%s failed on request %s: %s", model, by, request.id,
+                            answer.error)
+                rejection = Rejection(Reason.MODEL_ERROR, answer.error, id=request.id, model=model)
+                outgoing.append(self._dead_letter(record, rejection, by, by_route,
                                                   quota=self._quota_of(request)))
                 continue
-            facts = ServingFacts(route=str(route), batch_size=len(rows),
+            labels = deployment.models[(model, by)].manifest.outputs.labels
+            facts = ServingFacts(route=str(by_route), batch_size=len(rows),
                                  latency_ms=1000 * (done - record.timestamp))
             outgoing.append(Outgoing(
                 kind=Kind.PREDICTION,
                 topic=self._topics.predictions, partition=record.partition, key=request.id.encode(),
-                value=encode_prediction(request.id, model, version, result, labels, facts),
+                value=encode_prediction(request.id, model, by, answer, labels, facts),
                 headers=source_headers(record.topic, record.partition, record.offset),
-                model=model, version=version, reason=None, request_timestamp=record.timestamp,
-                route=str(route), quota=self._quota_of(request)))
+                model=model, version=by, reason=None, request_timestamp=record.timestamp,
+                route=str(by_route), quota=self._quota_of(request)))
             if policy.sample_rate and sampled(request.id, policy.sample_rate):
-                outgoing.append(self._sample(record, request, names, result, labels, policy.redactor))
+                outgoing.append(self._sample(record, request, names, answer, labels, policy.redactor))
         ok = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
-        self._feed_breaker(model, version, len(ok), len(results) - len(ok))
+        self._feed_breaker(model, version, len(ok), charged)
         # Replayed requests test a version: they say nothing of live traffic or the canary.
         watched = [i for i, (record, _) in enumerate(items)
                    if not record.replay or self._settings.replay_monitoring]
         watched_ok = [i for i in watched if not isinstance(results[i], RowFailure)]
+        watched_charged = sum(1 for i in watched if i in rescued) if second is not None else \
+            len(watched) - len(watched_ok)
         classes = (np.stack([results[i] for i in watched_ok]).argmax(axis=1) if watched_ok
                    else np.empty(0, np.intp))
-        self._judge_canary(deployment, model, route, len(watched) - len(watched_ok),
+        self._judge_canary(deployment, model, route, watched_charged,
                            [seconds] * len(watched_ok), classes.tolist())
         coder = self._coders.get((model, version))
         if coder is not None and watched_ok:
@@ -331,7 +363,7 @@ class InferenceService:
         breaker = self._breakers.get((model, version))
         if breaker is not None:
             before = breaker.state
-            breaker.record(successes, failures, time.time())
+            breaker.record(successes, failures, time.monotonic())
             if breaker.state is not before:
                 log.warning("circuit breaker of %s:%s is now %s", model, version, breaker.state)
             self._metrics.breaker_state.labels(model, version).set(_BREAKER_VALUE[breaker.state])

@@ -31,12 +31,13 @@ pytestmark = pytest.mark.integration
 IRIS = load_dataset("iris")
 
 
-def requests(prefix: str, n: int, overflow: bool = False) -> list[bytes]:
-    """Rows of the iris data set; with ``overflow``, every feature at float32's edge
-    (valid numbers, which overflow the network into non-finite outputs)."""
+def requests(prefix: str, n: int, scale: float = 1.0, edge: bool = False) -> list[bytes]:
+    """Rows of the iris data set, every feature times ``scale`` (at 1e9 they overflow the
+    fragile iris 5, not 1 or 2); with ``edge``, every feature at float32's edge (valid
+    numbers, which overflow every version into non-finite outputs)."""
     return [orjson.dumps({"id": f"{prefix}{i}", "model": "iris", "features": dict(zip(
-        IRIS.features, [3e38] * 4 if overflow else IRIS.X[i % len(IRIS.X)].tolist(), strict=True))})
-        for i in range(n)]
+        IRIS.features, [3e38] * 4 if edge else (IRIS.X[i % len(IRIS.X)] * scale).tolist(),
+        strict=True))}) for i in range(n)]
 
 
 @dataclasses.dataclass
@@ -82,8 +83,9 @@ def loaded(role: str, version: str) -> str:
 @pytest.fixture(scope="module")
 def lifecycle(kafka_bootstrap, registry_dir, tmp_path_factory):
     """A worker serving iris 1; then, registered while it serves: iris 2 (trained again,
-    another seed), 3 (signed but broken: NaN parameters) and 4 (signed, then its
-    parameters changed on disk)."""
+    another seed), 3 (signed but broken: NaN parameters), 4 (signed, then its parameters
+    changed on disk) and 5 (fragile: 1 with its output layer times 1e30, so the same
+    answers on the data set, but features near 1e9 overflow it where 2 serves them)."""
     folder = tmp_path_factory.mktemp("lifecycle")
     root, keys = iris_registry(registry_dir, folder)
     # Canary analysis judges errors here; its latency test is left to the unit tests (on
@@ -101,6 +103,8 @@ def lifecycle(kafka_bootstrap, registry_dir, tmp_path_factory):
         register_signed(registry, draft, {k: np.full_like(v, np.nan) for k, v in params.items()},
                         load_private_key(key_path))
         register_tampered(root)
+        fragile = {k: v * 1e30 if k in ("w1", "b1") else v for k, v in params.items()}
+        register_signed(registry, draft, fragile, load_private_key(key_path))
         yield Lifecycle(worker, root)
     finally:
         worker.stop()
@@ -183,17 +187,30 @@ def test_shadow_answers_go_to_the_shadow_topic_and_never_to_clients(lifecycle):
 
 
 def test_a_failing_version_trips_its_breaker_to_the_fallback_and_closes_again(lifecycle):
+    lifecycle.changed("deploy", "iris", "5")
     lifecycle.changed("fallback", "iris", "2")
+    lifecycle.wait_for_metric(loaded("stable", "5"))
     lifecycle.wait_for_metric(loaded("fallback", "2"))
-    failed = [r.value for r in lifecycle.answers("bb-", requests("bb-", 40, overflow=True))]
-    assert {a["reason"] for a in failed} == {"model_error"}
-    lifecycle.wait_for_metric('streamserve_breaker_state{model="iris",version="1"} 2.0')
+    # Inputs no version can serve are the inputs' fault: dead letters, and no breaker opens.
+    hopeless = [r.value for r in lifecycle.answers("bx-", requests("bx-", 40, edge=True))]
+    assert {a["reason"] for a in hopeless} == {"model_error"}
+    assert all("inputs are at fault" in a["error"] for a in hopeless)
+    metrics = lifecycle.worker.metrics()
+    for version in ("5", "2"):
+        assert f'streamserve_breaker_state{{model="iris",version="{version}"}} 0.0' in metrics
+    # Inputs 5 fails on and 2 serves: the fallback answers them, and 5's breaker opens.
+    rescued = [r.value for r in lifecycle.answers("bb-", requests("bb-", 40, scale=1e9))]
+    assert {(a["model_version"], a["parameters"]["route"]) for a in rescued} == {("2", "fallback")}
+    lifecycle.wait_for_metric('streamserve_breaker_state{model="iris",version="5"} 2.0')
     rerouted = [r.value for r in lifecycle.answers("bf-", requests("bf-", 100))]
     assert {(a["model_version"], a["parameters"]["route"]) for a in rerouted} == {("2", "fallback")}
-    time.sleep(2.5)  # STREAMSERVE_BREAKER_OPEN_S: then probes try version 1 again
+    time.sleep(2.5)  # STREAMSERVE_BREAKER_OPEN_S (2) after the breaker opened: probes try 5 again
     recovered = [r.value for r in lifecycle.answers("bo-", requests("bo-", 100))]
-    assert {(a["model_version"], a["parameters"]["route"]) for a in recovered} == {("1", "stable")}
-    lifecycle.wait_for_metric('streamserve_breaker_state{model="iris",version="1"} 0.0')
+    assert {(a["model_version"], a["parameters"]["route"]) for a in recovered} == {("5", "stable")}
+    lifecycle.wait_for_metric('streamserve_breaker_state{model="iris",version="5"} 0.0')
+    for prefix in ("bx-", "bb-", "bf-", "bo-"):
+        assert lifecycle.cli("verify", "--id-prefix", prefix).returncode == 0
+    lifecycle.changed("deploy", "iris", "1")
 
 
 def test_batching_settings_of_a_spec_apply_live(lifecycle):
