@@ -3,7 +3,7 @@
 A client produces a request keyed by its id to ``<prefix>.requests`` and waits for the one
 reply the worker writes for it: a prediction on ``<prefix>.predictions`` or a dead letter on
 ``<prefix>.deadletter``. This module holds everything about that which needs no broker;
-``agents/client.py`` holds the Kafka I/O (``StreamClient``, ``SyncStreamClient``), which is
+``agents/client/stream.py`` holds the Kafka I/O (``StreamClient``, ``SyncStreamClient``), which is
 also importable from here (see ``__getattr__`` at the end).
 
 Exceptions a caller handles::
@@ -562,7 +562,7 @@ def __getattr__(name: str) -> Any:
     # shell. importlib rather than an import statement: the dependency is deliberate and
     # runs only on that request.
     if name in _SHELL:
-        return getattr(importlib.import_module("agents.client"), name)
+        return getattr(importlib.import_module("agents.client.stream"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 

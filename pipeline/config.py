@@ -18,7 +18,7 @@ from pipeline.breaker import BreakerConfig
 from pipeline.canary import CanaryPolicy
 from pipeline.drift import DriftConfig
 from pipeline.faults import FaultPlan, FaultSpecError
-from pipeline.quotas import Quota, QuotaSpecError, parse_quotas
+from pipeline.tenant_quotas import Quota, QuotaSpecError, parse_quotas
 from pipeline.redaction import RedactionError, Redactor, parse_rules
 from pipeline.security import KafkaSecurity, SecurityConfigError
 from pipeline.slo import Objectives, SloError

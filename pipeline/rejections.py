@@ -36,7 +36,7 @@ class Reason(StrEnum):
     DEADLINE_EXCEEDED = "deadline_exceeded"
     MODEL_ERROR = "model_error"
     CIRCUIT_OPEN = "circuit_open"
-    # The request's tenant is over its quota on this worker (pipeline.quotas).
+    # The request's tenant is over its quota on this worker (pipeline.tenant_quotas).
     QUOTA_EXCEEDED = "quota_exceeded"
 
     @property

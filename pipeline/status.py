@@ -1,7 +1,7 @@
 """``streamserve status``, the pure part: figures from metrics, lag from offsets, drift
 verdicts, and the fleet they describe together.
 
-The shell (``agents/status.py``) reads; these functions compute, without I/O:
+The shell (``agents/ops/status.py``) reads; these functions compute, without I/O:
 
     increase(before, after)             each series' growth between two scrapes of a worker
     histogram_quantile(q, buckets)      Prometheus's interpolation in cumulative buckets

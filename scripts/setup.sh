@@ -86,7 +86,7 @@ else
     .venv/bin/python - <<'PY' || exit 1
 import sys
 
-from agents.broker import BrokerError, LocalBroker
+from agents.dev.broker import BrokerError, LocalBroker
 from pipeline.config import ConfigError, Settings
 
 try:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.fleet import WorkerProcess, free_port
+from agents.dev.fleet import WorkerProcess, free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if os.environ.get("STREAMSERVE_BROKER"):
         yield os.environ["STREAMSERVE_BROKER"]
         return
-    from agents.broker import LocalBroker
+    from agents.dev.broker import LocalBroker
 
     broker = LocalBroker(tmp_path_factory.mktemp("kafka"), free_port(2), libs=shared_libs())
     broker.start()
@@ -49,8 +49,8 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def secure_broker(tmp_path_factory: pytest.TempPathFactory):
     """The secured local broker (TLS, SCRAM users admin, worker and client, ACLs enforced)
     on a free port, in a home of its own; ``environment(user)`` logs in as ``user``."""
-    from agents.broker import LocalBroker
-    from agents.cli import main
+    from agents.dev.broker import LocalBroker
+    from agents.cli.main import main
 
     # Started as a user starts it, `streamserve broker start --secure` (which also audits the
     # start), on the shared jars; its port is the local broker's + 2.

@@ -20,9 +20,9 @@ from pathlib import Path
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from agents.fleet import WorkerProcess
-from agents.kafka_io import ensure_topics
-from agents.verify import verify
+from agents.dev.fleet import WorkerProcess
+from agents.kafka.io import ensure_topics
+from agents.ops.verify import verify
 from models.datasets import load as load_dataset
 from pipeline.config import Settings
 from pipeline.ledger import LedgerReport

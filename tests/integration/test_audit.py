@@ -16,13 +16,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import NewTopic
 
-from agents.audit import read_entries
-from agents.cli import main
-from agents.control import change
-from agents.kafka_io import admin_client, connection
-from agents.kafka_quotas import describe_quotas
+from agents.kafka.audit import read_entries
+from agents.cli.main import main
+from agents.kafka.control import change
+from agents.kafka.io import admin_client, connection
+from agents.ops.broker_quotas import describe_quotas
 from pipeline import routing
-from pipeline.kafka_quotas import entity
+from pipeline.broker_quotas import entity
 from tests.conftest import iris_registry, register_tampered, start_worker
 from tests.integration.test_lifecycle import Lifecycle
 

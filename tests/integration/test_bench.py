@@ -43,7 +43,7 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
     out = tmp_path / "bench.json"
     env = dict(os.environ, STREAMSERVE_BROKER=kafka_bootstrap, STREAMSERVE_REGISTRY=str(registry),
                STREAMSERVE_HOME=str(tmp_path / "home"), **keys)
-    run = subprocess.run([sys.executable, "-m", "agents.cli", "bench", "--quick", "--json", str(out)],
+    run = subprocess.run([sys.executable, "-m", "agents.cli.main", "bench", "--quick", "--json", str(out)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=150, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "JAX on" in run.stdout and "RATIOS" in run.stdout, run.stdout

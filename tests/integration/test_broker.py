@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.broker import BrokerError, LocalBroker, _alive, ensure_broker
-from agents.fleet import free_port
+from agents.dev.broker import BrokerError, LocalBroker, _alive, ensure_broker
+from agents.dev.fleet import free_port
 from pipeline.config import Settings
 from tests.conftest import shared_libs
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from agents.kafka_io import KafkaAccessError, ensure_topics
+from agents.kafka.io import KafkaAccessError, ensure_topics
 from models.architectures import architecture
 from models.datasets import load as load_dataset
 from pipeline.client import (
@@ -153,7 +153,7 @@ def test_the_sync_client_works_from_plain_code(worker):
 
 
 def test_the_demo_sends_through_the_client_and_tallies_every_answer(worker, registry_dir, capsys):
-    from agents.demo import _drive, _plan, _print_summary
+    from agents.dev.demo import _drive, _plan, _print_summary
 
     settings = worker.settings
     plan = _plan(Registry(registry_dir), f"demo-{uuid.uuid4().hex[:8]}", 300, 0.1,

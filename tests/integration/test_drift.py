@@ -79,7 +79,7 @@ def test_drift_report_shows_the_shifted_feature(drift_worker):
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "agents.cli", "drift", "report",
+    result = subprocess.run([sys.executable, "-m", "agents.cli.main", "drift", "report",
                              "breast_cancer"], env=drift_worker.env, capture_output=True,
                             text=True, timeout=60)
     assert result.returncode == 0, result.stderr
@@ -90,7 +90,7 @@ def test_drift_report_shows_the_shifted_feature(drift_worker):
 
 def test_drift_state_recovers_from_the_table_changelog_after_a_restart(
         kafka_bootstrap, registry_dir, tmp_path):
-    from agents.fleet import WorkerProcess
+    from agents.dev.fleet import WorkerProcess
 
     first = start_worker(kafka_bootstrap, registry_dir, tmp_path / "first.log", **WINDOWS)
     s = first.settings
@@ -133,7 +133,7 @@ def wait_until_answered(worker, n: int, timeout: float = 120) -> None:
 def test_a_worker_killed_mid_window_counts_each_request_once(kafka_bootstrap, registry_dir, tmp_path):
     """Two runs of the same traffic: one worker left alone, one killed with SIGKILL while
     serving and restarted. Every window's counts (hence every report) must be equal."""
-    from agents.fleet import WorkerProcess
+    from agents.dev.fleet import WorkerProcess
 
     # After the restart, partitions' backlogs are read side by side, a few seconds of
     # event time apart: the grace keeps the windows open for the rows behind.
@@ -182,7 +182,7 @@ def test_replayed_requests_are_kept_out_of_the_drift_counts(drift_worker):
     """Requests with the replay header are served but never coded for drift."""
     from aiokafka import AIOKafkaProducer
 
-    from agents.kafka_io import read_topic
+    from agents.kafka.io import read_topic
     from pipeline.drift import CodedRows
     from pipeline.replay import REPLAY_HEADER
 

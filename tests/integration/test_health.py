@@ -15,7 +15,7 @@ import uuid
 import orjson
 import pytest
 
-from agents.fleet import WorkerProcess
+from agents.dev.fleet import WorkerProcess
 from tests.conftest import start_worker
 
 pytestmark = pytest.mark.integration

@@ -16,8 +16,8 @@ import numpy as np
 import orjson
 import pytest
 
-from agents.audit import read_entries
-from agents.control import change, read_specs
+from agents.kafka.audit import read_entries
+from agents.kafka.control import change, read_specs
 from models.datasets import load as load_dataset
 from models.train import train_and_register
 from pipeline import routing
@@ -50,7 +50,7 @@ class Lifecycle:
         return self.worker.settings
 
     def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "agents.cli", *args], env=self.worker.env,
+        return subprocess.run([sys.executable, "-m", "agents.cli.main", *args], env=self.worker.env,
                               capture_output=True, text=True, timeout=60)
 
     def changed(self, *args: str) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agents.fleet import WorkerProcess, free_port
+from agents.dev.fleet import WorkerProcess, free_port
 from pipeline.config import LATENCY_BUCKETS_S
 from models.datasets import load as load_dataset
 from pipeline import slo

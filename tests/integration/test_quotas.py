@@ -12,8 +12,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agents.fleet import WorkerProcess
-from agents.verify import verify
+from agents.dev.fleet import WorkerProcess
+from agents.ops.verify import verify
 from models.datasets import load as load_dataset
 from tests.conftest import start_worker
 from tests.integration.clients import collect, produce, run

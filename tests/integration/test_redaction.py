@@ -14,7 +14,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from agents.control import change
+from agents.kafka.control import change
 from models.architectures import architecture
 from models.datasets import load as load_dataset
 from models.train import train

@@ -24,7 +24,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from agents.replay import load_side, read_recording
+from agents.ops.replay import load_side, read_recording
 from models.architectures import architecture
 from models.datasets import load as load_dataset
 from models.train import train_and_register
@@ -59,7 +59,7 @@ class Fleet:
         return self.worker.settings
 
     def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "agents.cli", *args], env=self.worker.env,
+        return subprocess.run([sys.executable, "-m", "agents.cli.main", *args], env=self.worker.env,
                               capture_output=True, text=True, timeout=timeout, check=False)
 
     def ok(self, *args: str) -> str:
@@ -239,7 +239,7 @@ def test_a_replay_against_the_same_version_agrees_fully(fleet, captured):
 
 
 async def _run_requests(settings, run_id: str):
-    from agents.kafka_io import read_topic
+    from agents.kafka.io import read_topic
 
     return [r async for r in read_topic(settings, settings.topics.requests, from_beginning=True,
                                         to_end=True)

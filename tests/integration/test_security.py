@@ -17,10 +17,10 @@ import orjson
 import pytest
 from aiokafka.protocol.admin import CreateAclsRequest
 
-from agents.cli import main
-from agents.client import StreamClient
-from agents.fleet import WorkerProcess
-from agents.kafka_io import KafkaAccessError, admin_client, ensure_topics, send_request
+from agents.cli.main import main
+from agents.client.stream import StreamClient
+from agents.dev.fleet import WorkerProcess
+from agents.kafka.io import KafkaAccessError, admin_client, ensure_topics, send_request
 from pipeline.acl import AclBinding, Operation, PatternType, Permission, ResourceType
 from pipeline.config import Settings
 from pipeline.tls import server_tls
@@ -170,7 +170,7 @@ def test_an_admin_deploys_and_reads_the_audit(deployment: Deployment, worker: Wo
 
 
 def test_the_secured_brokers_start_is_audited(deployment: Deployment) -> None:
-    from agents.audit import read_entries
+    from agents.kafka.audit import read_entries
 
     admin = deployment.settings("admin", STREAMSERVE_TOPIC_PREFIX="streamserve")
     [entry] = [e for e in asyncio.run(read_entries(admin)) if e.action == "broker_start"]

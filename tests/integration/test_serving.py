@@ -216,7 +216,7 @@ def test_ledger_holds_in_topics_and_counters(worker):
 
 
 def _verify(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "agents.cli", "verify", *args], env=env,
+    return subprocess.run([sys.executable, "-m", "agents.cli.main", "verify", *args], env=env,
                           capture_output=True, text=True, timeout=120)
 
 

@@ -13,8 +13,8 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from rich.console import Console
 
-from agents.status import StatusOptions, collect_once
-from agents.status_view import render
+from agents.ops.status import StatusOptions, collect_once
+from agents.ops.status_view import render
 from models.datasets import load as load_dataset
 from tests.conftest import start_worker
 from tests.integration.clients import collect, produce, run

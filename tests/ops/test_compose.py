@@ -19,8 +19,8 @@ from pathlib import Path, PurePosixPath
 import pytest
 import yaml
 
-from agents.health import CheckResult, HealthChecks
-from agents.metrics import Metrics
+from agents.worker.health import CheckResult, HealthChecks
+from agents.worker.metrics import Metrics
 from pipeline.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 
 Every metric name in the dashboards' PromQL (panel targets, annotations, template
 variables) and in the rules' expressions (ops/prometheus/*.yml) must be a series of a real
-worker's ``/metrics``: the metric families declared on ``agents.metrics.Metrics().registry``
+worker's ``/metrics``: the metric families declared on ``agents.worker.metrics.Metrics().registry``
 and the sample names their types expose (a counter ``x`` as ``x_total``, a histogram as
 ``x_bucket``/``x_count``/``x_sum``); recording rules the rules files define; or a series
 Prometheus adds itself (``up``). A label matcher must name a label the metric has, or a
@@ -26,7 +26,7 @@ import pytest
 import yaml
 from prometheus_client.metrics import MetricWrapperBase
 
-from agents.metrics import Metrics
+from agents.worker.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARDS = sorted((ROOT / "ops" / "grafana" / "dashboards").glob("*.json"))
@@ -180,12 +180,12 @@ def test_every_metric_an_expression_names_is_exposed_by_a_worker(expression: Exp
             continue
         if selector.name not in series:
             problems.append(f"{selector.name} is not a series of a worker's /metrics "
-                            "(agents/metrics.py) nor a recording rule of ops/prometheus")
+                            "(agents/worker/metrics.py) nor a recording rule of ops/prometheus")
         elif unknown := selector.labels - series[selector.name] - TARGET_LABELS:
             problems.append(f"{selector.name} has no label {sorted(unknown)} (it has "
                             f"{sorted(series[selector.name])}): the matcher never matches")
     assert not problems, (f"{expression.where}:\n  " + "\n  ".join(problems) + "\nRename the "
-                          "series to one the worker exposes, or add it to agents.metrics.Metrics.")
+                          "series to one the worker exposes, or add it to agents.worker.metrics.Metrics.")
 
 
 def test_every_panel_has_a_title_and_every_target_an_expression():

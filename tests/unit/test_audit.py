@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from agents.audit import AuditTrail
-from agents.fleet import free_port
+from agents.kafka.audit import AuditTrail
+from agents.dev.fleet import free_port
 from pipeline.audit import AuditEntry, command_line, parse_since, render, select
 from pipeline.config import Settings
 from pipeline.routing import ControlError, deploy, start_canary
@@ -126,7 +126,7 @@ def test_render_shows_who_what_when_and_where():
 async def test_a_trail_that_cannot_write_logs_the_entry_whole(caplog):
     settings = Settings.from_env({"STREAMSERVE_BROKER": f"127.0.0.1:{free_port()}"})
     trail = AuditTrail(settings, source="worker")
-    with caplog.at_level(logging.ERROR, logger="agents.audit"):
+    with caplog.at_level(logging.ERROR, logger="agents.kafka.audit"):
         trail.note(action="load", subject="iris", details={"version": "1"})
         await trail.close()
     lost = [r.getMessage() for r in caplog.records if "audit entry not written" in r.getMessage()]

@@ -3,7 +3,7 @@
 import asyncio
 import logging
 
-from agents.control import Deployer
+from agents.worker.deployer import Deployer
 from pipeline.canary import CanaryVerdict
 from pipeline.config import Settings
 
@@ -26,7 +26,7 @@ async def test_a_refused_automatic_rollback_is_logged_and_audited(caplog, tmp_pa
 
     task = asyncio.ensure_future(refused())
     await asyncio.gather(task, return_exceptions=True)
-    with caplog.at_level(logging.ERROR, logger="agents.control"):
+    with caplog.at_level(logging.ERROR, logger="agents.kafka.control"):
         deployer._undecided("iris", verdict, task)
     assert "the automatic rollback could not be written" in caplog.text
     assert "streamserve rollback iris" in caplog.text and "--workers-decide-canaries" in caplog.text

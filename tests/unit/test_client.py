@@ -301,7 +301,7 @@ def test_closing_fails_everything_still_awaited():
 def test_importing_the_module_loads_no_kafka_library_until_the_client_is_asked_for():
     code = ("import sys, pipeline.client as c; assert 'aiokafka' not in sys.modules; "
             "assert 'StreamClient' in dir(c); from pipeline.client import StreamClient, SyncStreamClient; "
-            "assert 'aiokafka' in sys.modules and StreamClient.__module__ == 'agents.client'")
+            "assert 'aiokafka' in sys.modules and StreamClient.__module__ == 'agents.client.stream'")
     subprocess.run([sys.executable, "-c", code], check=True)
     import pipeline.client
 
@@ -336,7 +336,7 @@ class HeldProducer:
 
 def client_on(producer: HeldProducer):
     """A started client whose sender feeds ``producer`` (and no reply reader)."""
-    from agents.client import StreamClient
+    from agents.client.stream import StreamClient
 
     client = StreamClient(timeout=30)
     client._producer = producer

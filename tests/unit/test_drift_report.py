@@ -1,5 +1,5 @@
-from agents.cli import main
-from agents.drift_report import plot_reports, sparkline
+from agents.cli.main import main
+from agents.ops.drift_report import plot_reports, sparkline
 from pipeline.drift import Verdict
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -10,7 +10,7 @@ def test_sparkline_scales_psi_to_bars_and_leaves_empty_windows_blank():
 
 
 def report(feature, end, status, psi=None, threshold=0.12, size=500):
-    """A report as the drift agent emits it (agents/drift.py ``_report_json``)."""
+    """A report as the drift agent emits it (agents/worker/drift.py ``_report_json``)."""
     judged = status != "insufficient"
     verdict = Verdict(feature, status, psi if judged else None, threshold if judged else None,
                       size, 200)

@@ -1,4 +1,4 @@
-"""The health verdicts (agents/health.py) with fake probes and a hand-driven clock; and the
+"""The health verdicts (agents/worker/health.py) with fake probes and a hand-driven clock; and the
 HTTP endpoints in-process on an ephemeral port, beside prometheus_client's /metrics."""
 
 import asyncio
@@ -10,7 +10,7 @@ import orjson
 import pytest
 from aiokafka import TopicPartition
 
-from agents.health import (
+from agents.worker.health import (
     BEAT_SECONDS,
     CheckResult,
     HealthChecks,
@@ -20,8 +20,8 @@ from agents.health import (
     models_check,
     run_checks,
 )
-from agents.inference import Deployment
-from agents.metrics import Metrics
+from agents.worker.inference import Deployment
+from agents.worker.metrics import Metrics
 from pipeline.routing import DeploymentSpec
 
 OK = CheckResult(True, "fine")

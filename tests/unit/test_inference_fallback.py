@@ -11,8 +11,8 @@ import numpy as np
 import orjson
 import pytest
 
-from agents.inference import Deployment, Incoming, InferenceService, Kind
-from agents.metrics import Metrics
+from agents.worker.inference import Deployment, Incoming, InferenceService, Kind
+from agents.worker.metrics import Metrics
 from models.architectures import init_mlp
 from models.runtime import ServingModel
 from pipeline.config import Settings

@@ -3,8 +3,8 @@ import struct
 import pytest
 from aiokafka.errors import IncompatibleBrokerVersion
 
-from agents.cli import main
-from agents.kafka_quotas import (
+from agents.cli.main import main
+from agents.ops.broker_quotas import (
     MATCH_DEFAULT,
     MATCH_EXACT,
     AlterClientQuotasRequest,
@@ -14,7 +14,7 @@ from agents.kafka_quotas import (
     DescribeClientQuotasRequest_v0,
     DescribeClientQuotasResponse_v0,
 )
-from pipeline.kafka_quotas import (
+from pipeline.broker_quotas import (
     ClientQuota,
     QuotaError,
     describe_entity,

@@ -4,7 +4,7 @@ clock advanced by hand."""
 import pytest
 
 from pipeline.config import ConfigError, Settings
-from pipeline.quotas import Limit, Quota, QuotaSpecError, TenantQuotas, parse_quotas
+from pipeline.tenant_quotas import Limit, Quota, QuotaSpecError, TenantQuotas, parse_quotas
 from pipeline.rejections import REDACTED_VALUE, Reason
 
 

@@ -1,4 +1,4 @@
-"""`streamserve models ...` and `streamserve keys ...`, run through ``agents.cli.main``."""
+"""`streamserve models ...` and `streamserve keys ...`, run through ``agents.cli.main.main``."""
 
 import io
 import os
@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from agents.cli import main
+from agents.cli.main import main
 from pipeline.registry import Registry
 from tests.unit.test_registry import PARAMS, draft
 

@@ -8,9 +8,9 @@ import re
 import orjson
 import pytest
 
-from agents.cli import main
-from agents.replay import read_recording, write_recording
-from agents.replay_report import render_text, render_verdict, write_html
+from agents.cli.main import main
+from agents.ops.replay import read_recording, write_recording
+from agents.ops.replay_report import render_text, render_verdict, write_html
 from pipeline.replay import (
     INDEX_HEADER,
     REPLAY_HEADER,

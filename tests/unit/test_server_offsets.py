@@ -1,6 +1,6 @@
 from aiokafka import ConsumerRecord, TopicPartition
 
-from agents.server import _next_offsets
+from agents.worker.server import _next_offsets
 
 
 def record(partition: int, offset: int) -> ConsumerRecord:

@@ -1,12 +1,12 @@
 """The SLO objectives and the rules built from them (pipeline/slo.py), the YAML writer, and
-`streamserve ops rules` (agents/ops_cli.py). promtool runs the rules in tests/ops."""
+`streamserve ops rules` (agents/cli/ops.py). promtool runs the rules in tests/ops."""
 
 import argparse
 from pathlib import Path
 
 import pytest
 
-from agents.ops_cli import RULES_FILE, add_ops_commands, rules_text
+from agents.cli.ops import RULES_FILE, add_ops_commands, rules_text
 from pipeline import slo
 from pipeline.config import LATENCY_BUCKETS_S, ConfigError, Settings
 from pipeline.rejections import Reason

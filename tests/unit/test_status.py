@@ -16,10 +16,10 @@ import pytest
 from prometheus_client import generate_latest
 from rich.console import Console
 
-from agents.metrics import Metrics
-from agents.status import StatusOptions, ask_prometheus, endpoint, parse_metrics
-from agents.status_cli import add_status_commands, console_for, options_from
-from agents.status_view import METRICS_HINT, render
+from agents.worker.metrics import Metrics
+from agents.ops.status import StatusOptions, ask_prometheus, endpoint, parse_metrics
+from agents.cli.status import add_status_commands, console_for, options_from
+from agents.ops.status_view import METRICS_HINT, render
 from pipeline.routing import Canary, DeploymentSpec
 from pipeline.status import (
     NO_MODEL,
@@ -272,7 +272,7 @@ def test_group_lag_per_partition():
 
 def report(feature: str, status: str, psi: float | None, end: float, *, version: str = "1",
            model: str = "iris", event: bool = False) -> dict:
-    """A report as the drift agent writes it (agents/drift.py, ``_report_json``)."""
+    """A report as the drift agent writes it (agents/worker/drift.py, ``_report_json``)."""
     return {"model": model, "version": version, "feature": feature, "kind": "numeric",
             "window_start": end - 60, "window_end": end, "window_size": 500, "psi": psi,
             "kl_ref_cur": None, "kl_cur_ref": None, "js_distance": None, "missing_rate": 0.0,

@@ -1,0 +1,68 @@
+"""``streamserve acl apply|list``: least-privilege Kafka ACLs for one deployment."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import Callable
+
+from pipeline.acl import Principals
+from pipeline.config import ConfigError, Settings
+
+
+def add_acl_commands(commands: argparse._SubParsersAction, command: Callable) -> None:
+    acl = commands.add_parser(
+        "acl", help="least-privilege Kafka ACLs for clients, workers and admins",
+        description="Least-privilege Kafka ACLs for the deployment of STREAMSERVE_TOPIC_PREFIX "
+                    "and STREAMSERVE_APP_ID; run with admin credentials.")
+    actions = acl.add_subparsers(title="actions", metavar="ACTION", required=True)
+    apply = command("apply", _apply, "create the serving topics and converge the ACLs on the "
+                                     "layout: add what is missing, remove these principals' stale "
+                                     "bindings; prints what changed", actions)
+    defaults = Principals()
+    for role, rights in (("client", "writes requests, reads predictions and dead letters"),
+                         ("worker", "serves: reads requests and control, writes the rest"),
+                         ("admin", "may do anything with the deployment's topics")):
+        apply.add_argument(f"--{role}", default=getattr(defaults, role), metavar="PRINCIPAL",
+                           help=f"the {role} principal, who {rights} (default %(default)s)")
+    apply.add_argument("--workers-decide-canaries", action="store_true",
+                       help="let workers write the control topic, so that the canary judge "
+                            "they run rolls back or promotes by itself (without it, an admin "
+                            "does: the refused decision is logged and audited)")
+    command("list", _list, "every ACL binding the cluster holds", actions)
+
+
+def _apply(settings: Settings, args: argparse.Namespace) -> int:
+    from agents.ops.acl import apply_layout
+    from agents.kafka.audit import record
+
+    try:
+        principals = Principals(client=args.client, worker=args.worker, admin=args.admin)
+    except ValueError as e:
+        raise ConfigError(f"--client/--worker/--admin: {e}") from None
+    changes = asyncio.run(apply_layout(
+        settings, principals, workers_decide_canaries=args.workers_decide_canaries))
+    for binding in changes.add:
+        print(f"added    {binding.describe()}")
+    for binding in changes.remove:
+        print(f"removed  {binding.describe()}")
+    what = (f"{len(changes.add)} added, {len(changes.remove)} removed" if not changes.empty
+            else "already as laid out")
+    print(f"ACLs of topics {settings.topic_prefix}.* and app id {settings.app_id}: {what}")
+    if not changes.empty:
+        asyncio.run(record(settings, action="acl_apply", subject="acl", details={
+            "topics": f"{settings.topic_prefix}.*", "app_id": settings.app_id,
+            "added": [b.describe() for b in changes.add],
+            "removed": [b.describe() for b in changes.remove]}))
+    return 0
+
+
+def _list(settings: Settings, args: argparse.Namespace) -> int:
+    from agents.ops.acl import list_acls
+
+    bindings = asyncio.run(list_acls(settings))
+    for binding in bindings:
+        print(binding.describe())
+    if not bindings:
+        print("no ACL bindings")
+    return 0

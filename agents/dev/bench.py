@@ -1,0 +1,541 @@
+"""``streamserve bench``: streamserve beside its ceilings and its alternatives, in one run.
+
+One broker, one machine, the cases one after the other, each on topics of its own
+(4 partitions) and in a consumer group of its own:
+
+1. ``kafka_ceiling``: a raw aiokafka pass-through, no decoding, no model (agents/dev/bench_peers.py).
+2. ``model_ceiling``: ``ServingModel.predict`` in this process at its best padding bucket,
+   beside the FLOP bound: a jitted 2048x2048 float32 matmul's GFLOP/s over the model's
+   2·Σ(in·out) flops per row.
+3. ``streamserve``: one worker with the configured settings (the defaults, unless set).
+3b. ``streamserve_drift_off``: the same with drift counting off (``STREAMSERVE_DRIFT=off``).
+4. ``streamserve_per_record``: the same with ``STREAMSERVE_MAX_BATCH=1``.
+5. ``handwritten_aiokafka`` and ``quix_streams``: the same job as a user would write it.
+6. latency: open-loop load at 25, 50 and 75 % of case 3's throughput, on case 3's worker,
+   from a raw producer; and the 25 % load through the client library (``StreamClient.stream``),
+   each round trip as a client sees it: beside the raw figures, the client's own cost.
+7. ``streamserve_two_workers``: two workers in one consumer group.
+
+Throughput is answers / (last output's timestamp - first's). The output topics stamp
+records with the broker's append time (LogAppendTime), so the clock is the same for every
+case whatever timestamps a client sets (Quix Streams copies the request's). The requests
+are produced before the process that serves them starts, so neither producing nor
+start-up competes with serving. Case 7 is the exception: a worker joining a group that
+already serves waits for the next heartbeat (up to 3 s) to get partitions, so both
+workers start on an empty topic, the requests follow once both serve, and only outputs
+stamped after the last request was acknowledged count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import importlib.util
+import logging
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import NewTopic
+
+from agents.dev.bench_results import (
+    Answers,
+    Case,
+    LatencyPoint,
+    Progress,
+    Report,
+    Sizes,
+    WorkerStats,
+)
+from agents.client.stream import StreamClient
+from agents.dev.fleet import WorkerProcess
+from agents.kafka.io import admin_client, connection, start_producer
+from pipeline.client import PredictRequest
+from pipeline.config import Settings
+from pipeline.registry import Manifest, Registry
+
+if TYPE_CHECKING:  # JAX loads only once a case needs it
+    from models.runtime import ServingModel
+
+PARTITIONS = 4
+LATENCY_SHARES = (25, 50, 75)
+CLIENT_SHARE = 25  # low enough that the worker answers promptly: the client's cost shows
+_STALL_SECONDS = 30.0  # no new answer for this long: the case has failed
+_MATMUL = 2048
+
+
+class BenchError(RuntimeError):
+    """A case could not be measured; the message says which and where its log is."""
+
+
+QUICK = Sizes(requests=2_000, per_record_requests=500, latency_seconds=2.0, timing_seconds=0.1)
+FULL = Sizes(requests=30_000, per_record_requests=5_000, latency_seconds=10.0, timing_seconds=1.0)
+
+
+# ---------------------------------------------------------------------- results
+
+
+def run_bench(settings: Settings, model: str, quick: bool, json_path: Path | None) -> int:
+    """Run every case and print the table; 1 when a request was not answered exactly once."""
+    from agents.dev.broker import LocalBroker
+
+    if importlib.util.find_spec("quixstreams") is None:
+        raise BenchError("the bench compares streamserve with Quix Streams, which is not installed: "
+                         "pip install -e '.[bench]'")
+    # aiokafka logs what the bench reports itself (unreachable servers) and retries it survives
+    # (a new topic's leader settling): the progress lines and one error line say enough.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    broker = LocalBroker(settings.home, settings.local_broker_port) if settings.uses_local_broker else None
+    started = broker is not None and broker.start()
+    try:
+        report = asyncio.run(Bench(settings, model, QUICK if quick else FULL).run())
+    finally:
+        if started:
+            broker.stop()
+    print(report.table(quick))
+    if json_path is not None:
+        json_path.write_bytes(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
+    if incomplete := report.incomplete():
+        print(f"streamserve: error: not every request was answered exactly once in: {', '.join(incomplete)}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+class Bench:
+    def __init__(self, settings: Settings, model: str, sizes: Sizes) -> None:
+        self.load = os.getloadavg()[0]
+        self.settings = replace(settings, request_partitions=PARTITIONS)
+        self.model = model
+        self.sizes = sizes
+        self.run_id = f"bench-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
+        self.logs = settings.home / "bench" / self.run_id
+        self.rows = _feature_rows(self._registered(), 1000)
+        self.progress = Progress()
+        self.worker_stats: list[WorkerStats] = []
+        self._cases = 0
+
+    async def run(self) -> Report:
+        import jax
+
+        device = ", ".join(f"{d.device_kind} ({d!r})" for d in jax.devices())
+        print(f"JAX device: {device}", file=sys.stderr)
+        async with admin_client(self.settings):
+            pass  # Kafka answers: the cases can start
+        try:
+            # The broker's JVM compiles its hot paths during the first seconds of traffic.
+            await self.peer("0 broker warm-up (not counted)", "passthrough", self.sizes.requests // 4)
+            cases = {"kafka_ceiling": await self.peer("1 Kafka ceiling (pass-through)", "passthrough"),
+                     "model_ceiling": self.model_ceiling()}
+            cases["streamserve"], latency, client = await self.streamserve_and_latency()
+            cases["streamserve_per_record"] = await self.variant(
+                "4 streamserve, max_batch=1", "per-record", {"STREAMSERVE_MAX_BATCH": "1"},
+                self.sizes.per_record_requests)
+            cases["streamserve_drift_off"] = await self.variant(
+                "3b streamserve, drift counting off", "drift-off", {"STREAMSERVE_DRIFT": "off"},
+                self.sizes.requests)
+            cases["handwritten_aiokafka"] = await self.peer("5a hand-written aiokafka loop", "handwritten")
+            cases["quix_streams"] = await self.peer("5b Quix Streams", "quix")
+            cases["streamserve_two_workers"] = await self.two_workers()
+        finally:
+            await self._delete_topics()
+        return Report(device, self.model, self.sizes, cases, latency, client,
+                      sum(self.worker_stats[1:], self.worker_stats[0]), self.load)
+
+    def _registered(self) -> Manifest:
+        """The served model's manifest, after training it and iris when the registry lacks them."""
+        from models.train import servable_version
+        from pipeline.signing import TrustedKeys
+
+        registry = Registry(self.settings.registry)
+        trusted = TrustedKeys.load(self.settings.trusted_keys)
+        for name in dict.fromkeys(("iris", self.model)):  # signed versions, trained if none
+            self.version = servable_version(name, registry, self.settings.signing_key, trusted)
+        return registry.manifest(self.model, self.version)
+
+    async def _fresh(self, slug: str) -> Settings:
+        """Settings for a case of its own: topics (created here) and a consumer group."""
+        self._cases += 1
+        prefix = f"{self.run_id}-{self._cases}-{slug}"
+        s = replace(self.settings, topic_prefix=prefix, app_id=prefix)
+        stamped = {"message.timestamp.type": "LogAppendTime"}
+        async with admin_client(self.settings) as admin:
+            response = await admin.create_topics(
+                [NewTopic(s.topics.requests, PARTITIONS, 1)]
+                + [NewTopic(name, PARTITIONS, 1, topic_configs=stamped)
+                   for name in (s.topics.predictions, s.topics.deadletter)])
+        if errors := [f"{topic} (error code {code})" for topic, code, *_ in response.topic_errors if code]:
+            raise BenchError(f"{self.progress.title}: cannot create its topics ({'; '.join(errors)})")
+        return s
+
+    def _request(self, request_id: str, i: int) -> bytes:
+        features = self.rows[i % len(self.rows)]
+        return orjson.dumps({"id": request_id, "model": self.model, "features": features})
+
+    # ---------------------------------------------------------------- cases
+
+    def model_ceiling(self) -> Case:
+        from models.runtime import ServingModel
+        from pipeline.batching import buckets_for
+
+        self.progress.start("2 model ceiling (in-process)")
+        registry = Registry(self.settings.registry)
+        version = self.version
+        served = ServingModel.load(registry, self.model, version, buckets_for(self.settings.max_batch))
+        rows = np.array([list(r.values()) for r in self.rows], np.float32)
+        rates = {b: self._rows_per_second(served, np.resize(rows, (b, rows.shape[1])))
+                 for b in served.buckets}
+        best = max(rates, key=rates.__getitem__)
+        gflops = self._matmul_gflops()
+        params = registry.load_params(self.model, version)
+        flops_per_row = 2 * sum(w.shape[0] * w.shape[1] for k, w in params.items() if k.startswith("w"))
+        flop_bound = gflops * 1e9 / flops_per_row
+        self.progress.done(f"{rates[best]:,.0f} rows/s at bucket {best}; FLOP bound "
+                           f"{flop_bound:,.0f} rows/s ({gflops:.1f} GFLOP/s)")
+        return Case(self.progress.title, rates[best], self.sizes.timing_seconds,
+                    extra={"best_bucket": best, "bucket_1_rps": rates[1], "flop_bound_rps": flop_bound,
+                           "gflops": gflops, "flops_per_row": flops_per_row})
+
+    def _rows_per_second(self, served: ServingModel, x: np.ndarray) -> float:
+        served.predict(x)
+        calls, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < self.sizes.timing_seconds:
+            served.predict(x)
+            calls += 1
+        return calls * x.shape[0] / elapsed
+
+    def _matmul_gflops(self) -> float:
+        import jax
+        import jax.numpy as jnp
+
+        a = jax.random.normal(jax.random.key(0), (_MATMUL, _MATMUL), jnp.float32)
+        matmul = jax.jit(jnp.matmul)
+        matmul(a, a).block_until_ready()
+        reps, started = 0, time.perf_counter()
+        while reps < 2 or time.perf_counter() - started < self.sizes.timing_seconds:
+            matmul(a, a).block_until_ready()
+            reps += 1
+        return reps * 2 * _MATMUL**3 / (time.perf_counter() - started) / 1e9
+
+    async def peer(self, title: str, kind: str, n: int | None = None) -> Case:
+        self.progress.start(title)
+        s = await self._fresh(kind)
+        n = n or self.sizes.requests
+        await self._preload(s, n)
+        self.progress.status("starting the consumer")
+        peer = _start_peer(kind, s, self.model, self.logs / f"{s.topic_prefix}.log")
+        try:
+            end = await self._await_answers(s, n, [peer])
+        finally:
+            _kill(peer.process)
+        return await self._throughput(s, n, end)
+
+    async def streamserve_and_latency(self) -> tuple[Case, dict[int, LatencyPoint], LatencyPoint]:
+        self.progress.start("3 streamserve")
+        s = await self._fresh("streamserve")
+        n = self.sizes.requests
+        await self._preload(s, n)
+        async with self._workers(s, {}, 1) as workers:
+            before = _counters(workers)
+            end = await self._await_answers(s, n, workers)
+            after = _counters(workers)
+            self.worker_stats.append(WorkerStats.between(before, after))
+            case = await self._throughput(s, n, end, self.worker_stats[-1])
+            # This process's heap (JAX, the model ceiling's) is no load generator's: a full
+            # collection over it paused the senders for 200 ms. Collections from here on
+            # look only at what the load makes.
+            gc.collect()
+            gc.freeze()
+            latency = {share: await self._latency_point(s, share, case.throughput_rps * share / 100)
+                       for share in LATENCY_SHARES}
+            client = await self._client_point(s, CLIENT_SHARE, latency[CLIENT_SHARE].rate_rps)
+            self.worker_stats.append(WorkerStats.between(after, _counters(workers)))
+        return case, latency, client
+
+    async def variant(self, title: str, slug: str, env: dict[str, str], n: int) -> Case:
+        """One worker like case 3's but with ``env`` set: the same backlog drained."""
+        self.progress.start(title)
+        s = await self._fresh(slug)
+        await self._preload(s, n)
+        async with self._workers(s, env, 1) as workers:
+            before = _counters(workers)
+            end = await self._await_answers(s, n, workers)
+            self.worker_stats.append(WorkerStats.between(before, _counters(workers)))
+        return await self._throughput(s, n, end, self.worker_stats[-1])
+
+    async def two_workers(self) -> Case:
+        self.progress.start("7 streamserve, 2 workers")
+        s = await self._fresh("two-workers")
+        n = self.sizes.requests
+        async with self._workers(s, {}, 2) as workers:
+            before = _counters(workers)
+            preloaded_ms = await self._preload(s, n)
+            end = await self._await_answers(s, n, workers)
+            self.worker_stats.append(WorkerStats.between(before, _counters(workers)))
+        return await self._throughput(s, n, end, self.worker_stats[-1], since_ms=preloaded_ms)
+
+    # ---------------------------------------------------------------- traffic
+
+    async def _preload(self, s: Settings, n: int) -> int:
+        """Produce ``n`` requests with ids ``<prefix>-<i>``; the time all were acknowledged (ms)."""
+        producer = await start_producer(s)
+        try:
+            for i in range(n):
+                request_id = f"{s.topic_prefix}-{i}"
+                await producer.send(s.topics.requests, self._request(request_id, i), key=request_id.encode())
+                if i % 1000 == 0:
+                    self.progress.status(f"producing requests {i}/{n}")
+            await producer.flush()
+        finally:
+            await producer.stop()
+        return int(time.time() * 1000)
+
+    @asynccontextmanager
+    async def _workers(self, s: Settings, env: dict[str, str],
+                       count: int) -> AsyncIterator[list[WorkerProcess]]:
+        """``count`` workers in one group, started together; all are ready when this yields."""
+        self.progress.status(f"starting {count} worker{'s' if count > 1 else ''}")
+        environment = {"STREAMSERVE_BROKER": s.bootstrap, "STREAMSERVE_REGISTRY": str(s.registry),
+                       "STREAMSERVE_TOPIC_PREFIX": s.topic_prefix, "STREAMSERVE_APP_ID": s.app_id,
+                       "STREAMSERVE_REQUEST_PARTITIONS": str(PARTITIONS),
+                       "APP_DATADIR": str(self.logs / f"{s.topic_prefix}.faust-data"), **env}
+        logs = [self.logs / f"{s.topic_prefix}-worker{i}.log" for i in range(count)]
+        started = await asyncio.gather(*(asyncio.to_thread(WorkerProcess.start, log, environment)
+                                         for log in logs), return_exceptions=True)
+        workers = [w for w in started if isinstance(w, WorkerProcess)]
+        try:
+            if failed := [e for e in started if isinstance(e, BaseException)]:
+                first_line = str(failed[0]).splitlines()[0].removesuffix(" ends:")
+                raise BenchError(f"{self.progress.title}: {first_line}") from failed[0]
+            yield workers
+        finally:
+            for worker in workers:
+                _kill(worker.process)
+
+    async def _await_answers(self, s: Settings, n: int,
+                             processes: Sequence[Peer | WorkerProcess]) -> dict[TopicPartition, int]:
+        """Wait until the output topics hold ``n`` records; their end offsets then."""
+        partitions = _output_partitions(s)
+        consumer = AIOKafkaConsumer(**connection(s), group_id=None)
+        await consumer.start()
+        try:
+            count, changed = 0, time.monotonic()
+            while True:
+                for p in processes:
+                    if p.process.poll() is not None:
+                        raise BenchError(f"{self.progress.title}: a process it started exited with code "
+                                         f"{p.process.returncode}; see its log {p.log}")
+                end = await consumer.end_offsets(partitions)
+                if sum(end.values()) >= n:
+                    return end
+                if sum(end.values()) > count:
+                    count, changed = sum(end.values()), time.monotonic()
+                elif time.monotonic() - changed > _STALL_SECONDS:
+                    raise BenchError(f"{self.progress.title}: no answer for {_STALL_SECONDS:.0f} s after "
+                                     f"{count}/{n}; see the logs in {self.logs}")
+                self.progress.status(f"answered {count}/{n}")
+                await asyncio.sleep(0.25)
+        finally:
+            await consumer.stop()
+
+    async def _throughput(self, s: Settings, n: int, end: dict[TopicPartition, int],
+                          workers: WorkerStats | None = None, since_ms: int | None = None) -> Case:
+        """Read every answer back, match them to the requests and time the window they span."""
+        self.progress.status("reading the answers back")
+        outputs = await _read_outputs(s, end)
+        stamps = sorted(t for _, t, _ in outputs if since_ms is None or t >= since_ms)
+        if len(stamps) < 2 or stamps[-1] == stamps[0]:
+            raise BenchError(f"{self.progress.title}: too few answers ({len(stamps)}) to time")
+        seconds = (stamps[-1] - stamps[0]) / 1000
+        answers = _match(s, n, outputs)
+        case = Case(self.progress.title, len(stamps) / seconds, seconds, answers, workers)
+        self.progress.done(f"{case.throughput_rps:,.0f} req/s, {answers.answered_once}/{n} answered once")
+        return case
+
+    async def _latency_point(self, s: Settings, share: int, rate: float) -> LatencyPoint:
+        """Send at ``rate`` on schedule, never waiting for answers; time each answer's arrival."""
+        self.progress.start(f"6 latency at {share} %")
+        count = max(1, int(rate * self.sizes.latency_seconds))
+        keys = [f"{s.topic_prefix}-lat{share}-{i}".encode() for i in range(count)]
+        values = [self._request(key.decode(), i) for i, key in enumerate(keys)]
+        sent: dict[bytes, float] = {}
+        received: dict[bytes, float] = {}
+        consumer = AIOKafkaConsumer(**connection(s), group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="latest")
+        await consumer.start()
+        consumer.assign(_output_partitions(s))
+        for tp in consumer.assignment():
+            await consumer.position(tp)  # fix the start (the end) now, before anything is sent
+        reader = asyncio.create_task(_receive(consumer, received))
+        producer = AIOKafkaProducer(**connection(s), linger_ms=0)
+        await producer.start()
+        schedule = _Schedule(rate, count)
+        try:
+            async for i in schedule:
+                key, value = keys[i], values[i]
+                sent[key] = time.monotonic()
+                await producer.send(s.topics.requests, value, key=key)
+                if i % 500 == 0:
+                    self.progress.status(f"{rate:,.0f} req/s: sent {i}/{count}, answered {len(received)}")
+            await producer.flush()
+            deadline = time.monotonic() + _STALL_SECONDS
+            while len(received) < count and time.monotonic() < deadline:
+                self.progress.status(f"{rate:,.0f} req/s: sent {count}, answered {len(received)}")
+                await asyncio.sleep(0.1)
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            await producer.stop()
+            await consumer.stop()
+        ms = [1000 * (received[key] - t) for key, t in sent.items() if key in received]
+        return self._point(share, schedule, ms)
+
+    async def _client_point(self, s: Settings, share: int, rate: float) -> LatencyPoint:
+        """``_latency_point``'s load through the client library: requests made, checked, sent
+        and matched to their replies by ``StreamClient.stream``, each one's round trip as the
+        client measured it."""
+        self.progress.start(f"6 latency at {share} %, through the client")
+        count = max(1, int(rate * self.sizes.latency_seconds))
+        schedule = _Schedule(rate, count)
+        requests = (PredictRequest(self.model, self.rows[i % len(self.rows)]) async for i in schedule)
+        ms = []
+        async with StreamClient(s, timeout=_STALL_SECONDS, id_prefix=f"{s.topic_prefix}-client") as client:
+            async for outcome in client.stream(requests, max_in_flight=count):
+                if outcome.ok:
+                    ms.append(outcome.result().round_trip_ms)
+                    if len(ms) % 500 == 0:
+                        self.progress.status(f"{rate:,.0f} req/s: answered {len(ms)}/{count}")
+        return self._point(share, schedule, ms)
+
+    def _point(self, share: int, schedule: _Schedule, ms: Sequence[float]) -> LatencyPoint:
+        if not ms:
+            raise BenchError(f"{self.progress.title}: no answer arrived; see the logs in {self.logs}")
+        p50, p95, p99 = np.percentile(ms, [50, 95, 99]).tolist()
+        self.progress.done(f"{schedule.rate:,.0f} req/s offered, {schedule.achieved_rps:,.0f} kept: "
+                           f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
+        return LatencyPoint(share, schedule.rate, schedule.achieved_rps, schedule.count, len(ms),
+                            p50, p95, p99)
+
+    async def _delete_topics(self) -> None:
+        async with admin_client(self.settings) as admin:
+            if mine := [t for t in await admin.list_topics() if t.startswith(self.run_id)]:
+                await admin.delete_topics(mine)
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+class _Schedule:
+    """Open-loop load: ``0 .. count-1``, each at its time at ``rate`` per second, whatever
+    the answers do. ``achieved_rps``: the rate the sender kept (lower when it could not)."""
+
+    def __init__(self, rate: float, count: int) -> None:
+        self.rate, self.count = rate, count
+        self.achieved_rps = 0.0
+
+    async def __aiter__(self) -> AsyncIterator[int]:
+        started = time.monotonic()
+        for i in range(self.count):
+            if (delay := started + i / self.rate - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            yield i
+        # On schedule the last send is (count - 1) / rate after the first: the 1 / rate added
+        # makes a schedule kept exactly come out at ``rate``.
+        self.achieved_rps = self.count / (time.monotonic() - started + 1 / self.rate)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A peer process (agents/dev/bench_peers.py) and its log."""
+
+    process: subprocess.Popen
+    log: Path
+
+
+def _start_peer(kind: str, s: Settings, model: str, log: Path) -> Peer:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "agents.dev.bench_peers", kind, "--bootstrap", s.bootstrap,
+               "--prefix", s.topic_prefix, "--group", s.app_id, "--registry", str(s.registry),
+               "--model", model]
+    with log.open("wb") as out:
+        return Peer(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), log)
+
+
+def _kill(process: subprocess.Popen) -> None:
+    """The answers are in and the counters read: a graceful stop would take seconds to measure nothing."""
+    process.kill()
+    process.wait()
+
+
+def _feature_rows(manifest: Manifest, n: int) -> list[dict[str, float]]:
+    """``n`` rows of feature values drawn uniformly from the ranges the model was trained on."""
+    rng = np.random.default_rng(0)
+    columns = {f.name: rng.uniform(f.minimum, f.maximum, n).astype(np.float32).tolist()
+               for f in manifest.inputs.features}
+    return [{name: values[i] for name, values in columns.items()} for i in range(n)]
+
+
+def _counters(workers: Sequence[WorkerProcess]) -> dict[str, float]:
+    """Every sample of the workers' metrics, summed over labels and workers."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: Counter[str] = Counter()
+    for worker in workers:
+        for family in text_string_to_metric_families(worker.metrics()):
+            for sample in family.samples:
+                totals[sample.name] += sample.value
+    return dict(totals)
+
+
+def _output_partitions(s: Settings) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for topic in (s.topics.predictions, s.topics.deadletter)
+            for p in range(PARTITIONS)]
+
+
+async def _read_outputs(s: Settings, seen: dict[TopicPartition, int]) -> list[tuple[bytes | None, int, str]]:
+    """(key, broker timestamp in ms, topic) of every output record, at least up to ``seen``."""
+    partitions = _output_partitions(s)
+    # From the beginning by the reset policy: a seek_to_beginning right after assign() races
+    # with the policy's own reset, and can lose.
+    consumer = AIOKafkaConsumer(**connection(s), group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        end = {tp: max(offset, seen[tp]) for tp, offset in (await consumer.end_offsets(partitions)).items()}
+        out = []
+        while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
+            fetched = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            out += [(r.key, r.timestamp, r.topic) for records in fetched.values() for r in records]
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def _receive(consumer: AIOKafkaConsumer, received: dict[bytes, float]) -> None:
+    while True:
+        fetched = await consumer.getmany(timeout_ms=100)
+        now = time.monotonic()
+        for records in fetched.values():
+            for r in records:
+                received.setdefault(r.key, now)
+
+
+def _match(s: Settings, n: int, outputs: Sequence[tuple[bytes | None, int, str]]) -> Answers:
+    counts = Counter(key for key, _, _ in outputs)
+    expected = [f"{s.topic_prefix}-{i}".encode() for i in range(n)]
+    missing = sum(1 for key in expected if counts[key] == 0)
+    return Answers(n, answered_once=sum(1 for key in expected if counts[key] == 1), missing=missing,
+                   duplicates=len(outputs) - (n - missing),
+                   deadletters=sum(1 for _, _, topic in outputs if topic == s.topics.deadletter))

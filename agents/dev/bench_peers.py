@@ -1,0 +1,124 @@
+"""What the benchmark compares streamserve with, each run as a process of its own.
+
+``python -m agents.dev.bench_peers KIND --bootstrap B --prefix P --group G --registry R --model M``
+reads ``P.requests`` in consumer group ``G`` and writes one record per request to
+``P.predictions``, keyed as the request, until it is terminated:
+
+- ``passthrough``: the Kafka ceiling. ``getmany``, send each record's bytes back
+  unchanged (a response of the same size), wait for the acks, commit. No decoding, no model.
+- ``handwritten``: what a user writes with aiokafka: one record at a time, orjson,
+  a one-row float32 array into the jitted model, orjson out, commit every so often.
+- ``quix``: the same job written the Quix Streams way: ``Application``, topics,
+  ``sdf.apply``, ``to_topic``.
+
+The two model peers answer ``{"id", "model", "probabilities", "label"}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import orjson
+
+_COMMIT_EVERY = 500  # records between the hand-written loop's commits
+
+
+async def passthrough(bootstrap: str, prefix: str, group: str) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    from agents.kafka.io import start_producer
+    from pipeline.config import Settings
+
+    consumer = AIOKafkaConsumer(f"{prefix}.requests", bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    producer = await start_producer(Settings(broker=bootstrap))
+    await consumer.start()
+    while True:
+        fetched = await consumer.getmany(timeout_ms=100)
+        futures = [await producer.send(f"{prefix}.predictions", r.value, key=r.key)
+                   for records in fetched.values() for r in records]
+        if futures:
+            await asyncio.gather(*futures)
+            await consumer.commit()
+
+
+def scorer(registry: Path, model: str) -> Callable[[dict], dict]:
+    """The user's scoring function: request dict -> response dict, one row at a time."""
+    import jax
+
+    from models.architectures import architecture
+    from pipeline.registry import Registry
+
+    store = Registry(registry)
+    version = store.latest(model)
+    manifest = store.manifest(model, version)
+    names = manifest.inputs.names
+    labels = manifest.outputs.labels
+    params = jax.device_put(store.load_params(model, version))
+    predict = jax.jit(architecture(manifest.architecture))
+
+    def score(request: dict) -> dict:
+        features = request["features"]
+        x = np.array([[features[name] for name in names]], np.float32)
+        probabilities = np.asarray(predict(params, x))[0]
+        return {"id": request["id"], "model": model, "probabilities": probabilities.tolist(),
+                "label": labels[int(probabilities.argmax())]}
+
+    return score
+
+
+async def handwritten(bootstrap: str, prefix: str, group: str, score: Callable[[dict], dict]) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    consumer = AIOKafkaConsumer(f"{prefix}.requests", bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False, auto_offset_reset="earliest")
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    await consumer.start()
+    processed = 0
+    async for message in consumer:
+        response = score(orjson.loads(message.value))
+        await producer.send(f"{prefix}.predictions", orjson.dumps(response), key=message.key)
+        processed += 1
+        if processed % _COMMIT_EVERY == 0:
+            await producer.flush()
+            await consumer.commit()
+
+
+def quix(bootstrap: str, prefix: str, group: str, score: Callable[[dict], dict]) -> None:
+    from quixstreams import Application
+
+    with tempfile.TemporaryDirectory() as state:
+        app = Application(broker_address=bootstrap, consumer_group=group,
+                          auto_offset_reset="earliest", state_dir=state, loglevel="WARNING")
+        requests = app.topic(f"{prefix}.requests", value_deserializer="json")
+        predictions = app.topic(f"{prefix}.predictions", value_serializer="json")
+        sdf = app.dataframe(requests)
+        sdf = sdf.apply(score)
+        sdf.to_topic(predictions)
+        app.run()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m agents.dev.bench_peers")
+    parser.add_argument("kind", choices=("passthrough", "handwritten", "quix"))
+    for option in ("--bootstrap", "--prefix", "--group", "--registry", "--model"):
+        parser.add_argument(option, required=True)
+    args = parser.parse_args(argv)
+    if args.kind == "passthrough":
+        asyncio.run(passthrough(args.bootstrap, args.prefix, args.group))
+        return
+    score = scorer(Path(args.registry), args.model)
+    if args.kind == "handwritten":
+        asyncio.run(handwritten(args.bootstrap, args.prefix, args.group, score))
+    else:
+        quix(args.bootstrap, args.prefix, args.group, score)
+
+
+if __name__ == "__main__":
+    main()

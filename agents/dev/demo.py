@@ -1,0 +1,240 @@
+"""``streamserve demo``: broker, models, one worker and a few thousand requests, end to end.
+
+Everything it starts it stops again, on success, on failure and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+import orjson
+
+from agents.client.stream import StreamClient
+from agents.dev.fleet import WorkerProcess
+from agents.kafka.io import ensure_topics, read_topic
+from models.datasets import load as load_dataset
+from models.train import servable_version
+from pipeline.client import DeadLetterError, PredictionTimeout, PredictRequest
+from pipeline.config import Settings
+from pipeline.registry import Registry
+from pipeline.signing import TrustedKeys
+
+DEMO_MODELS = ("iris", "breast_cancer")
+# Halfway through, this feature of breast_cancer's requests moves by half a standard
+# deviation; short drift windows let the demo show it being caught in seconds.
+SHIFTED_MODEL, SHIFTED_FEATURE, SHIFT_SD = "breast_cancer", "mean_texture", 0.5
+DRIFT_ENV = {"STREAMSERVE_DRIFT_WINDOW_S": "2", "STREAMSERVE_DRIFT_HOP_S": "1",
+             "STREAMSERVE_DRIFT_GRACE_S": "1"}
+_ANSWER_TIMEOUT = 60.0
+
+
+@dataclass(slots=True)
+class Planned:
+    """A request to send: ``request`` (a valid one), or ``raw`` bytes spoiled on purpose."""
+
+    model: str
+    true_label: str | None  # None for a deliberately invalid request
+    expected_reason: str | None
+    request: PredictRequest | None = None
+    raw: bytes = b""
+
+
+@dataclass
+class Tally:
+    sent_at: dict[int, float] = field(default_factory=dict)
+    answered_at: dict[int, float] = field(default_factory=dict)
+    predicted: dict[int, str] = field(default_factory=dict)
+    reasons: Counter = field(default_factory=Counter)
+    wrong_reason: int = 0
+
+
+def run_demo(settings: Settings, requests: int, invalid_share: float, rate: float) -> int:
+    from agents.dev.broker import LocalBroker
+
+    started_broker = None
+    if settings.uses_local_broker:
+        broker = LocalBroker(settings.home, settings.local_broker_port)
+        print(f"starting the local Kafka broker on {settings.bootstrap} ...", file=sys.stderr)
+        if broker.start():
+            started_broker = broker
+    worker = None
+    try:
+        registry = Registry(settings.registry)
+        for name in DEMO_MODELS:  # a signed version of each, trained when there is none
+            servable_version(name, registry, settings.signing_key,
+                             TrustedKeys.load(settings.trusted_keys))
+        log = settings.home / "demo-worker.log"
+        print(f"starting a worker (log: {log}) ...", file=sys.stderr)
+        worker = WorkerProcess.start(log, {"STREAMSERVE_BROKER": settings.bootstrap, **DRIFT_ENV})
+        run = f"demo-{int(time.time())}"
+        plan = _plan(registry, run, requests, invalid_share, settings.max_message_bytes)
+        started = time.time()
+        tally, elapsed = asyncio.run(_drive(settings, plan, rate))
+        _print_summary(plan, tally, elapsed, rate)
+        samples = asyncio.run(_count_samples(settings, run))
+        print(f"  samples         {samples} on {settings.topics.samples} "
+              f"({samples / max(1, len(tally.predicted)):.1%} of predictions, "
+              f"STREAMSERVE_SAMPLE_RATE {settings.sample_rate})")
+        _print_drift(asyncio.run(_drift_events(settings, started)))
+        return 0 if len(tally.answered_at) == len(plan) and not tally.wrong_reason else 1
+    finally:
+        if worker is not None:
+            worker.stop()
+        if started_broker is not None:
+            print("stopping the local broker ...", file=sys.stderr)
+            started_broker.stop()
+
+
+def _plan(registry: Registry, run: str, n: int, invalid_share: float,
+          max_bytes: int) -> list[Planned]:
+    """Requests drawn from the models' own data sets, with true labels; some deliberately bad."""
+    rng = np.random.default_rng(7)
+    data = {name: load_dataset(name) for name in DEMO_MODELS}
+    shifted = data[SHIFTED_MODEL].features.index(SHIFTED_FEATURE)
+    shift = SHIFT_SD * float(data[SHIFTED_MODEL].X[:, shifted].std())
+    plan = []
+    for i in range(n):
+        model = DEMO_MODELS[i % len(DEMO_MODELS)]
+        ds = data[model]
+        row = int(rng.integers(len(ds.X)))
+        values = ds.X[row].copy()
+        if model == SHIFTED_MODEL and i >= n // 2:
+            values[shifted] += shift
+        request = PredictRequest(model, dict(zip(ds.features, values.tolist(), strict=True)),
+                                 id=f"{run}-{i}")
+        if rng.random() < invalid_share:
+            value, reason = _spoil(orjson.loads(request.encode()), i, max_bytes)
+            plan.append(Planned(model, None, reason, raw=value))
+        else:
+            plan.append(Planned(model, ds.labels[int(ds.y[row])], None, request=request))
+    return plan
+
+
+def _spoil(request: dict, i: int, max_bytes: int) -> tuple[bytes, str]:
+    """One of the ways a real client gets a request wrong, and the reason it earns."""
+    first = next(iter(request["features"]))
+    spoiled = [
+        (orjson.dumps(request)[:-3], "malformed_json"),
+        (b'{"id": "' + request["id"].encode() + b'\xff"}', "invalid_utf8"),
+        (orjson.dumps({**request, "model": "no-such-model"}), "unknown_model"),
+        (orjson.dumps({**request, "features": {k: v for k, v in request["features"].items()
+                                               if k != first}}), "schema_mismatch"),
+        (orjson.dumps({**request, "features": {**request["features"], first: "high"}}),
+         "schema_mismatch"),
+        (orjson.dumps(request).replace(b'"features":{', b'"features":{"x":1,'), "schema_mismatch"),
+        (orjson.dumps(request).replace(orjson.dumps(request["features"][first]), b"NaN", 1),
+         "non_finite"),
+        (orjson.dumps({k: v for k, v in request.items() if k != "id"}), "missing_id"),
+        (orjson.dumps({**request, "pad": "x" * max_bytes}), "too_large"),
+    ]
+    return spoiled[i % len(spoiled)]
+
+
+async def _drive(settings: Settings, plan: list[Planned], rate: float) -> tuple[Tally, float]:
+    """Send on an open-loop schedule of ``rate`` requests/s (0: as fast as possible), each
+    awaiting its own answer through one client (broken requests sent raw)."""
+    await ensure_topics(settings)
+    tally = Tally()
+    async with StreamClient(settings, timeout=_ANSWER_TIMEOUT) as client:
+        started = time.time()
+        answers = set()
+        for i, planned in enumerate(plan):
+            if rate:
+                await asyncio.sleep(max(0.0, started + i / rate - time.time()))
+            tally.sent_at[i] = time.time()
+            answers.add(asyncio.create_task(_answer(client, i, planned, tally)))
+            if i % 100 == 0:
+                _progress(i + 1, len(tally.answered_at), len(plan))
+        while answers:
+            _progress(len(plan), len(tally.answered_at), len(plan))
+            _, answers = await asyncio.wait(answers, timeout=0.2)
+        _progress(len(plan), len(tally.answered_at), len(plan))
+        print(file=sys.stderr)
+    last = max(tally.answered_at.values(), default=started)
+    return tally, last - started
+
+
+async def _answer(client: StreamClient, index: int, planned: Planned, tally: Tally) -> None:
+    try:
+        if planned.request is not None:
+            prediction = await client.predict_request(planned.request)
+        else:
+            prediction = await client.send_raw(planned.raw)
+    except DeadLetterError as e:
+        tally.reasons[e.reason] += 1
+        if e.reason != planned.expected_reason:
+            tally.wrong_reason += 1
+    except PredictionTimeout:
+        return  # unanswered
+    else:
+        if planned.expected_reason is not None:  # a broken request was served
+            tally.wrong_reason += 1
+        else:
+            tally.predicted[index] = prediction.label
+    tally.answered_at[index] = time.time()
+
+
+def _progress(sent: int, answered: int, total: int) -> None:
+    width = 30
+    done = int(width * answered / total)
+    print(f"\r[{'#' * done}{'.' * (width - done)}] sent {sent}/{total}  answered {answered}/{total}",
+          end="", file=sys.stderr, flush=True)
+
+
+def _print_summary(plan: list[Planned], tally: Tally, elapsed: float, rate: float) -> None:
+    latencies = np.array([tally.answered_at[i] - tally.sent_at[i] for i in tally.predicted]) * 1000
+    lost = len(plan) - len(tally.answered_at)
+    print("\nstreamserve demo summary")
+    print(f"  requests        {len(plan)}")
+    print(f"  predictions     {len(tally.predicted)}")
+    print(f"  dead letters    {sum(tally.reasons.values())}"
+          + "".join(f"\n    {reason:<16}{count}" for reason, count in sorted(tally.reasons.items())))
+    if tally.wrong_reason:
+        print(f"  WRONG REASONS   {tally.wrong_reason}")
+    print(f"  unanswered      {lost}")
+    offered = f"offered {rate:.0f}/s" if rate else "sent as fast as possible"
+    print(f"  throughput      {len(tally.answered_at) / max(elapsed, 1e-9):.0f} requests/s "
+          f"({elapsed:.2f} s, {offered})")
+    if len(latencies):
+        print(f"  latency e2e     p50 {np.percentile(latencies, 50):.1f} ms   "
+              f"p99 {np.percentile(latencies, 99):.1f} ms")
+    for model in DEMO_MODELS:
+        scored = [i for i in tally.predicted if plan[i].model == model]
+        right = sum(tally.predicted[i] == plan[i].true_label for i in scored)
+        if scored:
+            print(f"  accuracy {model:<15}{right / len(scored):.4f} ({right}/{len(scored)})")
+
+
+async def _count_samples(settings: Settings, run: str) -> int:
+    """This run's sampled requests (ids start with the run's name)."""
+    prefix = f"{run}-".encode()
+    return sum([record.key.startswith(prefix) async for record in read_topic(
+        settings, settings.topics.samples, from_beginning=True, idle_timeout=2.0)])
+
+
+async def _drift_events(settings: Settings, since: float) -> dict[tuple[str, str], dict]:
+    """The first drift event per model and feature in this run's windows."""
+    await asyncio.sleep(2)  # the drift agent reports shortly after the last counts
+    events: dict[tuple[str, str], dict] = {}
+    async for record in read_topic(settings, settings.topics.drift, from_beginning=True,
+                                   idle_timeout=2.0):
+        report = orjson.loads(record.value)
+        if report["event"] and report["window_start"] >= since - 1:
+            events.setdefault((report["model"], report["feature"]), report)
+    return events
+
+
+def _print_drift(events: dict[tuple[str, str], dict]) -> None:
+    print(f"  drift           {SHIFTED_MODEL}.{SHIFTED_FEATURE} shifted by {SHIFT_SD} sd halfway "
+          f"(windows of {DRIFT_ENV['STREAMSERVE_DRIFT_WINDOW_S']} s)")
+    if not events:
+        print("    no drift event")
+    for (model, feature), report in sorted(events.items()):
+        print(f"    {model}.{feature:<22} {report['event']['status']}  PSI {report['psi']:.3f}  "
+              f"(threshold {report['verdict']['threshold']:.3f}, M {report['window_size']})")
+    print(f"    see: streamserve drift report {SHIFTED_MODEL}")

@@ -1,0 +1,66 @@
+"""The control plane's I/O: deployment specs on the compacted control topic, each change
+written with its audit entry.
+
+A change is a pure transition (``pipeline.routing``) of the model's current spec,
+written as the new spec (key = model name) plus an audit entry. Workers follow the
+topic (``agents.worker.deployer``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import orjson
+
+from agents.kafka.audit import record
+from agents.kafka.io import ensure_topics, read_topic, start_producer
+from pipeline.config import Settings
+from pipeline.registry import Registry, RegistryError
+from pipeline.routing import ControlError, DeploymentSpec
+from pipeline.signing import SignatureError, TrustedKeys, verify_version
+
+Transition = Callable[[DeploymentSpec | None], DeploymentSpec]
+
+
+async def read_specs(settings: Settings) -> dict[str, DeploymentSpec]:
+    """The current spec of every model with one (the latest record per key)."""
+    specs: dict[str, DeploymentSpec] = {}
+    async for message in read_topic(settings, settings.topics.control, from_beginning=True,
+                                    to_end=True):
+        if message.value is not None:
+            spec = DeploymentSpec.from_json(orjson.loads(message.value))
+            specs[spec.model] = spec
+    return specs
+
+
+async def change(settings: Settings, model: str, transition: Transition, *, action: str,
+                 source: str, reason: str = "",
+                 expected_revision: int | None = None) -> DeploymentSpec | None:
+    """Apply ``transition`` to ``model``'s current spec; write the new spec and its audit
+    entry. With ``expected_revision``, nothing happens (None) unless the current spec is
+    that revision: a change decided on a spec that has moved on since is dropped."""
+    await ensure_topics(settings)
+    current = (await read_specs(settings)).get(model)
+    if expected_revision is not None and (current is None or current.revision != expected_revision):
+        return None
+    new = transition(current)
+    producer = await start_producer(settings)
+    try:
+        await producer.send_and_wait(settings.topics.control, key=model.encode(),
+                                     value=orjson.dumps(new.to_json()))
+        await record(settings, action=action, subject=model, source=source, reason=reason,
+                     before=None if current is None else current.to_json(), after=new.to_json(),
+                     producer=producer)
+    finally:
+        await producer.stop()
+    return new
+
+
+def check_servable(settings: Settings, model: str, version: str) -> None:
+    """Raise ControlError unless ``model:version`` is registered and verifies: the CLI
+    says so at once, rather than every worker refusing it later."""
+    try:
+        verify_version(Registry(settings.registry), model, version,
+                       TrustedKeys.load(settings.trusted_keys), settings.allow_unsigned)
+    except (RegistryError, SignatureError) as e:
+        raise ControlError(str(e)) from None

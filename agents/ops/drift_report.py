@@ -1,0 +1,112 @@
+"""``streamserve drift report MODEL``: the latest verdict per feature, with a PSI trend."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import orjson
+
+from agents.kafka.io import ensure_topics, read_topic
+from pipeline.config import Settings
+
+_BARS = "▁▂▃▄▅▆▇█"
+_TREND = 24  # windows in the sparkline
+_SCALE = 0.5  # PSI at the top of the sparkline: twice the alert tier
+_COLUMNS = 4  # subplots per row of the plot
+_STATUS_COLOURS = {"drift": "tab:orange", "alert": "tab:red"}  # windows and their lines
+
+
+async def read_reports(settings: Settings, model: str,
+                       version: str | None) -> tuple[str | None, dict[str, list[dict]]]:
+    """The version (default the newest reported) and its reports per feature, oldest window first.
+
+    No reports: the version as given and an empty dict.
+    """
+    await ensure_topics(settings)
+    reports: list[dict] = []
+    async for record in read_topic(settings, settings.topics.drift, from_beginning=True,
+                                   to_end=True):
+        report = orjson.loads(record.value)
+        if report["model"] == model and (version is None or report["version"] == version):
+            reports.append(report)
+    if reports and version is None:
+        version = max((r["version"] for r in reports), key=int)
+        reports = [r for r in reports if r["version"] == version]
+    by_feature: dict[str, list[dict]] = {}
+    for report in sorted(reports, key=lambda r: r["window_end"]):
+        by_feature.setdefault(report["feature"], []).append(report)
+    return version, by_feature
+
+
+def format_report(model: str, version: str | None, by_feature: dict[str, list[dict]]) -> str:
+    if not by_feature:
+        return f"no drift reports for {model}{'' if version is None else ':' + version} yet"
+    last_end = max(history[-1]["window_end"] for history in by_feature.values())
+    lines = [f"drift of {model}:{version}, {len(by_feature)} features, "
+             f"windows up to {last_end} (event time, s)",
+             f"{'FEATURE':<26}{'PSI':>8}{'KL(r|c)':>9}{'KL(c|r)':>9}{'M':>7}  {'VERDICT':<13}TREND"]
+    for feature, history in sorted(by_feature.items()):
+        latest = history[-1]
+        status = latest["verdict"]["status"] + (" EVENT" if any(r["event"] for r in history) else "")
+        lines.append(f"{feature:<26}{_number(latest['psi']):>8}{_number(latest['kl_ref_cur']):>9}"
+                     f"{_number(latest['kl_cur_ref']):>9}{latest['window_size']:>7}  {status:<13}"
+                     f"{sparkline([_judged_psi(r) for r in history[-_TREND:]])}")
+    return "\n".join(lines)
+
+
+def plot_reports(model: str, version: str | None, by_feature: dict[str, list[dict]],
+                 path: Path) -> None:
+    """One PSI-per-window subplot per feature (``by_feature`` not empty), into a PNG."""
+    # Imported here so the text report does not pay for them; the Figure is drawn on an
+    # Agg canvas, without pyplot, so it needs no display and leaves no global state.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from pipeline.drift import DriftConfig
+
+    columns = min(_COLUMNS, len(by_feature))
+    rows = math.ceil(len(by_feature) / columns)
+    figure = Figure(figsize=(4 * columns, 2.5 * rows), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = list(figure.subplots(rows, columns, sharex=True, squeeze=False).flat)
+    for ax, (feature, history) in zip(axes, sorted(by_feature.items())):
+        ends = [r["window_end"] for r in history]
+        # NaN breaks the line, so a window too small to judge shows as a gap.
+        psi = [math.nan if v is None else v for v in map(_judged_psi, history)]
+        ax.plot(ends, psi, color="tab:blue", marker=".")
+        for status, colour in _STATUS_COLOURS.items():
+            marked = [(e, p) for e, p, r in zip(ends, psi, history)
+                      if r["verdict"]["status"] == status]
+            if marked:
+                ax.scatter(*zip(*marked), color=colour, zorder=3)
+        latest = history[-1]["verdict"]
+        if latest["threshold"] is not None:
+            ax.axhline(latest["threshold"], color=_STATUS_COLOURS["drift"], linestyle="--")
+        ax.axhline(DriftConfig().alert_psi, color=_STATUS_COLOURS["alert"], linestyle="--")
+        ax.set_title(f"{feature}: {latest['status']}", fontsize="medium")
+        ax.set_ylim(bottom=0)  # PSI is never negative; a common floor keeps panels comparable
+        ax.set_ylabel("PSI")
+    for i in range(len(by_feature), len(axes)):
+        axes[i].set_visible(False)
+        # The shared axis shows tick labels on the bottom row only, which this cell left.
+        axes[i - columns].tick_params(axis="x", labelbottom=True)
+    figure.supxlabel("window end (event time, s)")
+    figure.suptitle(f"PSI per window of {model}:{version}\n"
+                    f"orange: drift (dashed: latest threshold), red: alert (dashed: alert tier)")
+    figure.savefig(path, format="png")
+
+
+def sparkline(values: list[float | None]) -> str:
+    """One character per window; empty windows are blank."""
+    return "".join(" " if v is None else _BARS[min(len(_BARS) - 1, int(v / _SCALE * len(_BARS)))]
+                   for v in values)
+
+
+def _judged_psi(report: dict) -> float | None:
+    """A window too small to judge (the first, partial ones) shows blank, not as noise."""
+    return None if report["verdict"]["status"] == "insufficient" else report["psi"]
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -1,0 +1,47 @@
+"""The Faust application that hosts a worker's services.
+
+Requests are served by ``RequestServer`` (see agents/worker/server.py for why it is not a
+Faust agent), which runs inside this app's worker; the app itself runs the drift
+agent and its table (agents/worker/drift.py). The app's own consumer group is
+``<app id>.faust``: it must differ from the serving group, because Faust's partition
+assignor and aiokafka's cannot share one group.
+"""
+
+from __future__ import annotations
+
+import faust
+from faust.auth import SASLCredentials, SSLCredentials
+
+from agents.kafka.io import ssl_context
+from pipeline.config import Settings
+
+
+def faust_broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{server.strip()}" for server in bootstrap.split(","))
+
+
+def broker_credentials(settings: Settings) -> SASLCredentials | SSLCredentials | None:
+    """Faust's form of STREAMSERVE_SECURITY_* (its clients take no aiokafka keywords)."""
+    security, context = settings.kafka_security, ssl_context(settings)
+    if security.uses_sasl:
+        return SASLCredentials(username=security.username, password=security.password,
+                               mechanism=security.sasl_mechanism, ssl_context=context)
+    return SSLCredentials(context) if context is not None else None
+
+
+def create_app(settings: Settings) -> faust.App:
+    return faust.App(
+        f"{settings.app_id}.faust",
+        broker=faust_broker_url(settings.bootstrap),
+        broker_credentials=broker_credentials(settings),
+        store="memory://",
+        web_enabled=False,  # metrics come from prometheus_client; one port per worker is enough
+        topic_partitions=settings.request_partitions,
+        producer_acks=-1,
+        # As the serving consumer's (aiokafka's default): a crashed worker's drift windows
+        # move to another worker within seconds, not Faust's default minute.
+        broker_session_timeout=10.0,
+        # Every topic and table of the app carries bytes its own code encodes.
+        key_serializer="raw",
+        value_serializer="raw",
+    )

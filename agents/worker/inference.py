@@ -1,0 +1,543 @@
+"""The inference step: a batch of request records in, one output record per request out.
+
+It knows nothing of Faust: the server hands it ``Incoming`` records and sends the
+``Outgoing`` ones it returns. Every request yields exactly one output, a prediction
+or a dead letter (the ledger), whatever the request or the model does. Beside them go
+samples, shadow outputs and (every flush) drift codes.
+
+What it serves is a ``Deployment`` (the loaded versions and each model's spec), swapped
+whole when the control plane changes a spec; a batch works on the deployment it
+started with. Per version it keeps a circuit breaker, and per model with a canary a
+``CanaryJudge`` whose verdicts it hands to ``on_canary_verdict``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+import jax
+import numpy as np
+
+from agents.worker.metrics import Metrics
+from models.runtime import ServingModel
+from pipeline.batching import padded_size
+from pipeline.breaker import BreakerState, CircuitBreaker
+from pipeline.canary import CanaryJudge, CanaryVerdict
+from pipeline.catalog import Catalog
+from pipeline.config import ModelPolicy, Settings
+from pipeline.decode import Request, decode
+from pipeline.dedupe import RecentIds
+from pipeline.drift import CodedRows, MatrixCounter, watched_columns, watched_references
+from pipeline.isolation import RowFailure, serve_isolated
+from pipeline.messages import (
+    ServingFacts,
+    dead_letter_key,
+    encode_dead_letter,
+    encode_prediction,
+    encode_sample,
+    encode_shadow,
+    source_headers,
+)
+from pipeline.tenant_quotas import TenantQuotas
+from pipeline.redaction import Redactor
+from pipeline.rejections import Reason, Rejection
+from pipeline.routing import DeploymentSpec, Route, RouteDecision
+from pipeline.sampling import sampled
+
+log = logging.getLogger(__name__)
+
+_BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float  # seconds since the epoch, as Kafka stamped the request
+    value: bytes | None
+    replay: bool = False  # a replayed request (``streamserve replay``): kept out of monitoring
+
+
+class Kind(StrEnum):
+    PREDICTION = "prediction"
+    DEAD_LETTER = "dead_letter"
+    SAMPLE = "sample"  # a copy of a served request, redacted, beside its prediction
+    SHADOW = "shadow"  # a shadow version's output: never on the predictions topic
+    DRIFT_ROWS = "drift_rows"  # internal: served rows coded for the drift windows
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    kind: Kind
+    topic: str
+    partition: int  # the request's partition: replies land on the same partition number
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    model: str  # "" when the request named no servable model
+    version: str
+    reason: Reason | None  # why, for a dead letter
+    request_timestamp: float
+    route: str = ""
+    quota: str = ""  # a request's answer: the tenant quota whose in-flight slot it frees
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    """What a worker serves at one moment: the loaded versions and each model's spec."""
+
+    models: Mapping[tuple[str, str], ServingModel]
+    specs: Mapping[str, DeploymentSpec]
+
+    @property
+    def catalog(self) -> Catalog:
+        return Catalog({model: {v: served.manifest.inputs for (m, v), served in self.models.items()
+                                if m == model} for model in self.specs}, self.specs)
+
+
+# A served group: its requests, their rows and each row's result.
+_Served = tuple[list[tuple["Incoming", Request]], np.ndarray, list[np.ndarray | RowFailure]]
+
+
+class InferenceService:
+    """Decodes, routes, batches per model version, runs the models off the event loop, encodes."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, executor: Executor,
+                 on_canary_verdict: Callable[[str, int, CanaryVerdict], None] | None = None) -> None:
+        self._settings = settings
+        self._topics = settings.topics
+        self._max_bytes, self._max_features = settings.max_message_bytes, settings.max_features
+        self._faults = settings.fault_plan
+        self._device = jax.default_backend()  # "cpu", "gpu" or "tpu": what model calls cost
+        metrics.price_per_hour.labels("cpu").set(settings.price_cpu_hour)
+        metrics.price_per_hour.labels(self._device if self._device != "cpu" else "gpu").set(
+            settings.price_gpu_hour)
+        self._recent = (RecentIds(settings.dedupe_ids, settings.dedupe_window_s)
+                        if settings.dedupe_ids else None)
+        plan = settings.tenant_quota_plan
+        self._quotas = TenantQuotas(plan) if plan else None
+        self._metrics = metrics
+        self._executor = executor
+        self._on_canary_verdict = on_canary_verdict
+        self._deployment = Deployment({}, {})
+        self._catalog = self._deployment.catalog
+        self._queueing_budget_s = settings.batch_timeout_ms / 1000
+        self._policies: dict[str, ModelPolicy] = {}
+        self._dead_letter_redactor = settings.policy("").redactor
+        self._coders: dict[tuple[str, str], MatrixCounter] = {}
+        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        self._judges: dict[tuple[str, int], CanaryJudge] = {}  # (model, spec revision)
+        self._judged: set[tuple[str, int]] = set()  # canaries already rolled back or promoted
+        self._pending_drift: dict[tuple[str, str], list[CodedRows]] = {}
+
+    @property
+    def deployment(self) -> Deployment:
+        return self._deployment
+
+    @property
+    def queueing_budget_s(self) -> float:
+        """The worker's queue holds every model's requests: the tightest budget applies."""
+        return self._queueing_budget_s
+
+    async def warm(self, models: Sequence[ServingModel]) -> None:
+        """Run each of ``models`` once per bucket in the model thread, before it serves."""
+        for served in models:
+            await asyncio.get_running_loop().run_in_executor(self._executor, served.warm)
+
+    def install(self, deployment: Deployment) -> None:
+        """Serve ``deployment`` from the next batch on (its versions loaded and warm)."""
+        s = self._settings
+        self._deployment, self._catalog = deployment, deployment.catalog
+        self._queueing_budget_s = min(
+            (spec.batch_timeout_ms or s.batch_timeout_ms for spec in deployment.specs.values()),
+            default=s.batch_timeout_ms) / 1000
+        # A loaded version's sensitive features are redacted whatever the rules say (they
+        # may only be stricter); a model's marks are those of all its loaded versions.
+        marks: dict[str, set[str]] = {}
+        for (model, _), served in deployment.models.items():
+            marks.setdefault(model, set()).update(served.manifest.inputs.sensitive)
+        self._policies = {}
+        for model in deployment.specs:
+            policy = s.policy(model)
+            self._policies[model] = replace(
+                policy, redactor=policy.redactor.marking(marks.get(model, ())))
+        # Dead letters may name no model, or one not served: hide every model's fields.
+        redactor = s.policy("").redactor
+        for policy in self._policies.values():
+            redactor = redactor.merged(policy.redactor)
+        self._dead_letter_redactor = redactor
+        # Drift is coded for versions trained with reference statistics (the drift agent
+        # keeps the windows).
+        self._coders = {key: self._coders.get(key) or MatrixCounter(
+                            watched_references(served.manifest.reference))
+                        for key, served in deployment.models.items()
+                        if s.drift and served.manifest.reference}
+        self._breakers = {key: self._breakers.get(key) or CircuitBreaker(s.breaker)
+                          for key in deployment.models}
+        m = self._metrics
+        m.loaded.clear()
+        for model, spec in deployment.specs.items():
+            for version, role in _roles(spec):
+                m.loaded.labels(model, version, role).set(1)
+
+    async def handle(self, batch: Sequence[Incoming], expected_seconds: float = 0.0) -> list[Outgoing]:
+        """One output per record. A request whose deadline would pass before the batch is
+        served (``expected_seconds`` from now) is dead-lettered instead of computed."""
+        deployment, catalog = self._deployment, self._catalog
+        outgoing: list[Outgoing] = []
+        groups: dict[tuple[str, str, Route], list[tuple[Incoming, Request]]] = {}
+        expired: Counter[tuple[str, str, Route]] = Counter()
+        now, clock = time.time(), time.monotonic()
+        recent, quotas = self._recent, self._quotas
+        admitted: Counter[str] = Counter()  # in-flight slots this batch's requests took
+        for record in batch:
+            decoded = decode(record.value, catalog, self._max_bytes, self._max_features)
+            if isinstance(decoded, Request) and recent is not None and recent.seen_before(
+                    decoded.id, clock, (record.topic, record.partition, record.offset)):
+                decoded = recent.rejection(decoded.id, decoded.model)
+            if isinstance(decoded, Request) and _expired(decoded, record, now + expected_seconds):
+                expired[(decoded.model, decoded.version, decoded.route)] += 1
+                decoded = Rejection(Reason.DEADLINE_EXCEEDED,
+                                    f"the request had waited {1000 * (now - record.timestamp):.0f} ms "
+                                    f"and could not be answered within its deadline_ms of "
+                                    f"{decoded.deadline_ms}; raise the deadline or add workers",
+                                    id=decoded.id, model=decoded.model)
+            if isinstance(decoded, Request) and quotas is not None:
+                refusal = quotas.admit(decoded.tenant, clock)
+                if refusal is not None:
+                    self._metrics.quota_rejections.labels(refusal.quota, refusal.limit).inc()
+                    decoded = replace(refusal.rejection, id=decoded.id, model=decoded.model)
+                elif quota := self._quota_of(decoded):
+                    admitted[quota] += 1
+            if isinstance(decoded, Rejection):
+                outgoing.append(self._dead_letter(record, decoded, version=""))
+            else:
+                groups.setdefault((decoded.model, decoded.version, decoded.route), []).append(
+                    (record, decoded))
+        for (model, version, route), count in expired.items():  # a deadline missed is a failure
+            self._feed_breaker(model, version, 0, count)
+            self._judge_canary(deployment, model, route, count, [], [])
+        try:
+            for (model, version, route), items in groups.items():
+                spec = deployment.specs[model]
+                size = spec.max_batch or len(items)
+                for start in range(0, len(items), size):
+                    served, out = await self._serve_group(deployment, model, version, route,
+                                                          items[start:start + size])
+                    outgoing.extend(out)
+                    for shadow in spec.shadows if served is not None else ():
+                        outgoing.extend(await self._shadow(deployment, model, shadow, version, served))
+        except BaseException:
+            # These answers will not be sent (the caller dead-letters the batch untagged).
+            for quota, count in admitted.items():
+                quotas.release(quota, count)
+            raise
+        if recent is not None:  # a request refused for now may be sent again with its id
+            for out in outgoing:
+                if out.kind is Kind.DEAD_LETTER and out.reason in _RETRYABLE:
+                    recent.forget(out.key.decode())
+        return outgoing
+
+    async def _serve_group(self, deployment: Deployment, model: str, version: str, route: Route,
+                           items: list[tuple[Incoming, Request]]) -> tuple[_Served | None, list[Outgoing]]:
+        """Serve one group with its version; the rows it fails on get a second opinion.
+
+        A row the version fails on is tried on the other version it can fall back on (the
+        fallback; or, while the version's breaker is open and the fallback serves, the
+        version itself). Served there, the row is answered from there and the failure is
+        the version's; failing there too, the input is at fault: it is dead-lettered and
+        counts against neither breaker, so no client can open a breaker for others by
+        sending inputs no version can serve. Without a second version, a failure counts.
+        """
+        now = time.monotonic()
+        fallback = self._catalog.fallback(model)
+        if fallback is not None and (fallback.version == version
+                                     or not self._breakers[(model, fallback.version)].allow(now)):
+            fallback = None
+        if self._breakers[(model, version)].allow(now):
+            second = fallback
+        else:
+            # Refused by its breaker: failures of this version (a canary's judge counts them).
+            self._feed_breaker(model, version, 0, len(items))
+            self._judge_canary(deployment, model, route, len(items), [], [])
+            if fallback is None:
+                error = (f"{model}:{version} is failing and its circuit breaker is open; "
+                         + ("its fallback is failing too" if self._catalog.fallback(model) else
+                            f"set a fallback with `streamserve fallback {model} VERSION`")
+                         + "; the breaker tries the version again shortly")
+                return None, [self._dead_letter(record, Rejection(
+                    Reason.CIRCUIT_OPEN, error, id=request.id, model=model), version,
+                    quota=self._quota_of(request)) for record, request in items]
+            second = RouteDecision(version, route)
+            version, route = fallback.version, fallback.route
+        served = deployment.models[(model, version)]
+        rows = np.array([request.row for _, request in items], dtype=np.float32)
+        results, seconds = await self._predict(served, rows)
+        failed = [i for i, result in enumerate(results) if isinstance(result, RowFailure)]
+        rescued: dict[int, np.ndarray] = {}  # row -> the second version's answer
+        if failed and second is not None:
+            retried, _ = await self._predict(deployment.models[(model, second.version)], rows[failed])
+            for i, result in zip(failed, retried, strict=True):
+                if isinstance(result, RowFailure):
+                    results[i] = RowFailure(
+                        f"versions {version} and {second.version} of {model} both failed on this "
+                        f"request, so its inputs are at fault: {results[i].error}")
+                else:
+                    rescued[i] = result
+            self._feed_breaker(model, second.version, len(rescued), 0)
+        charged = len(rescued) if second is not None else len(failed)
+        self._metrics.batch_size.labels(model, version).observe(len(rows))
+        self._metrics.padding_rows.labels(model, version).inc(
+            padded_size(len(rows), served.buckets) - len(rows))
+        policy = self._policies[model]
+        names = served.manifest.inputs.names
+        done = time.time()
+        outgoing = []
+        for i, ((record, request), result) in enumerate(zip(items, results, strict=True)):
+            by, by_route, answer = version, route, result
+            if i in rescued:
+                by, by_route, answer = second.version, second.route, rescued[i]
+            if isinstance(answer, RowFailure):
+                log.warning("model %s:%s failed on request %s: %s", model, by, request.id,
+                            answer.error)
+                rejection = Rejection(Reason.MODEL_ERROR, answer.error, id=request.id, model=model)
+                outgoing.append(self._dead_letter(record, rejection, by, by_route,
+                                                  quota=self._quota_of(request)))
+                continue
+            labels = deployment.models[(model, by)].manifest.outputs.labels
+            facts = ServingFacts(route=str(by_route), batch_size=len(rows),
+                                 latency_ms=1000 * (done - record.timestamp))
+            outgoing.append(Outgoing(
+                kind=Kind.PREDICTION,
+                topic=self._topics.predictions, partition=record.partition, key=request.id.encode(),
+                value=encode_prediction(request.id, model, by, answer, labels, facts),
+                headers=source_headers(record.topic, record.partition, record.offset),
+                model=model, version=by, reason=None, request_timestamp=record.timestamp,
+                route=str(by_route), quota=self._quota_of(request)))
+            if policy.sample_rate and sampled(request.id, policy.sample_rate):
+                outgoing.append(self._sample(record, request, names, answer, labels, policy.redactor))
+        ok = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
+        self._feed_breaker(model, version, len(ok), charged)
+        # Replayed requests test a version: they say nothing of live traffic or the canary.
+        watched = [i for i, (record, _) in enumerate(items)
+                   if not record.replay or self._settings.replay_monitoring]
+        watched_ok = [i for i in watched if not isinstance(results[i], RowFailure)]
+        watched_charged = sum(1 for i in watched if i in rescued) if second is not None else \
+            len(watched) - len(watched_ok)
+        classes = (np.stack([results[i] for i in watched_ok]).argmax(axis=1) if watched_ok
+                   else np.empty(0, np.intp))
+        self._judge_canary(deployment, model, route, watched_charged,
+                           [seconds] * len(watched_ok), classes.tolist())
+        coder = self._coders.get((model, version))
+        if coder is not None and watched_ok:
+            sources = [items[i][0] for i in watched_ok]
+            self._pending_drift.setdefault((model, version), []).append(CodedRows(
+                coder.codes(watched_columns(rows[watched_ok], classes)),
+                np.array([r.partition for r in sources], np.int32),
+                np.array([r.offset for r in sources], np.int64),
+                np.array([round(r.timestamp * 1000) for r in sources], np.int64)))
+        return (items, rows, results), outgoing
+
+    async def _predict(self, served: ServingModel,
+                       rows: np.ndarray) -> tuple[list[np.ndarray | RowFailure], float]:
+        # JAX blocks: run it in the executor so commits, timers and heartbeats go on.
+        results, seconds = await asyncio.get_running_loop().run_in_executor(
+            self._executor, _timed_serve, self._faults.model(served.predict), rows)
+        self._metrics.inference_latency.labels(served.model, served.version).observe(seconds)
+        if self._device != "cpu":
+            self._metrics.accelerator_seconds.labels(served.model, served.version,
+                                                     self._device).inc(seconds)
+        return results, seconds
+
+    def _feed_breaker(self, model: str, version: str, successes: int, failures: int) -> None:
+        """A group's outcome to its version's breaker."""
+        breaker = self._breakers.get((model, version))
+        if breaker is not None:
+            before = breaker.state
+            breaker.record(successes, failures, time.monotonic())
+            if breaker.state is not before:
+                log.warning("circuit breaker of %s:%s is now %s", model, version, breaker.state)
+            self._metrics.breaker_state.labels(model, version).set(_BREAKER_VALUE[breaker.state])
+
+    def _judge_canary(self, deployment: Deployment, model: str, route: Route, failures: int,
+                      latencies: list[float], classes: list[int]) -> None:
+        """During a canary, let its judge see a group's failures, latencies and classes."""
+        spec = deployment.specs.get(model)
+        if spec is None or spec.canary is None or route not in (Route.STABLE, Route.CANARY):
+            return
+        key = (model, spec.revision)
+        if key in self._judged:
+            return
+        judge = self._judges.get(key)
+        if judge is None:
+            n_classes = len(deployment.models[(model, spec.stable)].manifest.outputs.labels)
+            judge = self._judges[key] = CanaryJudge(self._settings.canary, n_classes)
+        judge.observe(route, failures, latencies, classes)
+        verdict = judge.verdict()
+        if verdict.action in ("rollback", "promote") and self._on_canary_verdict is not None:
+            self._judged.add(key)
+            del self._judges[key]
+            self._on_canary_verdict(model, spec.revision, verdict)
+
+    async def _shadow(self, deployment: Deployment, model: str, shadow: str, primary: str,
+                      served_group: _Served) -> list[Outgoing]:
+        """The shadow version's answers to the same rows, to the shadow topic, with agreement."""
+        items, rows, primary_results = served_group
+        served = deployment.models[(model, shadow)]
+        results, _ = await self._predict(served, rows)
+        labels = served.manifest.outputs.labels
+        agreement: Counter[str] = Counter()
+        outgoing = []
+        for (record, request), theirs, ours in zip(items, primary_results, results, strict=True):
+            agree = None
+            if not isinstance(theirs, RowFailure) and not isinstance(ours, RowFailure):
+                agree = bool(theirs.argmax() == ours.argmax())
+                self._metrics.shadow_difference.labels(model, shadow).observe(
+                    float(np.abs(theirs - ours).max()))
+            agreement["unknown" if agree is None else "yes" if agree else "no"] += 1
+            outgoing.append(Outgoing(
+                kind=Kind.SHADOW, topic=self._topics.shadow, partition=record.partition,
+                key=request.id.encode(),
+                value=encode_shadow(request.id, model, shadow, primary, ours, theirs, labels),
+                headers=source_headers(record.topic, record.partition, record.offset),
+                model=model, version=shadow, reason=None, request_timestamp=record.timestamp,
+                route=str(Route.SHADOW)))
+        for agree, count in agreement.items():
+            self._metrics.shadow_agreement.labels(model, shadow, agree).inc(count)
+        return outgoing
+
+    def _sample(self, record: Incoming, request: Request, names: Sequence[str], result: np.ndarray,
+                labels: Sequence[str], redactor: Redactor) -> Outgoing:
+        features = redactor.fields(dict(zip(names, request.row, strict=True)))
+        return Outgoing(
+            kind=Kind.SAMPLE, topic=self._topics.samples, partition=record.partition,
+            key=request.id.encode(),
+            value=encode_sample(request.id, request.model, request.version, record.timestamp,
+                                features, result, labels),
+            headers=source_headers(record.topic, record.partition, record.offset),
+            model=request.model, version=request.version, reason=None,
+            request_timestamp=record.timestamp)
+
+    def drift_rows(self) -> list[Outgoing]:
+        """The rows served since the last call, coded for drift, as one message per version.
+
+        Called every fraction of a second rather than per batch: the drift agent's cost
+        is per message, and small batches under light load would multiply it.
+        """
+        messages = []
+        for (model, version), parts in sorted(self._pending_drift.items()):
+            key = f"{model}:{version}".encode()
+            rows = CodedRows.concatenate(parts)
+            # All of a version's rows go to one partition: one worker owns its windows.
+            messages.append(Outgoing(
+                kind=Kind.DRIFT_ROWS, topic=self._topics.drift_rows, partition=zlib.crc32(key),
+                key=key, value=rows.to_bytes(), headers=[], model=model, version=version,
+                reason=None, request_timestamp=float(rows.timestamps_ms.max()) / 1000))
+        self._pending_drift.clear()
+        return messages
+
+    def _quota_of(self, request: Request) -> str:
+        """The quota holding an in-flight slot for ``request``, which its answer frees."""
+        quota = self._quotas.governing(request.tenant) if self._quotas is not None else None
+        return quota or ""
+
+    def _dead_letter(self, record: Incoming, rejection: Rejection, version: str,
+                     route: Route | str = "", quota: str = "") -> Outgoing:
+        return Outgoing(
+            kind=Kind.DEAD_LETTER, topic=self._topics.deadletter, partition=record.partition,
+            key=dead_letter_key(rejection, record.topic, record.partition, record.offset),
+            value=encode_dead_letter(self._dead_letter_redactor.rejection(rejection),
+                                     self._dead_letter_redactor.original(record.value)),
+            headers=source_headers(record.topic, record.partition, record.offset),
+            model=rejection.model or "", version=version, reason=rejection.reason,
+            request_timestamp=record.timestamp, route=str(route), quota=quota)
+
+    def fail_batch(self, batch: Sequence[Incoming], error: Exception) -> list[Outgoing]:
+        """Dead letters for a whole batch, when serving it failed outside any model call."""
+        message = f"the worker failed to serve this batch: {type(error).__name__}: {error}"
+        return [self._dead_letter(record, Rejection(Reason.MODEL_ERROR, message), version="")
+                for record in batch]
+
+    def delivered(self, outgoing: Sequence[Outgoing]) -> None:
+        """Count outputs once the broker has acknowledged them, and free the in-flight
+        slots of the requests they answer."""
+        m, now = self._metrics, time.time()
+        # Count per label set, then touch each metric once: label lookups cost more
+        # than the increments.
+        served: Counter[tuple[str, str, str]] = Counter()
+        samples: Counter[str] = Counter()
+        dead: Counter[tuple[str, str, Reason]] = Counter()
+        latencies: dict[str, list[float]] = {}
+        answered: Counter[str] = Counter()
+        for out in outgoing:
+            if out.quota:
+                answered[out.quota] += 1
+            if out.kind is Kind.PREDICTION:
+                served[(out.model, out.version, out.route)] += 1
+                latencies.setdefault(out.model, []).append(now - out.request_timestamp)
+            elif out.kind is Kind.DEAD_LETTER:
+                assert out.reason is not None
+                # Only served models name a series: any sender could invent model names.
+                model = out.model if out.model in self._deployment.specs else ""
+                dead[(model, out.version, out.reason)] += 1
+            elif out.kind is Kind.SAMPLE:
+                samples[out.model] += 1
+        for (model, version, route), count in served.items():
+            m.requests.labels(model, version, "prediction").inc(count)
+            m.predictions.labels(model, version, route).inc(count)
+        for (model, version, reason), count in dead.items():
+            m.requests.labels(model, version, "deadletter").inc(count)
+            m.deadletters.labels(model, str(reason)).inc(count)
+        for model, count in samples.items():
+            m.samples.labels(model).inc(count)
+        for model, seconds in latencies.items():
+            histogram = m.e2e_latency.labels(model)
+            for s in seconds:
+                histogram.observe(max(0.0, s))
+        for quota, count in answered.items():
+            self._quotas.release(quota, count)
+
+    def abandoned(self) -> None:
+        """The outputs handed out and not yet delivered never will be (an aborted
+        transaction): free every in-flight slot; their requests are read again."""
+        if self._quotas is not None:
+            self._quotas.release_all()
+
+
+# Refused for the server's sake or the tenant's quota, not for what the request holds.
+_RETRYABLE = frozenset({Reason.DEADLINE_EXCEEDED, Reason.MODEL_ERROR, Reason.CIRCUIT_OPEN,
+                        Reason.QUOTA_EXCEEDED})
+
+
+def _timed_serve(predict: Callable[[np.ndarray], np.ndarray],
+                 rows: np.ndarray) -> tuple[list[np.ndarray | RowFailure], float]:
+    """Serve ``rows`` and say how long the model took, timed in the model thread: the event
+    loop's delays in picking up the result are not the version's (canary analysis
+    compares versions on this time)."""
+    started = time.perf_counter()
+    results = serve_isolated(predict, rows)
+    return results, time.perf_counter() - started
+
+
+def _roles(spec: DeploymentSpec) -> list[tuple[str, str]]:
+    roles = [(spec.stable, "stable")]
+    if spec.canary is not None:
+        roles.append((spec.canary.version, "canary"))
+    roles += [(v, "shadow") for v in spec.shadows]
+    if spec.fallback is not None:
+        roles.append((spec.fallback, "fallback"))
+    return roles
+
+
+def _expired(request: Request, record: Incoming, answer_time: float) -> bool:
+    return (request.deadline_ms is not None
+            and (answer_time - record.timestamp) * 1000 > request.deadline_ms)
