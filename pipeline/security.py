@@ -18,6 +18,12 @@ PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
+def local_env_file(home: Path, user: str) -> Path:
+    """The settings file that logs in to the local secured broker as ``user``, under
+    STREAMSERVE_HOME: `streamserve broker start --secure` writes it, and refusals name it."""
+    return Path(home) / "broker-secure" / "credentials" / f"{user}.env"
+
+
 class SecurityConfigError(ValueError):
     """The Kafka security settings cannot work together; the message names the variable."""
 

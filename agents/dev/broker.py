@@ -56,6 +56,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.security import local_env_file
+
 if TYPE_CHECKING:  # pipeline.config is pure too, but keep this module importable alone
     from pipeline.config import Settings
 
@@ -137,7 +139,7 @@ class LocalBroker:
 
     def env_file(self, user: str) -> Path:
         """The secured broker's settings file for ``user`` (``set -a; . FILE`` to use it)."""
-        return self.credentials_dir / f"{user}.env"
+        return local_env_file(self.home, user)
 
     def environment(self, user: str) -> dict[str, str]:
         """The STREAMSERVE_* settings that log in to the secured broker as ``user``."""

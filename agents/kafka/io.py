@@ -7,7 +7,6 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from pathlib import Path
 from typing import Self, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -31,6 +30,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from pipeline import acl
 from pipeline.config import Settings
+from pipeline.security import local_env_file
 
 Client = TypeVar("Client", AIOKafkaConsumer, AIOKafkaProducer)
 
@@ -117,7 +117,7 @@ def refused(settings: Settings, error: KafkaError, operation: acl.Operation | No
     kind, name = _refused_resource(error)
     scope = acl.Scope(settings.topics, settings.app_id)
     how = {who: f"`set -a; . {path}`" for who in acl.Principals().all()
-           if (path := _local_env_file(settings, who)).is_file()}
+           if (path := local_env_file(settings.home, who.split(":", 1)[1])).is_file()}
     return KafkaAccessError(acl.refusal(principal, kind, name, operation, acl.layout(scope),
                                         fix=fix, fixed_by=fixed_by, how_to_become=how))
 
@@ -132,13 +132,6 @@ def _refused_resource(error: KafkaError) -> tuple[acl.ResourceType, str]:
     if kind == acl.ResourceType.CLUSTER or not names:
         return acl.ResourceType.CLUSTER, "kafka-cluster"
     return kind, ", ".join(map(str, names))
-
-
-def _local_env_file(settings: Settings, principal: str) -> Path:
-    """Where `streamserve broker start --secure` put the settings that log in as ``principal``."""
-    from agents.dev.broker import LocalBroker
-
-    return LocalBroker(settings.home, secure=True).env_file(principal.split(":", 1)[1])
 
 
 @contextmanager

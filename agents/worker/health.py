@@ -27,17 +27,15 @@ import asyncio
 import socketserver
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import mode
 import orjson
 
-if TYPE_CHECKING:
-    from agents.worker.inference import InferenceService
-    from agents.worker.server import RequestServer
+from pipeline.routing import DeploymentSpec
 
 # The loop beats every second; a batch, a GC pause or a rebalance callback may hold it
 # for a moment, so only a silence this long means it is stuck.
@@ -156,7 +154,25 @@ class HeartbeatService(mode.Service):
             await self.sleep(BEAT_SECONDS)
 
 
-def models_check(inference: InferenceService) -> Probe:
+class _Deployment(Protocol):
+    @property
+    def specs(self) -> Mapping[str, DeploymentSpec]: ...
+
+
+class _Serving(Protocol):  # what the checks read of the inference service and the server
+    @property
+    def deployment(self) -> _Deployment: ...
+
+
+class _Consuming(Protocol):
+    @property
+    def assigned(self) -> Collection[Any] | None: ...
+
+    @property
+    def should_stop(self) -> bool: ...
+
+
+def models_check(inference: _Serving) -> Probe:
     """Ready once a deployment is installed: ``install`` takes only loaded, warm versions."""
 
     def probe() -> CheckResult:
@@ -168,7 +184,7 @@ def models_check(inference: InferenceService) -> Probe:
     return probe
 
 
-def consumer_check(server: Callable[[], RequestServer | None]) -> Probe:
+def consumer_check(server: Callable[[], _Consuming | None]) -> Probe:
     """Ready once the request consumer joined its group (with or without partitions)."""
 
     def probe() -> CheckResult:

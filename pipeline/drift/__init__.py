@@ -1,6 +1,6 @@
 """Drift math: reference bins, counting, divergences, event-time windows and the verdict.
 
-The flow, with the conventions of DESIGN.md section 5::
+The flow, with the conventions of docs/design.md, "Drift conventions"::
 
     training:  reference_for(column, name) -> FeatureReference   (stored in the manifest)
     serving:   MatrixCounter.codes(watched_columns(...)) -> codes (once per batch of rows)

@@ -29,7 +29,8 @@ Status = Literal["insufficient", "stable", "drift", "alert"]
 
 @dataclass(frozen=True, slots=True)
 class DriftConfig:
-    """Verdict thresholds; the defaults are the project's conventions (DESIGN.md section 5)."""
+    """Verdict thresholds; the defaults are the project's conventions (docs/design.md,
+    "Drift conventions")."""
 
     alpha: float = 0.05
     psi_floor: float = 0.1

@@ -6,9 +6,9 @@ pane ``floor(t / hop_s)``. The window ending with pane e covers panes
 and its counts are the sum of those panes' counts. A window closes when an event
 arrives more than ``grace_s`` seconds past its end (stream time, as Kafka Streams
 keeps it: the latest pane seen); our code emits it then (Faust's own
-``on_window_close`` is wall-clock driven and late, see DESIGN.md section 6). The grace
-is for rows that arrive out of order: a topic's partitions are read side by side, so
-after a restart one partition's backlog may run ahead of another's.
+``on_window_close`` is wall-clock driven and late: docs/design.md, "Faust and Kafka
+pitfalls"). The grace is for rows that arrive out of order: a topic's partitions are
+read side by side, so after a restart one partition's backlog may run ahead of another's.
 
 Counts arriving for a pane whose every window has already closed are dropped and
 tallied in ``late_rows``; counts for an older pane that still has an open window are

@@ -1,4 +1,5 @@
-"""Drift math against independent implementations, on constructed cases (DESIGN.md section 5)."""
+"""Drift math against independent implementations, on constructed cases (docs/design.md,
+"Drift conventions")."""
 
 import json
 import math
