@@ -12,11 +12,13 @@ from collections.abc import Callable, Mapping, Sequence
 import jax
 import numpy as np
 
+from pipeline.errors import StreamserveError
+
 Params = Mapping[str, jax.Array | np.ndarray]
 Apply = Callable[[Params, jax.Array], jax.Array]
 
 
-class UnknownArchitectureError(LookupError):
+class UnknownArchitectureError(StreamserveError, LookupError):
     """A manifest names an architecture this streamserve does not have."""
 
 

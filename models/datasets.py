@@ -8,8 +8,10 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.datasets import load_breast_cancer, load_iris, make_classification
 
+from pipeline.errors import StreamserveError
 
-class UnknownDatasetError(LookupError):
+
+class UnknownDatasetError(StreamserveError, LookupError):
     """No data set has the requested name."""
 
 

@@ -27,6 +27,7 @@ from sklearn.model_selection import train_test_split
 from models.architectures import architecture, init_mlp, mlp_logits
 from models.datasets import Dataset, load
 from pipeline.drift import reference_for_labels, references_for
+from pipeline.errors import StreamserveError
 from pipeline.registry import Manifest, ManifestDraft, Registry, lineage
 from pipeline.schema import Feature, InputSchema, OutputSchema
 from pipeline.signing import TrustedKeys, ensure_signing_key, newest_verified, register_signed
@@ -37,7 +38,7 @@ log = logging.getLogger(__name__)
 _FIXED = ("x_mean", "x_scale")
 
 
-class UnknownModelError(LookupError):
+class UnknownModelError(StreamserveError, LookupError):
     """No built-in training recipe has the requested name."""
 
 

@@ -19,6 +19,8 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pipeline.errors import StreamserveError
+
 DEFAULT = "<default>"
 BYTE_RATES = ("producer_byte_rate", "consumer_byte_rate")
 KEYS = (*BYTE_RATES, "request_percentage")
@@ -27,7 +29,7 @@ KEYS = (*BYTE_RATES, "request_percentage")
 Entity = tuple[tuple[str, str | None], ...]
 
 
-class QuotaError(ValueError):
+class QuotaError(StreamserveError, ValueError):
     """A quota cannot be set, read or removed as asked; the message says what to change."""
 
 

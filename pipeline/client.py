@@ -1,10 +1,11 @@
-"""The client library's pure part: requests, replies, their correlation and its errors.
+"""The client library's pure part: requests, how their replies are awaited, and its errors.
 
 A client produces a request keyed by its id to ``<prefix>.requests`` and waits for the one
 reply the worker writes for it: a prediction on ``<prefix>.predictions`` or a dead letter on
 ``<prefix>.deadletter``. This module holds everything about that which needs no broker;
-``agents/client/stream.py`` holds the Kafka I/O (``StreamClient``, ``SyncStreamClient``), which is
-also importable from here (see ``__getattr__`` at the end).
+the replies themselves (``Prediction``, ``DeadLetter``) and their parser are
+``pipeline.replies``; ``agents/client/stream.py`` holds the Kafka I/O (``StreamClient``,
+``SyncStreamClient``).
 
 Exceptions a caller handles::
 
@@ -21,8 +22,6 @@ raise ``ValueError`` or ``TypeError`` at once, before anything is sent.
 
 from __future__ import annotations
 
-import base64
-import importlib
 import math
 import numbers
 import time
@@ -36,18 +35,14 @@ from typing import Any, Protocol
 import orjson
 
 from pipeline.decode import MAX_ID_LENGTH, MAX_NAME_LENGTH
-from pipeline.messages import (
-    SOURCE_OFFSET_HEADER,
-    SOURCE_PARTITION_HEADER,
-    SOURCE_TOPIC_HEADER,
-)
-from pipeline.rejections import Reason
+from pipeline.errors import StreamserveError
+from pipeline.replies import DeadLetter, Prediction, Reply, SourcePosition
 
 # ---------------------------------------------------------------------------------------------
 # Errors
 
 
-class StreamClientError(Exception):
+class StreamClientError(StreamserveError):
     """A request got no prediction; the subclass says why."""
 
 
@@ -87,11 +82,6 @@ class RequestNotSent(StreamClientError):
 
 class ClientClosed(StreamClientError):
     """The client was closed, or its reply reader failed, before the reply came."""
-
-
-class MalformedReply(ValueError):
-    """A record on a reply topic is not a prediction or dead letter this client can read.
-    The client logs and skips it; a caller never sees it."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,153 +231,6 @@ def reply_partitions(request_partitions: Iterable[int], reply_topic_partitions: 
     worker writes a reply to its request's partition number (modulo the reply topic's
     partition count, should it have fewer)."""
     return sorted({p % reply_topic_partitions for p in request_partitions})
-
-
-# ---------------------------------------------------------------------------------------------
-# Replies
-
-
-@dataclass(frozen=True, slots=True)
-class SourcePosition:
-    """Where the request a reply answers was read: its topic, partition and offset."""
-
-    topic: str
-    partition: int
-    offset: int
-
-
-def source_position(headers: Iterable[tuple[str, bytes]]) -> SourcePosition | None:
-    """The source headers every reply carries; None when they are missing or unreadable."""
-    found = dict(headers)
-    try:
-        return SourcePosition(found[SOURCE_TOPIC_HEADER].decode(),
-                              int(found[SOURCE_PARTITION_HEADER]), int(found[SOURCE_OFFSET_HEADER]))
-    except (KeyError, ValueError, UnicodeDecodeError):
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Output:
-    """One Open Inference Protocol v2 output tensor, ``data`` flat in row-major order."""
-
-    name: str
-    shape: tuple[int, ...]
-    datatype: str
-    data: tuple[Any, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Prediction:
-    """A served request. ``latency_ms``: the worker's, from the request's timestamp to the
-    prediction; ``round_trip_ms``: the client's, from sending to receiving (None until the
-    client has received it)."""
-
-    id: str
-    model: str
-    version: str
-    outputs: tuple[Output, ...]
-    route: str
-    batch_size: int
-    latency_ms: float
-    round_trip_ms: float | None = None
-    source: SourcePosition | None = None
-
-    def output(self, name: str) -> Output:
-        for output in self.outputs:
-            if output.name == name:
-                return output
-        raise KeyError(f"prediction {self.id} has no output {name!r}; it has "
-                       f"{', '.join(o.name for o in self.outputs) or 'none'}")
-
-    @property
-    def probabilities(self) -> tuple[float, ...]:
-        """Class probabilities, in the order of the model's labels."""
-        return tuple(float(x) for x in self.output("probabilities").data)
-
-    @property
-    def label(self) -> str:
-        """The most probable class."""
-        return str(self.output("label").data[0])
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A refused request. ``original``: the request bytes as the worker received them (None
-    when redaction withheld them)."""
-
-    id: str | None
-    reason: str
-    error: str
-    model: str | None = None
-    original: bytes | None = None
-    round_trip_ms: float | None = None
-    source: SourcePosition | None = None
-
-    @property
-    def is_client_error(self) -> bool:
-        """True when the request must be fixed; False when the server failed it (a retry
-        may succeed), or the reason is one this client does not know."""
-        try:
-            return Reason(self.reason).is_client_error
-        except ValueError:
-            return False
-
-
-Reply = Prediction | DeadLetter
-
-
-def parse_prediction(value: bytes, source: SourcePosition | None = None) -> Prediction:
-    body = _object(value, "prediction")
-    try:
-        outputs = tuple(Output(str(o["name"]), tuple(map(int, o["shape"])),
-                               str(o["datatype"]), tuple(o["data"])) for o in body["outputs"])
-        parameters = body.get("parameters") or {}
-        return Prediction(id=_text(body["id"]), model=_text(body["model_name"]),
-                          version=_text(body["model_version"]), outputs=outputs,
-                          route=str(parameters.get("route", "")),
-                          batch_size=int(parameters.get("batch_size", 0)),
-                          latency_ms=float(parameters.get("latency_ms", math.nan)), source=source)
-    except (KeyError, TypeError, ValueError) as e:
-        raise MalformedReply(f"not a prediction ({type(e).__name__}: {e}): {value[:200]!r}") from None
-
-
-def parse_dead_letter(value: bytes, source: SourcePosition | None = None) -> DeadLetter:
-    body = _object(value, "dead letter")
-    try:
-        encoding = body.get("original_encoding", "utf-8")
-        text = body.get("original")
-        original = (None if encoding == "withheld" or text is None
-                    else base64.b64decode(text) if encoding == "base64" else str(text).encode())
-        return DeadLetter(id=None if body.get("id") is None else _text(body["id"]),
-                          reason=_text(body["reason"]), error=str(body["error"]),
-                          model=body.get("model"), original=original, source=source)
-    except (KeyError, TypeError, ValueError) as e:
-        raise MalformedReply(f"not a dead letter ({type(e).__name__}: {e}): {value[:200]!r}") from None
-
-
-def parse_reply(value: bytes | None, *, dead_letter: bool,
-                headers: Iterable[tuple[str, bytes]] = ()) -> Reply:
-    """A record of the predictions (``dead_letter`` False) or dead-letter topic, as a value."""
-    if value is None:
-        raise MalformedReply("an empty record (a tombstone) is no reply")
-    source = source_position(headers)
-    return parse_dead_letter(value, source) if dead_letter else parse_prediction(value, source)
-
-
-def _object(value: bytes, what: str) -> dict[str, Any]:
-    try:
-        body = orjson.loads(value)
-    except orjson.JSONDecodeError as e:
-        raise MalformedReply(f"a {what} that is not JSON ({e}): {value[:200]!r}") from None
-    if not isinstance(body, dict):
-        raise MalformedReply(f"a {what} that is not a JSON object: {value[:200]!r}")
-    return body
-
-
-def _text(value: object) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {value!r}")
-    return value
 
 
 # ---------------------------------------------------------------------------------------------
@@ -548,23 +391,3 @@ def _settle(waiting: _Waiting, reply: Reply, now: float) -> bool:
         waiting.waiter.set_result(reply)
     return True
 
-
-# ---------------------------------------------------------------------------------------------
-# The I/O classes, importable from here
-
-_SHELL = {"StreamClient", "SyncStreamClient"}
-
-
-def __getattr__(name: str) -> Any:
-    # ``from pipeline.client import StreamClient`` is the documented import, but the class
-    # does Kafka I/O (aiokafka), which pipeline/ must not import (tests/unit/test_purity.py):
-    # importing this module stays pure, and only asking for one of these names loads the
-    # shell. importlib rather than an import statement: the dependency is deliberate and
-    # runs only on that request.
-    if name in _SHELL:
-        return getattr(importlib.import_module("agents.client.stream"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_SHELL])

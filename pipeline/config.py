@@ -12,11 +12,12 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pipeline.breaker import BreakerConfig
 from pipeline.canary import CanaryPolicy
 from pipeline.drift import DriftConfig
+from pipeline.errors import StreamserveError
 from pipeline.faults import FaultPlan, FaultSpecError
 from pipeline.tenant_quotas import Quota, QuotaSpecError, parse_quotas
 from pipeline.redaction import RedactionError, Redactor, parse_rules
@@ -29,12 +30,20 @@ from pipeline.slo import Objectives, SloError
 LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
-class ConfigError(ValueError):
+Delivery = Literal["at-least-once", "exactly-once"]
+
+
+class ConfigError(StreamserveError, ValueError):
     """A setting has a value that cannot work; the message names the variable."""
 
 
 def _setting(default: Any, env: str, doc: str) -> Any:
     return field(default=default, metadata={"env": env, "doc": doc})
+
+
+def _derived() -> Any:
+    """A field computed from the settings in ``__post_init__``, not read from the environment."""
+    return field(default=None, init=False, repr=False, compare=False)
 
 
 def _secret(env: str, doc: str) -> Any:
@@ -244,7 +253,7 @@ class Settings:
         "Folder where compiled model executables are kept across restarts (JAX's persistent "
         "compilation cache): a restarted worker loads them instead of compiling again "
         "(measured: 18 s -> 1.5 s for two models). off: compile every time.")
-    delivery: str = _setting(
+    delivery: Delivery = _setting(
         "at-least-once", "STREAMSERVE_DELIVERY",
         "at-least-once: outputs are acknowledged before their offsets are committed; a "
         "crash may repeat some outputs (same answer). exactly-once: outputs and offsets "
@@ -327,9 +336,16 @@ class Settings:
     canary_promote_after: int = _setting(
         0, "STREAMSERVE_CANARY_PROMOTE_AFTER",
         "Promote a canary automatically after this many healthy requests (0: never).")
-    # The [models.NAME] tables of models_file, read and checked once.
-    _models: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False,
-                                               compare=False)
+    # Derived from the settings above once, in __post_init__ (checked there, so a value
+    # that cannot work stops the start): the objects the rest of the code reads.
+    topics: Topics = _derived()
+    kafka_security: KafkaSecurity = _derived()
+    objectives: Objectives = _derived()
+    tenant_quota_plan: dict[str, Quota] = _derived()  # quota name (tenant or default) -> limits
+    fault_plan: FaultPlan = _derived()
+    breaker: BreakerConfig = _derived()
+    canary: CanaryPolicy = _derived()
+    _models: dict[str, dict[str, Any]] = _derived()  # the [models.NAME] tables of models_file
 
     @property
     def bootstrap(self) -> str:
@@ -338,10 +354,6 @@ class Settings:
     @property
     def uses_local_broker(self) -> bool:
         return self.broker is None
-
-    @property
-    def topics(self) -> Topics:
-        return Topics(self.topic_prefix)
 
     def __post_init__(self) -> None:
         _check(0 < self.local_broker_port < 65536, "STREAMSERVE_LOCAL_BROKER_PORT",
@@ -353,13 +365,16 @@ class Settings:
         _check(self.max_message_bytes >= 256, "STREAMSERVE_MAX_MESSAGE_BYTES", "must be at least 256")
         _check(self.max_features >= 1, "STREAMSERVE_MAX_FEATURES", "must be at least 1")
         try:
-            self.tenant_quota_plan  # noqa: B018 - parsed here so a typo stops the start
+            self._derive("tenant_quota_plan", parse_quotas(self.tenant_quotas))
         except QuotaSpecError as e:
             raise ConfigError(str(e)) from None
         _check(bool(self.topic_prefix) and all(c.isalnum() or c in "._-" for c in self.topic_prefix),
                "STREAMSERVE_TOPIC_PREFIX", "must be non-empty and use only letters, digits, '.', '_' and '-'")
+        self._derive("topics", Topics(self.topic_prefix))
         try:
-            self.objectives  # noqa: B018 - checked once here so a bad objective stops the start
+            self._derive("objectives", Objectives(
+                availability=self.slo_availability, latency_ms=self.slo_latency_ms,
+                latency_target=self.slo_latency_target))
         except SloError as e:
             raise ConfigError(f"STREAMSERVE_SLO_* settings: {e}") from None
         _check(self.slo_latency_ms / 1000 in LATENCY_BUCKETS_S, "STREAMSERVE_SLO_LATENCY_MS",
@@ -369,16 +384,20 @@ class Settings:
                "must not be negative")
         _check(self.dedupe_ids >= 0, "STREAMSERVE_DEDUPE_IDS", "must be 0 (off) or more")
         _check(self.dedupe_window_s > 0, "STREAMSERVE_DEDUPE_WINDOW_S", "must be a positive number of seconds")
-        _check(self.delivery in _DELIVERY_MODES, "STREAMSERVE_DELIVERY",
-               f"must be one of {', '.join(_DELIVERY_MODES)}, got {self.delivery!r}")
+        _check(self.delivery in get_args(Delivery), "STREAMSERVE_DELIVERY",
+               f"must be one of {', '.join(get_args(Delivery))}, got {self.delivery!r}")
         try:
-            self.fault_plan  # noqa: B018 - parsed here so a typo stops the start
+            self._derive("fault_plan", FaultPlan.parse(self.faults))
         except FaultSpecError as e:
             raise ConfigError(f"STREAMSERVE_FAULTS {e}") from None
         _check(self.broker is None or bool(self.broker.strip()), "STREAMSERVE_BROKER",
                "must be host:port[,host:port], or unset for the local broker")
         try:
-            self.kafka_security  # noqa: B018 - checked once here so bad credentials stop the start
+            self._derive("kafka_security", KafkaSecurity(
+                protocol=self.security_protocol.upper(), sasl_mechanism=self.sasl_mechanism.upper(),
+                username=self.sasl_username, password=self.sasl_password,
+                cafile=self.ssl_cafile, certfile=self.ssl_certfile, keyfile=self.ssl_keyfile,
+                key_password=self.ssl_key_password, check_hostname=self.ssl_check_hostname))
         except SecurityConfigError as e:
             raise ConfigError(str(e)) from None
         registry = Path(os.path.abspath(self.registry))
@@ -391,53 +410,26 @@ class Settings:
                "STREAMSERVE_TRUSTED_KEYS", f"must lie outside the registry ({self.registry}): "
                "whoever can write the registry could add a trusted key")
         try:
-            self.breaker, self.canary  # noqa: B018 - built once here so bad values stop the start
+            self._derive("breaker", BreakerConfig(
+                consecutive_failures=self.breaker_failures,
+                failure_rate=self.breaker_failure_rate, open_seconds=self.breaker_open_s))
+            self._derive("canary", CanaryPolicy(
+                min_requests=self.canary_min_requests, window=max(1000, self.canary_min_requests),
+                max_error_rate_increase=self.canary_max_error_increase,
+                max_p99_ratio=self.canary_max_p99_ratio, max_output_psi=self.canary_max_output_psi,
+                promote_after=self.canary_promote_after or None))
         except ValueError as e:
             raise ConfigError(f"STREAMSERVE_BREAKER_* / STREAMSERVE_CANARY_* settings: {e}") from None
-        object.__setattr__(self, "_models", _read_models_file(self.models_file))
+        self._derive("_models", _read_models_file(self.models_file))
         for model in ["", *self._models]:
             self.policy(model)  # every policy is checked at start, not at first use
 
-    @property
-    def kafka_security(self) -> KafkaSecurity:
-        return KafkaSecurity(protocol=self.security_protocol.upper(),
-                             sasl_mechanism=self.sasl_mechanism.upper(),
-                             username=self.sasl_username, password=self.sasl_password,
-                             cafile=self.ssl_cafile, certfile=self.ssl_certfile,
-                             keyfile=self.ssl_keyfile, key_password=self.ssl_key_password,
-                             check_hostname=self.ssl_check_hostname)
-
-    @property
-    def objectives(self) -> Objectives:
-        return Objectives(availability=self.slo_availability, latency_ms=self.slo_latency_ms,
-                          latency_target=self.slo_latency_target)
+    def _derive(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)  # frozen: only __post_init__ sets derived fields
 
     @property
     def exactly_once(self) -> bool:
         return self.delivery == "exactly-once"
-
-    @property
-    def tenant_quota_plan(self) -> dict[str, Quota]:
-        """STREAMSERVE_TENANT_QUOTAS, read: quota name (a tenant or ``default``) -> limits."""
-        return parse_quotas(self.tenant_quotas)
-
-    @property
-    def fault_plan(self) -> FaultPlan:
-        return FaultPlan.parse(self.faults)
-
-    @property
-    def breaker(self) -> BreakerConfig:
-        return BreakerConfig(consecutive_failures=self.breaker_failures,
-                             failure_rate=self.breaker_failure_rate, open_seconds=self.breaker_open_s)
-
-    @property
-    def canary(self) -> CanaryPolicy:
-        return CanaryPolicy(min_requests=self.canary_min_requests,
-                            window=max(1000, self.canary_min_requests),
-                            max_error_rate_increase=self.canary_max_error_increase,
-                            max_p99_ratio=self.canary_max_p99_ratio,
-                            max_output_psi=self.canary_max_output_psi,
-                            promote_after=self.canary_promote_after or None)
 
     def policy(self, model: str) -> ModelPolicy:
         """``model``'s settings: its [models.NAME] table in STREAMSERVE_MODELS_FILE over the
@@ -491,8 +483,6 @@ class Settings:
         """(variable, default, meaning) for each setting, for help texts and docs."""
         return [(f.metadata["env"], str(f.default), f.metadata["doc"]) for f in _public(cls)]
 
-
-_DELIVERY_MODES = ("at-least-once", "exactly-once")
 
 _BOOLEANS = {"on": True, "true": True, "1": True, "yes": True,
              "off": False, "false": False, "0": False, "no": False}

@@ -38,6 +38,7 @@ import numpy as np
 import orjson
 
 from pipeline.catalog import Catalog
+from pipeline.errors import StreamserveError
 from pipeline.rejections import REDACTED_VALUE, Reason, Rejection
 from pipeline.routing import Route
 from pipeline.schema import InputSchema
@@ -74,7 +75,7 @@ class Request:
     tenant: str | None = None
 
 
-class _Invalid(Exception):
+class _Invalid(StreamserveError):
     """Raised inside the decoder only; always turned into a Rejection before returning."""
 
     def __init__(self, reason: Reason, error: str, quotes: tuple[str, str] | None = None) -> None:
@@ -87,7 +88,7 @@ class _Invalid(Exception):
         return cls(reason, say(value), (field, say(REDACTED_VALUE)))
 
 
-class _DuplicateKey(Exception):
+class _DuplicateKey(StreamserveError):
     def __init__(self, key: str) -> None:
         self.key = key
 

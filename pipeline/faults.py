@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from pipeline.errors import StreamserveError
+
 Predict = Callable[[np.ndarray], np.ndarray]
 
 CRASH_POINTS = {
@@ -31,11 +33,11 @@ CRASH_POINTS = {
 }
 
 
-class FaultSpecError(ValueError):
+class FaultSpecError(StreamserveError, ValueError):
     """STREAMSERVE_FAULTS cannot be read; the message says what is wrong."""
 
 
-class InjectedFault(RuntimeError):
+class InjectedFault(StreamserveError, RuntimeError):
     """What the faulty model raises."""
 
 

@@ -3,7 +3,8 @@
 Outputs are matched to requests by where the request was read (topic, partition,
 offset: the ``streamserve-source-*`` headers every output carries), not by request id,
 so requests without a readable id, or two requests with the same id, are accounted
-for too.
+for too. Whether a repeat gives the same answer is read with the replies' parser
+(``pipeline.replies``).
 
 Under at-least-once delivery a crash makes a worker serve some requests again, so a
 request may have its fate twice. A repeat is harmless when it gives the client the
@@ -20,9 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import orjson
-
-Position = tuple[str, int, int]  # (topic, partition, offset) of a request
+from pipeline.replies import DeadLetter, MalformedReply, Prediction, SourcePosition, parse_reply
 
 
 class Fate(StrEnum):
@@ -31,8 +30,11 @@ class Fate(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Output:
-    source: Position
+class ReplyRecord:
+    """One record of the predictions or dead-letter topic, as the ledger counts it: where
+    its request was read (its source headers), its fate (the topic) and its bytes."""
+
+    source: SourcePosition
     fate: Fate
     value: bytes
 
@@ -42,11 +44,11 @@ class LedgerReport:
     requests: int
     predictions: int
     dead_letters: int
-    lost: tuple[Position, ...]  # read, but neither predicted nor dead-lettered
-    both: tuple[Position, ...]  # predicted and dead-lettered
-    duplicated: tuple[Position, ...]  # more than one output of the same fate
+    lost: tuple[SourcePosition, ...]  # read, but neither predicted nor dead-lettered
+    both: tuple[SourcePosition, ...]  # predicted and dead-lettered
+    duplicated: tuple[SourcePosition, ...]  # more than one output of the same fate
     identical_duplicates: int  # of the repeated outputs, those byte-identical to the first
-    conflicting: tuple[Position, ...]  # repeated with a different answer
+    conflicting: tuple[SourcePosition, ...]  # repeated with a different answer
     strays: int  # outputs whose request is not in the checked range
 
     @property
@@ -62,22 +64,26 @@ class LedgerReport:
 def same_answer(fate: Fate, first: bytes, repeat: bytes) -> bool:
     """Whether a repeat tells the client what the first output did: a prediction's version,
     label and probabilities (within float noise: another batch size may round the last
-    bits differently), or a dead letter's reason. Unparsable values must be equal."""
-    a, b = _parsed(first), _parsed(repeat)
-    if a is None or b is None:
+    bits differently), or a dead letter's reason. Values that are no reply (``MalformedReply``)
+    must be equal."""
+    try:
+        a = parse_reply(first, dead_letter=fate is Fate.DEAD_LETTER)
+        b = parse_reply(repeat, dead_letter=fate is Fate.DEAD_LETTER)
+    except MalformedReply:
         return first == repeat
-    if fate is Fate.DEAD_LETTER:
-        return a.get("reason") == b.get("reason")
-    if a.get("model_version") != b.get("model_version"):
+    if isinstance(a, DeadLetter) or isinstance(b, DeadLetter):
+        return isinstance(a, DeadLetter) and isinstance(b, DeadLetter) and a.reason == b.reason
+    return _same_prediction(a, b)
+
+
+def _same_prediction(a: Prediction, b: Prediction) -> bool:
+    if a.version != b.version or [o.name for o in a.outputs] != [o.name for o in b.outputs]:
         return False
-    outputs_a, outputs_b = a.get("outputs") or [], b.get("outputs") or []
-    if [o.get("name") for o in outputs_a] != [o.get("name") for o in outputs_b]:
-        return False
-    for x, y in zip(outputs_a, outputs_b, strict=True):
-        if x.get("datatype") == "BYTES" or x.get("datatype") != y.get("datatype"):
-            if x.get("data") != y.get("data"):
+    for x, y in zip(a.outputs, b.outputs, strict=True):
+        if x.datatype == "BYTES" or x.datatype != y.datatype:
+            if x.data != y.data:
                 return False
-        elif not _close(x.get("data"), y.get("data")):
+        elif not _close(x.data, y.data):
             return False
     return True
 
@@ -85,27 +91,20 @@ def same_answer(fate: Fate, first: bytes, repeat: bytes) -> bool:
 _TOLERANCE = 1e-5
 
 
-def _close(a: Any, b: Any) -> bool:
-    if not (isinstance(a, list) and isinstance(b, list) and len(a) == len(b)):
-        return a == b
+def _close(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
+    if len(a) != len(b):
+        return False
     return all(isinstance(x, (int, float)) and isinstance(y, (int, float))
                and abs(x - y) <= _TOLERANCE for x, y in zip(a, b, strict=True))
 
 
-def _parsed(value: bytes) -> dict | None:
-    try:
-        message = orjson.loads(value)
-    except orjson.JSONDecodeError:
-        return None
-    return message if isinstance(message, dict) else None
-
-
-def reconcile(requests: Iterable[Position], outputs: Iterable[Output]) -> LedgerReport:
+def reconcile(requests: Iterable[SourcePosition],
+              outputs: Iterable[ReplyRecord]) -> LedgerReport:
     """Account every request in ``requests`` against ``outputs``."""
     wanted = set(requests)
-    first: dict[tuple[Position, Fate], bytes] = {}
-    duplicated: set[Position] = set()
-    conflicting: set[Position] = set()
+    first: dict[tuple[SourcePosition, Fate], bytes] = {}
+    duplicated: set[SourcePosition] = set()
+    conflicting: set[SourcePosition] = set()
     identical = strays = 0
     for out in outputs:
         if out.source not in wanted:

@@ -1,4 +1,9 @@
-"""Output message encodings (contract): predictions and dead letters, as JSON bytes."""
+"""Output message encodings (contract): the bytes of predictions, dead letters, samples and
+shadow answers, and the source headers that name a reply's request.
+
+Clients parse what these write (``pipeline.client``); which topic, partition and key
+each record gets is ``pipeline.outputs``'s job.
+"""
 
 from __future__ import annotations
 
@@ -91,11 +96,6 @@ def encode_dead_letter(rejection: Rejection, original: RedactedOriginal) -> byte
     if rejection.model is not None:
         message["model"] = rejection.model
     return orjson.dumps(message)
-
-
-def dead_letter_key(rejection: Rejection, topic: str, partition: int, offset: int) -> bytes:
-    """Keyed by request id, or by where the message was read when no id could be read."""
-    return (rejection.id or f"{topic}:{partition}:{offset}").encode()
 
 
 def source_headers(topic: str, partition: int, offset: int) -> list[tuple[str, bytes]]:

@@ -43,6 +43,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.errors import StreamserveError
 from pipeline.rejections import Rejection
 
 MASKED = "***"
@@ -63,7 +64,7 @@ _STRICTNESS = {Action.HASH: 0, Action.MASK: 1, Action.DROP: 2}
 _VALID = "drop, hash or mask"
 
 
-class RedactionError(ValueError):
+class RedactionError(StreamserveError, ValueError):
     """Redaction rules that cannot work; the message says which part and how to fix it."""
 
 

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.errors import StreamserveError
 from pipeline.schema import InputSchema, OutputSchema
 
 # The manifest's shape. Signatures (a file beside the manifest) and the lineage keys
@@ -59,7 +60,7 @@ _MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _VERSION = re.compile(r"[1-9][0-9]*")
 
 
-class RegistryError(Exception):
+class RegistryError(StreamserveError):
     """The registry cannot do what was asked; the message says what to do instead."""
 
 

@@ -21,8 +21,8 @@ retargets requests (model, pinned version, both request forms) and prefixes thei
 with the run id (``<run id>/<id>``); a value that is not a JSON object, or holds a key
 twice, is sent as recorded, since rewriting it would change how it is refused.
 
-A **diff** compares two runs' replies keyed by request id with the run prefix
-stripped: the share with the same outcome (the same label, or a dead letter with the
+A **diff** compares two runs' replies (read by ``pipeline.replies``) keyed by request id
+with the run prefix stripped: the share with the same outcome (the same label, or a dead letter with the
 same reason), score differences, dead letters by reason, latency percentiles and the
 requests that differ most. The **gate** turns a diff into a pass or a fail.
 """
@@ -43,6 +43,8 @@ import numpy as np
 import orjson
 
 from pipeline.decode import MAX_ID_LENGTH
+from pipeline.errors import StreamserveError
+from pipeline.replies import DeadLetter, MalformedReply, Reply, SourcePosition, parse_reply
 
 FORMAT = "streamserve-replay"
 FORMAT_VERSION = 1
@@ -57,7 +59,7 @@ _RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _MAX_SPEED = 1e6
 
 
-class ReplayError(ValueError):
+class ReplayError(StreamserveError, ValueError):
     """A recording that cannot be read, or a replay, diff or gate that cannot work as asked;
     the message says what to do."""
 
@@ -383,8 +385,8 @@ def _refuse_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 @dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One record to send: ``at_s`` seconds after the replay starts."""
+class ScheduledRecord:
+    """One recorded request to send again, rewritten: ``at_s`` seconds after the replay starts."""
 
     index: int
     at_s: float
@@ -409,7 +411,7 @@ def schedule(timestamps_ms: Sequence[int], speed: float | None) -> list[float]:
 
 
 def plan(records: Sequence[Recorded], rewrite: Rewrite, run_id: str,
-         speed: float | None) -> list[Outgoing]:
+         speed: float | None) -> list[ScheduledRecord]:
     """The records to send, rewritten, tagged with the run id, on schedule."""
     check_run_id(run_id)
     times = schedule([r.timestamp_ms for r in records], speed)
@@ -418,7 +420,7 @@ def plan(records: Sequence[Recorded], rewrite: Rewrite, run_id: str,
         key, value = rewrite.apply(record.key, record.value)
         headers = tuple((n, v) for n, v in record.headers if n not in (REPLAY_HEADER, INDEX_HEADER))
         headers += ((REPLAY_HEADER, run_id.encode()), (INDEX_HEADER, b"%d" % i))
-        out.append(Outgoing(i, at_s, key, value, headers))
+        out.append(ScheduledRecord(i, at_s, key, value, headers))
     return out
 
 
@@ -472,8 +474,8 @@ def request_models(values: Iterable[bytes | None]) -> set[str]:
 
 
 @dataclass(frozen=True, slots=True)
-class Reply:
-    """A prediction or a dead letter, as the diff reads it."""
+class Answer:
+    """What a reply (``pipeline.replies``) told the client, as the diff compares it."""
 
     request_id: str | None
     """The id the reply names, with its run prefix stripped (None for an unreadable request)."""
@@ -488,50 +490,43 @@ class Reply:
         """What the client got: the label, or ``dead letter: <reason>``."""
         return f"dead letter: {self.reason}" if self.reason is not None else str(self.label)
 
+    @classmethod
+    def of(cls, reply: Reply, run_id: str | None) -> Answer:
+        """A prediction's version, label (its ``BYTES`` or ``label`` output), scores (its
+        numeric outputs) and latency, or a dead letter's reason."""
+        request_id = strip_run(reply.id, run_id) if reply.id is not None else None
+        if isinstance(reply, DeadLetter):
+            return cls(request_id, reason=reply.reason)
+        label, scores = None, {}
+        for output in reply.outputs:
+            if output.datatype == "BYTES" or output.name == "label":
+                label = str(output.data[0]) if output.data else None
+            elif all(isinstance(x, int | float) and not isinstance(x, bool) for x in output.data):
+                scores[output.name] = tuple(float(x) for x in output.data)
+        latency = None if math.isnan(reply.latency_ms) else reply.latency_ms
+        return cls(request_id, reply.version, label, scores, latency_ms=latency)
 
-def parse_reply(value: bytes | None, run_id: str | None) -> Reply | None:
-    """A prediction or dead-letter message; None for anything else."""
+
+def answer_of(value: bytes | None, run_id: str | None, *,
+              dead_letter: bool | None) -> Answer | None:
+    """The answer of a predictions (``dead_letter`` False) or dead-letter record (True;
+    None: told by its body), ``run_id`` stripped from its id; None for a record that is no
+    reply (``pipeline.replies.MalformedReply``)."""
     try:
-        body = orjson.loads(value) if value else None
-    except orjson.JSONDecodeError:
+        return Answer.of(parse_reply(value, dead_letter=dead_letter), run_id)
+    except MalformedReply:
         return None
-    if not isinstance(body, dict):
-        return None
-    raw_id = body.get("id")
-    request_id = strip_run(raw_id, run_id) if isinstance(raw_id, str) else None
-    if isinstance(body.get("reason"), str):
-        return Reply(request_id, reason=body["reason"])
-    outputs = body.get("outputs")
-    if not isinstance(outputs, list):
-        return None
-    label, scores = None, {}
-    for output in outputs:
-        if not isinstance(output, dict) or not isinstance(output.get("data"), list):
-            continue
-        name, data = str(output.get("name")), output["data"]
-        if output.get("datatype") == "BYTES" or name == "label":
-            label = str(data[0]) if data else None
-        elif all(isinstance(x, int | float) and not isinstance(x, bool) for x in data):
-            scores[name] = tuple(float(x) for x in data)
-    parameters = body.get("parameters") if isinstance(body.get("parameters"), dict) else {}
-    latency = parameters.get("latency_ms")
-    version = body.get("model_version")
-    return Reply(request_id, str(version) if version is not None else None, label, scores,
-                 latency_ms=float(latency) if isinstance(latency, int | float) else None)
 
 
-Position = tuple[str, int, int]
-
-
-def key_replies(entries: Iterable[tuple[Position, Reply, str]]) -> dict[str, Reply]:
-    """Replies keyed for the diff. ``entries``: (the position of the request answered,
-    the reply, a key for a reply without an id). A repeat for the same position
+def key_replies(entries: Iterable[tuple[SourcePosition, Answer, str]]) -> dict[str, Answer]:
+    """Answers keyed for the diff. ``entries``: (the position of the request answered,
+    its answer, a key for an answer without an id). A repeat for the same position
     (at-least-once delivery) is dropped; requests sharing an id are told apart in order
     of position: ``id``, ``id~2``, ``id~3``."""
-    by_position: dict[Position, tuple[Reply, str]] = {}
+    by_position: dict[SourcePosition, tuple[Answer, str]] = {}
     for position, reply, fallback in entries:
         by_position.setdefault(position, (reply, fallback))
-    keyed: dict[str, Reply] = {}
+    keyed: dict[str, Answer] = {}
     seen: Counter[str] = Counter()
     for position in sorted(by_position):
         reply, fallback = by_position[position]
@@ -543,10 +538,11 @@ def key_replies(entries: Iterable[tuple[Position, Reply, str]]) -> dict[str, Rep
 
 @dataclass(frozen=True, slots=True)
 class Side:
-    """One run's replies. ``requests``: how many requests the run sent (None: unknown)."""
+    """One run's answers, keyed (``key_replies``). ``requests``: how many requests the run
+    sent (None: unknown)."""
 
     name: str
-    replies: Mapping[str, Reply]
+    replies: Mapping[str, Answer]
     requests: int | None = None
 
     @property
@@ -639,7 +635,7 @@ class DiffReport:
         return Latency.of(self.candidate_latencies)
 
 
-def max_abs_difference(a: Reply, b: Reply) -> float | None:
+def max_abs_difference(a: Answer, b: Answer) -> float | None:
     """The largest absolute difference between the scores both replies hold (outputs of the
     same name and length); None when they share none."""
     worst = None
@@ -660,7 +656,7 @@ def diff(baseline: Side, candidate: Side, features: Mapping[str, Mapping[str, An
     agreeing = both_predicted = same_label = 0
     score_differences: list[float] = []
     pairs: Counter[tuple[str, str]] = Counter()
-    ranked: list[tuple[bool, float, str, Reply, Reply, float | None]] = []
+    ranked: list[tuple[bool, float, str, Answer, Answer, float | None]] = []
     for key in common:
         b, c = baseline.replies[key], candidate.replies[key]
         same = b.outcome == c.outcome

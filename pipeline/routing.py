@@ -8,15 +8,18 @@ versions, for rollback. The shell keeps the newest spec per model on the compact
 control topic (``to_json``) and every change on the audit topic (``pipeline.audit``).
 
 A spec changes only through these transitions. Each is a pure function returning a
-new spec with ``revision + 1`` (so the shell can compare-and-set), or raising
-``ControlError`` with a sentence saying why it cannot apply and what to do:
+new spec with ``revision + 1`` (so the shell can compare-and-set); ``current`` itself
+when the state it asks for already holds (deploying the stable version again, setting
+the fallback it has: declarative, as ``kubectl apply``; ``unchanged`` tells, and the
+shell then writes nothing); or raising ``ControlError`` with a sentence saying why it
+cannot apply and which ``streamserve`` command to run instead:
 
     deploy(current, model, version)       stable := version; the old stable goes to history
     start_canary(current, version, w)     send a share w of requests to version (or re-weight it)
     add_shadow / remove_shadow            mirror every request to version, or stop
     promote(current)                      stable := the canary's version
     rollback(current, version=None)       drop the canary; without one, stable := version or history[-1]
-    set_fallback(current, version|None)   the version served while the others' breakers are open
+    set_fallback(current, version|None)   the version served while the others' breakers are open (None: none)
     set_batching(current, max_batch, batch_timeout_ms)   per-model overrides of the settings
 
 Roles are disjoint: stable, canary, fallback and the shadows are all different
@@ -39,15 +42,17 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
+from pipeline.errors import StreamserveError
+
 HISTORY_LIMIT = 10
-"""Earlier stable versions kept for rollback; older ones need ``deploy``."""
+"""Earlier stable versions kept for rollback; older ones need ``streamserve deploy``."""
 
 # The registry's model-name alphabet; registry versions ("1", "2", ...) fit it too.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _SPAN = 2**64
 
 
-class ControlError(ValueError):
+class ControlError(StreamserveError, ValueError):
     """A control command that cannot apply; the message says why and what to do instead."""
 
 
@@ -82,7 +87,8 @@ class Canary:
         if isinstance(w, bool) or not isinstance(w, int | float) or not 0 < w < 1:  # NaN fails too
             raise ControlError(f"the canary weight must be a share strictly between 0 and 1, e.g. 0.1 "
                                f"for 10% of requests, got {w!r}; to send all traffic to "
-                               f"{self.version}, promote it or deploy it")
+                               f"{self.version}, promote it (streamserve promote MODEL) or "
+                               f"deploy it (streamserve deploy MODEL {self.version})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,12 +138,13 @@ class DeploymentSpec:
         if len(self.history) > HISTORY_LIMIT:
             raise ControlError(f"history holds at most {HISTORY_LIMIT} versions, got {len(self.history)}")
         if self.max_batch is not None and not (_is_int(self.max_batch) and 1 <= self.max_batch <= 4096):
-            raise ControlError(f"max_batch must be a whole number from 1 to 4096, or None for the "
-                               f"worker's setting, got {self.max_batch!r}")
+            raise ControlError(f"max_batch (--max-batch) must be a whole number from 1 to 4096, or "
+                               f"unset for the worker's STREAMSERVE_MAX_BATCH, got {self.max_batch!r}")
         if self.batch_timeout_ms is not None and not (
                 _is_int(self.batch_timeout_ms) and 1 <= self.batch_timeout_ms <= 10_000):
-            raise ControlError(f"batch_timeout_ms must be a whole number from 1 to 10000, or None "
-                               f"for the worker's setting, got {self.batch_timeout_ms!r}")
+            raise ControlError(f"batch_timeout_ms (--batch-timeout-ms) must be a whole number from 1 "
+                               f"to 10000, or unset for the worker's STREAMSERVE_BATCH_TIMEOUT_MS, "
+                               f"got {self.batch_timeout_ms!r}")
         if not _is_int(self.revision) or self.revision < 0:
             raise ControlError(f"revision must be a whole number >= 0, got {self.revision!r}")
 
@@ -253,6 +260,12 @@ def _existing(current: DeploymentSpec | None) -> DeploymentSpec:
     return current
 
 
+def unchanged(before: DeploymentSpec | None, after: DeploymentSpec) -> bool:
+    """Whether a transition from ``before`` found its target state holding already and
+    returned it as it was (no new revision): the shell then writes nothing."""
+    return before is not None and after == before
+
+
 def _next(current: DeploymentSpec, **changes: Any) -> DeploymentSpec:
     return replace(current, revision=current.revision + 1, **changes)
 
@@ -272,18 +285,17 @@ def deploy(current: DeploymentSpec | None, model: str, version: str) -> Deployme
     """Serve ``version`` as stable; the previous stable goes to history for rollback.
 
     A canary of ``version`` is cleared (this is then the same as ``promote``); a canary
-    of another version keeps running against the new stable.
+    of another version keeps running against the new stable. Already stable: ``current``.
     """
     _check_name(model, "the model name")
     _check_name(version, "the version")
     if current is None:
         return DeploymentSpec(model=model, stable=version, revision=1)
     if current.model != model:
-        raise ControlError(f"this spec is {current.model}'s, not {model}'s: pass {model}'s current "
-                           f"spec, or None to deploy {model} for the first time")
+        raise ControlError(f"the deployment read for {model} is {current.model}'s; run "
+                           f"`streamserve routes` to see each model's deployment")
     if current.stable == version:
-        raise ControlError(f"{model} version {version} is already stable; nothing to deploy "
-                           f"(streamserve routes shows the current deployment)")
+        return current
     return _with_stable(current, version, (*current.history, current.stable))
 
 
@@ -291,34 +303,38 @@ def start_canary(current: DeploymentSpec | None, version: str, weight: float) ->
     """Send the share ``weight`` of requests to ``version``; re-weights a running canary.
 
     Raising the weight of a running canary only adds users to it: each request id's
-    draw depends on the model and the canary version, not on the weight.
+    draw depends on the model and the canary version, not on the weight. The canary
+    running already at ``weight``: ``current``.
     """
     spec = _existing(current)
     _check_name(version, "the canary version")
     canary = Canary(version, weight)
     if version == spec.stable:
         raise ControlError(f"{spec.model} version {version} is already stable; a canary tests a "
-                           f"different version against it")
+                           f"different version against it (streamserve canary {spec.model} "
+                           f"VERSION --weight W)")
     if version == spec.fallback:
         raise ControlError(f"{spec.model} version {version} is the fallback; clear the fallback "
-                           f"first (set_fallback None) to run it as a canary")
+                           f"first (streamserve fallback {spec.model} --clear) to run it as a "
+                           f"canary")
     if spec.canary is not None:
         if spec.canary.version != version:
             raise ControlError(f"{spec.model} already runs canary {spec.canary.version} "
-                               f"({_percent(spec.canary.weight)}); promote it or roll it back "
-                               f"before starting canary {version}")
+                               f"({_percent(spec.canary.weight)}); promote it (streamserve "
+                               f"promote {spec.model}) or roll it back (streamserve rollback "
+                               f"{spec.model}) before starting canary {version}")
         if spec.canary.weight == weight:
-            raise ControlError(f"{spec.model} canary {version} already takes "
-                               f"{_percent(weight)} of requests; nothing to change")
+            return spec
     return _next(spec, canary=canary, shadows=tuple(v for v in spec.shadows if v != version))
 
 
 def add_shadow(current: DeploymentSpec | None, version: str) -> DeploymentSpec:
-    """Mirror every request to ``version``; its predictions go to the shadow topic only."""
+    """Mirror every request to ``version``; its predictions go to the shadow topic only.
+    Already a shadow: ``current``."""
     spec = _existing(current)
     _check_name(version, "the shadow version")
     if version in spec.shadows:
-        raise ControlError(f"{spec.model} version {version} is already a shadow")
+        return spec
     if version in spec.serving_versions():
         raise ControlError(f"{spec.model} version {version} already serves ({_listing(spec)}); "
                            f"a shadow is a version that does not")
@@ -326,11 +342,11 @@ def add_shadow(current: DeploymentSpec | None, version: str) -> DeploymentSpec:
 
 
 def remove_shadow(current: DeploymentSpec | None, version: str) -> DeploymentSpec:
-    """Stop mirroring requests to ``version``."""
+    """Stop mirroring requests to ``version``. Not a shadow: ``current``."""
     spec = _existing(current)
+    _check_name(version, "the shadow version")
     if version not in spec.shadows:
-        shadows = ", ".join(spec.shadows) or "none"
-        raise ControlError(f"{spec.model} version {version!r} is not a shadow (shadows: {shadows})")
+        return spec
     return _next(spec, shadows=tuple(v for v in spec.shadows if v != version))
 
 
@@ -339,7 +355,8 @@ def promote(current: DeploymentSpec | None) -> DeploymentSpec:
     spec = _existing(current)
     if spec.canary is None:
         raise ControlError(f"{spec.model} has no canary to promote; start one with "
-                           f"streamserve canary, or deploy a version directly")
+                           f"`streamserve canary {spec.model} VERSION --weight W`, or deploy a "
+                           f"version directly (streamserve deploy {spec.model} VERSION)")
     return _with_stable(spec, spec.canary.version, (*spec.history, spec.stable))
 
 
@@ -350,53 +367,57 @@ def rollback(current: DeploymentSpec | None, version: str | None = None) -> Depl
     stable := ``version`` or, when None, the newest version in history. The target must
     be in history (use ``deploy`` for any other version); the history from the target
     on is dropped, so rolling back twice goes two versions back, not forth and back.
+    ``version`` stable already (and no canary): ``current``.
     """
     spec = _existing(current)
     if spec.canary is not None:
         if version is not None and version != spec.canary.version:
-            raise ControlError(f"{spec.model} runs canary {spec.canary.version}: roll back without "
-                               f"a version to drop it, then roll stable back to {version}")
+            raise ControlError(f"{spec.model} runs canary {spec.canary.version}: drop it first "
+                               f"(streamserve rollback {spec.model}), then roll stable back "
+                               f"(streamserve rollback {spec.model} {version})")
         return _next(spec, canary=None)
     if version is None:
         if not spec.history:
             raise ControlError(f"{spec.model} has no earlier stable version to roll back to; "
-                               f"deploy the version you want instead")
+                               f"deploy the version you want instead (streamserve deploy "
+                               f"{spec.model} VERSION)")
         index = len(spec.history) - 1
     else:
         if version == spec.stable:
-            raise ControlError(f"{spec.model} version {version} is already stable; nothing to roll back")
+            return spec
         if version not in spec.history:
             earlier = ", ".join(spec.history) or "none"
             raise ControlError(f"{spec.model} version {version!r} is not an earlier stable version "
-                               f"(history: {earlier}); deploy it instead")
+                               f"(history: {earlier}); deploy it instead (streamserve deploy "
+                               f"{spec.model} {version})")
         index = len(spec.history) - 1 - spec.history[::-1].index(version)
     return _with_stable(spec, spec.history[index], spec.history[:index])
 
 
 def set_fallback(current: DeploymentSpec | None, version: str | None) -> DeploymentSpec:
-    """Serve ``version`` while the stable or canary breaker is open; None clears the fallback."""
+    """Serve ``version`` while the stable or canary breaker is open; None clears the fallback.
+    Already so (that fallback, or none to clear): ``current``."""
     spec = _existing(current)
     if version is None:
-        if spec.fallback is None:
-            raise ControlError(f"{spec.model} has no fallback to clear")
-        return _next(spec, fallback=None)
+        return spec if spec.fallback is None else _next(spec, fallback=None)
     _check_name(version, "the fallback version")
     if version == spec.fallback:
-        raise ControlError(f"{spec.model} version {version} is already the fallback")
+        return spec
     if version == spec.stable or (spec.canary is not None and version == spec.canary.version):
         role = "stable" if version == spec.stable else "the canary"
         raise ControlError(f"{spec.model} version {version} is {role}; a fallback must be another "
-                           f"version, usually an earlier stable one")
+                           f"version, usually an earlier stable one (streamserve routes shows "
+                           f"{spec.model}'s)")
     return _next(spec, fallback=version, shadows=tuple(v for v in spec.shadows if v != version))
 
 
 def set_batching(current: DeploymentSpec | None, max_batch: int | None,
                  batch_timeout_ms: int | None) -> DeploymentSpec:
-    """Override the worker's batching settings for this model; None restores the setting."""
+    """Override the worker's batching settings for this model; None restores the setting.
+    Those settings already: ``current``."""
     spec = _existing(current)
     if (max_batch, batch_timeout_ms) == (spec.max_batch, spec.batch_timeout_ms):
-        raise ControlError(f"{spec.model} already has max_batch {max_batch} and "
-                           f"batch_timeout_ms {batch_timeout_ms}; nothing to change")
+        return spec
     return _next(spec, max_batch=max_batch, batch_timeout_ms=batch_timeout_ms)
 
 

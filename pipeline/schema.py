@@ -7,8 +7,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from pipeline.errors import StreamserveError
 
-class SchemaError(ValueError):
+
+class SchemaError(StreamserveError, ValueError):
     """A schema that cannot work; the message says what to change."""
 
 

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.errors import StreamserveError
+
 PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
@@ -24,7 +26,7 @@ def local_env_file(home: Path, user: str) -> Path:
     return Path(home) / "broker-secure" / "credentials" / f"{user}.env"
 
 
-class SecurityConfigError(ValueError):
+class SecurityConfigError(StreamserveError, ValueError):
     """The Kafka security settings cannot work together; the message names the variable."""
 
 

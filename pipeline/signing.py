@@ -68,7 +68,10 @@ class SignatureError(RegistryError):
     """A version's signature or content does not check out; ``reason`` says which way.
 
     ``model`` and ``version`` name the version; the message says what failed and what to do.
+    A check that failed: ``streamserve`` exits 1 on it (``exit_code``), not 2.
     """
+
+    exit_code = 1
 
     def __init__(self, reason: Reason, model: str, version: str, message: str) -> None:
         super().__init__(message)

@@ -34,6 +34,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from pipeline.errors import StreamserveError
 from pipeline.rejections import Reason
 
 # Dead-letter reasons that are the service's failures (deadline_exceeded, model_error,
@@ -43,7 +44,7 @@ SERVER_REASONS: tuple[str, ...] = tuple(str(r) for r in Reason if not r.is_clien
 Severity = Literal["page", "ticket"]
 
 
-class SloError(ValueError):
+class SloError(StreamserveError, ValueError):
     """An objective that cannot work; the message says which and what to use instead."""
 
 

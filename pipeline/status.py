@@ -26,6 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.errors import StreamserveError
 from pipeline.routing import DeploymentSpec
 
 Labels = tuple[tuple[str, str], ...]
@@ -44,7 +45,7 @@ _BREAKER = "streamserve_breaker_state"
 _READY = "streamserve_worker_ready"
 
 
-class StatusError(ValueError):
+class StatusError(StreamserveError, ValueError):
     """Figures that cannot be computed as asked; the message says what was wrong."""
 
 

@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
+from pipeline.errors import StreamserveError
 from pipeline.rejections import REDACTED_VALUE, Reason, Rejection
 
 DEFAULT = "default"
@@ -38,7 +39,7 @@ _FORM = "TENANT:rate=R[,burst=B][,inflight=N]"
 _NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 
-class QuotaSpecError(ValueError):
+class QuotaSpecError(StreamserveError, ValueError):
     """Quotas that cannot be read; the message names the part and how to write it."""
 
 

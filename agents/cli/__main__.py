@@ -1,5 +1,7 @@
 """``python -m agents.cli``: the ``streamserve`` command."""
 
+import sys
+
 from agents.cli.main import main
 
-main()
+sys.exit(main())

@@ -4,21 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Callable
 
+from agents.cli.parsing import Commands, command, group
 from pipeline.acl import Principals
 from pipeline.config import ConfigError, Settings
 
 
-def add_acl_commands(commands: argparse._SubParsersAction, command: Callable) -> None:
-    acl = commands.add_parser(
-        "acl", help="least-privilege Kafka ACLs for clients, workers and admins",
-        description="Least-privilege Kafka ACLs for the deployment of STREAMSERVE_TOPIC_PREFIX "
+def register(commands: Commands) -> None:
+    actions = group(commands, "acl", "least-privilege Kafka ACLs for clients, workers and admins",
+                    "Least-privilege Kafka ACLs for the deployment of STREAMSERVE_TOPIC_PREFIX "
                     "and STREAMSERVE_APP_ID; run with admin credentials.")
-    actions = acl.add_subparsers(title="actions", metavar="ACTION", required=True)
-    apply = command("apply", _apply, "create the serving topics and converge the ACLs on the "
-                                     "layout: add what is missing, remove these principals' stale "
-                                     "bindings; prints what changed", actions)
+    apply = command(actions, "apply", _apply,
+                    "create the serving topics and converge the ACLs on the layout: add what is "
+                    "missing, remove these principals' stale bindings; prints what changed")
     defaults = Principals()
     for role, rights in (("client", "writes requests, reads predictions and dead letters"),
                          ("worker", "serves: reads requests and control, writes the rest"),
@@ -29,7 +27,7 @@ def add_acl_commands(commands: argparse._SubParsersAction, command: Callable) ->
                        help="let workers write the control topic, so that the canary judge "
                             "they run rolls back or promotes by itself (without it, an admin "
                             "does: the refused decision is logged and audited)")
-    command("list", _list, "every ACL binding the cluster holds", actions)
+    command(actions, "list", _list, "every ACL binding the cluster holds")
 
 
 def _apply(settings: Settings, args: argparse.Namespace) -> int:

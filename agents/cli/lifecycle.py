@@ -3,6 +3,8 @@
 Each change reads the model's current spec from the control topic, applies one pure
 transition (``pipeline.routing``), and writes the new spec and an audit entry; every
 worker applies it within seconds, once the versions it names are loaded and warm.
+Declarative, as ``kubectl apply``: a command whose target state holds already (``deploy
+iris 1`` with 1 stable) writes nothing, prints the spec with ``(unchanged)`` and exits 0.
 """
 
 from __future__ import annotations
@@ -14,31 +16,38 @@ from collections.abc import Callable
 
 import orjson
 
+from agents.cli.parsing import Commands, command
 from pipeline import routing
 from pipeline.config import Settings
+from pipeline.errors import UsageError
 from pipeline.routing import DeploymentSpec
 
 
-def add_control_commands(commands: argparse._SubParsersAction, command: Callable) -> None:
-    _model_version(command("deploy", _deploy, "serve VERSION of MODEL as its stable version"))
-    canary = command("canary", _canary, "send a share of MODEL's traffic to VERSION")
+def register(commands: Commands) -> None:
+    _model_version(command(commands, "deploy", _deploy, "serve VERSION of MODEL as its stable version"))
+    canary = command(commands, "canary", _canary, "send a share of MODEL's traffic to VERSION")
     _model_version(canary)
     canary.add_argument("--weight", type=float, required=True,
                         help="share of requests, e.g. 0.2 (chosen by a hash of the request id)")
-    shadow = command("shadow", _shadow, "copy MODEL's traffic to VERSION; its answers go to the "
+    shadow = command(commands, "shadow", _shadow, "copy MODEL's traffic to VERSION; its answers go to the "
                                         "shadow topic, never to clients")
     _model_version(shadow)
     shadow.add_argument("--off", action="store_true", help="stop shadowing VERSION")
-    promote = command("promote", _promote, "make MODEL's canary its stable version")
+    promote = command(commands, "promote", _promote, "make MODEL's canary its stable version")
     promote.add_argument("model")
-    rollback = command("rollback", _rollback, "drop MODEL's canary, or go back to the previous "
+    rollback = command(commands, "rollback", _rollback, "drop MODEL's canary, or go back to the previous "
                                               "(or the given) stable version")
     rollback.add_argument("model")
     rollback.add_argument("version", nargs="?", help="stable version to go back to")
-    fallback = command("fallback", _fallback, "serve VERSION while MODEL's version is failing "
-                                              "(its circuit breaker open)")
-    _model_version(fallback)
-    batching = command("batching", _batching, "MODEL's batching settings, over the worker's")
+    fallback = command(commands, "fallback", _fallback,
+                       "serve VERSION while MODEL's version is failing (its circuit breaker "
+                       "open); --clear: no fallback")
+    fallback.add_argument("model", help="model name, e.g. iris")
+    fallback.add_argument("version", nargs="?", help="registered version, e.g. 1")
+    fallback.add_argument("--clear", action="store_true",
+                          help="remove MODEL's fallback (instead of VERSION): a failing version's "
+                               "requests then become circuit_open dead letters")
+    batching = command(commands, "batching", _batching, "MODEL's batching settings, over the worker's")
     batching.add_argument("model")
     batching.add_argument("--max-batch", type=int, default=None,
                           help="most of its requests in one model call (default: STREAMSERVE_MAX_BATCH)")
@@ -46,8 +55,8 @@ def add_control_commands(commands: argparse._SubParsersAction, command: Callable
                           help="its queueing budget; a worker's queue holds every model's requests, "
                                "so the smallest budget among its models applies (default: "
                                "STREAMSERVE_BATCH_TIMEOUT_MS)")
-    command("routes", _routes, "every model's deployment: stable, canary, shadows, fallback")
-    audit = command("audit", _audit, "the audit trail, oldest first: deployment changes, "
+    command(commands, "routes", _routes, "every model's deployment: stable, canary, shadows, fallback")
+    audit = command(commands, "audit", _audit, "the audit trail, oldest first: deployment changes, "
                                      "versions loaded and refused, ACL, quota and broker changes")
     audit.add_argument("--model", help="only this model's entries")
     audit.add_argument("--subject", help="only this subject's entries, and those under it "
@@ -71,13 +80,19 @@ def _change(settings: Settings, model: str, action: str,
     from agents.kafka.io import refusals
     from pipeline.acl import Operation, Principals
 
+    before: list[DeploymentSpec | None] = [None]
+
+    def record_before(current: DeploymentSpec | None) -> DeploymentSpec:
+        before[0] = current
+        return transition(current)
+
     for version in check:
         check_servable(settings, model, version)
     with refusals(settings, Operation.WRITE, fix="lifecycle commands need admin credentials",
                   fixed_by=Principals().admin):
-        new = asyncio.run(change(settings, model, transition, action=action, source="cli"))
+        new = asyncio.run(change(settings, model, record_before, action=action, source="cli"))
     assert new is not None
-    print(new.describe())
+    print(f"{new.describe()}  (unchanged)" if routing.unchanged(before[0], new) else new.describe())
     return 0
 
 
@@ -118,6 +133,13 @@ def _rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _fallback(settings: Settings, args: argparse.Namespace) -> int:
+    if args.clear == (args.version is not None):
+        raise UsageError(f"give either VERSION or --clear: `streamserve fallback {args.model} "
+                         f"VERSION` serves VERSION while the others fail, `streamserve fallback "
+                         f"{args.model} --clear` removes the fallback")
+    if args.clear:
+        return _change(settings, args.model, "fallback_clear",
+                       lambda spec: routing.set_fallback(spec, None))
     return _change(settings, args.model, "fallback",
                    lambda spec: routing.set_fallback(spec, args.version),
                    args.version)

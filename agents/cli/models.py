@@ -1,8 +1,9 @@
 """``streamserve models ...`` and ``streamserve keys ...``: the registry and its signatures.
 
-Each command is ``run(settings, args) -> exit status``, wired in ``agents.cli.main``. A failed
-verification prints its ``SignatureError`` (what failed, how to fix it) and exits 1; other
-mistakes raise and ``agents.cli.main.main`` prints them (exit 2).
+Each command is ``run(settings, args) -> exit status``. A failed verification raises its
+``SignatureError`` (what failed, how to fix it; exit 1), ``models verify`` of several
+versions a ``CheckFailed`` after naming each that fails; other mistakes raise a
+``RegistryError`` (exit 2). ``agents.cli.main`` prints either as one line.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import math
 import sys
 from pathlib import Path
 
+from agents.cli.parsing import Commands, command, group
 from pipeline.config import Settings
+from pipeline.errors import CheckFailed
 from pipeline.registry import (
     PARAMS_FILE,
     SIGNATURE_FILE,
@@ -32,6 +35,51 @@ from pipeline.signing import (
     sign_version,
     verify_version,
 )
+
+
+def register(commands: Commands) -> None:
+    actions = group(commands, "models", "train, list, sign, verify and move model versions",
+                    "Train, list, sign, verify, export and import registered model versions.")
+    train = command(actions, "train", models_train,
+                    "train a built-in model and register a new version, signed with "
+                    "STREAMSERVE_SIGNING_KEY (created when missing)")
+    train.add_argument("name", help="built-in model: iris, breast_cancer or synthetic32")
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--sensitive", action="append", default=[], metavar="FIELD[,FIELD]",
+                       help="mark features sensitive: their values never leave a worker in "
+                            "clear (hashed with STREAMSERVE_REDACTION_KEY, masked without one)")
+    command(actions, "list", models_list,
+            "list registered models and versions, with each one's signature status")
+    show = command(actions, "show", models_show,
+                   "a version's schema, metrics, lineage, hashes and signature")
+    show.add_argument("model", help="model name, e.g. iris")
+    show.add_argument("version", nargs="?", help="version (default the newest)")
+    sign = command(actions, "sign", models_sign,
+                   "sign a registered version with STREAMSERVE_SIGNING_KEY")
+    sign.add_argument("model", help="model name, e.g. iris")
+    sign.add_argument("version", help="version, e.g. 2")
+    check = command(actions, "verify", models_verify,
+                    "check signatures against STREAMSERVE_TRUSTED_KEYS and parameters against "
+                    "their manifest; exit 1 when one fails")
+    check.add_argument("model", help="model name, e.g. iris")
+    check.add_argument("version", nargs="?", help="version (default every version)")
+    export = command(actions, "export", models_export,
+                     "write a version (with its signature) to one .tar.gz file")
+    export.add_argument("model", help="model name, e.g. iris")
+    export.add_argument("version", help="version, e.g. 2")
+    export.add_argument("--out", type=Path, required=True, metavar="FILE",
+                        help="archive to write, e.g. iris-2.tar.gz (never overwritten)")
+    load = command(actions, "import", models_import,
+                   "register the version an export holds, after verifying its signature; "
+                   "refused when that version exists")
+    load.add_argument("file", type=Path, help="a file from `streamserve models export`")
+
+    keys = group(commands, "keys", "model signing keys", "Ed25519 keys that sign model versions.")
+    generate = command(keys, "generate", keys_generate,
+                       "create a key pair: a private key (mode 0600) and its .pub")
+    generate.add_argument("--out", type=Path, default=None, metavar="PATH",
+                          help="private key file (default STREAMSERVE_SIGNING_KEY); the public "
+                               "key goes beside it, ending in .pub")
 
 
 def keys_generate(settings: Settings, args: argparse.Namespace) -> int:
@@ -114,11 +162,8 @@ def models_show(settings: Settings, args: argparse.Namespace) -> int:
 
 def models_sign(settings: Settings, args: argparse.Namespace) -> int:
     registry = Registry(settings.registry)
-    try:
-        signature = sign_version(registry, args.model, args.version,
-                                 ensure_signing_key(settings.signing_key))
-    except SignatureError as e:
-        return _fail(e)
+    signature = sign_version(registry, args.model, args.version,
+                             ensure_signing_key(settings.signing_key))
     path = registry.folder(args.model, args.version) / SIGNATURE_FILE
     print(f"signed {args.model}:{args.version} with key {signature.key_id} "
           f"({settings.signing_key}); wrote {path}")
@@ -128,32 +173,40 @@ def models_sign(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def models_verify(settings: Settings, args: argparse.Namespace) -> int:
-    """Strict whatever STREAMSERVE_ALLOW_UNSIGNED says: this command is the check."""
+    """Strict whatever STREAMSERVE_ALLOW_UNSIGNED says: this command is the check. Each
+    version that fails is named on stderr; exit 1 when one does."""
     registry = Registry(settings.registry)
     versions = [args.version] if args.version else registry.versions(args.model)
     if not versions:
         registry.folder(args.model, "1")  # raises the error that lists the known models
     trusted = TrustedKeys.load(settings.trusted_keys)
+    if len(versions) == 1:
+        _verified(args.model, verify_version(registry, args.model, versions[0], trusted))
+        return 0
     failed = 0
     for version in versions:
         try:
             result = verify_version(registry, args.model, version, trusted)
         except SignatureError as e:
             failed += 1
-            _fail(e)
+            print(e, file=sys.stderr)
             continue
-        print(f"{args.model}:{version} verified: signed by trusted key {result.key_id}, "
-              f"{PARAMS_FILE} matches its manifest")
-    return 1 if failed else 0
+        _verified(args.model, result)
+    if failed:
+        raise CheckFailed(f"{failed} of {len(versions)} versions of {args.model} fail verification")
+    return 0
+
+
+def _verified(model: str, result: VerifiedVersion) -> None:
+    print(f"{model}:{result.version} verified: signed by trusted key {result.key_id}, "
+          f"{PARAMS_FILE} matches its manifest")
 
 
 def models_export(settings: Settings, args: argparse.Namespace) -> int:
     registry = Registry(settings.registry)
     trusted = TrustedKeys.load(settings.trusted_keys)
-    try:
-        result = verify_version(registry, args.model, args.version, trusted, allow_unsigned=True)
-    except SignatureError as e:  # changed parameters: nobody should receive them
-        return _fail(e)
+    # SignatureError (changed parameters: nobody should receive them): exit 1
+    result = verify_version(registry, args.model, args.version, trusted, allow_unsigned=True)
     out = registry.export(args.model, args.version, args.out)
     print(f"wrote {out}: {args.model}:{args.version}, {_describe(result)}")
     if result.problem is not None:
@@ -168,8 +221,8 @@ def models_import(settings: Settings, args: argparse.Namespace) -> int:
     try:
         result = import_version(registry, args.file, trusted, settings.allow_unsigned)
     except SignatureError as e:
-        print(f"streamserve: error: refused to import {args.file}: {e}", file=sys.stderr)
-        return 1
+        raise SignatureError(e.reason, e.model, e.version,
+                             f"refused to import {args.file}: {e}") from None
     print(f"imported {result.model}:{result.version} into {settings.registry}: {_describe(result)}")
     if result.problem is not None:
         print(f"warning: imported only because STREAMSERVE_ALLOW_UNSIGNED is on: {result.problem}",
@@ -224,7 +277,3 @@ def _range(lo: float, hi: float) -> str:
         return "any value"
     return f"[{lo:g}, {hi:g}]"
 
-
-def _fail(error: SignatureError) -> int:
-    print(f"streamserve: error: {error}", file=sys.stderr)
-    return 1

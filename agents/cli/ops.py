@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from agents.cli.parsing import Commands, command, group
 from pipeline import slo
 from pipeline.config import LATENCY_BUCKETS_S, Settings
 
@@ -23,12 +23,11 @@ _HEADER = ("Prometheus rules of streamserve: SLO recording rules and alerts.\n"
            "Tests: ops/prometheus/tests (promtool test rules); runbooks: runbooks/.")
 
 
-def add_ops_commands(commands: argparse._SubParsersAction, command: Callable) -> None:
-    ops = commands.add_parser("ops", help="operations: Prometheus rules for SLOs and alerts",
-                              description="Operations: Prometheus rules for SLOs and alerts.")
-    ops_commands = ops.add_subparsers(title="actions", metavar="ACTION", required=True)
-    rules = command("rules", _rules, "write the Prometheus recording and alerting rules (SLO "
-                                     "burn rates from the STREAMSERVE_SLO_* settings)", ops_commands)
+def register(commands: Commands) -> None:
+    actions = group(commands, "ops", "operations: Prometheus rules for SLOs and alerts",
+                    "Operations: Prometheus rules for SLOs and alerts.")
+    rules = command(actions, "rules", _rules, "write the Prometheus recording and alerting rules "
+                                              "(SLO burn rates from the STREAMSERVE_SLO_* settings)")
     rules.add_argument("--out", type=Path, default=None, metavar="FILE",
                        help="write to FILE (default stdout), e.g. " + str(RULES_FILE))
     rules.add_argument("--job", default="streamserve",
@@ -46,11 +45,7 @@ def rules_text(settings: Settings, job: str = "streamserve", runbook_base: str =
 
 
 def _rules(settings: Settings, args: argparse.Namespace) -> int:
-    try:
-        text = rules_text(settings, args.job, args.runbook_base)
-    except slo.SloError as e:
-        print(f"streamserve: error: {e}", file=sys.stderr)
-        return 2
+    text = rules_text(settings, args.job, args.runbook_base)  # SloError: main says it
     if args.out is None:
         sys.stdout.write(text)
     else:

@@ -5,20 +5,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-from collections.abc import Callable
 
+from agents.cli.parsing import Commands, command, group
 from pipeline.config import Settings
 
 
-def add_quota_commands(commands: argparse._SubParsersAction, command: Callable) -> None:
-    quota = commands.add_parser("quota", help="client quotas the broker enforces: bytes per "
-                                              "second, request time",
-                                description="Client quotas the Kafka broker enforces, per "
-                                            "principal (user) and/or client id: a client over "
-                                            "its quota is throttled, not refused.")
-    actions = quota.add_subparsers(title="actions", metavar="ACTION", required=True)
-    set_ = command("set", _set, "set values of a quota (values not given stay as they are)",
-                   actions)
+def register(commands: Commands) -> None:
+    actions = group(commands, "quota", "client quotas the broker enforces: bytes per second, "
+                                       "request time",
+                    "Client quotas the Kafka broker enforces, per principal (user) and/or client "
+                    "id: a client over its quota is throttled, not refused.")
+    set_ = command(actions, "set", _set, "set values of a quota (values not given stay as they are)")
     _entity_arguments(set_)
     set_.add_argument("--producer-byte-rate", type=int, metavar="N",
                       help="bytes per second it may produce, per broker")
@@ -26,8 +23,8 @@ def add_quota_commands(commands: argparse._SubParsersAction, command: Callable) 
                       help="bytes per second it may fetch, per broker")
     set_.add_argument("--request-percentage", type=float, metavar="P",
                       help="percent of one request-handler thread's time it may use")
-    command("list", _list, "every quota the broker holds", actions)
-    _entity_arguments(command("remove", _remove, "remove a quota, all of its values", actions))
+    command(actions, "list", _list, "every quota the broker holds")
+    _entity_arguments(command(actions, "remove", _remove, "remove a quota, all of its values"))
 
 
 def _entity_arguments(parser: argparse.ArgumentParser) -> None:

@@ -6,22 +6,21 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
+from agents.cli.parsing import Commands, command, group
 from pipeline.config import Settings
 
 
-def add_replay_commands(commands: argparse._SubParsersAction, command: Callable) -> None:
-    replay = commands.add_parser(
-        "replay", help="record traffic, replay it against model versions, compare the answers",
-        description="Record traffic, replay it against model versions and compare the answers "
+def register(commands: Commands) -> None:
+    actions = group(commands, "replay",
+                    "record traffic, replay it against model versions, compare the answers",
+                    "Record traffic, replay it against model versions and compare the answers "
                     "(a pre-deploy check: `replay gate`).")
-    actions = replay.add_subparsers(title="actions", metavar="ACTION", required=True)
-    capture = command("capture", _replay_capture,
+    capture = command(actions, "capture", _replay_capture,
                       "record a topic's records (keys, values, headers, timestamps) between two "
                       "times or offsets into a file: JSON lines, zstd-compressed when FILE ends "
-                      "in .zst", actions)
+                      "in .zst")
     capture.add_argument("--topic", action="append", metavar="T",
                          help="topic to record; repeat it for several (default the requests topic)")
     capture.add_argument("--from", dest="since", type=_replay_bound, metavar="TIME|OFFSET",
@@ -35,9 +34,9 @@ def add_replay_commands(commands: argparse._SubParsersAction, command: Callable)
                          help="keep only replay run RUN's requests and the replies to them "
                               "(default: everything but replayed requests)")
 
-    run = command("run", _replay_run,
+    run = command(actions, "run", _replay_run,
                   "produce a recording again, at its pace times --speed or as fast as possible; "
-                  "every record carries the header streamserve-replay: RUN", actions)
+                  "every record carries the header streamserve-replay: RUN")
     run.add_argument("file", type=Path, help="a file from `streamserve replay capture`")
     run.add_argument("--to-topic", metavar="T", help="topic to produce to (default the requests topic)")
     _pace_arguments(run)
@@ -47,9 +46,9 @@ def add_replay_commands(commands: argparse._SubParsersAction, command: Callable)
                      help="run id; request ids (and keys equal to them) become PREFIX/ID "
                           "(default: a generated run id, ids as recorded)")
 
-    diff = command("diff", _replay_diff,
+    diff = command(actions, "diff", _replay_diff,
                    "compare two runs' answers by request id: agreement, score differences, dead "
-                   "letters, latency, the requests that differ most", actions)
+                   "letters, latency, the requests that differ most")
     for name in ("baseline", "candidate"):
         diff.add_argument(name, metavar=name.upper(),
                           help="a run id (its replies are read from the topics) or a capture of "
@@ -59,9 +58,9 @@ def add_replay_commands(commands: argparse._SubParsersAction, command: Callable)
                            "differ (run ids find them on the requests topic by themselves)")
     _report_arguments(diff)
 
-    gate = command("gate", _replay_gate,
+    gate = command(actions, "gate", _replay_gate,
                    "replay a recording through a baseline and a candidate version, diff their "
-                   "answers, exit 1 when a limit is crossed (for CI)", actions)
+                   "answers, exit 1 when a limit is crossed (for CI)")
     gate.add_argument("--file", type=Path, required=True, metavar="F",
                       help="a file from `streamserve replay capture`")
     gate.add_argument("--baseline", required=True, metavar="V1", help="the version serving now")
@@ -103,21 +102,6 @@ def _replay_bound(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def _replay_command(run: Callable[[Settings, argparse.Namespace], int]
-                    ) -> Callable[[Settings, argparse.Namespace], int]:
-    """``run``, with a replay mistake (a bad file, run id or limit) as one line on stderr."""
-    def guarded(settings: Settings, args: argparse.Namespace) -> int:
-        from pipeline.replay import ReplayError
-
-        try:
-            return run(settings, args)
-        except ReplayError as e:
-            print(f"streamserve: error: {e}", file=sys.stderr)
-            return 2
-
-    return guarded
-
-
 def _writable(path: Path | None, option: str) -> None:
     from pipeline.replay import ReplayError
 
@@ -126,7 +110,6 @@ def _writable(path: Path | None, option: str) -> None:
                           f"(mkdir -p) or choose another {option} path")
 
 
-@_replay_command
 def _replay_capture(settings: Settings, args: argparse.Namespace) -> int:
     from agents.ops.replay import capture
 
@@ -137,7 +120,6 @@ def _replay_capture(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-@_replay_command
 def _replay_run(settings: Settings, args: argparse.Namespace) -> int:
     from agents.ops.replay import read_recording, replay
     from pipeline.replay import Rewrite, recorded_pace
@@ -159,7 +141,6 @@ def _replay_run(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-@_replay_command
 def _replay_diff(settings: Settings, args: argparse.Namespace) -> int:
     from agents.ops.replay import diff_sides
     from agents.ops.replay_report import render_text, write_html
@@ -174,7 +155,6 @@ def _replay_diff(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-@_replay_command
 def _replay_gate(settings: Settings, args: argparse.Namespace) -> int:
     from agents.ops.replay import read_recording, run_gate
     from agents.ops.replay_report import render_text, render_verdict, write_html

@@ -10,9 +10,9 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
+from agents.cli.parsing import Commands, command
 from pipeline.config import Settings
 
 if TYPE_CHECKING:  # imported when the command runs, so `streamserve --help` stays quick
@@ -24,8 +24,8 @@ WATCH_EVERY_S = 2.0  # --watch without SECONDS
 PIPED_WIDTH = 120  # columns when stdout is not a terminal and COLUMNS is unset
 
 
-def add_status_commands(commands: argparse._SubParsersAction, command: Callable) -> None:
-    status = command("status", _status,
+def register(commands: Commands) -> None:
+    status = command(commands, "status", _status,
                      "the fleet in one view: models and their routes, requests/s, predictions/s, "
                      "p99 latency, dead letters, breakers, consumer lag per partition, drift")
     status.add_argument("--metrics", action="append", default=[], metavar="URL",
@@ -69,13 +69,9 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     from agents.ops.status_view import render
     from pipeline.status import StatusError
 
-    try:
-        options = options_from(args)
-        if args.watch is not None and not args.watch > 0:
-            raise StatusError(f"--watch SECONDS must be positive, e.g. 5, got {args.watch:g}")
-    except StatusError as e:
-        print(f"streamserve: error: {e}", file=sys.stderr)
-        return 2
+    options = options_from(args)  # StatusError: main says it
+    if args.watch is not None and not args.watch > 0:
+        raise StatusError(f"--watch SECONDS must be positive, e.g. 5, got {args.watch:g}")
     console = console_for()
     objective = settings.slo_latency_ms / 1000
     if args.watch is None:

@@ -45,25 +45,27 @@ from aiokafka.structs import RecordMetadata
 from agents.kafka.io import KafkaAccessError, connection, start_producer, unreachable
 from pipeline.client import (
     ClientClosed,
-    MalformedReply,
     Outcome,
     PendingReplies,
-    Prediction,
     PredictionTimeout,
     PredictRequest,
     RequestIds,
     RequestNotSent,
-    SourcePosition,
     StreamClientError,
     check_request_id,
     choose_partition,
-    parse_reply,
     raw_request_key,
     reply_partitions,
     requested_partitions,
-    source_position,
 )
 from pipeline.config import Settings
+from pipeline.replies import (
+    MalformedReply,
+    Prediction,
+    SourcePosition,
+    parse_reply,
+    source_position,
+)
 
 log = logging.getLogger(__name__)
 

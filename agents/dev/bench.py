@@ -52,8 +52,8 @@ from aiokafka.admin import NewTopic
 from agents.dev.bench_results import (
     Answers,
     Case,
+    CaseProgress,
     LatencyPoint,
-    Progress,
     Report,
     Sizes,
     WorkerStats,
@@ -63,6 +63,7 @@ from agents.dev.fleet import WorkerProcess
 from agents.kafka.io import admin_client, connection, start_producer
 from pipeline.client import PredictRequest
 from pipeline.config import Settings
+from pipeline.errors import StreamserveError
 from pipeline.registry import Manifest, Registry
 
 if TYPE_CHECKING:  # JAX loads only once a case needs it
@@ -75,8 +76,11 @@ _STALL_SECONDS = 30.0  # no new answer for this long: the case has failed
 _MATMUL = 2048
 
 
-class BenchError(RuntimeError):
-    """A case could not be measured; the message says which and where its log is."""
+class BenchError(StreamserveError, RuntimeError):
+    """A case could not be measured, or a request was not answered exactly once; the
+    message says which and where its log is. ``streamserve bench`` exits 1 on it."""
+
+    exit_code = 1
 
 
 QUICK = Sizes(requests=2_000, per_record_requests=500, latency_seconds=2.0, timing_seconds=0.1)
@@ -87,7 +91,8 @@ FULL = Sizes(requests=30_000, per_record_requests=5_000, latency_seconds=10.0, t
 
 
 def run_bench(settings: Settings, model: str, quick: bool, json_path: Path | None) -> int:
-    """Run every case and print the table; 1 when a request was not answered exactly once."""
+    """Run every case and print the table; BenchError when a request was not answered
+    exactly once (after the table and the JSON file)."""
     from agents.dev.broker import LocalBroker
 
     if importlib.util.find_spec("quixstreams") is None:
@@ -107,9 +112,7 @@ def run_bench(settings: Settings, model: str, quick: bool, json_path: Path | Non
     if json_path is not None:
         json_path.write_bytes(orjson.dumps(report.to_json(), option=orjson.OPT_INDENT_2) + b"\n")
     if incomplete := report.incomplete():
-        print(f"streamserve: error: not every request was answered exactly once in: {', '.join(incomplete)}",
-              file=sys.stderr)
-        return 1
+        raise BenchError(f"not every request was answered exactly once in: {', '.join(incomplete)}")
     return 0
 
 
@@ -122,7 +125,7 @@ class Bench:
         self.run_id = f"bench-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.logs = settings.home / "bench" / self.run_id
         self.rows = _feature_rows(self._registered(), 1000)
-        self.progress = Progress()
+        self.progress = CaseProgress()
         self.worker_stats: list[WorkerStats] = []
         self._cases = 0
 

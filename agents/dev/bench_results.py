@@ -189,7 +189,7 @@ def _point_json(p: LatencyPoint) -> dict[str, float]:
             "achieved_rps": p.achieved_rps, "requests": p.requests, "answered": p.answered}
 
 
-class Progress:
+class CaseProgress:
     """One line per case on stderr, rewritten in place while it runs (on a terminal)."""
 
     def __init__(self) -> None:

@@ -56,6 +56,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipeline.errors import StreamserveError
 from pipeline.security import local_env_file
 
 if TYPE_CHECKING:  # pipeline.config is pure too, but keep this module importable alone
@@ -81,7 +82,7 @@ MECHANISM = "SCRAM-SHA-512"  # what the env files use; SCRAM-SHA-256 works too
 SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
-class BrokerError(RuntimeError):
+class BrokerError(StreamserveError, RuntimeError):
     """The local broker cannot be installed, started or stopped; the message says what to do."""
 
 

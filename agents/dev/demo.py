@@ -45,7 +45,9 @@ class Planned:
 
 
 @dataclass
-class Tally:
+class DemoTally:
+    """The demo's requests: when each was sent and answered, its label or dead-letter reason."""
+
     sent_at: dict[int, float] = field(default_factory=dict)
     answered_at: dict[int, float] = field(default_factory=dict)
     predicted: dict[int, str] = field(default_factory=dict)
@@ -135,11 +137,11 @@ def _spoil(request: dict, i: int, max_bytes: int) -> tuple[bytes, str]:
     return spoiled[i % len(spoiled)]
 
 
-async def _drive(settings: Settings, plan: list[Planned], rate: float) -> tuple[Tally, float]:
+async def _drive(settings: Settings, plan: list[Planned], rate: float) -> tuple[DemoTally, float]:
     """Send on an open-loop schedule of ``rate`` requests/s (0: as fast as possible), each
     awaiting its own answer through one client (broken requests sent raw)."""
     await ensure_topics(settings)
-    tally = Tally()
+    tally = DemoTally()
     async with StreamClient(settings, timeout=_ANSWER_TIMEOUT) as client:
         started = time.time()
         answers = set()
@@ -159,7 +161,7 @@ async def _drive(settings: Settings, plan: list[Planned], rate: float) -> tuple[
     return tally, last - started
 
 
-async def _answer(client: StreamClient, index: int, planned: Planned, tally: Tally) -> None:
+async def _answer(client: StreamClient, index: int, planned: Planned, tally: DemoTally) -> None:
     try:
         if planned.request is not None:
             prediction = await client.predict_request(planned.request)
@@ -186,7 +188,7 @@ def _progress(sent: int, answered: int, total: int) -> None:
           end="", file=sys.stderr, flush=True)
 
 
-def _print_summary(plan: list[Planned], tally: Tally, elapsed: float, rate: float) -> None:
+def _print_summary(plan: list[Planned], tally: DemoTally, elapsed: float, rate: float) -> None:
     latencies = np.array([tally.answered_at[i] - tally.sent_at[i] for i in tally.predicted]) * 1000
     lost = len(plan) - len(tally.answered_at)
     print("\nstreamserve demo summary")

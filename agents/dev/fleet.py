@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import Settings
+from pipeline.errors import StreamserveError
 
 
-class WorkerFailed(RuntimeError):
+class WorkerFailed(StreamserveError, RuntimeError):
     """A worker process exited or did not become ready; the message quotes its log."""
 
 

@@ -16,7 +16,7 @@ from agents.kafka.audit import record
 from agents.kafka.io import ensure_topics, read_topic, start_producer
 from pipeline.config import Settings
 from pipeline.registry import Registry, RegistryError
-from pipeline.routing import ControlError, DeploymentSpec
+from pipeline.routing import ControlError, DeploymentSpec, unchanged
 from pipeline.signing import SignatureError, TrustedKeys, verify_version
 
 Transition = Callable[[DeploymentSpec | None], DeploymentSpec]
@@ -38,12 +38,16 @@ async def change(settings: Settings, model: str, transition: Transition, *, acti
                  expected_revision: int | None = None) -> DeploymentSpec | None:
     """Apply ``transition`` to ``model``'s current spec; write the new spec and its audit
     entry. With ``expected_revision``, nothing happens (None) unless the current spec is
-    that revision: a change decided on a spec that has moved on since is dropped."""
+    that revision: a change decided on a spec that has moved on since is dropped. A
+    transition whose target state holds already returns the spec as it was
+    (``routing.unchanged``): nothing is written then, and that spec is returned."""
     await ensure_topics(settings)
     current = (await read_specs(settings)).get(model)
     if expected_revision is not None and (current is None or current.revision != expected_revision):
         return None
     new = transition(current)
+    if unchanged(current, new):
+        return new
     producer = await start_producer(settings)
     try:
         await producer.send_and_wait(settings.topics.control, key=model.encode(),

@@ -30,6 +30,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 
 from pipeline import acl
 from pipeline.config import Settings
+from pipeline.errors import StreamserveError
 from pipeline.security import local_env_file
 
 Client = TypeVar("Client", AIOKafkaConsumer, AIOKafkaProducer)
@@ -59,7 +60,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return context
 
 
-class KafkaAccessError(RuntimeError):
+class KafkaAccessError(StreamserveError, RuntimeError):
     """Kafka could not be used as asked: unreachable servers, a refused login or access,
     a missing topic."""
 

@@ -39,11 +39,6 @@ from agents.kafka.io import (
     start_producer,
 )
 from pipeline.config import Settings
-from pipeline.messages import (
-    SOURCE_OFFSET_HEADER,
-    SOURCE_PARTITION_HEADER,
-    SOURCE_TOPIC_HEADER,
-)
 from pipeline.replay import (
     INDEX_HEADER,
     REPLAY_HEADER,
@@ -51,14 +46,14 @@ from pipeline.replay import (
     DiffReport,
     GateLimits,
     GateVerdict,
-    Outgoing,
-    Position,
     Recorded,
     RecordingHeader,
     ReplayError,
     Rewrite,
+    ScheduledRecord,
     Side,
     TimeBound,
+    answer_of,
     belongs_to_run,
     capture_range,
     check_run_id,
@@ -68,13 +63,13 @@ from pipeline.replay import (
     in_time_range,
     key_replies,
     new_run_id,
-    parse_reply,
     plan,
     replay_order,
     request_features,
     request_models,
     strip_run,
 )
+from pipeline.replies import SourcePosition, source_position
 
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 _ZSTD_LEVEL = 10  # JSON lines shrink ~10x; level 10 still writes ~50 MB/s
@@ -198,7 +193,7 @@ def _recorded(record: ConsumerRecord) -> Recorded:
 # ------------------------------------------------------------------------------- replay
 
 
-class Progress:
+class ProgressBar:
     """A progress line on stderr, redrawn at most ten times a second on a terminal; elsewhere
     (a CI log) one line per tenth of the way."""
 
@@ -236,7 +231,7 @@ class RunResult:
     sent: int
     seconds: float
     """From the start to the last record acknowledged."""
-    positions: tuple[Position, ...]
+    positions: tuple[SourcePosition, ...]
     """Where each record landed (topic, partition, offset), in the recording's order."""
 
     @property
@@ -257,7 +252,7 @@ async def replay(settings: Settings, records: Sequence[Recorded], *, topic: str 
     topic = topic or settings.topics.requests
     await ensure_topics(settings)
     await require_topic(settings, topic)
-    shown = Progress(f"replay {run_id}", len(outgoing)) if progress else None
+    shown = ProgressBar(f"replay {run_id}", len(outgoing)) if progress else None
     producer = await start_producer(settings)
     futures = []
     try:
@@ -277,24 +272,15 @@ async def replay(settings: Settings, records: Sequence[Recorded], *, topic: str 
         if shown is not None:
             shown.finish()
     return RunResult(run_id, topic, len(outgoing), seconds,
-                     tuple((topic, m.partition, m.offset) for m in landed))
+                     tuple(SourcePosition(topic, m.partition, m.offset) for m in landed))
 
 
-async def _send(producer: Any, topic: str, out: Outgoing) -> asyncio.Future:
+async def _send(producer: Any, topic: str, out: ScheduledRecord) -> asyncio.Future:
     return await producer.send(topic, value=out.value, key=out.key, headers=list(out.headers),
                                timestamp_ms=time.time_ns() // 1_000_000)
 
 
 # --------------------------------------------------------------------------------- diff
-
-
-def _source(record: ConsumerRecord | Recorded) -> Position | None:
-    headers = dict(record.headers)
-    try:
-        return (headers[SOURCE_TOPIC_HEADER].decode(), int(headers[SOURCE_PARTITION_HEADER]),
-                int(headers[SOURCE_OFFSET_HEADER]))
-    except (KeyError, ValueError, AttributeError):
-        return None
 
 
 def features_of(records: Iterable[Recorded], run_id: str | None = None) -> dict[str, dict]:
@@ -326,11 +312,13 @@ def _side_from_file(path: Path) -> Side:
     header, records = read_recording(path)
     entries = []
     for record in records:
-        reply = parse_reply(record.value, header.run_id)
-        if reply is None:
+        # A capture of both reply topics: a dead letter is told by its body.
+        answer = answer_of(record.value, header.run_id, dead_letter=None)
+        if answer is None:
             continue
-        position = _source(record) or (record.topic, record.partition, record.offset)
-        entries.append((position, reply, "?{}:{}:{}".format(*position)))
+        position = (source_position(record.headers)
+                    or SourcePosition(record.topic, record.partition, record.offset))
+        entries.append((position, answer, "?{}:{}:{}".format(*position)))
     if not entries:
         raise ReplayError(f"{path} holds no predictions or dead letters; capture the replies: "
                           "streamserve replay capture --topic <prefix>.predictions --topic "
@@ -342,21 +330,23 @@ def _side_from_file(path: Path) -> Side:
 async def _side_from_topics(settings: Settings, run_id: str) -> tuple[Side, dict[str, dict]]:
     await ensure_topics(settings)
     topics = settings.topics
-    requests: dict[Position, tuple[str, Recorded]] = {}
+    requests: dict[SourcePosition, tuple[str, Recorded]] = {}
     async for r in read_topic(settings, topics.requests, from_beginning=True, to_end=True):
         tags = dict(r.headers)
         if tags.get(REPLAY_HEADER) == run_id.encode():
             index = tags.get(INDEX_HEADER, b"").decode(errors="replace")
-            requests[(r.topic, r.partition, r.offset)] = (f"#{index}", _recorded(r))
+            requests[SourcePosition(r.topic, r.partition, r.offset)] = (f"#{index}", _recorded(r))
     if not requests:
         raise ReplayError(f"no requests of replay run {run_id!r} on {topics.requests}; check the "
                           "run id `streamserve replay run` printed, and STREAMSERVE_TOPIC_PREFIX")
     entries = []
     for topic in (topics.predictions, topics.deadletter):
+        dead_letter = topic == topics.deadletter
         async for r in read_topic(settings, topic, from_beginning=True, to_end=True):
-            source = _source(r)
-            if source in requests and (reply := parse_reply(r.value, run_id)) is not None:
-                entries.append((source, reply, requests[source][0]))
+            source = source_position(r.headers)
+            if source in requests and (
+                    answer := answer_of(r.value, run_id, dead_letter=dead_letter)) is not None:
+                entries.append((source, answer, requests[source][0]))
     side = Side(f"run {run_id}", key_replies(entries), requests=len(requests))
     return side, features_of((record for _, record in requests.values()), run_id)
 
@@ -383,18 +373,21 @@ class GateResult:
 
 
 class _Replies:
-    """Every prediction and dead letter produced after ``start``, by source position."""
+    """Every prediction and dead letter produced after ``start``, by source position: its
+    value, and whether it is a dead letter."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.by_source: dict[Position, bytes | None] = {}
+        self.by_source: dict[SourcePosition, tuple[bytes | None, bool]] = {}
         self._ready = [asyncio.Event(), asyncio.Event()]
         self._tasks: list[asyncio.Task] = []
 
     async def start(self) -> None:
         topics = self.settings.topics
-        self._tasks = [asyncio.create_task(self._read(topic, ready)) for topic, ready in
-                       zip((topics.predictions, topics.deadletter), self._ready, strict=True)]
+        self._tasks = [asyncio.create_task(self._read(topic, ready, dead_letter))
+                       for topic, ready, dead_letter in
+                       zip((topics.predictions, topics.deadletter), self._ready, (False, True),
+                           strict=True)]
         waiting = asyncio.gather(*(e.wait() for e in self._ready))
         done, _ = await asyncio.wait([asyncio.ensure_future(waiting), *self._tasks],
                                      return_when=asyncio.FIRST_COMPLETED)
@@ -402,14 +395,15 @@ class _Replies:
             if task in done:
                 task.result()  # a reader failed to start: raise its error
 
-    async def _read(self, topic: str, ready: asyncio.Event) -> None:
+    async def _read(self, topic: str, ready: asyncio.Event, dead_letter: bool) -> None:
         async for record in read_topic(self.settings, topic, from_beginning=False, ready=ready):
-            source = _source(record)
+            source = source_position(record.headers)
             if source is not None:
-                self.by_source.setdefault(source, record.value)
+                self.by_source.setdefault(source, (record.value, dead_letter))
 
-    async def wait_for(self, positions: Sequence[Position], timeout: float, label: str) -> None:
-        shown = Progress(f"replies {label}", len(positions))
+    async def wait_for(self, positions: Sequence[SourcePosition], timeout: float,
+                       label: str) -> None:
+        shown = ProgressBar(f"replies {label}", len(positions))
         deadline = time.monotonic() + timeout
         try:
             while True:
@@ -486,10 +480,11 @@ async def run_gate(settings: Settings, records: Sequence[Recorded], *, baseline:
     for result, version in zip(runs, (baseline, candidate), strict=True):
         entries = []
         for index, position in enumerate(result.positions):
-            value = replies.by_source.get(position)
-            reply = parse_reply(value, result.run_id) if position in replies.by_source else None
-            if reply is not None:
-                entries.append((position, reply, f"#{index}"))
+            found = replies.by_source.get(position)
+            answer = (answer_of(found[0], result.run_id, dead_letter=found[1])
+                      if found is not None else None)
+            if answer is not None:
+                entries.append((position, answer, f"#{index}"))
         sides.append(Side(f"{'/'.join(sorted(models))} version {version} (run {result.run_id})",
                           key_replies(entries), requests=result.sent))
     report = diff(sides[0], sides[1], features_of(records), top)

@@ -15,8 +15,8 @@ from aiokafka import ConsumerRecord
 
 from agents.kafka.io import ensure_topics, read_topic
 from pipeline.config import Settings
-from pipeline.ledger import Fate, LedgerReport, Output, Position, reconcile
-from pipeline.messages import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER
+from pipeline.ledger import Fate, LedgerReport, ReplyRecord, reconcile
+from pipeline.replies import SourcePosition, source_position
 
 _SHOWN = 10
 
@@ -25,7 +25,7 @@ async def verify(settings: Settings, id_prefix: str | None, since: datetime.date
                  until: datetime.datetime | None) -> LedgerReport:
     await ensure_topics(settings)
     topics = settings.topics
-    requests = [(r.topic, r.partition, r.offset)
+    requests = [SourcePosition(r.topic, r.partition, r.offset)
                 async for r in read_topic(settings, topics.requests, from_beginning=True,
                                           to_end=True)
                 if _in_run(r, id_prefix, since, until)]
@@ -66,12 +66,8 @@ def _in_run(record: ConsumerRecord, id_prefix: str | None, since: datetime.datet
     return isinstance(request_id, str) and request_id.startswith(id_prefix)
 
 
-def _output(record: ConsumerRecord, fate: Fate) -> Output | None:
-    headers = dict(record.headers)
-    try:
-        source: Position = (headers[SOURCE_TOPIC_HEADER].decode(),
-                            int(headers[SOURCE_PARTITION_HEADER]),
-                            int(headers[SOURCE_OFFSET_HEADER]))
-    except (KeyError, ValueError):
+def _output(record: ConsumerRecord, fate: Fate) -> ReplyRecord | None:
+    source = source_position(record.headers)
+    if source is None:
         return None  # not written by streamserve
-    return Output(source, fate, record.value or b"")
+    return ReplyRecord(source, fate, record.value or b"")

@@ -1,9 +1,14 @@
 """The inference step: a batch of request records in, one output record per request out.
 
 It knows nothing of Faust: the server hands it ``Incoming`` records and sends the
-``Outgoing`` ones it returns. Every request yields exactly one output, a prediction
-or a dead letter (the ledger), whatever the request or the model does. Beside them go
-samples, shadow outputs and (every flush) drift codes.
+``Outgoing`` ones it returns (``pipeline.outputs``). Every request yields exactly one
+output, a prediction or a dead letter (the ledger), whatever the request or the model
+does. Beside them go samples, shadow outputs and (every flush) drift codes.
+
+A batch reads top-down: ``handle`` admits its records (``pipeline.admission``: decode,
+dedupe, deadline, tenant quota, grouping), serves each group in the model thread
+(``_serve_group``, with a second opinion for the rows a version fails on), then asks the
+shadows, and builds an output per request.
 
 What it serves is a ``Deployment`` (the loaded versions and each model's spec), swapped
 whole when the control plane changes a spec; a batch works on the deployment it
@@ -16,79 +21,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, replace
-from enum import StrEnum
 
 import jax
 import numpy as np
 
 from agents.worker.metrics import Metrics
 from models.runtime import ServingModel
+from pipeline import outputs
+from pipeline.admission import admit, forget_retryable
 from pipeline.batching import padded_size
 from pipeline.breaker import BreakerState, CircuitBreaker
 from pipeline.canary import CanaryJudge, CanaryVerdict
 from pipeline.catalog import Catalog
 from pipeline.config import ModelPolicy, Settings
-from pipeline.decode import Request, decode
+from pipeline.decode import Request
 from pipeline.dedupe import RecentIds
 from pipeline.drift import CodedRows, MatrixCounter, watched_columns, watched_references
 from pipeline.isolation import RowFailure, serve_isolated
-from pipeline.messages import (
-    ServingFacts,
-    dead_letter_key,
-    encode_dead_letter,
-    encode_prediction,
-    encode_sample,
-    encode_shadow,
-    source_headers,
-)
-from pipeline.tenant_quotas import TenantQuotas
-from pipeline.redaction import Redactor
+from pipeline.outputs import Incoming, Outgoing
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import DeploymentSpec, Route, RouteDecision
 from pipeline.sampling import sampled
+from pipeline.tenant_quotas import TenantQuotas
 
 log = logging.getLogger(__name__)
 
 _BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float  # seconds since the epoch, as Kafka stamped the request
-    value: bytes | None
-    replay: bool = False  # a replayed request (``streamserve replay``): kept out of monitoring
-
-
-class Kind(StrEnum):
-    PREDICTION = "prediction"
-    DEAD_LETTER = "dead_letter"
-    SAMPLE = "sample"  # a copy of a served request, redacted, beside its prediction
-    SHADOW = "shadow"  # a shadow version's output: never on the predictions topic
-    DRIFT_ROWS = "drift_rows"  # internal: served rows coded for the drift windows
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    kind: Kind
-    topic: str
-    partition: int  # the request's partition: replies land on the same partition number
-    key: bytes
-    value: bytes
-    headers: list[tuple[str, bytes]]
-    model: str  # "" when the request named no servable model
-    version: str
-    reason: Reason | None  # why, for a dead letter
-    request_timestamp: float
-    route: str = ""
-    quota: str = ""  # a request's answer: the tenant quota whose in-flight slot it frees
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +67,11 @@ class Deployment:
 
 
 # A served group: its requests, their rows and each row's result.
-_Served = tuple[list[tuple["Incoming", Request]], np.ndarray, list[np.ndarray | RowFailure]]
+_Served = tuple[list[tuple[Incoming, Request]], np.ndarray, list[np.ndarray | RowFailure]]
 
 
 class InferenceService:
-    """Decodes, routes, batches per model version, runs the models off the event loop, encodes."""
+    """Admits, batches per model version, runs the models off the event loop, answers."""
 
     def __init__(self, settings: Settings, metrics: Metrics, executor: Executor,
                  on_canary_verdict: Callable[[str, int, CanaryVerdict], None] | None = None) -> None:
@@ -192,42 +154,19 @@ class InferenceService:
     async def handle(self, batch: Sequence[Incoming], expected_seconds: float = 0.0) -> list[Outgoing]:
         """One output per record. A request whose deadline would pass before the batch is
         served (``expected_seconds`` from now) is dead-lettered instead of computed."""
-        deployment, catalog = self._deployment, self._catalog
-        outgoing: list[Outgoing] = []
-        groups: dict[tuple[str, str, Route], list[tuple[Incoming, Request]]] = {}
-        expired: Counter[tuple[str, str, Route]] = Counter()
-        now, clock = time.time(), time.monotonic()
-        recent, quotas = self._recent, self._quotas
-        admitted: Counter[str] = Counter()  # in-flight slots this batch's requests took
-        for record in batch:
-            decoded = decode(record.value, catalog, self._max_bytes, self._max_features)
-            if isinstance(decoded, Request) and recent is not None and recent.seen_before(
-                    decoded.id, clock, (record.topic, record.partition, record.offset)):
-                decoded = recent.rejection(decoded.id, decoded.model)
-            if isinstance(decoded, Request) and _expired(decoded, record, now + expected_seconds):
-                expired[(decoded.model, decoded.version, decoded.route)] += 1
-                decoded = Rejection(Reason.DEADLINE_EXCEEDED,
-                                    f"the request had waited {1000 * (now - record.timestamp):.0f} ms "
-                                    f"and could not be answered within its deadline_ms of "
-                                    f"{decoded.deadline_ms}; raise the deadline or add workers",
-                                    id=decoded.id, model=decoded.model)
-            if isinstance(decoded, Request) and quotas is not None:
-                refusal = quotas.admit(decoded.tenant, clock)
-                if refusal is not None:
-                    self._metrics.quota_rejections.labels(refusal.quota, refusal.limit).inc()
-                    decoded = replace(refusal.rejection, id=decoded.id, model=decoded.model)
-                elif quota := self._quota_of(decoded):
-                    admitted[quota] += 1
-            if isinstance(decoded, Rejection):
-                outgoing.append(self._dead_letter(record, decoded, version=""))
-            else:
-                groups.setdefault((decoded.model, decoded.version, decoded.route), []).append(
-                    (record, decoded))
-        for (model, version, route), count in expired.items():  # a deadline missed is a failure
+        deployment = self._deployment
+        admission = admit(batch, self._catalog, self._max_bytes, self._max_features, self._recent,
+                          self._quotas, now=time.time(), clock=time.monotonic(),
+                          expected_seconds=expected_seconds)
+        for refusal in admission.refusals:
+            self._metrics.quota_rejections.labels(refusal.quota, refusal.limit).inc()
+        outgoing = [self._dead_letter(record, rejection, version="")
+                    for record, rejection in admission.rejected]
+        for (model, version, route), count in admission.expired.items():  # a missed deadline fails
             self._feed_breaker(model, version, 0, count)
             self._judge_canary(deployment, model, route, count, [], [])
         try:
-            for (model, version, route), items in groups.items():
+            for (model, version, route), items in admission.groups.items():
                 spec = deployment.specs[model]
                 size = spec.max_batch or len(items)
                 for start in range(0, len(items), size):
@@ -238,13 +177,11 @@ class InferenceService:
                         outgoing.extend(await self._shadow(deployment, model, shadow, version, served))
         except BaseException:
             # These answers will not be sent (the caller dead-letters the batch untagged).
-            for quota, count in admitted.items():
-                quotas.release(quota, count)
+            for quota, count in admission.quota_slots.items():
+                self._quotas.release(quota, count)
             raise
-        if recent is not None:  # a request refused for now may be sent again with its id
-            for out in outgoing:
-                if out.kind is Kind.DEAD_LETTER and out.reason in _RETRYABLE:
-                    recent.forget(out.key.decode())
+        if self._recent is not None:  # a request refused for now may be sent again with its id
+            forget_retryable(self._recent, outgoing)
         return outgoing
 
     async def _serve_group(self, deployment: Deployment, model: str, version: str, route: Route,
@@ -314,17 +251,12 @@ class InferenceService:
                                                   quota=self._quota_of(request)))
                 continue
             labels = deployment.models[(model, by)].manifest.outputs.labels
-            facts = ServingFacts(route=str(by_route), batch_size=len(rows),
-                                 latency_ms=1000 * (done - record.timestamp))
-            outgoing.append(Outgoing(
-                kind=Kind.PREDICTION,
-                topic=self._topics.predictions, partition=record.partition, key=request.id.encode(),
-                value=encode_prediction(request.id, model, by, answer, labels, facts),
-                headers=source_headers(record.topic, record.partition, record.offset),
-                model=model, version=by, reason=None, request_timestamp=record.timestamp,
-                route=str(by_route), quota=self._quota_of(request)))
+            outgoing.append(outputs.prediction(record, request, by, by_route, answer, labels,
+                                               len(rows), done, self._topics.predictions,
+                                               quota=self._quota_of(request)))
             if policy.sample_rate and sampled(request.id, policy.sample_rate):
-                outgoing.append(self._sample(record, request, names, answer, labels, policy.redactor))
+                outgoing.append(outputs.sample(record, request, names, answer, labels,
+                                               policy.redactor, self._topics.samples))
         ok = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
         self._feed_breaker(model, version, len(ok), charged)
         # Replayed requests test a version: they say nothing of live traffic or the canary.
@@ -404,28 +336,11 @@ class InferenceService:
                 self._metrics.shadow_difference.labels(model, shadow).observe(
                     float(np.abs(theirs - ours).max()))
             agreement["unknown" if agree is None else "yes" if agree else "no"] += 1
-            outgoing.append(Outgoing(
-                kind=Kind.SHADOW, topic=self._topics.shadow, partition=record.partition,
-                key=request.id.encode(),
-                value=encode_shadow(request.id, model, shadow, primary, ours, theirs, labels),
-                headers=source_headers(record.topic, record.partition, record.offset),
-                model=model, version=shadow, reason=None, request_timestamp=record.timestamp,
-                route=str(Route.SHADOW)))
+            outgoing.append(outputs.shadow(record, request, shadow, primary, ours, theirs, labels,
+                                           self._topics.shadow))
         for agree, count in agreement.items():
             self._metrics.shadow_agreement.labels(model, shadow, agree).inc(count)
         return outgoing
-
-    def _sample(self, record: Incoming, request: Request, names: Sequence[str], result: np.ndarray,
-                labels: Sequence[str], redactor: Redactor) -> Outgoing:
-        features = redactor.fields(dict(zip(names, request.row, strict=True)))
-        return Outgoing(
-            kind=Kind.SAMPLE, topic=self._topics.samples, partition=record.partition,
-            key=request.id.encode(),
-            value=encode_sample(request.id, request.model, request.version, record.timestamp,
-                                features, result, labels),
-            headers=source_headers(record.topic, record.partition, record.offset),
-            model=request.model, version=request.version, reason=None,
-            request_timestamp=record.timestamp)
 
     def drift_rows(self) -> list[Outgoing]:
         """The rows served since the last call, coded for drift, as one message per version.
@@ -433,15 +348,9 @@ class InferenceService:
         Called every fraction of a second rather than per batch: the drift agent's cost
         is per message, and small batches under light load would multiply it.
         """
-        messages = []
-        for (model, version), parts in sorted(self._pending_drift.items()):
-            key = f"{model}:{version}".encode()
-            rows = CodedRows.concatenate(parts)
-            # All of a version's rows go to one partition: one worker owns its windows.
-            messages.append(Outgoing(
-                kind=Kind.DRIFT_ROWS, topic=self._topics.drift_rows, partition=zlib.crc32(key),
-                key=key, value=rows.to_bytes(), headers=[], model=model, version=version,
-                reason=None, request_timestamp=float(rows.timestamps_ms.max()) / 1000))
+        messages = [outputs.drift_rows(model, version, CodedRows.concatenate(parts),
+                                       self._topics.drift_rows)
+                    for (model, version), parts in sorted(self._pending_drift.items())]
         self._pending_drift.clear()
         return messages
 
@@ -452,14 +361,8 @@ class InferenceService:
 
     def _dead_letter(self, record: Incoming, rejection: Rejection, version: str,
                      route: Route | str = "", quota: str = "") -> Outgoing:
-        return Outgoing(
-            kind=Kind.DEAD_LETTER, topic=self._topics.deadletter, partition=record.partition,
-            key=dead_letter_key(rejection, record.topic, record.partition, record.offset),
-            value=encode_dead_letter(self._dead_letter_redactor.rejection(rejection),
-                                     self._dead_letter_redactor.original(record.value)),
-            headers=source_headers(record.topic, record.partition, record.offset),
-            model=rejection.model or "", version=version, reason=rejection.reason,
-            request_timestamp=record.timestamp, route=str(route), quota=quota)
+        return outputs.dead_letter(record, rejection, self._topics.deadletter,
+                                   self._dead_letter_redactor, version, route, quota)
 
     def fail_batch(self, batch: Sequence[Incoming], error: Exception) -> list[Outgoing]:
         """Dead letters for a whole batch, when serving it failed outside any model call."""
@@ -470,40 +373,20 @@ class InferenceService:
     def delivered(self, outgoing: Sequence[Outgoing]) -> None:
         """Count outputs once the broker has acknowledged them, and free the in-flight
         slots of the requests they answer."""
-        m, now = self._metrics, time.time()
-        # Count per label set, then touch each metric once: label lookups cost more
-        # than the increments.
-        served: Counter[tuple[str, str, str]] = Counter()
-        samples: Counter[str] = Counter()
-        dead: Counter[tuple[str, str, Reason]] = Counter()
-        latencies: dict[str, list[float]] = {}
-        answered: Counter[str] = Counter()
-        for out in outgoing:
-            if out.quota:
-                answered[out.quota] += 1
-            if out.kind is Kind.PREDICTION:
-                served[(out.model, out.version, out.route)] += 1
-                latencies.setdefault(out.model, []).append(now - out.request_timestamp)
-            elif out.kind is Kind.DEAD_LETTER:
-                assert out.reason is not None
-                # Only served models name a series: any sender could invent model names.
-                model = out.model if out.model in self._deployment.specs else ""
-                dead[(model, out.version, out.reason)] += 1
-            elif out.kind is Kind.SAMPLE:
-                samples[out.model] += 1
-        for (model, version, route), count in served.items():
+        m, counted = self._metrics, outputs.tally(outgoing, self._deployment.specs, time.time())
+        for (model, version, route), count in counted.predictions.items():
             m.requests.labels(model, version, "prediction").inc(count)
             m.predictions.labels(model, version, route).inc(count)
-        for (model, version, reason), count in dead.items():
+        for (model, version, reason), count in counted.dead_letters.items():
             m.requests.labels(model, version, "deadletter").inc(count)
             m.deadletters.labels(model, str(reason)).inc(count)
-        for model, count in samples.items():
+        for model, count in counted.samples.items():
             m.samples.labels(model).inc(count)
-        for model, seconds in latencies.items():
+        for model, seconds in counted.latencies.items():
             histogram = m.e2e_latency.labels(model)
             for s in seconds:
-                histogram.observe(max(0.0, s))
-        for quota, count in answered.items():
+                histogram.observe(s)
+        for quota, count in counted.answered.items():
             self._quotas.release(quota, count)
 
     def abandoned(self) -> None:
@@ -511,11 +394,6 @@ class InferenceService:
         transaction): free every in-flight slot; their requests are read again."""
         if self._quotas is not None:
             self._quotas.release_all()
-
-
-# Refused for the server's sake or the tenant's quota, not for what the request holds.
-_RETRYABLE = frozenset({Reason.DEADLINE_EXCEEDED, Reason.MODEL_ERROR, Reason.CIRCUIT_OPEN,
-                        Reason.QUOTA_EXCEEDED})
 
 
 def _timed_serve(predict: Callable[[np.ndarray], np.ndarray],
@@ -536,8 +414,3 @@ def _roles(spec: DeploymentSpec) -> list[tuple[str, str]]:
     if spec.fallback is not None:
         roles.append((spec.fallback, "fallback"))
     return roles
-
-
-def _expired(request: Request, record: Incoming, answer_time: float) -> bool:
-    return (request.deadline_ms is not None
-            and (answer_time - record.timestamp) * 1000 > request.deadline_ms)

@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from agents.client.stream import StreamClient, SyncStreamClient
 from agents.kafka.io import KafkaAccessError, ensure_topics
 from models.architectures import architecture
 from models.datasets import load as load_dataset
@@ -17,8 +18,6 @@ from pipeline.client import (
     DeadLetterError,
     PredictionTimeout,
     PredictRequest,
-    StreamClient,
-    SyncStreamClient,
 )
 from pipeline.registry import Registry
 

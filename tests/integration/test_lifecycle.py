@@ -211,6 +211,16 @@ def test_a_failing_version_trips_its_breaker_to_the_fallback_and_closes_again(li
     for prefix in ("bx-", "bb-", "bf-", "bo-"):
         assert lifecycle.cli("verify", "--id-prefix", prefix).returncode == 0
     lifecycle.changed("deploy", "iris", "1")
+    # Declarative: a target state that holds already is no change (exit 0, nothing written).
+    def deploys() -> int:
+        return sum(e.action == "deploy" for e in asyncio.run(read_entries(lifecycle.settings)))
+
+    before = deploys()
+    assert lifecycle.changed("deploy", "iris", "1").endswith("  (unchanged)\n")
+    assert deploys() == before
+    assert "fallback" not in lifecycle.changed("fallback", "iris", "--clear")
+    assert lifecycle.changed("fallback", "iris", "--clear").endswith("  (unchanged)\n")
+    assert asyncio.run(read_entries(lifecycle.settings))[-1].action == "fallback_clear"
 
 
 def test_batching_settings_of_a_spec_apply_live(lifecycle):

@@ -11,35 +11,23 @@ import orjson
 import pytest
 
 from pipeline.client import (
-    DeadLetter,
     DeadLetterError,
-    MalformedReply,
     Outcome,
     PendingReplies,
-    Prediction,
     PredictionTimeout,
     PredictRequest,
     RequestIds,
-    SourcePosition,
     StreamClientError,
     choose_partition,
-    parse_reply,
     raw_request_key,
     reply_partitions,
     requested_partitions,
-    source_position,
 )
-from pipeline.messages import (
-    ServingFacts,
-    encode_dead_letter,
-    encode_prediction,
-    source_headers,
-)
-from pipeline.redaction import RedactedOriginal
-from pipeline.rejections import Reason, Rejection
+from pipeline.rejections import Reason
+from pipeline.replies import DeadLetter, SourcePosition, parse_reply, source_position
+from tests.unit.test_replies import dead_letter_record, prediction_record
 
 IRIS = {"sepal_length": 5.1, "sepal_width": 3.5, "petal_length": 1.4, "petal_width": 0.2}
-LABELS = ("setosa", "versicolor", "virginica")
 
 
 class Clock:
@@ -48,17 +36,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-def prediction_record(request_id: str, offset: int = 7) -> tuple[bytes, list]:
-    value = encode_prediction(request_id, "iris", "3", np.array([0.9, 0.07, 0.03], np.float32), LABELS,
-                              ServingFacts("canary", 16, 2.5))
-    return value, source_headers("s.requests", 2, offset)
-
-
-def dead_letter_record(request_id: str | None, raw: bytes = b"{}", offset: int = 8) -> tuple[bytes, list]:
-    rejection = Rejection(Reason.UNKNOWN_MODEL, "model 'x' is not served here", id=request_id, model="x")
-    return encode_dead_letter(rejection, RedactedOriginal(raw)), source_headers("s.requests", 1, offset)
 
 
 # -- requests ------------------------------------------------------------------------------
@@ -134,51 +111,6 @@ def test_partitions_are_chosen_stably_and_replies_read_on_the_same_numbers():
 
 
 # -- replies -------------------------------------------------------------------------------
-
-def test_a_prediction_parses_into_a_typed_result():
-    value, headers = prediction_record("r-1")
-    prediction = parse_reply(value, dead_letter=False, headers=headers)
-    assert isinstance(prediction, Prediction)
-    assert (prediction.id, prediction.model, prediction.version) == ("r-1", "iris", "3")
-    assert prediction.label == "setosa" and prediction.route == "canary" and prediction.batch_size == 16
-    np.testing.assert_allclose(prediction.probabilities, [0.9, 0.07, 0.03], rtol=1e-6)
-    assert prediction.latency_ms == 2.5 and prediction.round_trip_ms is None
-    assert prediction.source == SourcePosition("s.requests", 2, 7)
-    assert prediction.output("label").shape == (1,)
-    with pytest.raises(KeyError, match="probabilities, label"):
-        prediction.output("logits")
-
-
-def test_a_dead_letter_parses_with_its_original_bytes():
-    value, headers = dead_letter_record("r-2", raw=b'{"id": "r-2", "model": "x"}')
-    dead = parse_reply(value, dead_letter=True, headers=headers)
-    assert dead == DeadLetter("r-2", "unknown_model", "model 'x' is not served here", "x",
-                              b'{"id": "r-2", "model": "x"}', source=SourcePosition("s.requests", 1, 8))
-    assert dead.is_client_error
-    binary = parse_reply(encode_dead_letter(Rejection(Reason.INVALID_UTF8, "e"), RedactedOriginal(b"\xff{")),
-                         dead_letter=True)
-    assert binary.original == b"\xff{" and binary.id is None and binary.source is None
-    withheld = parse_reply(encode_dead_letter(Rejection(Reason.MALFORMED_JSON, "e"),
-                                              RedactedOriginal(b"x", withheld=True)), dead_letter=True)
-    assert withheld.original is None
-    assert not DeadLetter("r", "model_error", "e").is_client_error
-    assert not DeadLetter("r", "some_future_reason", "e").is_client_error
-
-
-@pytest.mark.parametrize("value", [None, b"not json", b"[1]", b'{"id": "r"}', b'{"id": 5, "outputs": []}'])
-def test_a_foreign_record_on_a_reply_topic_is_a_malformed_reply(value):
-    with pytest.raises(MalformedReply):
-        parse_reply(value, dead_letter=False)
-    with pytest.raises(MalformedReply):
-        parse_reply(value, dead_letter=True)
-
-
-def test_source_position_needs_all_three_headers():
-    assert source_position(source_headers("t", 3, 41)) == SourcePosition("t", 3, 41)
-    assert source_position(source_headers("t", 3, 41)[:2]) is None
-    assert source_position([("streamserve-source-topic", b"t"), ("streamserve-source-partition", b"x"),
-                            ("streamserve-source-offset", b"1")]) is None
-
 
 def test_errors_form_one_tree_and_say_what_to_do():
     dead = DeadLetterError(DeadLetter("r-1", "unknown_model", "model 'x' is not served here"))
@@ -298,15 +230,11 @@ def test_closing_fails_everything_still_awaited():
     assert len(pending) == 0
 
 
-def test_importing_the_module_loads_no_kafka_library_until_the_client_is_asked_for():
+def test_the_pure_part_loads_no_kafka_library_and_leaves_the_io_classes_to_the_shell():
     code = ("import sys, pipeline.client as c; assert 'aiokafka' not in sys.modules; "
-            "assert 'StreamClient' in dir(c); from pipeline.client import StreamClient, SyncStreamClient; "
-            "assert 'aiokafka' in sys.modules and StreamClient.__module__ == 'agents.client.stream'")
+            "assert not hasattr(c, 'StreamClient') and not hasattr(c, 'SyncStreamClient'); "
+            "assert 'agents' not in {m.split('.')[0] for m in sys.modules}")
     subprocess.run([sys.executable, "-c", code], check=True)
-    import pipeline.client
-
-    with pytest.raises(AttributeError, match="NoSuchThing"):
-        pipeline.client.NoSuchThing  # noqa: B018
 
 
 # -- the client's sender, on a fake producer -----------------------------------------------

@@ -10,11 +10,12 @@ import numpy as np
 import orjson
 import pytest
 
-from agents.worker.inference import Deployment, Incoming, InferenceService, Kind
+from agents.worker.inference import Deployment, InferenceService
 from agents.worker.metrics import Metrics
 from models.architectures import init_mlp
 from models.runtime import ServingModel
 from pipeline.config import Settings
+from pipeline.outputs import Incoming, Kind
 from pipeline.registry import Manifest, lineage
 from pipeline.rejections import REDACTED_VALUE
 from pipeline.routing import DeploymentSpec

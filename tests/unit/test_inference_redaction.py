@@ -8,12 +8,13 @@ import numpy as np
 import orjson
 import pytest
 
-from agents.worker.inference import Deployment, Incoming, InferenceService, Kind
+from agents.worker.inference import Deployment, InferenceService
 from agents.worker.metrics import Metrics
 from models.architectures import init_mlp
 from models.runtime import ServingModel
 from pipeline.config import Settings
 from pipeline.drift import reference_for_labels, references_for
+from pipeline.outputs import Incoming, Kind
 from pipeline.redaction import MASKED, Redactor
 from pipeline.registry import Manifest
 from pipeline.rejections import REDACTED_VALUE

@@ -1,16 +1,16 @@
 import orjson
 
-from pipeline.ledger import Fate, Output, reconcile
+from pipeline.ledger import Fate, ReplyRecord, reconcile
 
 REQUESTS = [("r", 0, i) for i in range(4)]
 
 
 def prediction(offset, value=b"p"):
-    return Output(("r", 0, offset), Fate.PREDICTION, value)
+    return ReplyRecord(("r", 0, offset), Fate.PREDICTION, value)
 
 
 def dead_letter(offset, value=b"d"):
-    return Output(("r", 0, offset), Fate.DEAD_LETTER, value)
+    return ReplyRecord(("r", 0, offset), Fate.DEAD_LETTER, value)
 
 
 def test_one_fate_each_holds_exactly_once():
@@ -37,9 +37,12 @@ def test_identical_duplicates_hold_at_least_once_but_not_exactly_once():
 
 
 def answered(label, latency_ms, version="1", probabilities=(0.25, 0.75)):
-    return orjson.dumps({"id": "x", "model_version": version, "parameters": {"latency_ms": latency_ms},
-                         "outputs": [{"name": "probabilities", "datatype": "FP32", "data": list(probabilities)},
-                                     {"name": "label", "datatype": "BYTES", "data": [label]}]})
+    return orjson.dumps({"id": "x", "model_name": "m", "model_version": version,
+                         "parameters": {"latency_ms": latency_ms},
+                         "outputs": [{"name": "probabilities", "shape": [1, len(probabilities)],
+                                      "datatype": "FP32", "data": list(probabilities)},
+                                     {"name": "label", "shape": [1], "datatype": "BYTES",
+                                      "data": [label]}]})
 
 
 def test_a_repeat_served_differently_with_the_same_answer_holds():

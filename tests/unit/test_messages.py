@@ -5,7 +5,6 @@ import orjson
 
 from pipeline.messages import (
     ServingFacts,
-    dead_letter_key,
     encode_dead_letter,
     encode_prediction,
     encode_sample,
@@ -39,12 +38,6 @@ def test_dead_letter_keeps_binary_original_as_base64():
     msg = orjson.loads(encode_dead_letter(Rejection(Reason.INVALID_UTF8, "not utf-8"), RedactedOriginal(raw)))
     assert msg["original_encoding"] == "base64" and base64.b64decode(msg["original"]) == raw
     assert msg["id"] is None and "model" not in msg
-
-
-def test_dead_letter_key_falls_back_to_source_position():
-    assert dead_letter_key(Rejection(Reason.MISSING_ID, "e"), "t", 2, 17) == b"t:2:17"
-    assert dead_letter_key(Rejection(Reason.UNKNOWN_MODEL, "e", id="r-9"), "t", 2, 17) == b"r-9"
-
 
 
 def test_dead_letter_carries_the_redacted_original_or_says_it_was_withheld():

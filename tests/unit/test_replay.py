@@ -14,15 +14,16 @@ from agents.ops.replay_report import render_text, render_verdict, write_html
 from pipeline.replay import (
     INDEX_HEADER,
     REPLAY_HEADER,
+    Answer,
     GateLimits,
     OffsetBound,
     Recorded,
     RecordingHeader,
     ReplayError,
-    Reply,
     Rewrite,
     Side,
     TimeBound,
+    answer_of,
     belongs_to_run,
     capture_range,
     check_run_id,
@@ -32,7 +33,6 @@ from pipeline.replay import (
     key_replies,
     new_run_id,
     parse_bound,
-    parse_reply,
     plan,
     recorded_pace,
     replay_order,
@@ -276,42 +276,46 @@ def test_requests_give_their_features_and_models():
 # --------------------------------------------------------------------------------- diff
 
 
-def test_replies_are_parsed_with_the_run_prefix_stripped():
-    reply = parse_reply(prediction("run/r-1", "setosa", [0.9, 0.1], latency=4.5, version="2"), "run")
-    assert reply == Reply("r-1", "2", "setosa", {"probabilities": (0.9, 0.1)}, None, 4.5)
-    assert reply.outcome == "setosa"
-    dead = parse_reply(dead_letter("run/r-2", "schema_mismatch"), "run")
-    assert dead.request_id == "r-2" and dead.outcome == "dead letter: schema_mismatch"
-    assert parse_reply(dead_letter(None, "malformed_json"), "run").request_id is None
-    assert parse_reply(tabular("r-1"), "run") is None
-    assert parse_reply(b"junk", None) is None
+def test_replies_are_read_as_answers_with_the_run_prefix_stripped():
+    value = prediction("run/r-1", "setosa", [0.9, 0.1], latency=4.5, version="2")
+    for dead_letter_topic in (False, None):
+        reply = answer_of(value, "run", dead_letter=dead_letter_topic)
+        assert reply == Answer("r-1", "2", "setosa", {"probabilities": (0.9, 0.1)}, None, 4.5)
+        assert reply.outcome == "setosa"
+    for dead_letter_topic in (True, None):
+        dead = answer_of(dead_letter("run/r-2", "schema_mismatch"), "run", dead_letter=dead_letter_topic)
+        assert dead.request_id == "r-2" and dead.outcome == "dead letter: schema_mismatch"
+    assert answer_of(dead_letter(None, "malformed_json"), "run", dead_letter=True).request_id is None
+    assert answer_of(tabular("r-1"), "run", dead_letter=None) is None
+    assert answer_of(b"junk", None, dead_letter=False) is None
+    assert answer_of(None, None, dead_letter=True) is None
 
 
 def test_replies_are_keyed_once_per_request():
-    a1 = Reply("r-1", label="x")
-    a1_again = Reply("r-1", label="x")
-    b1 = Reply("r-1", reason="duplicate_request")
-    anonymous = Reply(None, reason="malformed_json")
+    a1 = Answer("r-1", label="x")
+    a1_again = Answer("r-1", label="x")
+    b1 = Answer("r-1", reason="duplicate_request")
+    anonymous = Answer(None, reason="malformed_json")
     keyed = key_replies([(("t", 0, 7), b1, "#7"), (("t", 0, 3), a1, "#3"), (("t", 0, 3), a1_again, "#3"),
                          (("t", 1, 0), anonymous, "#9")])
     assert keyed == {"r-1": a1, "r-1~2": b1, "#9": anonymous}
 
 
-def side(name: str, replies: dict[str, Reply], requests: int | None = None) -> Side:
+def side(name: str, replies: dict[str, Answer], requests: int | None = None) -> Side:
     return Side(name, replies, requests)
 
 
-def p(label: str, scores=(0.5, 0.5), latency: float = 3.0) -> Reply:
-    return Reply("x", "1", label, {"probabilities": tuple(scores)}, None, latency)
+def p(label: str, scores=(0.5, 0.5), latency: float = 3.0) -> Answer:
+    return Answer("x", "1", label, {"probabilities": tuple(scores)}, None, latency)
 
 
 def test_diff_counts_agreement_scores_dead_letters_and_latency():
     base = {f"r-{i}": p("a", (0.9, 0.1), latency=float(i)) for i in range(100)}
     cand = {f"r-{i}": p("a", (0.8, 0.2), latency=float(2 * i)) for i in range(100)}
     cand["r-5"] = p("b", (0.3, 0.7))
-    base["r-6"] = Reply("r-6", reason="schema_mismatch")
-    cand["r-6"] = Reply("r-6", reason="schema_mismatch")
-    cand["r-7"] = Reply("r-7", reason="model_error")
+    base["r-6"] = Answer("r-6", reason="schema_mismatch")
+    cand["r-6"] = Answer("r-6", reason="schema_mismatch")
+    cand["r-7"] = Answer("r-7", reason="model_error")
     base["only-base"] = p("a")
     features = {"r-5": {"f": 1.5}, "r-7": {"f": 2.5}}
     report = diff(side("B", base, 101), side("C", cand, 100), features)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.cli.ops import RULES_FILE, add_ops_commands, rules_text
+from agents.cli.ops import RULES_FILE, register, rules_text
 from pipeline import slo
 from pipeline.config import LATENCY_BUCKETS_S, ConfigError, Settings
 from pipeline.rejections import Reason
@@ -27,14 +27,7 @@ def test_the_checked_in_rules_file_is_what_the_command_writes_with_the_default_s
 
 def _run_ops(argv: list[str], settings: Settings) -> int:
     parser = argparse.ArgumentParser(prog="streamserve")
-    commands = parser.add_subparsers()
-
-    def command(name, run, help, parent=commands):
-        sub = parent.add_parser(name, help=help)
-        sub.set_defaults(run=run)
-        return sub
-
-    add_ops_commands(commands, command)
+    register(parser.add_subparsers())
     args = parser.parse_args(argv)
     return args.run(settings, args)
 

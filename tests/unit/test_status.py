@@ -18,7 +18,7 @@ from rich.console import Console
 
 from agents.worker.metrics import Metrics
 from agents.ops.status import StatusOptions, ask_prometheus, endpoint, parse_metrics
-from agents.cli.status import add_status_commands, console_for, options_from
+from agents.cli.status import console_for, options_from, register
 from agents.ops.status_view import METRICS_HINT, render
 from pipeline.routing import Canary, DeploymentSpec
 from pipeline.status import (
@@ -435,14 +435,7 @@ def test_an_empty_fleet_says_so():
 
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
-    commands = parser.add_subparsers()
-
-    def command(name, run, help, parent=commands):
-        sub = parent.add_parser(name, help=help)
-        sub.set_defaults(run=run)
-        return sub
-
-    add_status_commands(commands, command)
+    register(parser.add_subparsers())
     return parser.parse_args(argv)
 
 
@@ -470,13 +463,14 @@ def test_endpoints_may_be_given_short(given, path, url):
     (("--interval", "0"), "interval between scrapes must be positive"),
     (("--watch", "0"), "--watch SECONDS must be positive"),
 ])
-def test_bad_options_fail_before_reading_anything(argv, message, capsys):
-    from pipeline.config import Settings
+def test_bad_options_fail_before_reading_anything(argv, message, capsys, monkeypatch):
+    from agents.cli.main import main
 
-    args = parse("status", *argv)
     # An unreachable broker: reading it would take seconds and fail otherwise.
-    assert args.run(Settings(broker="127.0.0.1:1"), args) == 2
-    assert message in capsys.readouterr().err
+    monkeypatch.setenv("STREAMSERVE_BROKER", "127.0.0.1:1")
+    assert main(["status", *argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("streamserve: error: ") and message in err and len(err.splitlines()) == 1
 
 
 def test_piped_output_is_wide_enough_for_the_tables(monkeypatch):

@@ -1,0 +1,70 @@
+"""``streamserve broker start|stop|status [--secure]``: the embedded single-node Kafka broker
+(``agents.dev.broker``)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from agents.cli.parsing import Commands, command, group
+from pipeline.config import ConfigError, Settings
+
+
+def register(commands: Commands) -> None:
+    actions = group(commands, "broker", "the embedded single-node Kafka broker",
+                    "The embedded single-node Kafka broker (KRaft).")
+    for action, run, help in (("start", _start, "start it (a no-op when it already runs)"),
+                              ("stop", _stop, "stop it and leave no process behind"),
+                              ("status", _status, "say whether it runs")):
+        command(actions, action, run, help).add_argument(
+            "--secure", action="store_true",
+            help="the secured broker instead (port STREAMSERVE_LOCAL_BROKER_PORT + 2): TLS, SCRAM "
+                 "users admin, worker and client, ACLs enforced; settings files per user in "
+                 "STREAMSERVE_HOME/broker-secure/credentials")
+
+
+def _local_broker(settings: Settings, args: argparse.Namespace):
+    """The local broker (``--secure``: the secured one) of ``settings``; refused when
+    STREAMSERVE_BROKER names another cluster."""
+    from agents.dev.broker import SECURE_PORT_OFFSET, LocalBroker
+
+    port = settings.local_broker_port + (SECURE_PORT_OFFSET if args.secure else 0)
+    broker = LocalBroker(settings.home, port, secure=args.secure)
+    # A sourced credentials file names the secured broker itself: that one is managed here.
+    if not settings.uses_local_broker and settings.broker != broker.bootstrap:
+        raise ConfigError(f"STREAMSERVE_BROKER={settings.broker} points at an existing cluster; "
+                          "unset it to manage the local broker")
+    return broker
+
+
+def _start(settings: Settings, args: argparse.Namespace) -> int:
+    broker = _local_broker(settings, args)
+    started = broker.start()
+    print(f"broker {'started' if started else 'already running'} on {broker.bootstrap}")
+    if broker.secure:
+        print(f"TLS (CA {broker.cafile}), SCRAM logins, ACLs enforced; log in with `set -a; . "
+              f"{broker.env_file('NAME')}`, NAME one of admin, worker, client; then, as admin, "
+              "`streamserve acl apply`")
+    if broker.secure and started:
+        from agents.dev.broker import PRINCIPALS
+        from agents.kafka.audit import record
+
+        admin = Settings.from_env(broker.environment("admin"), topic_prefix=settings.topic_prefix)
+        asyncio.run(record(admin, action="broker_start", subject=f"broker:{broker.bootstrap}",
+                           details={"security": "SASL_SSL", "users": list(PRINCIPALS),
+                                    "ca": str(broker.cafile)}))
+    return 0
+
+
+def _stop(settings: Settings, args: argparse.Namespace) -> int:
+    stopped = _local_broker(settings, args).stop()
+    print("broker stopped" if stopped else "no broker was running")
+    return 0
+
+
+def _status(settings: Settings, args: argparse.Namespace) -> int:
+    """Exit 0 when it runs, 3 when it does not."""
+    status = _local_broker(settings, args).status()
+    print(f"broker {'running (pid ' + str(status.pid) + ')' if status.running else 'stopped'} "
+          f"on {status.bootstrap}, data in {status.home}")
+    return 0 if status.running else 3

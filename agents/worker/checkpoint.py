@@ -1,0 +1,329 @@
+"""The commit, in one place: a worker's outputs acknowledged, then its offsets committed.
+
+``Checkpoint.commit`` lists the order, step by step, and follows it, in both delivery
+modes (STREAMSERVE_DELIVERY):
+
+* at-least-once: offsets are committed only once every output of their batches, and of
+  every batch before, is acknowledged. A crash before the commit serves those batches
+  again (duplicates, never losses); a rebalance finishes the batches in flight (they
+  commit) before the partitions are given up, so a rebalance alone causes no duplicates.
+* exactly-once: the outputs, the drift codes and the offsets (sent to the transaction,
+  not committed by the consumer) are one Kafka transaction per commit, so read_committed
+  readers see each output once. A failed transaction is aborted and its requests are
+  read again from the committed offsets. The producer's transactional id is the worker's
+  (STREAMSERVE_WORKER_ID): a restarted worker fences its predecessor's open transaction.
+
+Which offsets are safe to commit, and where a partition resumes, is the pure
+``pipeline.offsets.OffsetLedger``; this module does the I/O: it owns the producer (every
+output leaves through it) and commits through the request consumer. The chaos tests'
+crash points (``pipeline.faults``) fire here: ``before_produce`` as a batch's outputs are
+handed off, ``after_produce`` and ``after_commit`` inside the commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+from collections import deque
+from collections.abc import Callable, Collection, Mapping, Sequence
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.structs import OffsetAndMetadata
+
+from agents.kafka.io import connection
+from agents.worker.inference import InferenceService
+from pipeline.config import Settings
+from pipeline.faults import CrashCounter
+from pipeline.offsets import OffsetLedger, Partition, Positioned, next_offsets
+from pipeline.outputs import Outgoing
+
+log = logging.getLogger(__name__)
+
+# Drift codes leave, and offsets are committed, at most this often (and when idle).
+FLUSH_SECONDS = 0.5
+_SEND_RETRY_SECONDS = 1.0
+_MAX_BATCHES_IN_FLIGHT = 4
+# An open transaction of a worker that died blocks read_committed readers of its
+# partitions until the broker aborts it; a commit happens every half second, so ten
+# seconds is generous.
+_TRANSACTION_TIMEOUT_MS = 10_000
+
+Sent = list[tuple[list[Outgoing], asyncio.Future]]  # outputs, and the future their ack resolves
+
+
+class Checkpoint:
+    """A worker's producer, and the commit of what it served."""
+
+    def __init__(self, settings: Settings, inference: InferenceService,
+                 consumer: AIOKafkaConsumer, *, forget_queued: Callable[[], None],
+                 stopping: Callable[[], bool]) -> None:
+        self._settings = settings
+        self._inference = inference
+        self._consumer = consumer
+        self._forget_queued = forget_queued  # a rewind drops what is fetched and not served
+        self._stopping = stopping
+        self._ledger = OffsetLedger(FLUSH_SECONDS)
+        self._crashes = CrashCounter(settings.fault_plan)
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: dict[str, list[int]] = {}  # output topic -> its partitions
+        self._completions: deque[asyncio.Task] = deque()  # at-least-once: awaiting acks
+        self._committer: asyncio.Task | None = None  # at-least-once: the commit in flight
+        self._open = False  # exactly-once: a transaction is open
+        self._in_transaction: Sent = []  # exactly-once: the open transaction's sends
+
+    async def start(self) -> None:
+        """Start the producer; exactly-once: a transactional one (its start fences, and
+        aborts the open transaction of, any earlier producer with this worker's id)."""
+        s = self._settings
+        transactional = {"transactional_id": transactional_id(s),
+                         "transaction_timeout_ms": _TRANSACTION_TIMEOUT_MS} if s.exactly_once else {}
+        self._producer = AIOKafkaProducer(**connection(s), acks="all",
+                                          enable_idempotence=True, linger_ms=1, **transactional)
+        await self._producer.start()
+        self._open, self._in_transaction = False, []
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    def due(self, now: float) -> bool:
+        """Whether a commit is due (``now``: a monotonic clock reading)."""
+        return self._ledger.due(now)
+
+    async def hand_off(self, outgoing: Sequence[Outgoing], records: Sequence[Positioned]) -> None:
+        """A served batch: its outputs go to the producer, its ``records``' offsets with
+        the next commit. At-least-once: a completion task awaits the acks, so the next
+        batch is computed while this one is in flight. Exactly-once: the outputs join
+        the open transaction, which the next commit commits."""
+        self._crash_point("before_produce")
+        if self._settings.exactly_once:
+            await self._begin()
+            self._in_transaction.extend(await self._send(outgoing))
+        else:
+            await self._produce(outgoing, {})
+        self._ledger.served(next_offsets(records))
+
+    async def commit(self, now: float) -> None:
+        """Commit what was served since the last commit (without traffic too: the drift
+        codes close windows), in this order:
+
+        1. take the offsets served since the last commit (per partition, one past the
+           last record handed off) and the drift codes of those rows; without either,
+           there is nothing to do;
+        2. produce: the drift codes go to the producer, after those rows' outputs
+           (exactly-once: into the open transaction, beside the outputs);
+        3. wait until the codes, those outputs and everything handed off before them
+           are acknowledged. At-least-once, a completion task waits (sending again what
+           failed, counting what arrives as delivered) while the next batch is served:
+           steps 3 to 5 happen there, and commits stay in hand-off order;
+        4. exactly-once: send the offsets to the transaction;
+           -- crash point ``after_produce``: acknowledged, not yet committed;
+        5. commit: at-least-once, the consumer commits the offsets (one commit request
+           in flight carries every commit released meanwhile; one the group refuses,
+           after a rebalance, leaves those requests to their next owner); exactly-once,
+           the transaction commits;
+           -- crash point ``after_commit``;
+        6. exactly-once: remember the commit (a partition this worker gets again resumes
+           from no earlier, ``resume``) and count the outputs delivered.
+
+        Exactly-once, a failure in 3 to 5 aborts the transaction, and the requests since
+        the last commit are read again (``_rewind``).
+        """
+        # 1.
+        offsets, drift = self._ledger.flush(now), self._inference.drift_rows()
+        if not (drift or offsets):
+            return
+        if not self._settings.exactly_once:
+            await self._produce(drift, offsets)  # 2.; 3 to 5 follow in ``_complete``
+            return
+        # 2.
+        await self._begin()
+        self._in_transaction.extend(await self._send(drift))
+        producer = self._producer
+        assert producer is not None
+        try:
+            # 3.
+            sent, self._in_transaction = self._in_transaction, []
+            await asyncio.gather(*(future for _, future in sent))
+            # 4.
+            if offsets:
+                await producer.send_offsets_to_transaction(_kafka(offsets), self._settings.app_id)
+            self._crash_point("after_produce")
+            # 5.
+            await producer.commit_transaction()
+            self._open = False
+        except Exception as e:  # noqa: BLE001 - whatever failed, the transaction is undone
+            await self._rewind(e)
+            return
+        # 6.
+        self._ledger.committed(offsets)
+        self._inference.delivered([o for outputs, _ in sent for o in outputs])
+        self._crash_point("after_commit")
+
+    async def keep_up(self) -> None:
+        """Bound the hand-offs in flight. A failed completion or commit surfaces here and
+        stops the worker (its batch was not committed, so it is served again)."""
+        while self._completions and (len(self._completions) > _MAX_BATCHES_IN_FLIGHT
+                                     or self._completions[0].done()):
+            await self._completions.popleft()
+        if self._committer is not None and self._committer.done():
+            self._committer.result()
+
+    async def drain(self) -> None:
+        """Wait until every hand-off is acknowledged and its offsets committed."""
+        while self._completions:
+            await self._completions.popleft()
+        if self._committer is not None:
+            await self._committer
+
+    async def resume(self, assigned: Collection[TopicPartition]) -> None:
+        """Resume a partition this worker committed before from no earlier than its own
+        last commit (``OffsetLedger.resume_from`` says why). Only exactly-once records
+        its commits: a consumer's own commit is in the group when it returns."""
+        for tp in self._ledger.resumable(assigned):
+            committed = await self._consumer.committed(tp)
+            offset = self._ledger.resume_from(tp, committed)
+            if offset is not None:
+                log.info("partition %d resumes from this worker's own commit %d (the group "
+                         "answered %s)", tp.partition, offset, committed)
+                self._consumer.seek(tp, offset)
+
+    # At-least-once: steps 2 to 5 of the commit, for a batch's outputs too (no offsets).
+
+    async def _produce(self, outgoing: Sequence[Outgoing], offsets: Mapping[Partition, int]) -> None:
+        sent = await self._send(outgoing)
+        ticket = self._ledger.sent(offsets)
+        self._completions.append(asyncio.create_task(self._complete(ticket, sent)))
+
+    async def _complete(self, ticket: int, sent: Sent) -> None:
+        """3. Wait for every ack (sending again what failed); then the commits this
+        releases (it and every hand-off before it acknowledged) go to the committer."""
+        while sent:
+            results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+            failed = [o for (outputs, _), r in zip(sent, results, strict=True)
+                      if isinstance(r, BaseException) for o in outputs]
+            self._inference.delivered([o for (outputs, _), r in zip(sent, results, strict=True)
+                                       if not isinstance(r, BaseException) for o in outputs])
+            sent = []
+            if failed:
+                error = next(r for r in results if isinstance(r, BaseException))
+                log.warning("%d outputs were not acknowledged (%r); sending them again",
+                            len(failed), error)
+                await asyncio.sleep(_SEND_RETRY_SECONDS)
+                sent = await self._send(failed)
+        released = self._ledger.acknowledged(ticket)
+        for _ in released:
+            self._crash_point("after_produce")
+        # Commits coalesce: one commit request in flight carries every commit released
+        # meanwhile, so a commit round trip never throttles serving.
+        if released and (self._committer is None or self._committer.done()):
+            self._committer = asyncio.create_task(self._commit_released())
+
+    async def _commit_released(self) -> None:
+        """5. Commit the released offsets through the consumer."""
+        while offsets := self._ledger.to_commit():
+            try:
+                await self._consumer.commit(_kafka(offsets))
+            except CommitFailedError as e:
+                # The group moved on (a rebalance, or the broker lost this member): the
+                # partitions' next owner serves these requests again (at-least-once).
+                log.warning("offsets %s not committed (%s); their requests will be served again",
+                            {p: o for (_, p), o in offsets.items()}, e)
+                continue
+            except KafkaError as e:  # the coordinator is away for a while: keep the offsets
+                if self._stopping():  # stopping: their requests are served again after
+                    log.warning("committing offsets failed (%r) while stopping", e)
+                    continue
+                log.warning("committing offsets failed (%r); trying again", e)
+                self._ledger.commit_failed(offsets)
+                await asyncio.sleep(_SEND_RETRY_SECONDS)
+                continue
+            self._crash_point("after_commit")
+
+    # Exactly-once: the open transaction.
+
+    async def _begin(self) -> None:
+        if not self._open:
+            assert self._producer is not None
+            await self._producer.begin_transaction()
+            self._open = True
+
+    async def _rewind(self, error: Exception) -> None:
+        """Abort the failed transaction and read its requests again from the committed
+        offsets; what was queued or served meanwhile is dropped with it."""
+        assert self._producer is not None
+        log.warning("a transaction failed (%r); aborting it and reading its requests again", error)
+        try:
+            self._in_transaction = []
+            if self._open:
+                self._open = False
+                await self._producer.abort_transaction()
+        except Exception as e:  # noqa: BLE001 - fenced or fatal: only a new producer can go on
+            log.warning("the producer cannot abort (%r); starting a new one", e)
+            await self._producer.stop()
+            while True:  # the broker may be away for a while: wait for it
+                try:
+                    await self.start()
+                    break
+                except KafkaError as e:
+                    log.warning("a new producer cannot start yet (%r); trying again", e)
+                    await self._producer.stop()
+                    await asyncio.sleep(_SEND_RETRY_SECONDS)
+        self._forget_queued()
+        self._ledger.rewind()
+        self._inference.drift_rows()  # their rows are served, and coded, again
+        self._inference.abandoned()  # and admitted again
+        for tp in self._consumer.assignment():
+            committed = await self._consumer.committed(tp)
+            if committed is None:
+                await self._consumer.seek_to_beginning(tp)
+            else:
+                self._consumer.seek(tp, committed)
+
+    # Both modes.
+
+    async def _send(self, outgoing: Sequence[Outgoing]) -> Sent:
+        """Queue every output in the producer, one record batch per partition rather than
+        a call per record (aiokafka's per-record path costs more than serving the row).
+        An output goes to its request's partition number (hashing every key in Python
+        cost a tenth of the worker's time), so a client that reads only the partitions
+        it produced to finds its replies there. Returns each batch's outputs with the
+        future its broker ack resolves."""
+        producer = self._producer
+        assert producer is not None
+        by_partition: dict[tuple[str, int], list[Outgoing]] = {}
+        for o in outgoing:
+            partitions = self._partitions.get(o.topic)
+            if partitions is None:
+                partitions = self._partitions[o.topic] = sorted(await producer.partitions_for(o.topic))
+            by_partition.setdefault((o.topic, partitions[o.partition % len(partitions)]), []).append(o)
+        sent = []
+        for (topic, partition), outputs in by_partition.items():
+            batch, members = producer.create_batch(), []
+            for o in outputs:
+                if batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers) is None:
+                    sent.append((members, await producer.send_batch(batch, topic, partition=partition)))
+                    batch, members = producer.create_batch(), []
+                    batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers)
+                members.append(o)
+            sent.append((members, await producer.send_batch(batch, topic, partition=partition)))
+        return sent
+
+    def _crash_point(self, point: str) -> None:
+        """Die here, without any clean-up, when the fault plan says so (chaos tests)."""
+        if self._crashes.due(point):
+            log.warning("injected fault: crashing at %s", point)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def transactional_id(settings: Settings) -> str:
+    """The exactly-once producer's id: stable across restarts when the worker has a name."""
+    return f"{settings.app_id}-{settings.worker_id or f'{socket.gethostname()}-{os.getpid()}'}"
+
+
+def _kafka(offsets: Mapping[Partition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
+    return {TopicPartition(*tp): OffsetAndMetadata(offset, "") for tp, offset in offsets.items()}

@@ -1,0 +1,95 @@
+"""Admission: which of a batch's records go to a model, and why each of the others does not.
+
+Each record passes, in this order: decode (``pipeline.decode``), the dedupe window
+(``pipeline.dedupe``), its deadline, its tenant's quota (``pipeline.tenant_quotas``). The
+first check it fails is its ``Rejection``; an admitted request joins the group of its
+(model, version, route), served together. The order matters: a repeat or an expired
+request takes no quota token, and a refused request never reaches a model.
+
+The clocks are passed in (``now``: epoch seconds, for deadlines against Kafka's
+timestamps; ``clock``: monotonic seconds, for the dedupe window and the quota buckets).
+The dedupe memory and the quotas are the caller's: admitting records updates them.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+
+from pipeline.catalog import Catalog
+from pipeline.decode import Request, decode
+from pipeline.dedupe import RecentIds
+from pipeline.outputs import Incoming, Kind, Outgoing
+from pipeline.rejections import Reason, Rejection
+from pipeline.routing import Route
+from pipeline.tenant_quotas import Refusal, TenantQuotas
+
+# The requests one model call serves together: (model, version, route).
+Group = tuple[str, str, Route]
+
+# Refused for the server's sake or the tenant's quota, not for what the request holds:
+# the sender may send it again with the same id.
+RETRYABLE = frozenset({Reason.DEADLINE_EXCEEDED, Reason.MODEL_ERROR, Reason.CIRCUIT_OPEN,
+                       Reason.QUOTA_EXCEEDED})
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A batch sorted: the admitted requests by group, the rest with their rejection."""
+
+    # In the order each group's first request came; in batch order within a group.
+    groups: dict[Group, list[tuple[Incoming, Request]]] = field(default_factory=dict)
+    rejected: list[tuple[Incoming, Rejection]] = field(default_factory=list)  # batch order
+    # Requests past their deadline, per group: failures of that version (breaker, canary).
+    expired: Counter[Group] = field(default_factory=Counter)
+    # In-flight slots the admitted requests took, per quota: their answers free them.
+    quota_slots: Counter[str] = field(default_factory=Counter)
+    refusals: list[Refusal] = field(default_factory=list)  # quota refusals, for the metrics
+
+
+def admit(batch: Sequence[Incoming], catalog: Catalog, max_bytes: int, max_features: int | None,
+          recent: RecentIds | None, quotas: TenantQuotas | None, now: float, clock: float,
+          expected_seconds: float = 0.0) -> Admission:
+    """Sort ``batch``. A request whose deadline would pass before it is answered, at
+    ``now + expected_seconds``, is rejected rather than computed. ``recent`` and ``quotas``
+    are None when the worker has no dedupe window or no tenant quotas."""
+    admission = Admission()
+    for record in batch:
+        decoded = decode(record.value, catalog, max_bytes, max_features)
+        if isinstance(decoded, Request) and recent is not None and recent.seen_before(
+                decoded.id, clock, (record.topic, record.partition, record.offset)):
+            decoded = recent.rejection(decoded.id, decoded.model)
+        if isinstance(decoded, Request) and _expired(decoded, record, now + expected_seconds):
+            admission.expired[(decoded.model, decoded.version, decoded.route)] += 1
+            decoded = Rejection(Reason.DEADLINE_EXCEEDED,
+                                f"the request had waited {1000 * (now - record.timestamp):.0f} ms "
+                                f"and could not be answered within its deadline_ms of "
+                                f"{decoded.deadline_ms}; raise the deadline or add workers",
+                                id=decoded.id, model=decoded.model)
+        if isinstance(decoded, Request) and quotas is not None:
+            refusal = quotas.admit(decoded.tenant, clock)
+            if refusal is not None:
+                admission.refusals.append(refusal)
+                decoded = replace(refusal.rejection, id=decoded.id, model=decoded.model)
+            elif quota := quotas.governing(decoded.tenant):
+                admission.quota_slots[quota] += 1
+        if isinstance(decoded, Rejection):
+            admission.rejected.append((record, decoded))
+        else:
+            admission.groups.setdefault((decoded.model, decoded.version, decoded.route),
+                                        []).append((record, decoded))
+    return admission
+
+
+def forget_retryable(recent: RecentIds, outgoing: Iterable[Outgoing]) -> None:
+    """Let the ids of requests refused for now (``RETRYABLE``) be sent again: a retry with
+    the same id must not be refused as a duplicate_request."""
+    for out in outgoing:
+        if out.kind is Kind.DEAD_LETTER and out.reason in RETRYABLE:
+            recent.forget(out.key.decode())
+
+
+def _expired(request: Request, record: Incoming, answer_time: float) -> bool:
+    return (request.deadline_ms is not None
+            and (answer_time - record.timestamp) * 1000 > request.deadline_ms)

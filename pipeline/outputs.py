@@ -1,0 +1,170 @@
+"""The records a worker reads and writes: each output's kind, topic, partition, key and headers.
+
+The worker's shell hands the inference step ``Incoming`` request records and sends the
+``Outgoing`` records it returns. The builders here decide where each output goes and how it
+is keyed; the bytes of each value are the contract in ``pipeline.messages``, shared with
+the clients that read them. Every builder takes what it needs (topic names, the redactor,
+the answer time) as arguments: nothing here reads a clock or a setting.
+
+Replies land on their request's partition number, keyed by request id, with the request's
+position in the source headers, so a client can match a reply to its request either way.
+Once the broker has them, ``tally`` says what they count for in the metrics.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+from collections.abc import Container, Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+
+from pipeline.decode import Request
+from pipeline.drift import CodedRows
+from pipeline.messages import (
+    ServingFacts,
+    encode_dead_letter,
+    encode_prediction,
+    encode_sample,
+    encode_shadow,
+    source_headers,
+)
+from pipeline.redaction import Redactor
+from pipeline.rejections import Reason, Rejection
+from pipeline.routing import Route
+
+
+@dataclass(frozen=True, slots=True)
+class Incoming:
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float  # seconds since the epoch, as Kafka stamped the request
+    value: bytes | None
+    replay: bool = False  # a replayed request (``streamserve replay``): kept out of monitoring
+
+
+class Kind(StrEnum):
+    PREDICTION = "prediction"
+    DEAD_LETTER = "dead_letter"
+    SAMPLE = "sample"  # a copy of a served request, redacted, beside its prediction
+    SHADOW = "shadow"  # a shadow version's output: never on the predictions topic
+    DRIFT_ROWS = "drift_rows"  # internal: served rows coded for the drift windows
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    kind: Kind
+    topic: str
+    partition: int  # the request's partition: replies land on the same partition number
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    model: str  # "" when the request named no servable model
+    version: str
+    reason: Reason | None  # why, for a dead letter
+    request_timestamp: float
+    route: str = ""
+    quota: str = ""  # a request's answer: the tenant quota whose in-flight slot it frees
+
+
+def dead_letter_key(rejection: Rejection, topic: str, partition: int, offset: int) -> bytes:
+    """Keyed by request id, or by where the message was read when no id could be read."""
+    return (rejection.id or f"{topic}:{partition}:{offset}").encode()
+
+
+def prediction(record: Incoming, request: Request, version: str, route: Route | str,
+               probabilities: np.ndarray, labels: Sequence[str], batch_size: int,
+               answered_at: float, topic: str, quota: str = "") -> Outgoing:
+    """``request``'s answer by ``version``; ``answered_at`` (epoch seconds) dates its latency."""
+    facts = ServingFacts(route=str(route), batch_size=batch_size,
+                         latency_ms=1000 * (answered_at - record.timestamp))
+    return Outgoing(
+        kind=Kind.PREDICTION, topic=topic, partition=record.partition, key=request.id.encode(),
+        value=encode_prediction(request.id, request.model, version, probabilities, labels, facts),
+        headers=source_headers(record.topic, record.partition, record.offset),
+        model=request.model, version=version, reason=None, request_timestamp=record.timestamp,
+        route=str(route), quota=quota)
+
+
+def dead_letter(record: Incoming, rejection: Rejection, topic: str, redactor: Redactor,
+                version: str = "", route: Route | str = "", quota: str = "") -> Outgoing:
+    """``record``'s dead letter, its error sentence and original bytes as ``redactor`` hides them."""
+    return Outgoing(
+        kind=Kind.DEAD_LETTER, topic=topic, partition=record.partition,
+        key=dead_letter_key(rejection, record.topic, record.partition, record.offset),
+        value=encode_dead_letter(redactor.rejection(rejection), redactor.original(record.value)),
+        headers=source_headers(record.topic, record.partition, record.offset),
+        model=rejection.model or "", version=version, reason=rejection.reason,
+        request_timestamp=record.timestamp, route=str(route), quota=quota)
+
+
+def sample(record: Incoming, request: Request, names: Sequence[str], probabilities: np.ndarray,
+           labels: Sequence[str], redactor: Redactor, topic: str) -> Outgoing:
+    """A copy of a served request (its features by ``names``, redacted) and its answer."""
+    features = redactor.fields(dict(zip(names, request.row, strict=True)))
+    return Outgoing(
+        kind=Kind.SAMPLE, topic=topic, partition=record.partition, key=request.id.encode(),
+        value=encode_sample(request.id, request.model, request.version, record.timestamp,
+                            features, probabilities, labels),
+        headers=source_headers(record.topic, record.partition, record.offset),
+        model=request.model, version=request.version, reason=None,
+        request_timestamp=record.timestamp)
+
+
+def shadow(record: Incoming, request: Request, version: str, answered_by: str,
+           ours: np.ndarray | Any, theirs: np.ndarray | Any, labels: Sequence[str],
+           topic: str) -> Outgoing:
+    """Shadow ``version``'s answer (``ours``) beside ``answered_by``'s (``theirs``); either
+    may be a failure (anything with an ``error``)."""
+    return Outgoing(
+        kind=Kind.SHADOW, topic=topic, partition=record.partition, key=request.id.encode(),
+        value=encode_shadow(request.id, request.model, version, answered_by, ours, theirs, labels),
+        headers=source_headers(record.topic, record.partition, record.offset),
+        model=request.model, version=version, reason=None, request_timestamp=record.timestamp,
+        route=str(Route.SHADOW))
+
+
+def drift_rows(model: str, version: str, rows: CodedRows, topic: str) -> Outgoing:
+    """A version's served rows, coded for drift, as one message to the window owner."""
+    key = f"{model}:{version}".encode()
+    # All of a version's rows go to one partition: one worker owns its windows.
+    return Outgoing(
+        kind=Kind.DRIFT_ROWS, topic=topic, partition=zlib.crc32(key), key=key,
+        value=rows.to_bytes(), headers=[], model=model, version=version, reason=None,
+        request_timestamp=float(rows.timestamps_ms.max()) / 1000)
+
+
+@dataclass(frozen=True, slots=True)
+class Tally:
+    """What delivered outputs count for, per metric label set: the shell then touches each
+    metric once, since label lookups cost more than the increments."""
+
+    predictions: Counter[tuple[str, str, str]]  # (model, version, route)
+    dead_letters: Counter[tuple[str, str, Reason]]  # (model, or "" when not served; version, reason)
+    samples: Counter[str]  # per model
+    latencies: dict[str, list[float]]  # per model: each prediction's seconds since its request
+    answered: Counter[str]  # per tenant quota: the in-flight slots the answers free
+
+
+def tally(outgoing: Iterable[Outgoing], served_models: Container[str], now: float) -> Tally:
+    """Count ``outgoing``, delivered at ``now`` (epoch seconds)."""
+    t = Tally(Counter(), Counter(), Counter(), {}, Counter())
+    for out in outgoing:
+        if out.quota:
+            t.answered[out.quota] += 1
+        if out.kind is Kind.PREDICTION:
+            t.predictions[(out.model, out.version, out.route)] += 1
+            # A clock that steps back makes no negative latency.
+            t.latencies.setdefault(out.model, []).append(max(0.0, now - out.request_timestamp))
+        elif out.kind is Kind.DEAD_LETTER:
+            assert out.reason is not None
+            # Only served models name a series: any sender could invent model names.
+            model = out.model if out.model in served_models else ""
+            t.dead_letters[(model, out.version, out.reason)] += 1
+        elif out.kind is Kind.SAMPLE:
+            t.samples[out.model] += 1
+    return t

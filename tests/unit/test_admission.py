@@ -1,0 +1,132 @@
+import orjson
+
+from pipeline.admission import admit, forget_retryable
+from pipeline.catalog import Catalog
+from pipeline.decode import Request
+from pipeline.dedupe import RecentIds
+from pipeline.outputs import Incoming, Kind, Outgoing
+from pipeline.rejections import Reason
+from pipeline.routing import DeploymentSpec, Route
+from pipeline.schema import Feature, InputSchema
+from pipeline.tenant_quotas import Limit, TenantQuotas, parse_quotas
+
+SCHEMA = InputSchema((Feature("a"), Feature("b")))
+CATALOG = Catalog({"m": {"1": SCHEMA, "2": SCHEMA}}, {"m": DeploymentSpec("m", "2", fallback="1")})
+SENT_AT = 1_700_000_000.0  # the requests' Kafka timestamp, epoch seconds
+
+
+def record(offset: int, **body) -> Incoming:
+    request = {"id": f"r-{offset}", "model": "m", "features": {"a": 1.0, "b": 2.0}} | body
+    return Incoming("requests", 3, offset, SENT_AT, orjson.dumps(request))
+
+
+def run(batch, recent=None, quotas=None, now=SENT_AT + 0.05, clock=100.0, expected_seconds=0.0):
+    return admit(batch, CATALOG, 65536, None, recent, quotas, now=now, clock=clock,
+                 expected_seconds=expected_seconds)
+
+
+def reasons(admission):
+    return [(r.offset, rejection.reason) for r, rejection in admission.rejected]
+
+
+def test_requests_are_grouped_by_model_version_and_route_in_arrival_order():
+    batch = [record(0), record(1, version="1"), record(2), record(3, version="2")]
+    admission = run(batch)
+    assert list(admission.groups) == [("m", "2", Route.STABLE), ("m", "1", Route.PINNED),
+                                      ("m", "2", Route.PINNED)]
+    stable = admission.groups[("m", "2", Route.STABLE)]
+    assert [r.offset for r, _ in stable] == [0, 2]
+    assert stable[0][1] == Request("r-0", "m", "2", [1.0, 2.0])
+    assert not admission.rejected and not admission.expired and not admission.quota_slots
+
+
+def test_undecodable_records_are_rejected_in_batch_order_beside_the_admitted():
+    batch = [Incoming("requests", 0, 0, SENT_AT, b"not json"), record(1),
+             Incoming("requests", 0, 2, SENT_AT, None), record(3, model="nope")]
+    admission = run(batch)
+    assert reasons(admission) == [(0, Reason.MALFORMED_JSON), (2, Reason.EMPTY_REQUEST),
+                                  (3, Reason.UNKNOWN_MODEL)]
+    assert [r.offset for r, _ in admission.groups[("m", "2", Route.STABLE)]] == [1]
+
+
+def test_a_repeated_id_is_a_duplicate_request_and_a_redelivery_is_not():
+    recent = RecentIds(max_ids=10)
+    first = record(0, id="same")
+    admission = run([first, record(1, id="same"), first], recent=recent)
+    assert reasons(admission) == [(1, Reason.DUPLICATE_REQUEST)]
+    _, rejection = admission.rejected[0]
+    assert rejection.id == "same" and rejection.model == "m"
+    assert "already served" in rejection.error
+    assert [r.offset for r, _ in admission.groups[("m", "2", Route.STABLE)]] == [0, 0]
+
+
+def test_an_expired_deadline_is_deadline_exceeded_and_counted_for_its_group():
+    # Waited 50 ms, and the batch is expected to take 100 ms more: past a 120 ms deadline.
+    admission = run([record(0, deadline_ms=120), record(1, deadline_ms=500)],
+                    expected_seconds=0.1)
+    assert reasons(admission) == [(0, Reason.DEADLINE_EXCEEDED)]
+    _, rejection = admission.rejected[0]
+    assert rejection.error == ("the request had waited 50 ms and could not be answered within "
+                               "its deadline_ms of 120; raise the deadline or add workers")
+    assert rejection.id == "r-0" and rejection.model == "m"
+    assert admission.expired == {("m", "2", Route.STABLE): 1}
+    assert [r.offset for r, _ in admission.groups[("m", "2", Route.STABLE)]] == [1]
+
+
+def test_the_deadline_is_checked_after_dedupe_and_before_the_quota():
+    recent, quotas = RecentIds(max_ids=10), TenantQuotas(parse_quotas("acme:inflight=1"))
+    batch = [record(0, id="x", tenant="acme"), record(1, id="x", deadline_ms=1, tenant="acme"),
+             record(2, deadline_ms=1, tenant="acme"), record(3, tenant="acme")]
+    admission = run(batch, recent=recent, quotas=quotas)
+    # The repeat is a duplicate (not expired); the expired request takes no quota slot,
+    # so the one slot goes to the first request and the last is over the quota.
+    assert reasons(admission) == [(1, Reason.DUPLICATE_REQUEST), (2, Reason.DEADLINE_EXCEEDED),
+                                  (3, Reason.QUOTA_EXCEEDED)]
+    assert admission.quota_slots == {"acme": 1} and quotas.in_flight("acme") == 1
+
+
+def test_a_quota_refusal_is_a_rejection_with_the_request_id_and_a_refusal_for_the_metrics():
+    quotas = TenantQuotas(parse_quotas("acme:inflight=2; default:rate=1"))
+    batch = [record(0, tenant="acme"), record(1, tenant="acme"), record(2, tenant="acme"),
+             record(3), record(4)]
+    admission = run(batch, quotas=quotas)
+    assert reasons(admission) == [(2, Reason.QUOTA_EXCEEDED), (4, Reason.QUOTA_EXCEEDED)]
+    assert [(r.quota, r.limit) for r in admission.refusals] == [("acme", Limit.INFLIGHT),
+                                                                ("default", Limit.RATE)]
+    _, refused = admission.rejected[0]
+    assert refused.id == "r-2" and refused.model == "m" and "in-flight quota" in refused.error
+    assert admission.quota_slots == {"acme": 2, "default": 1}
+
+
+def test_a_tenant_under_no_quota_takes_no_slot():
+    admission = run([record(0, tenant="beta")], quotas=TenantQuotas(parse_quotas("acme:rate=5")))
+    assert not admission.rejected and not admission.quota_slots
+
+
+def test_no_clock_is_read_admission_follows_the_clocks_passed_in():
+    recent = RecentIds(max_ids=10, window_s=60)
+    assert not run([record(0, id="x")], recent=recent, clock=0.0).rejected
+    assert reasons(run([record(1, id="x")], recent=recent, clock=59.0)) == \
+        [(1, Reason.DUPLICATE_REQUEST)]
+    assert not run([record(2, id="x")], recent=recent, clock=60.0).rejected  # window passed
+    late = run([record(3, deadline_ms=1000)], now=SENT_AT + 2.0)
+    assert reasons(late) == [(3, Reason.DEADLINE_EXCEEDED)]
+    assert "waited 2000 ms" in late.rejected[0][1].error
+
+
+def dead_letter(key: str, reason: Reason) -> Outgoing:
+    return Outgoing(Kind.DEAD_LETTER, "deadletter", 0, key.encode(), b"{}", [], "m", "2", reason,
+                    SENT_AT)
+
+
+def test_only_ids_refused_for_now_are_forgotten_so_they_may_be_sent_again():
+    recent = RecentIds(max_ids=10)
+    for request_id in ("late", "busy", "bad", "served"):
+        recent.seen_before(request_id, 0.0)
+    served = Outgoing(Kind.PREDICTION, "predictions", 0, b"served", b"{}", [], "m", "2", None,
+                      SENT_AT)
+    forget_retryable(recent, [dead_letter("late", Reason.DEADLINE_EXCEEDED),
+                              dead_letter("busy", Reason.QUOTA_EXCEEDED),
+                              dead_letter("bad", Reason.SCHEMA_MISMATCH), served])
+    assert not recent.seen_before("late", 1.0) and not recent.seen_before("busy", 1.0)
+    assert recent.seen_before("bad", 1.0) and recent.seen_before("served", 1.0)

@@ -1,0 +1,159 @@
+"""The commit's order (``Checkpoint.commit``), with a fake producer and consumer: no broker."""
+
+import asyncio
+from types import SimpleNamespace
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from agents.worker import checkpoint as checkpoint_module
+from agents.worker.checkpoint import Checkpoint
+from pipeline.config import Settings
+
+TP0 = TopicPartition("requests", 0)
+
+
+class FakeProducer:
+    def __init__(self, events: list, **options: object) -> None:
+        self.events = events
+        self.transactional = "transactional_id" in options
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1}
+
+    def create_batch(self) -> "Batch":
+        return Batch()
+
+    async def send_batch(self, batch: list, topic: str, partition: int) -> asyncio.Future:
+        self.events.append(("send", topic, len(batch)))
+        future = asyncio.get_running_loop().create_future()
+        future.set_result(None)
+        return future
+
+    async def begin_transaction(self) -> None:
+        self.events.append(("begin",))
+
+    async def send_offsets_to_transaction(self, offsets: dict, group_id: str) -> None:
+        self.events.append(("offsets to transaction", offsets))
+
+    async def commit_transaction(self) -> None:
+        self.events.append(("commit transaction",))
+
+    async def abort_transaction(self) -> None:
+        self.events.append(("abort transaction",))
+
+
+class Batch(list):
+    def append(self, **record: object) -> int:  # aiokafka: metadata, or None when full
+        super().append(record)
+        return 1
+
+
+class FakeConsumer:
+    def __init__(self, events: list, group_answer: int | None = None) -> None:
+        self.events = events
+        self.group_answer = group_answer
+
+    async def commit(self, offsets: dict) -> None:
+        self.events.append(("consumer commit", offsets))
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        return self.group_answer
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.events.append(("seek", tp, offset))
+
+
+class FakeInference:
+    def __init__(self, events: list) -> None:
+        self.events = events
+
+    def drift_rows(self) -> list:
+        return [output("drift")]
+
+    def delivered(self, outgoing: list) -> None:
+        self.events.append(("delivered", len(outgoing)))
+
+    def abandoned(self) -> None: ...
+
+
+def output(topic: str) -> SimpleNamespace:
+    return SimpleNamespace(topic=topic, partition=0, key=b"k", value=b"v", headers=[])
+
+
+def record(offset: int) -> ConsumerRecord:
+    return ConsumerRecord(topic="requests", partition=0, offset=offset, timestamp=0,
+                          timestamp_type=0, key=None, value=b"", checksum=None,
+                          serialized_key_size=0, serialized_value_size=0, headers=())
+
+
+@pytest.fixture
+def make(monkeypatch):
+    async def made(delivery: str, group_answer: int | None = None):
+        events: list = []
+        monkeypatch.setattr(checkpoint_module, "connection", lambda settings: {})
+        monkeypatch.setattr(checkpoint_module, "AIOKafkaProducer",
+                            lambda **options: FakeProducer(events, **options))
+        checkpoint = Checkpoint(Settings(delivery=delivery, worker_id="w1"), FakeInference(events),
+                                FakeConsumer(events, group_answer), forget_queued=lambda: None,
+                                stopping=lambda: False)
+        monkeypatch.setattr(checkpoint, "_crash_point", lambda point: events.append(("crash point", point)))
+        await checkpoint.start()
+        return checkpoint, events
+    return made
+
+
+async def test_at_least_once_commits_offsets_after_every_ack(make):
+    checkpoint, events = await make("at-least-once")
+    await checkpoint.hand_off([output("predictions")] * 2, [record(5), record(6)])
+    await checkpoint.commit(now=100.0)
+    await checkpoint.drain()
+    assert events == [
+        ("crash point", "before_produce"),
+        ("send", "predictions", 2),
+        ("send", "drift", 1),
+        ("delivered", 2),
+        ("delivered", 1),
+        ("crash point", "after_produce"),
+        ("consumer commit", {TP0: OffsetAndMetadata(7, "")}),
+        ("crash point", "after_commit"),
+    ]
+
+
+async def test_exactly_once_commits_outputs_and_offsets_in_one_transaction(make):
+    checkpoint, events = await make("exactly-once")
+    await checkpoint.hand_off([output("predictions")], [record(5)])
+    await checkpoint.commit(now=100.0)
+    assert events == [
+        ("crash point", "before_produce"),
+        ("begin",),
+        ("send", "predictions", 1),
+        ("send", "drift", 1),
+        ("offsets to transaction", {TP0: OffsetAndMetadata(6, "")}),
+        ("crash point", "after_produce"),
+        ("commit transaction",),
+        ("delivered", 2),
+        ("crash point", "after_commit"),
+    ]
+
+
+async def test_exactly_once_resumes_from_its_own_commit_when_the_group_answers_older(make):
+    checkpoint, events = await make("exactly-once", group_answer=3)
+    await checkpoint.hand_off([output("predictions")], [record(5)])
+    await checkpoint.commit(now=100.0)
+    events.clear()
+    await checkpoint.resume({TP0, TopicPartition("requests", 1)})
+    assert events == [("seek", TP0, 6)]
+
+
+async def test_a_commit_is_due_every_flush_interval(make):
+    checkpoint, _ = await make("at-least-once")
+    assert checkpoint.due(100.0)
+    await checkpoint.commit(now=100.0)
+    assert not checkpoint.due(100.0 + checkpoint_module.FLUSH_SECONDS / 2)
+    assert checkpoint.due(100.0 + checkpoint_module.FLUSH_SECONDS)
