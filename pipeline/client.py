@@ -4,8 +4,8 @@ A client produces a request keyed by its id to ``<prefix>.requests`` and waits f
 reply the worker writes for it: a prediction on ``<prefix>.predictions`` or a dead letter on
 ``<prefix>.deadletter``. This module holds everything about that which needs no broker;
 the replies themselves (``Prediction``, ``DeadLetter``) and their parser are
-``pipeline.replies``; ``agents/client/stream.py`` holds the Kafka I/O (``StreamClient``,
-``SyncStreamClient``).
+``pipeline.replies``; the Kafka I/O is ``agents/client/stream.py`` (``StreamClient``) and
+``agents/client/sync.py`` (``SyncStreamClient``).
 
 Exceptions a caller handles::
 

@@ -222,7 +222,7 @@ class Settings:
         0.999, "STREAMSERVE_SLO_AVAILABILITY",
         "Availability objective: the share of requests answered with a prediction or a "
         "client-error dead letter (server failures: deadline_exceeded, model_error, "
-        "circuit_open). `streamserve ops rules` turns it into burn-rate alerts.")
+        "circuit_open, undeliverable). `streamserve ops rules` turns it into burn-rate alerts.")
     slo_latency_ms: float = _setting(
         100.0, "STREAMSERVE_SLO_LATENCY_MS",
         "Latency objective: a request is fast when answered within this many milliseconds of "

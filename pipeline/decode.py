@@ -1,5 +1,9 @@
 """Request bytes → a validated ``Request``, or a ``Rejection`` saying what to fix.
 
+One module of about 480 lines because it is one decoder: its checks run in a fixed order
+over one request's bytes and share the limits and the rejection sentences, so split
+apart each piece would import all the others.
+
 Two request forms are accepted:
 
 * tabular (the documented default)::

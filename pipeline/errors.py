@@ -47,7 +47,7 @@ class StreamserveError(Exception):
 
     Where each lives: ``pipeline/`` (config, security, schema, routing, registry, signing,
     broker_quotas, tenant_quotas, redaction, replay, slo, status, drift/errors, faults,
-    decode, client, replies), ``agents/`` (kafka/io, dev/broker, dev/fleet, dev/bench) and
+    decode, client, replies), ``agents/`` (kafka/connect, dev/broker, dev/fleet, dev/bench) and
     ``models/`` (train, datasets, architectures). ``tests/unit/test_errors.py`` checks that
     every exception class of those packages derives from this one and is named above.
     """

@@ -82,7 +82,9 @@ def _outputs(probabilities: np.ndarray, labels: Sequence[str]) -> list[dict[str,
 
 def encode_dead_letter(rejection: Rejection, original: RedactedOriginal) -> bytes:
     """The rejection plus the request as received after redaction (base64 when it is not
-    UTF-8; ``original_encoding`` "withheld" when redaction could not find its fields)."""
+    UTF-8; ``original_encoding`` "withheld" when redaction could not find its fields, or
+    when it was too large to keep: then ``original_bytes`` and ``original_sha256`` say
+    what it was)."""
     raw = original.value or b""
     if original.withheld:
         text, encoding = "", "withheld"
@@ -93,6 +95,8 @@ def encode_dead_letter(rejection: Rejection, original: RedactedOriginal) -> byte
             text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
     message = {"id": rejection.id, "reason": str(rejection.reason), "error": rejection.error,
                "original": text, "original_encoding": encoding}
+    if original.sha256 is not None:
+        message |= {"original_bytes": original.size, "original_sha256": original.sha256}
     if rejection.model is not None:
         message["model"] = rejection.model
     return orjson.dumps(message)

@@ -13,14 +13,16 @@ Once the broker has them, ``tally`` says what they count for in the metrics.
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from collections import Counter
 from collections.abc import Container, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
 import numpy as np
+import orjson
 
 from pipeline.decode import Request
 from pipeline.drift import CodedRows
@@ -32,9 +34,13 @@ from pipeline.messages import (
     encode_shadow,
     source_headers,
 )
-from pipeline.redaction import Redactor
+from pipeline.redaction import RedactedOriginal, Redactor
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import Route
+
+
+# The most a drift-rows message holds: half the broker's default message limit (1 MiB).
+DRIFT_MESSAGE_BYTES = 512 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,12 +97,18 @@ def prediction(record: Incoming, request: Request, version: str, route: Route | 
 
 
 def dead_letter(record: Incoming, rejection: Rejection, topic: str, redactor: Redactor,
-                version: str = "", route: Route | str = "", quota: str = "") -> Outgoing:
-    """``record``'s dead letter, its error sentence and original bytes as ``redactor`` hides them."""
+                max_original_bytes: int, version: str = "", route: Route | str = "",
+                quota: str = "") -> Outgoing:
+    """``record``'s dead letter, its error sentence and original bytes as ``redactor`` hides
+    them. An original over ``max_original_bytes`` is withheld unread (its size and sha256
+    stand in): escaped as JSON or base64 it could grow past what the broker takes."""
+    raw = record.value
+    original = (RedactedOriginal.too_large(raw) if raw is not None and len(raw) > max_original_bytes
+                else redactor.original(raw))
     return Outgoing(
         kind=Kind.DEAD_LETTER, topic=topic, partition=record.partition,
         key=dead_letter_key(rejection, record.topic, record.partition, record.offset),
-        value=encode_dead_letter(redactor.rejection(rejection), redactor.original(record.value)),
+        value=encode_dead_letter(redactor.rejection(rejection), original),
         headers=source_headers(record.topic, record.partition, record.offset),
         model=rejection.model or "", version=version, reason=rejection.reason,
         request_timestamp=record.timestamp, route=str(route), quota=quota)
@@ -128,14 +140,42 @@ def shadow(record: Incoming, request: Request, version: str, answered_by: str,
         route=str(Route.SHADOW))
 
 
-def drift_rows(model: str, version: str, rows: CodedRows, topic: str) -> Outgoing:
-    """A version's served rows, coded for drift, as one message to the window owner."""
+def drift_rows(model: str, version: str, rows: CodedRows, topic: str,
+               max_bytes: int = DRIFT_MESSAGE_BYTES) -> list[Outgoing]:
+    """A version's served rows, coded for drift, as messages to the window owner of at most
+    ``max_bytes`` each (a busy flush of a wide model would outgrow the broker's limit)."""
     key = f"{model}:{version}".encode()
-    # All of a version's rows go to one partition: one worker owns its windows.
-    return Outgoing(
-        kind=Kind.DRIFT_ROWS, topic=topic, partition=zlib.crc32(key), key=key,
-        value=rows.to_bytes(), headers=[], model=model, version=version, reason=None,
-        request_timestamp=float(rows.timestamps_ms.max()) / 1000)
+    row_bytes = max(1, len(rows.to_bytes()) // max(1, len(rows)))
+    per_message = max(1, max_bytes // row_bytes)
+    messages = []
+    for start in range(0, len(rows), per_message):
+        part = rows.select(np.arange(len(rows))[start:start + per_message]) \
+            if len(rows) > per_message else rows
+        # All of a version's rows go to one partition, in order: one worker owns its windows.
+        messages.append(Outgoing(
+            kind=Kind.DRIFT_ROWS, topic=topic, partition=zlib.crc32(key), key=key,
+            value=part.to_bytes(), headers=[], model=model, version=version, reason=None,
+            request_timestamp=float(part.timestamps_ms.max()) / 1000))
+    return messages
+
+
+def stand_in(refused: Outgoing, error: str, topic: str) -> Outgoing | None:
+    """What replaces an output the broker refused for good (too large, not allowed): a
+    request's answer becomes a minimal dead letter (its id, the refusal, the refused
+    record's size and sha256, no original), so the request still has one answer; a
+    side output (sample, shadow, drift rows) is given up (None)."""
+    if refused.kind is Kind.PREDICTION:
+        what, reason, request_id = "prediction", Reason.UNDELIVERABLE, refused.key.decode()
+    elif refused.kind is Kind.DEAD_LETTER:  # our own JSON: its id may be null
+        what, reason, request_id = "dead letter", refused.reason, orjson.loads(refused.value)["id"]
+    else:
+        return None
+    assert reason is not None
+    sentence = (f"the broker refused this request's {what} ({len(refused.value)} bytes, sha256 "
+                f"{hashlib.sha256(refused.value).hexdigest()}): {error}")
+    rejection = Rejection(reason, sentence, id=request_id, model=refused.model or None)
+    return replace(refused, kind=Kind.DEAD_LETTER, topic=topic, reason=reason,
+                   value=encode_dead_letter(rejection, RedactedOriginal(None, withheld=True)))
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,6 +109,15 @@ class RedactedOriginal:
 
     value: bytes | None
     withheld: bool = False
+    # Set when the original was withheld for its size: how many bytes, and their sha256
+    # (hex), so an operator can match it to the producer's record without the bytes.
+    size: int | None = None
+    sha256: str | None = None
+
+    @classmethod
+    def too_large(cls, raw: bytes) -> RedactedOriginal:
+        """``raw`` withheld for its size (unread, so no field of it can leak)."""
+        return cls(None, withheld=True, size=len(raw), sha256=hashlib.sha256(raw).hexdigest())
 
 
 @dataclass(frozen=True, slots=True)

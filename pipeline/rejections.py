@@ -38,12 +38,15 @@ class Reason(StrEnum):
     CIRCUIT_OPEN = "circuit_open"
     # The request's tenant is over its quota on this worker (pipeline.tenant_quotas).
     QUOTA_EXCEEDED = "quota_exceeded"
+    # The broker refused the request's answer for good (e.g. too large): this stands in.
+    UNDELIVERABLE = "undeliverable"
 
     @property
     def is_client_error(self) -> bool:
         """True when the sender must act (fix the request, or send more slowly when over its
         quota); False when the server failed it."""
-        return self not in (Reason.DEADLINE_EXCEEDED, Reason.MODEL_ERROR, Reason.CIRCUIT_OPEN)
+        return self not in (Reason.DEADLINE_EXCEEDED, Reason.MODEL_ERROR, Reason.CIRCUIT_OPEN,
+                            Reason.UNDELIVERABLE)
 
 
 @dataclass(frozen=True, slots=True)

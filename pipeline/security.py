@@ -4,7 +4,7 @@ The worker, the CLI and the client library all connect with the ``KafkaSecurity`
 same settings (``Settings.kafka_security``): SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)
 over plaintext or TLS, or TLS alone with an optional client certificate. Secrets are
 held out of ``repr`` so that a logged settings object never shows them. The TLS context
-itself is built by the I/O shell (``agents.kafka.io.connection``): this module stays pure.
+itself is built by the I/O shell (``agents.kafka.connect.connection``): this module stays pure.
 """
 
 from __future__ import annotations

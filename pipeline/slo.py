@@ -1,5 +1,9 @@
 """Service level objectives, and the Prometheus rules that watch them and the workers.
 
+One module of about 410 lines because the rules file is one document: the objectives, the
+expressions every rule shares and the alerts are built together, and ``to_yaml`` (about
+50 lines) writes only that document.
+
 Two indicators per model, each a ratio of events over a window:
 
 - **availability**: of the *valid* requests (those the service is answerable for: every
@@ -38,8 +42,9 @@ from pipeline.errors import StreamserveError
 from pipeline.rejections import Reason
 
 # Dead-letter reasons that are the service's failures (deadline_exceeded, model_error,
-# circuit_open), from the one classification in pipeline.rejections.
+# circuit_open, undeliverable), from the one classification in pipeline.rejections.
 SERVER_REASONS: tuple[str, ...] = tuple(str(r) for r in Reason if not r.is_client_error)
+_SERVER_REASONS_T = ", ".join(SERVER_REASONS[:-1]) + " or " + SERVER_REASONS[-1]
 
 Severity = Literal["page", "ticket"]
 
@@ -206,8 +211,8 @@ def slo_alerts(objectives: Objectives) -> list[Alert]:
     return [
         Alert("StreamserveAvailabilityBudgetBurn", _burn(AVAILABILITY_RECORD, a_budget, PAGE_BURNS),
               "page", f"{_MODEL_T}: server-side failures are burning the availability budget fast",
-              f"{_SHARE_T} of valid requests to {_MODEL_T} became deadline_exceeded, model_error "
-              f"or circuit_open dead letters (objective {a_goal} answered): {fast}",
+              f"{_SHARE_T} of valid requests to {_MODEL_T} became {_SERVER_REASONS_T} dead "
+              f"letters (objective {a_goal} answered): {fast}",
               "error-rate-rise.md", labels={"slo": "availability"}),
         Alert("StreamserveAvailabilityBudgetBurnSlow",
               _burn(AVAILABILITY_RECORD, a_budget, TICKET_BURNS), "ticket",

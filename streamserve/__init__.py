@@ -11,7 +11,8 @@ collide with the folders most ML projects already have. Each name keeps its home
 module only lists the public ones.
 """
 
-from agents.client.stream import StreamClient, SyncStreamClient
+from agents.client.stream import StreamClient
+from agents.client.sync import SyncStreamClient
 from pipeline.client import (
     ClientClosed,
     DeadLetterError,

@@ -26,7 +26,8 @@ def register(commands: Commands) -> None:
 def _local_broker(settings: Settings, args: argparse.Namespace):
     """The local broker (``--secure``: the secured one) of ``settings``; refused when
     STREAMSERVE_BROKER names another cluster."""
-    from agents.dev.broker import SECURE_PORT_OFFSET, LocalBroker
+    from agents.dev.broker import LocalBroker
+    from agents.dev.secure_broker import SECURE_PORT_OFFSET
 
     port = settings.local_broker_port + (SECURE_PORT_OFFSET if args.secure else 0)
     broker = LocalBroker(settings.home, port, secure=args.secure)
@@ -46,7 +47,7 @@ def _start(settings: Settings, args: argparse.Namespace) -> int:
               f"{broker.env_file('NAME')}`, NAME one of admin, worker, client; then, as admin, "
               "`streamserve acl apply`")
     if broker.secure and started:
-        from agents.dev.broker import PRINCIPALS
+        from agents.dev.secure_broker import PRINCIPALS
         from agents.kafka.audit import record
 
         admin = Settings.from_env(broker.environment("admin"), topic_prefix=settings.topic_prefix)

@@ -77,7 +77,7 @@ def _change(settings: Settings, model: str, action: str,
             transition: Callable[[DeploymentSpec | None], DeploymentSpec],
             *check: str) -> int:
     from agents.kafka.control import change, check_servable
-    from agents.kafka.io import refusals
+    from agents.kafka.connect import refusals
     from pipeline.acl import Operation, Principals
 
     before: list[DeploymentSpec | None] = [None]

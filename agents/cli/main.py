@@ -63,7 +63,7 @@ def handle(error: Exception, settings: Settings | None) -> int:
     if isinstance(error, StreamserveError | OSError):
         message, status = str(error), getattr(error, "exit_code", USER_ERROR)
     else:
-        from agents.kafka.io import REFUSALS, refused
+        from agents.kafka.connect import REFUSALS, refused
 
         if settings is None or not isinstance(error, REFUSALS):
             raise error

@@ -52,7 +52,8 @@ def _produce(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _produce_lines(settings: Settings, topic: str, lines) -> int:
-    from agents.kafka.io import ensure_topics, refusals, start_producer
+    from agents.kafka.connect import refusals, start_producer
+    from agents.kafka.topics import ensure_topics
     from pipeline.acl import Operation
 
     await ensure_topics(settings)
@@ -93,7 +94,9 @@ def _consume(settings: Settings, args: argparse.Namespace) -> int:
 
 async def _consume_lines(settings: Settings, topic: str, from_beginning: bool, limit: int | None,
                          timeout: float | None, out: TextIO) -> None:
-    from agents.kafka.io import ensure_topics, read_topic, refusals
+    from agents.kafka.connect import refusals
+    from agents.kafka.read import read_topic
+    from agents.kafka.topics import ensure_topics
     from pipeline.acl import Operation
 
     await ensure_topics(settings)

@@ -1,5 +1,5 @@
 """``streamserve status [--metrics URL]... [--prometheus URL] [--watch [SECONDS]]``: the
-fleet in one terminal view (``agents/ops/status.py`` reads, ``pipeline/status.py`` computes,
+fleet in one terminal view (``agents/ops/status.py`` reads, ``pipeline/status/`` computes,
 ``agents/ops/status_view.py`` draws).
 """
 

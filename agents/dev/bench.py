@@ -1,5 +1,9 @@
 """``streamserve bench``: streamserve beside its ceilings and its alternatives, in one run.
 
+One module of about 450 lines because ``Bench`` is one sequence of cases sharing a broker, a
+run id and a report, each documented below; what the cases send and read back is in
+``agents.dev.bench_traffic``.
+
 One broker, one machine, the cases one after the other, each on topics of its own
 (4 partitions) and in a consumer group of its own:
 
@@ -33,14 +37,12 @@ import gc
 import importlib.util
 import logging
 import os
-import subprocess
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -50,7 +52,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 
 from agents.dev.bench_results import (
-    Answers,
     Case,
     CaseProgress,
     LatencyPoint,
@@ -58,9 +59,23 @@ from agents.dev.bench_results import (
     Sizes,
     WorkerStats,
 )
+from agents.dev.bench_traffic import (
+    PARTITIONS,
+    Peer,
+    Schedule,
+    feature_rows,
+    kill_peer,
+    match_answers,
+    output_partitions,
+    read_outputs,
+    receive_answers,
+    start_peer,
+    worker_counters,
+)
 from agents.client.stream import StreamClient
 from agents.dev.fleet import WorkerProcess
-from agents.kafka.io import admin_client, connection, start_producer
+from agents.kafka.connect import connection, start_producer
+from agents.kafka.topics import admin_client
 from pipeline.client import PredictRequest
 from pipeline.config import Settings
 from pipeline.errors import StreamserveError
@@ -69,7 +84,6 @@ from pipeline.registry import Manifest, Registry
 if TYPE_CHECKING:  # JAX loads only once a case needs it
     from models.runtime import ServingModel
 
-PARTITIONS = 4
 LATENCY_SHARES = (25, 50, 75)
 CLIENT_SHARE = 25  # low enough that the worker answers promptly: the client's cost shows
 _STALL_SECONDS = 30.0  # no new answer for this long: the case has failed
@@ -124,7 +138,7 @@ class Bench:
         self.sizes = sizes
         self.run_id = f"bench-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.logs = settings.home / "bench" / self.run_id
-        self.rows = _feature_rows(self._registered(), 1000)
+        self.rows = feature_rows(self._registered(), 1000)
         self.progress = CaseProgress()
         self.worker_stats: list[WorkerStats] = []
         self._cases = 0
@@ -237,11 +251,11 @@ class Bench:
         n = n or self.sizes.requests
         await self._preload(s, n)
         self.progress.status("starting the consumer")
-        peer = _start_peer(kind, s, self.model, self.logs / f"{s.topic_prefix}.log")
+        peer = start_peer(kind, s, self.model, self.logs / f"{s.topic_prefix}.log")
         try:
             end = await self._await_answers(s, n, [peer])
         finally:
-            _kill(peer.process)
+            kill_peer(peer.process)
         return await self._throughput(s, n, end)
 
     async def streamserve_and_latency(self) -> tuple[Case, dict[int, LatencyPoint], LatencyPoint]:
@@ -250,9 +264,9 @@ class Bench:
         n = self.sizes.requests
         await self._preload(s, n)
         async with self._workers(s, {}, 1) as workers:
-            before = _counters(workers)
+            before = worker_counters(workers)
             end = await self._await_answers(s, n, workers)
-            after = _counters(workers)
+            after = worker_counters(workers)
             self.worker_stats.append(WorkerStats.between(before, after))
             case = await self._throughput(s, n, end, self.worker_stats[-1])
             # This process's heap (JAX, the model ceiling's) is no load generator's: a full
@@ -263,7 +277,7 @@ class Bench:
             latency = {share: await self._latency_point(s, share, case.throughput_rps * share / 100)
                        for share in LATENCY_SHARES}
             client = await self._client_point(s, CLIENT_SHARE, latency[CLIENT_SHARE].rate_rps)
-            self.worker_stats.append(WorkerStats.between(after, _counters(workers)))
+            self.worker_stats.append(WorkerStats.between(after, worker_counters(workers)))
         return case, latency, client
 
     async def variant(self, title: str, slug: str, env: dict[str, str], n: int) -> Case:
@@ -272,9 +286,9 @@ class Bench:
         s = await self._fresh(slug)
         await self._preload(s, n)
         async with self._workers(s, env, 1) as workers:
-            before = _counters(workers)
+            before = worker_counters(workers)
             end = await self._await_answers(s, n, workers)
-            self.worker_stats.append(WorkerStats.between(before, _counters(workers)))
+            self.worker_stats.append(WorkerStats.between(before, worker_counters(workers)))
         return await self._throughput(s, n, end, self.worker_stats[-1])
 
     async def two_workers(self) -> Case:
@@ -282,10 +296,10 @@ class Bench:
         s = await self._fresh("two-workers")
         n = self.sizes.requests
         async with self._workers(s, {}, 2) as workers:
-            before = _counters(workers)
+            before = worker_counters(workers)
             preloaded_ms = await self._preload(s, n)
             end = await self._await_answers(s, n, workers)
-            self.worker_stats.append(WorkerStats.between(before, _counters(workers)))
+            self.worker_stats.append(WorkerStats.between(before, worker_counters(workers)))
         return await self._throughput(s, n, end, self.worker_stats[-1], since_ms=preloaded_ms)
 
     # ---------------------------------------------------------------- traffic
@@ -324,12 +338,12 @@ class Bench:
             yield workers
         finally:
             for worker in workers:
-                _kill(worker.process)
+                kill_peer(worker.process)
 
     async def _await_answers(self, s: Settings, n: int,
                              processes: Sequence[Peer | WorkerProcess]) -> dict[TopicPartition, int]:
         """Wait until the output topics hold ``n`` records; their end offsets then."""
-        partitions = _output_partitions(s)
+        partitions = output_partitions(s)
         consumer = AIOKafkaConsumer(**connection(s), group_id=None)
         await consumer.start()
         try:
@@ -356,12 +370,12 @@ class Bench:
                           workers: WorkerStats | None = None, since_ms: int | None = None) -> Case:
         """Read every answer back, match them to the requests and time the window they span."""
         self.progress.status("reading the answers back")
-        outputs = await _read_outputs(s, end)
+        outputs = await read_outputs(s, end)
         stamps = sorted(t for _, t, _ in outputs if since_ms is None or t >= since_ms)
         if len(stamps) < 2 or stamps[-1] == stamps[0]:
             raise BenchError(f"{self.progress.title}: too few answers ({len(stamps)}) to time")
         seconds = (stamps[-1] - stamps[0]) / 1000
-        answers = _match(s, n, outputs)
+        answers = match_answers(s, n, outputs)
         case = Case(self.progress.title, len(stamps) / seconds, seconds, answers, workers)
         self.progress.done(f"{case.throughput_rps:,.0f} req/s, {answers.answered_once}/{n} answered once")
         return case
@@ -377,13 +391,13 @@ class Bench:
         consumer = AIOKafkaConsumer(**connection(s), group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="latest")
         await consumer.start()
-        consumer.assign(_output_partitions(s))
+        consumer.assign(output_partitions(s))
         for tp in consumer.assignment():
             await consumer.position(tp)  # fix the start (the end) now, before anything is sent
-        reader = asyncio.create_task(_receive(consumer, received))
+        reader = asyncio.create_task(receive_answers(consumer, received))
         producer = AIOKafkaProducer(**connection(s), linger_ms=0)
         await producer.start()
-        schedule = _Schedule(rate, count)
+        schedule = Schedule(rate, count)
         try:
             async for i in schedule:
                 key, value = keys[i], values[i]
@@ -410,7 +424,7 @@ class Bench:
         client measured it."""
         self.progress.start(f"6 latency at {share} %, through the client")
         count = max(1, int(rate * self.sizes.latency_seconds))
-        schedule = _Schedule(rate, count)
+        schedule = Schedule(rate, count)
         requests = (PredictRequest(self.model, self.rows[i % len(self.rows)]) async for i in schedule)
         ms = []
         async with StreamClient(s, timeout=_STALL_SECONDS, id_prefix=f"{s.topic_prefix}-client") as client:
@@ -421,7 +435,7 @@ class Bench:
                         self.progress.status(f"{rate:,.0f} req/s: answered {len(ms)}/{count}")
         return self._point(share, schedule, ms)
 
-    def _point(self, share: int, schedule: _Schedule, ms: Sequence[float]) -> LatencyPoint:
+    def _point(self, share: int, schedule: Schedule, ms: Sequence[float]) -> LatencyPoint:
         if not ms:
             raise BenchError(f"{self.progress.title}: no answer arrived; see the logs in {self.logs}")
         p50, p95, p99 = np.percentile(ms, [50, 95, 99]).tolist()
@@ -434,111 +448,3 @@ class Bench:
         async with admin_client(self.settings) as admin:
             if mine := [t for t in await admin.list_topics() if t.startswith(self.run_id)]:
                 await admin.delete_topics(mine)
-
-
-# ---------------------------------------------------------------------- helpers
-
-
-class _Schedule:
-    """Open-loop load: ``0 .. count-1``, each at its time at ``rate`` per second, whatever
-    the answers do. ``achieved_rps``: the rate the sender kept (lower when it could not)."""
-
-    def __init__(self, rate: float, count: int) -> None:
-        self.rate, self.count = rate, count
-        self.achieved_rps = 0.0
-
-    async def __aiter__(self) -> AsyncIterator[int]:
-        started = time.monotonic()
-        for i in range(self.count):
-            if (delay := started + i / self.rate - time.monotonic()) > 0:
-                await asyncio.sleep(delay)
-            yield i
-        # On schedule the last send is (count - 1) / rate after the first: the 1 / rate added
-        # makes a schedule kept exactly come out at ``rate``.
-        self.achieved_rps = self.count / (time.monotonic() - started + 1 / self.rate)
-
-
-@dataclass(frozen=True, slots=True)
-class Peer:
-    """A peer process (agents/dev/bench_peers.py) and its log."""
-
-    process: subprocess.Popen
-    log: Path
-
-
-def _start_peer(kind: str, s: Settings, model: str, log: Path) -> Peer:
-    log.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "agents.dev.bench_peers", kind, "--bootstrap", s.bootstrap,
-               "--prefix", s.topic_prefix, "--group", s.app_id, "--registry", str(s.registry),
-               "--model", model]
-    with log.open("wb") as out:
-        return Peer(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), log)
-
-
-def _kill(process: subprocess.Popen) -> None:
-    """The answers are in and the counters read: a graceful stop would take seconds to measure nothing."""
-    process.kill()
-    process.wait()
-
-
-def _feature_rows(manifest: Manifest, n: int) -> list[dict[str, float]]:
-    """``n`` rows of feature values drawn uniformly from the ranges the model was trained on."""
-    rng = np.random.default_rng(0)
-    columns = {f.name: rng.uniform(f.minimum, f.maximum, n).astype(np.float32).tolist()
-               for f in manifest.inputs.features}
-    return [{name: values[i] for name, values in columns.items()} for i in range(n)]
-
-
-def _counters(workers: Sequence[WorkerProcess]) -> dict[str, float]:
-    """Every sample of the workers' metrics, summed over labels and workers."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    totals: Counter[str] = Counter()
-    for worker in workers:
-        for family in text_string_to_metric_families(worker.metrics()):
-            for sample in family.samples:
-                totals[sample.name] += sample.value
-    return dict(totals)
-
-
-def _output_partitions(s: Settings) -> list[TopicPartition]:
-    return [TopicPartition(topic, p) for topic in (s.topics.predictions, s.topics.deadletter)
-            for p in range(PARTITIONS)]
-
-
-async def _read_outputs(s: Settings, seen: dict[TopicPartition, int]) -> list[tuple[bytes | None, int, str]]:
-    """(key, broker timestamp in ms, topic) of every output record, at least up to ``seen``."""
-    partitions = _output_partitions(s)
-    # From the beginning by the reset policy: a seek_to_beginning right after assign() races
-    # with the policy's own reset, and can lose.
-    consumer = AIOKafkaConsumer(**connection(s), group_id=None, enable_auto_commit=False,
-                                auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        consumer.assign(partitions)
-        end = {tp: max(offset, seen[tp]) for tp, offset in (await consumer.end_offsets(partitions)).items()}
-        out = []
-        while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
-            fetched = await consumer.getmany(timeout_ms=500, max_records=10_000)
-            out += [(r.key, r.timestamp, r.topic) for records in fetched.values() for r in records]
-        return out
-    finally:
-        await consumer.stop()
-
-
-async def _receive(consumer: AIOKafkaConsumer, received: dict[bytes, float]) -> None:
-    while True:
-        fetched = await consumer.getmany(timeout_ms=100)
-        now = time.monotonic()
-        for records in fetched.values():
-            for r in records:
-                received.setdefault(r.key, now)
-
-
-def _match(s: Settings, n: int, outputs: Sequence[tuple[bytes | None, int, str]]) -> Answers:
-    counts = Counter(key for key, _, _ in outputs)
-    expected = [f"{s.topic_prefix}-{i}".encode() for i in range(n)]
-    missing = sum(1 for key in expected if counts[key] == 0)
-    return Answers(n, answered_once=sum(1 for key in expected if counts[key] == 1), missing=missing,
-                   duplicates=len(outputs) - (n - missing),
-                   deadletters=sum(1 for _, _, topic in outputs if topic == s.topics.deadletter))

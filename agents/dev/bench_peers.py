@@ -31,7 +31,7 @@ _COMMIT_EVERY = 500  # records between the hand-written loop's commits
 async def passthrough(bootstrap: str, prefix: str, group: str) -> None:
     from aiokafka import AIOKafkaConsumer
 
-    from agents.kafka.io import start_producer
+    from agents.kafka.connect import start_producer
     from pipeline.config import Settings
 
     consumer = AIOKafkaConsumer(f"{prefix}.requests", bootstrap_servers=bootstrap, group_id=group,

@@ -1,4 +1,6 @@
-"""The embedded local Kafka broker: one KRaft node (broker + controller) in a JVM.
+"""The embedded local Kafka broker, one KRaft node (broker + controller) in a JVM, and its
+manager (install, start, stop, status), one module because every step works the same
+folders, pid file and lock (the OS and network probes are ``agents.dev.broker_process``).
 
 ``streamserve broker start|stop|status`` and ``streamserve demo`` use it when
 ``STREAMSERVE_BROKER`` is unset. Everything lives under one home folder
@@ -12,19 +14,8 @@
 
 ``broker start --secure`` runs a second, secured broker from ``<home>/broker-secure/``
 (same layout, its own data) on the local port + 2: TLS with a throwaway CA, SCRAM logins,
-and the KRaft ACL authorizer denying whatever no ACL allows. It adds::
-
-    <home>/broker-secure/tls/ca.pem              the CA clients trust (its key is not kept)
-    <home>/broker-secure/tls/broker.pem          the broker's key and certificate (0600)
-    <home>/broker-secure/credentials/NAME.password   SCRAM passwords (0600): admin, worker,
-                                                 client, and broker (its own inter-broker
-                                                 and controller login)
-    <home>/broker-secure/credentials/NAME.env    STREAMSERVE_* settings logging in as NAME
-
-Listeners: clients and inter-broker traffic on SASL_SSL (SCRAM-SHA-256/512; the broker
-logs in to itself as User:broker), the controller on SASL_SSL with PLAIN (KRaft controllers
-cannot check SCRAM, whose credentials live in the metadata they serve), its one user
-User:broker defined in the broker's JAAS settings. Super users: User:admin and User:broker.
+and the KRaft ACL authorizer denying whatever no ACL allows. Its CA, users, credentials
+files and listener properties are ``agents.dev.secure_broker``.
 
 Light to import (aiokafka and cryptography are imported when used). Readiness is
 checked with a Kafka Metadata request, so ``start()`` returns only once the broker
@@ -34,36 +25,27 @@ the broker processes requests).
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
-import fcntl
 import hashlib
-import logging
-import os
-import secrets
-import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from agents.dev.broker_process import alive, kafka_ready, locked, port_open, terminate
+from agents.dev.secure_broker import SUPER_USER, BrokerSecrets, write_private
 from pipeline.errors import StreamserveError
 from pipeline.security import local_env_file
 
 if TYPE_CHECKING:  # pipeline.config is pure too, but keep this module importable alone
     from pipeline.config import Settings
 
-__all__ = ["PRINCIPALS", "SECURE_PORT_OFFSET", "BrokerError", "BrokerStatus", "LocalBroker",
-           "ensure_broker"]
+__all__ = ["BrokerError", "BrokerStatus", "LocalBroker", "ensure_broker"]
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM = KAFKA_DIR / "pom.xml"
@@ -73,13 +55,6 @@ HOST = "127.0.0.1"
 HEAP = "-Xmx512m"
 STAMP = ".streamserve-complete"  # written into libs/ once every jar is there
 DOCKER_HINT = "or run `docker compose up` and set STREAMSERVE_BROKER=127.0.0.1:9092"
-
-SECURE_PORT_OFFSET = 2  # the secured broker beside the plain one: ports 9094 and 9095
-PRINCIPALS = ("admin", "worker", "client")  # the secured broker's SCRAM users, with an env file each
-SUPER_USER = "admin"
-BROKER_USER = "broker"  # the broker's own login: controller and inter-broker connections
-MECHANISM = "SCRAM-SHA-512"  # what the env files use; SCRAM-SHA-256 works too
-SCRAM_MECHANISMS = ("SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class BrokerError(StreamserveError, RuntimeError):
@@ -112,8 +87,9 @@ class LocalBroker:
         self.secure = secure
         self.libs = Path(libs).absolute() if libs is not None else self.home / "kafka" / "libs"
         self.dir = self.home / ("broker-secure" if secure else "broker")
-        self.tls_dir = self.dir / "tls"
-        self.credentials_dir = self.dir / "credentials"
+        self._secrets = BrokerSecrets(self.dir, self.home, self.bootstrap)
+        self.tls_dir = self._secrets.tls_dir
+        self.credentials_dir = self._secrets.credentials_dir
         self.data_dir = self.dir / "data"
         self.logs_dir = self.dir / "logs"
         self.config_path = self.dir / "server.properties"
@@ -136,7 +112,7 @@ class LocalBroker:
 
     @property
     def cafile(self) -> Path:
-        return self.tls_dir / "ca.pem"
+        return self._secrets.cafile
 
     def env_file(self, user: str) -> Path:
         """The secured broker's settings file for ``user`` (``set -a; . FILE`` to use it)."""
@@ -147,10 +123,7 @@ class LocalBroker:
         if not self.secure:
             raise BrokerError("only the secured broker (`streamserve broker start --secure`) "
                               "has users to log in as")
-        return {"STREAMSERVE_BROKER": self.bootstrap, "STREAMSERVE_SECURITY_PROTOCOL": "SASL_SSL",
-                "STREAMSERVE_SASL_MECHANISM": MECHANISM, "STREAMSERVE_SASL_USERNAME": user,
-                "STREAMSERVE_SASL_PASSWORD_FILE": str(self._password_path(user)),
-                "STREAMSERVE_SSL_CAFILE": str(self.cafile)}
+        return self._secrets.environment(user)
 
     def status(self) -> BrokerStatus:
         pid = self._running_pid()
@@ -187,37 +160,9 @@ class LocalBroker:
             "log.cleaner.dedupe.buffer.size": str(32 * 1024 * 1024),
         }
         if self.secure:
-            props |= self._secure_properties()
+            props |= self._secrets.server_properties(HOST, self.port, self.controller_port)
         body = "".join(f"{k}={v}\n" for k, v in props.items())
         return "# Written by streamserve (agents/dev/broker.py) on every start; edits are lost.\n" + body
-
-    def _secure_properties(self) -> dict[str, str]:
-        """TLS everywhere, SCRAM for clients, PLAIN for the controller, ACLs enforced."""
-        password = self._password_path(BROKER_USER).read_text().strip()
-        login = f'username="{BROKER_USER}" password="{password}"'
-        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required"
-        plain = "org.apache.kafka.common.security.plain.PlainLoginModule required"
-        return {
-            "listeners": f"SASL_SSL://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
-            "advertised.listeners": f"SASL_SSL://{HOST}:{self.port}",
-            "inter.broker.listener.name": "SASL_SSL",
-            "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:SASL_SSL",
-            "listener.name.sasl_ssl.sasl.enabled.mechanisms": ",".join(SCRAM_MECHANISMS),
-            "sasl.mechanism.inter.broker.protocol": MECHANISM,
-            **{f"listener.name.sasl_ssl.{mechanism.lower()}.sasl.jaas.config": f"{scram} {login};"
-               for mechanism in SCRAM_MECHANISMS},
-            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
-            "sasl.mechanism.controller.protocol": "PLAIN",
-            "listener.name.controller.plain.sasl.jaas.config":
-                f'{plain} {login} user_{BROKER_USER}="{password}";',
-            "ssl.keystore.type": "PEM",
-            "ssl.keystore.location": str(self.tls_dir / "broker.pem"),
-            "ssl.truststore.type": "PEM",
-            "ssl.truststore.location": str(self.cafile),
-            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-            "allow.everyone.if.no.acl.found": "false",
-            "super.users": f"User:{SUPER_USER};User:{BROKER_USER}",
-        }
 
     # ---------------------------------------------------------------- install
 
@@ -237,7 +182,7 @@ class LocalBroker:
                 f"Maven (`mvn`) on PATH: install Maven (e.g. `apt-get install maven`), {DOCKER_HINT}"
             )
         self.libs.parent.mkdir(parents=True, exist_ok=True)
-        with _locked(self.libs.parent / ".install.lock"):
+        with locked(self.libs.parent / ".install.lock"):
             if self.installed:  # another process finished while we waited
                 return
             partial = self.libs.with_name(self.libs.name + ".partial")
@@ -268,20 +213,20 @@ class LocalBroker:
         exits early or is not ready within ``timeout`` seconds.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
-        with _locked(self.dir / ".lock"):
+        with locked(self.dir / ".lock"):
             pid = self._running_pid()
             if pid is not None:
                 # Ours, perhaps still starting (another `broker start` raced us).
                 self._wait_ready(pid, time.monotonic() + timeout, stop_on_timeout=False)
                 return False
-            if _port_open(HOST, self.port):
+            if port_open(HOST, self.port):
                 if self._ready(timeout=min(timeout, 10.0)):
                     return False
                 raise BrokerError(
                     f"port {self.port} is in use by something that does not answer as a Kafka "
                     "broker: stop it, or set STREAMSERVE_LOCAL_BROKER_PORT to a free port"
                 )
-            if _port_open(HOST, self.controller_port):
+            if port_open(HOST, self.controller_port):
                 raise BrokerError(
                     f"port {self.controller_port} (the local broker's controller port, broker port + 1) "
                     "is in use: free it, or set STREAMSERVE_LOCAL_BROKER_PORT to another port"
@@ -291,7 +236,7 @@ class LocalBroker:
             self.logs_dir.mkdir(parents=True, exist_ok=True)
             if self.secure:
                 self._make_secrets()
-            _write_private(self.config_path, self.server_properties().encode())  # passwords, secure
+            write_private(self.config_path, self.server_properties().encode())  # passwords, secure
             self._format_storage()
             pid = self._launch()
             try:
@@ -311,7 +256,7 @@ class LocalBroker:
         """
         if not self.dir.is_dir():
             return False
-        with _locked(self.dir / ".lock"):
+        with locked(self.dir / ".lock"):
             pid = self._running_pid()
             if pid is None:
                 return False
@@ -337,17 +282,13 @@ class LocalBroker:
     def _format_storage(self) -> None:
         if self._formatted:
             return
-        # KIP-900: the SCRAM users exist from the first start, before any client connects.
-        users = [arg for user in (*PRINCIPALS, BROKER_USER) for mechanism in SCRAM_MECHANISMS
-                 for arg in ("--add-scram", (f"{mechanism}=[name={user},password="
-                                             f"{self._password_path(user).read_text().strip()}]"))
-                 ] if self.secure else []
+        users = self._secrets.scram_arguments() if self.secure else []
         tool = ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(self.config_path),
                 "--ignore-formatted", *users]
         # The tool takes passwords only as arguments: they go in a private argument file
         # (`java @FILE`), so that the process list shows none.
         arguments = self.dir / ".format-arguments"
-        _write_private(arguments, "".join(f'"{arg}"\n' for arg in tool).encode())
+        write_private(arguments, "".join(f'"{arg}"\n' for arg in tool).encode())
         cmd = self._java(
             "-Xmx256m", f"-Dlog4j.configuration={LOG4J.as_uri()}", f"-Dkafka.logs.dir={self.logs_dir}",
             "-cp", self._classpath(), f"@{arguments}")
@@ -363,40 +304,26 @@ class LocalBroker:
                 f"delete {self.data_dir} to start afresh"
             )
 
-    def _password_path(self, user: str) -> Path:
-        return self.credentials_dir / f"{user}.password"
-
     def _make_secrets(self) -> None:
         """A fresh CA, broker certificate and passwords before the first start; later starts
         keep them (the SCRAM users were made with these passwords). Writes the env files."""
-        from pipeline.tls import server_tls
-
-        users = (*PRINCIPALS, BROKER_USER)
         if not self._formatted:
-            tls = server_tls(f"streamserve local broker {self.bootstrap}")
-            _write_private(self.tls_dir / "broker.pem", tls.keystore)
-            self.cafile.write_bytes(tls.ca_cert)  # public; the CA's key is dropped here
-            for user in users:
-                _write_private(self._password_path(user), secrets.token_urlsafe(24).encode())
-        needed = [self.tls_dir / "broker.pem", self.cafile, *map(self._password_path, users)]
-        if missing := [path for path in needed if not path.is_file()]:
-            raise BrokerError(f"{missing[0]} is missing, and the secured broker's data in "
+            self._secrets.create()
+        if missing := self._secrets.missing():
+            raise BrokerError(f"{missing} is missing, and the secured broker's data in "
                               f"{self.data_dir} was made with it: delete {self.dir} to start "
                               "afresh (new CA, new passwords, no topics)")
-        for user in PRINCIPALS:
-            _write_private(self.env_file(user), "".join(
-                f"{name}={shlex.quote(value)}\n"
-                for name, value in self.environment(user).items()).encode())
+        self._secrets.write_env_files()
 
     def _ready(self, timeout: float) -> bool:
         """Whether the broker serves clients; the secured one is asked as its admin."""
         if not self.secure:
-            return _kafka_ready(HOST, self.port, timeout)
-        if not self._password_path(SUPER_USER).is_file():
+            return kafka_ready(HOST, self.port, timeout)
+        if not self._secrets.password_path(SUPER_USER).is_file():
             return False  # never started from here: nothing to log in with
         from pipeline.config import Settings
 
-        return _kafka_ready(HOST, self.port, timeout, Settings.from_env(self.environment(SUPER_USER)))
+        return kafka_ready(HOST, self.port, timeout, Settings.from_env(self.environment(SUPER_USER)))
 
     def _launch(self) -> int:
         self._log_marks = {p: p.stat().st_size for p in (self.log_path, self.out_path) if p.exists()}
@@ -418,7 +345,7 @@ class LocalBroker:
 
     def _wait_ready(self, pid: int, deadline: float, stop_on_timeout: bool) -> None:
         while True:
-            if not _alive(pid):
+            if not alive(pid):
                 raise BrokerError(
                     f"the local Kafka broker exited during start-up (logs in {self.logs_dir}): "
                     f"{self._log_tail()}"
@@ -434,23 +361,7 @@ class LocalBroker:
             time.sleep(0.2)
 
     def _terminate(self, pid: int, timeout: float, graceful: bool = True) -> None:
-        if graceful:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGTERM)  # start_new_session: the pid leads its group
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            deadline = time.monotonic() + 10
-            while _alive(pid) and time.monotonic() < deadline:
-                time.sleep(0.05)
-        if _alive(pid):
+        if not terminate(pid, timeout, graceful):
             raise BrokerError(f"broker process {pid} did not exit after SIGKILL; check it with `ps {pid}`")
         if self._proc is not None and self._proc.pid == pid:
             with contextlib.suppress(Exception):
@@ -463,7 +374,7 @@ class LocalBroker:
             pid = int(self.pid_path.read_text().strip())
         except (FileNotFoundError, ValueError):
             return None
-        if _alive(pid) and self._is_our_broker(pid):
+        if alive(pid) and self._is_our_broker(pid):
             return pid
         with contextlib.suppress(FileNotFoundError):
             self.pid_path.unlink()
@@ -532,98 +443,3 @@ def _cluster_id() -> str:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
         if not text.startswith("-"):
             return text
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock, so concurrent start/stop/install calls take turns."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs; reaps it when it is our exited child, and counts zombies as gone."""
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return True
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``path`` readable by its owner alone (mode 0600, whatever the umask)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
-
-
-def _port_open(host: str, port: int, timeout: float = 1.0) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _kafka_ready(host: str, port: int, timeout: float, login: Settings | None = None) -> bool:
-    """Whether a Kafka broker at host:port answers a metadata request listing a live broker.
-
-    A KRaft broker binds its port early but serves requests only once it has caught
-    up with the metadata log and is unfenced, so an answer here means a client can
-    create topics and produce right away. ``login``: the settings (security) to connect
-    with, for a secured broker.
-    """
-    # A thread of its own, so callers inside a running event loop can use this too.
-    with ThreadPoolExecutor(max_workers=1) as thread:
-        return thread.submit(asyncio.run, _answers_metadata(f"{host}:{port}", timeout, login)).result()
-
-
-async def _answers_metadata(bootstrap: str, timeout: float, login: Settings | None) -> bool:
-    from aiokafka.admin import AIOKafkaAdminClient
-    from aiokafka.errors import KafkaError
-
-    from agents.kafka.io import connection
-
-    options = {"bootstrap_servers": bootstrap} if login is None else connection(login)
-
-    # Refused connections are the expected answer while the broker starts: keep them quiet.
-    aiokafka_log = logging.getLogger("aiokafka")
-    level = aiokafka_log.level
-    aiokafka_log.setLevel(logging.CRITICAL)
-    try:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            admin = AIOKafkaAdminClient(**options, request_timeout_ms=2000)
-            try:
-                await admin.start()
-                cluster = await admin.describe_cluster()
-                if cluster["brokers"] and cluster["controller_id"] >= 0:
-                    return True
-            except (KafkaError, OSError):
-                pass
-            finally:
-                await admin.close()
-            await asyncio.sleep(0.2)
-        return False
-    finally:
-        aiokafka_log.setLevel(level)

@@ -16,7 +16,8 @@ import orjson
 
 from agents.client.stream import StreamClient
 from agents.dev.fleet import WorkerProcess
-from agents.kafka.io import ensure_topics, read_topic
+from agents.kafka.read import read_topic
+from agents.kafka.topics import ensure_topics
 from models.datasets import load as load_dataset
 from models.train import servable_version
 from pipeline.client import DeadLetterError, PredictionTimeout, PredictRequest

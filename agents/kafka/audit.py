@@ -23,7 +23,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from agents.kafka.io import ensure_topics, read_topic, start_producer
+from agents.kafka.connect import start_producer
+from agents.kafka.read import read_topic
+from agents.kafka.topics import ensure_topics
 from pipeline.audit import AuditEntry, command_line
 from pipeline.config import Settings
 from pipeline.routing import ControlError

@@ -13,7 +13,9 @@ from collections.abc import Callable
 import orjson
 
 from agents.kafka.audit import record
-from agents.kafka.io import ensure_topics, read_topic, start_producer
+from agents.kafka.connect import start_producer
+from agents.kafka.read import read_topic
+from agents.kafka.topics import ensure_topics
 from pipeline.config import Settings
 from pipeline.registry import Registry, RegistryError
 from pipeline.routing import ControlError, DeploymentSpec, unchanged

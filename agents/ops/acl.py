@@ -15,13 +15,8 @@ from aiokafka.protocol.admin import (
     DescribeAclsRequest,
 )
 
-from agents.kafka.io import (
-    KafkaAccessError,
-    admin_client,
-    ensure_topics,
-    refused,
-    send_request,
-)
+from agents.kafka.connect import KafkaAccessError, refused
+from agents.kafka.topics import admin_client, ensure_topics, send_request
 from pipeline.acl import (
     AclBinding,
     AclPlan,

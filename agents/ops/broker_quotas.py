@@ -2,7 +2,7 @@
 
 aiokafka 0.14 has no requests for them, so DescribeClientQuotas (API key 48) and
 AlterClientQuotas (49) are defined here in its protocol style, version 0 (brokers from
-Kafka 2.6 on, KRaft ones included), and sent through an admin client of ``kafka_io``.
+Kafka 2.6 on, KRaft ones included), and sent through an admin client of ``agents.kafka.topics``.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ from aiokafka.protocol.types import (
 )
 
 from agents.kafka.audit import record
-from agents.kafka.io import REFUSALS, admin_client, refused, send_request
+from agents.kafka.connect import REFUSALS, refused
+from agents.kafka.topics import admin_client, send_request
 from pipeline.acl import Operation
 from pipeline.config import Settings
 from pipeline.broker_quotas import ClientQuota, Entity, QuotaError, describe_entity

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import orjson
 
-from agents.kafka.io import ensure_topics, read_topic
+from agents.kafka.read import read_topic
+from agents.kafka.topics import ensure_topics
 from pipeline.config import Settings
 
 _BARS = "▁▂▃▄▅▆▇█"

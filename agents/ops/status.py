@@ -34,7 +34,8 @@ from aiokafka.errors import KafkaError
 from prometheus_client.parser import text_string_to_metric_families
 
 from agents.kafka.control import read_specs
-from agents.kafka.io import ClusterView, KafkaAccessError
+from agents.kafka.connect import KafkaAccessError
+from agents.kafka.read import ClusterView
 from pipeline.config import Settings
 from pipeline.registry import Registry, RegistryError
 from pipeline.routing import ControlError, DeploymentSpec

@@ -13,7 +13,8 @@ import datetime
 import orjson
 from aiokafka import ConsumerRecord
 
-from agents.kafka.io import ensure_topics, read_topic
+from agents.kafka.read import read_topic
+from agents.kafka.topics import ensure_topics
 from pipeline.config import Settings
 from pipeline.ledger import Fate, LedgerReport, ReplyRecord, reconcile
 from pipeline.replies import SourcePosition, source_position

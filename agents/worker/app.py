@@ -12,7 +12,7 @@ from __future__ import annotations
 import faust
 from faust.auth import SASLCredentials, SSLCredentials
 
-from agents.kafka.io import ssl_context
+from agents.kafka.connect import ssl_context
 from pipeline.config import Settings
 
 

@@ -31,15 +31,23 @@ from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import (
+    CommitFailedError,
+    CorruptRecordException,
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAuthorizationFailedError,
+)
 from aiokafka.structs import OffsetAndMetadata
 
-from agents.kafka.io import connection
+from agents.kafka.connect import connection
 from agents.worker.inference import InferenceService
 from pipeline.config import Settings
 from pipeline.faults import CrashCounter
 from pipeline.offsets import OffsetLedger, Partition, Positioned, next_offsets
-from pipeline.outputs import Outgoing
+from pipeline.outputs import Outgoing, stand_in
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,10 @@ _MAX_BATCHES_IN_FLIGHT = 4
 # partitions until the broker aborts it; a commit happens every half second, so ten
 # seconds is generous.
 _TRANSACTION_TIMEOUT_MS = 10_000
+
+# Send errors that no retry mends: the output is replaced or given up (``_stand_ins``).
+REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError,
+                    CorruptRecordException, TopicAuthorizationFailedError)
 
 Sent = list[tuple[list[Outgoing], asyncio.Future]]  # outputs, and the future their ack resolves
 
@@ -202,19 +214,25 @@ class Checkpoint:
     async def _complete(self, ticket: int, sent: Sent) -> None:
         """3. Wait for every ack (sending again what failed); then the commits this
         releases (it and every hand-off before it acknowledged) go to the committer."""
+        standing_in: set[int] = set()  # the stand-ins sent (by id): refused too, given up
         while sent:
             results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
-            failed = [o for (outputs, _), r in zip(sent, results, strict=True)
-                      if isinstance(r, BaseException) for o in outputs]
             self._inference.delivered([o for (outputs, _), r in zip(sent, results, strict=True)
                                        if not isinstance(r, BaseException) for o in outputs])
+            again, refused = [], []
+            for (outputs, _), r in zip(sent, results, strict=True):
+                if isinstance(r, BaseException):
+                    (refused if isinstance(r, REFUSED_FOR_GOOD) else again).extend(
+                        (o, r) for o in outputs)
             sent = []
-            if failed:
-                error = next(r for r in results if isinstance(r, BaseException))
+            if refused:  # sending them again would fail again, and stall every commit after
+                sent = await self._send(self._stand_ins(refused, standing_in))
+            if again:
+                error = again[0][1]
                 log.warning("%d outputs were not acknowledged (%r); sending them again",
-                            len(failed), error)
+                            len(again), error)
                 await asyncio.sleep(_SEND_RETRY_SECONDS)
-                sent = await self._send(failed)
+                sent += await self._send([o for o, _ in again])
         released = self._ledger.acknowledged(ticket)
         for _ in released:
             self._crash_point("after_produce")
@@ -222,6 +240,26 @@ class Checkpoint:
         # meanwhile, so a commit round trip never throttles serving.
         if released and (self._committer is None or self._committer.done()):
             self._committer = asyncio.create_task(self._commit_released())
+
+    def _stand_ins(self, refused: Sequence[tuple[Outgoing, BaseException]],
+                   standing_in: set[int]) -> list[Outgoing]:
+        """Minimal dead letters for the answers the broker refused for good. A side output,
+        or a stand-in refused too, is given up: logged and counted, never sent again."""
+        replacements = []
+        for out, error in refused:
+            replacement = None if id(out) in standing_in else stand_in(
+                out, repr(error), self._settings.topics.deadletter)
+            whose = out.key.decode(errors="replace")
+            if replacement is None:
+                log.error("the broker refused the %s output for %s for good (%r): given up",
+                          out.kind, whose, error)
+                self._inference.undeliverable(out)
+            else:
+                log.warning("the broker refused the %s output for %s for good (%r): a minimal "
+                            "dead letter stands in", out.kind, whose, error)
+                standing_in.add(id(replacement))
+                replacements.append(replacement)
+        return replacements
 
     async def _commit_released(self) -> None:
         """5. Commit the released offsets through the consumer."""

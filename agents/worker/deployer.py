@@ -20,7 +20,7 @@ import orjson
 
 from agents.kafka.audit import AuditTrail
 from agents.kafka.control import change, read_specs
-from agents.kafka.io import read_topic
+from agents.kafka.read import read_topic
 from agents.worker.inference import Deployment, InferenceService
 from agents.worker.metrics import Metrics
 from models.runtime import ServingModel

@@ -28,7 +28,7 @@ from typing import Any
 import faust
 import orjson
 
-from agents.kafka.io import read_partitions
+from agents.kafka.read import read_partitions
 from agents.worker.metrics import Metrics
 from pipeline.config import Settings
 from pipeline.drift import (

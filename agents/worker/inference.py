@@ -348,9 +348,9 @@ class InferenceService:
         Called every fraction of a second rather than per batch: the drift agent's cost
         is per message, and small batches under light load would multiply it.
         """
-        messages = [outputs.drift_rows(model, version, CodedRows.concatenate(parts),
-                                       self._topics.drift_rows)
-                    for (model, version), parts in sorted(self._pending_drift.items())]
+        messages = [message for (model, version), parts in sorted(self._pending_drift.items())
+                    for message in outputs.drift_rows(model, version, CodedRows.concatenate(parts),
+                                                      self._topics.drift_rows)]
         self._pending_drift.clear()
         return messages
 
@@ -362,7 +362,8 @@ class InferenceService:
     def _dead_letter(self, record: Incoming, rejection: Rejection, version: str,
                      route: Route | str = "", quota: str = "") -> Outgoing:
         return outputs.dead_letter(record, rejection, self._topics.deadletter,
-                                   self._dead_letter_redactor, version, route, quota)
+                                   self._dead_letter_redactor, self._max_bytes, version, route,
+                                   quota)
 
     def fail_batch(self, batch: Sequence[Incoming], error: Exception) -> list[Outgoing]:
         """Dead letters for a whole batch, when serving it failed outside any model call."""
@@ -388,6 +389,13 @@ class InferenceService:
                 histogram.observe(s)
         for quota, count in counted.answered.items():
             self._quotas.release(quota, count)
+
+    def undeliverable(self, out: Outgoing) -> None:
+        """``out`` will never reach the broker: count it, and free its request's slot (the
+        ledger shows the request unanswered)."""
+        self._metrics.given_up.labels(str(out.kind)).inc()
+        if out.quota:
+            self._quotas.release(out.quota, 1)
 
     def abandoned(self) -> None:
         """The outputs handed out and not yet delivered never will be (an aborted

@@ -111,6 +111,11 @@ class Metrics:
             "streamserve_control_changes",
             "Deployment spec changes applied by this worker, by outcome",
             ["model", "outcome"], registry=r)
+        self.given_up = Counter(
+            "streamserve_outputs_given_up",
+            "Outputs the broker refused for good and nothing could stand in for: side outputs "
+            "(samples, shadow answers, drift rows), or an answer whose stand-in was refused too",
+            ["kind"], registry=r)
         self.loaded = Gauge("streamserve_model_loaded", "1 for each loaded version and its role",
                             ["model", "version", "role"], registry=r)
         self.ready = Gauge("streamserve_worker_ready",

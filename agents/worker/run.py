@@ -19,7 +19,7 @@ from agents.worker.drift import add_drift_agent
 from agents.worker.health import (CheckResult, HealthChecks, Heartbeat, HeartbeatService, consumer_check,
                            models_check)
 from agents.worker.inference import InferenceService
-from agents.kafka.io import ensure_topics
+from agents.kafka.topics import ensure_topics
 from agents.worker.metrics import Metrics
 from agents.worker.server import RequestServer
 from models.runtime import keep_compiled

@@ -45,7 +45,7 @@ import mode
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 
-from agents.kafka.io import connection
+from agents.kafka.connect import connection
 from agents.worker.checkpoint import FLUSH_SECONDS, Checkpoint
 from agents.worker.inference import InferenceService
 from agents.worker.metrics import Metrics

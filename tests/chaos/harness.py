@@ -21,7 +21,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 
 from agents.dev.fleet import WorkerProcess
-from agents.kafka.io import ensure_topics
+from agents.kafka.topics import ensure_topics
 from agents.ops.verify import verify
 from models.datasets import load as load_dataset
 from pipeline.config import Settings

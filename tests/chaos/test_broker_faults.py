@@ -11,7 +11,7 @@ import pytest
 
 from agents.dev.broker import LocalBroker
 from agents.dev.fleet import free_port
-from agents.kafka.io import admin_client
+from agents.kafka.topics import admin_client
 from tests.chaos.harness import Fleet, at_once, fleets, requests
 from tests.chaos.test_crashes import assert_ledger, report_line
 from tests.conftest import shared_libs

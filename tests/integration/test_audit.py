@@ -19,7 +19,8 @@ from aiokafka.admin import NewTopic
 from agents.kafka.audit import read_entries
 from agents.cli.main import main
 from agents.kafka.control import change
-from agents.kafka.io import admin_client, connection
+from agents.kafka.connect import connection
+from agents.kafka.topics import admin_client
 from agents.ops.broker_quotas import describe_quotas
 from pipeline import routing
 from pipeline.broker_quotas import entity

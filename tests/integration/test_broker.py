@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.dev.broker import BrokerError, LocalBroker, _alive, ensure_broker
+from agents.dev.broker import BrokerError, LocalBroker, ensure_broker
+from agents.dev.broker_process import alive
 from agents.dev.fleet import free_port
 from pipeline.config import Settings
 from tests.conftest import shared_libs
@@ -53,7 +54,7 @@ async def test_start_serve_stop(tmp_path: Path, libs: Path) -> None:
 
         # Stop from a fresh object, as `streamserve broker stop` would.
         assert other.stop() is True
-        assert not _alive(pid)
+        assert not alive(pid)
         assert _processes_mentioning(str(broker.config_path)) == []
         assert not broker.pid_path.exists()
         status = broker.status()
@@ -144,7 +145,7 @@ def _processes_mentioning(text: str) -> list[int]:
     found = []
     for entry in Path("/proc").glob("[0-9]*"):
         try:
-            if text.encode() in (entry / "cmdline").read_bytes() and _alive(int(entry.name)):
+            if text.encode() in (entry / "cmdline").read_bytes() and alive(int(entry.name)):
                 found.append(int(entry.name))
         except OSError:
             continue

@@ -9,8 +9,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from agents.client.stream import StreamClient, SyncStreamClient
-from agents.kafka.io import KafkaAccessError, ensure_topics
+from agents.client.stream import StreamClient
+from agents.client.sync import SyncStreamClient
+from agents.kafka.connect import KafkaAccessError
+from agents.kafka.topics import ensure_topics
 from models.architectures import architecture
 from models.datasets import load as load_dataset
 from pipeline.client import (

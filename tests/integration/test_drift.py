@@ -182,7 +182,7 @@ def test_replayed_requests_are_kept_out_of_the_drift_counts(drift_worker):
     """Requests with the replay header are served but never coded for drift."""
     from aiokafka import AIOKafkaProducer
 
-    from agents.kafka.io import read_topic
+    from agents.kafka.read import read_topic
     from pipeline.drift import CodedRows
     from pipeline.replay import REPLAY_HEADER
 

@@ -239,7 +239,7 @@ def test_a_replay_against_the_same_version_agrees_fully(fleet, captured):
 
 
 async def _run_requests(settings, run_id: str):
-    from agents.kafka.io import read_topic
+    from agents.kafka.read import read_topic
 
     return [r async for r in read_topic(settings, settings.topics.requests, from_beginning=True,
                                         to_end=True)

@@ -20,7 +20,8 @@ from aiokafka.protocol.admin import CreateAclsRequest
 from agents.cli.main import main
 from agents.client.stream import StreamClient
 from agents.dev.fleet import WorkerProcess
-from agents.kafka.io import KafkaAccessError, admin_client, ensure_topics, send_request
+from agents.kafka.connect import KafkaAccessError
+from agents.kafka.topics import admin_client, ensure_topics, send_request
 from pipeline.acl import AclBinding, Operation, PatternType, Permission, ResourceType
 from pipeline.config import Settings
 from pipeline.tls import server_tls

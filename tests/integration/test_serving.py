@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import re
 import shutil
@@ -120,12 +122,16 @@ def test_every_bad_input_is_one_dead_letter_and_its_neighbours_are_served(worker
     assert len(dead) == len(bad)
     by_original = {}
     for r in dead:
-        original = r.value["original"].encode() if r.value["original_encoding"] == "utf-8" \
-            else __import__("base64").b64decode(r.value["original"])
+        # An oversized original is withheld: its digest names it.
+        original = r.value["original_sha256"] if "original_sha256" in r.value \
+            else r.value["original"].encode() if r.value["original_encoding"] == "utf-8" \
+            else base64.b64decode(r.value["original"])
         by_original[original] = r
         assert len(r.value["error"]) > 20 and "source" not in r.value
         assert r.headers["streamserve-source-topic"] == settings.topics.requests.encode()
     for value, reason in bad:
+        if len(value) > settings.max_message_bytes:
+            value = hashlib.sha256(value).hexdigest()
         assert value in by_original, f"no dead letter for {value[:60]!r}"
         letter = by_original[value]
         assert letter.value["reason"] == reason, (value[:80], letter.value)
@@ -133,6 +139,34 @@ def test_every_bad_input_is_one_dead_letter_and_its_neighbours_are_served(worker
             assert re.fullmatch(rf"{settings.topics.requests}:\d+:\d+", letter.key.decode())
         else:
             assert letter.key == letter.value["id"].encode()
+
+
+HOSTILE = [b'"' * 600_000, b"\xff" * 800_000, b"\x01" * 200_000]
+
+
+def test_oversized_requests_whose_escaped_originals_pass_the_broker_limit_stall_nothing(worker):
+    """Review section 1: each of these, escaped into its dead letter, made a record over the
+    broker's 1 MiB limit; the worker sent it again forever and no commit followed."""
+    settings = worker.settings
+    good = [tabular(f"after-big-{i}", "iris", IRIS.X[i], IRIS.features) for i in range(9)]
+    values = [v for pair in zip(good, HOSTILE + [b""] * 6) for v in pair if v]
+    started = time.time()
+    run(produce(settings.bootstrap, settings.topics.requests, values))
+    received = run(collect(
+        settings.bootstrap, [settings.topics.predictions, settings.topics.deadletter],
+        expected=len(values), timeout=60,
+        where=lambda r: (r.key or b"").startswith(b"after-big-") or (
+            r.topic == settings.topics.deadletter
+            and r.value.get("original_sha256") in {hashlib.sha256(h).hexdigest() for h in HOSTILE})))
+    served = sorted(r.value["id"] for r in received if r.topic == settings.topics.predictions)
+    assert served == sorted(f"after-big-{i}" for i in range(9))
+    dead = [r.value for r in received if r.topic == settings.topics.deadletter]
+    assert sorted(d["original_bytes"] for d in dead) == sorted(len(h) for h in HOSTILE)
+    assert {d["reason"] for d in dead} == {"too_large"} and all(len(d["error"]) > 20 for d in dead)
+    since = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started - 1))
+    verified = subprocess.run([sys.executable, "-m", "agents.cli", "verify", "--from", since],
+                              env=worker.env, capture_output=True, text=True, timeout=120)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
 def test_an_expired_deadline_is_a_dead_letter(worker):

@@ -1,8 +1,10 @@
 import base64
+import hashlib
 import zlib
 
 import numpy as np
 import orjson
+import pytest
 
 from pipeline import outputs
 from pipeline.catalog import Catalog
@@ -41,7 +43,7 @@ def test_dead_letter_key_falls_back_to_source_position():
 def test_a_too_large_record_is_dead_lettered_keyed_by_where_it_was_read():
     record = incoming(b'{"id": "r-1", "model": "m", "features": {"age": 41, "ssn": 7}}')
     rejection = decode(record.value, CATALOG, max_bytes=10)
-    out = outputs.dead_letter(record, rejection, "s.deadletter", NO_RULES)
+    out = outputs.dead_letter(record, rejection, "s.deadletter", NO_RULES, max_original_bytes=10)
     assert (out.kind, out.topic, out.partition, out.key) == \
         (Kind.DEAD_LETTER, "s.deadletter", 4, b"s.requests:4:17")
     assert out.headers == SOURCE and out.request_timestamp == SENT_AT
@@ -49,12 +51,37 @@ def test_a_too_large_record_is_dead_lettered_keyed_by_where_it_was_read():
         ("", "", Reason.TOO_LARGE, "", "")
     message = orjson.loads(out.value)
     assert message["reason"] == "too_large" and message["id"] is None
-    assert message["original"] == record.value.decode() and message["original_encoding"] == "utf-8"
+    # Withheld unread: its size and digest say what it was.
+    assert (message["original"], message["original_encoding"]) == ("", "withheld")
+    assert message["original_bytes"] == len(record.value)
+    assert message["original_sha256"] == hashlib.sha256(record.value).hexdigest()
+
+
+@pytest.mark.parametrize("payload", [b'"' * 600_000, b"\xff" * 800_000, b"\x01" * 200_000,
+                                     b'{"id": "x", "pad": "' + b'\\"' * 300_000 + b'"}'],
+                         ids=["quotes", "not-utf8", "control-bytes", "escaped-quotes"])
+def test_a_hostile_oversized_request_makes_a_small_dead_letter(payload):
+    """Review section 1: escaped as JSON or base64, these originals grew past the broker's
+    1 MiB limit, so their dead letters were refused and sent again forever."""
+    record = incoming(payload)
+    out = outputs.dead_letter(record, decode(payload, CATALOG, 65536), "s.deadletter",
+                              Redactor({"ssn": Action.DROP}), max_original_bytes=65536)
+    assert len(out.value) < 1024 and orjson.loads(out.value)["reason"] == "too_large"
+    assert orjson.loads(out.value)["original_bytes"] == len(payload)
+
+
+def test_an_original_within_the_limit_is_kept():
+    out = outputs.dead_letter(RECORD, Rejection(Reason.MODEL_ERROR, "boom", id="r-1"),
+                              "s.deadletter", NO_RULES, max_original_bytes=len(RECORD.value))
+    message = orjson.loads(out.value)
+    assert message["original"] == RECORD.value.decode() and message["original_encoding"] == "utf-8"
+    assert "original_sha256" not in message
 
 
 def test_an_unreadable_record_keeps_its_bytes_in_base64():
     record = incoming(b"\xff\xfe{", partition=0, offset=3)
-    out = outputs.dead_letter(record, decode(record.value, CATALOG, 65536), "s.deadletter", NO_RULES)
+    out = outputs.dead_letter(record, decode(record.value, CATALOG, 65536), "s.deadletter", NO_RULES,
+                              max_original_bytes=65536)
     assert out.key == b"s.requests:0:3" and out.partition == 0 and out.reason is Reason.INVALID_UTF8
     message = orjson.loads(out.value)
     assert message["original_encoding"] == "base64"
@@ -64,7 +91,8 @@ def test_an_unreadable_record_keeps_its_bytes_in_base64():
 def test_a_dead_letter_names_its_request_and_hides_what_the_redactor_hides():
     rejection = Rejection(Reason.MODEL_ERROR, "boom", id="r-1", model="m")
     out = outputs.dead_letter(RECORD, rejection, "s.deadletter", Redactor({"ssn": Action.MASK}),
-                              version="2", route=Route.CANARY, quota="acme")
+                              max_original_bytes=65536, version="2", route=Route.CANARY,
+                              quota="acme")
     assert out.key == b"r-1" and out.model == "m" and out.version == "2"
     assert out.route == "canary" and out.quota == "acme"
     original = orjson.loads(orjson.loads(out.value)["original"])
@@ -112,10 +140,43 @@ def test_a_shadow_answer_goes_to_the_shadow_topic_beside_the_served_one():
 def test_a_versions_drift_rows_go_to_one_partition_dated_by_the_latest_request():
     rows = CodedRows(np.zeros((2, 3), np.uint8), np.array([0, 1], np.int32),
                      np.array([5, 9], np.int64), np.array([1_000, 2_500], np.int64))
-    out = outputs.drift_rows("m", "2", rows, "s.drift-rows")
+    [out] = outputs.drift_rows("m", "2", rows, "s.drift-rows")
     assert (out.kind, out.topic, out.key, out.headers) == (Kind.DRIFT_ROWS, "s.drift-rows", b"m:2", [])
     assert out.partition == zlib.crc32(b"m:2") and out.request_timestamp == 2.5
     assert CodedRows.from_bytes(out.value).offsets.tolist() == [5, 9]
+
+
+def test_drift_rows_are_split_to_stay_under_the_message_limit():
+    """Review section 1: one message per version and flush grew with traffic and width
+    (1,000 rows of 1,024 features: right at the broker's limit)."""
+    n, width = 1000, 1024
+    rows = CodedRows(np.ones((n, width), np.uint8), np.zeros(n, np.int32),
+                     np.arange(n, dtype=np.int64), np.arange(n, dtype=np.int64) * 1000)
+    messages = outputs.drift_rows("m", "2", rows, "s.drift-rows", max_bytes=256 * 1024)
+    assert len(messages) > 1 and all(len(m.value) <= 256 * 1024 for m in messages)
+    assert len({m.partition for m in messages}) == 1  # one window owner, rows in order
+    parts = [CodedRows.from_bytes(m.value) for m in messages]
+    assert np.concatenate([p.offsets for p in parts]).tolist() == list(range(n))
+    assert messages[-1].request_timestamp == parts[-1].timestamps_ms.max() / 1000
+
+
+def test_a_refused_answer_is_replaced_by_a_minimal_dead_letter_and_a_side_output_given_up():
+    served = outputs.prediction(RECORD, REQUEST, "2", Route.STABLE, np.array([0.4, 0.6], np.float32),
+                                LABELS, 1, SENT_AT, "s.predictions", quota="acme")
+    stand_in = outputs.stand_in(served, "MessageSizeTooLargeError()", "s.deadletter")
+    assert (stand_in.kind, stand_in.topic, stand_in.key, stand_in.partition, stand_in.quota) == \
+        (Kind.DEAD_LETTER, "s.deadletter", b"r-1", 4, "acme")
+    message = orjson.loads(stand_in.value)
+    assert (message["id"], message["reason"], message["original_encoding"]) == \
+        ("r-1", "undeliverable", "withheld")
+    assert "MessageSizeTooLargeError" in message["error"] and str(len(served.value)) in message["error"]
+    dead = outputs.dead_letter(incoming(b"{}"), Rejection(Reason.MISSING_ID, "no id"),
+                               "s.deadletter", NO_RULES, max_original_bytes=65536)
+    replaced = orjson.loads(outputs.stand_in(dead, "refused", "s.deadletter").value)
+    assert (replaced["id"], replaced["reason"]) == (None, "missing_id")  # the reason stays
+    sample = outputs.sample(RECORD, REQUEST, ("age", "ssn"), np.array([0.4, 0.6], np.float32),
+                            LABELS, NO_RULES, "s.samples")
+    assert outputs.stand_in(sample, "refused", "s.deadletter") is None
 
 
 def answer(kind: Kind, model="m", version="2", route="stable", reason=None, quota="",

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_server_reasons_are_the_ones_rejections_calls_server_side():
-    assert set(slo.SERVER_REASONS) == {"deadline_exceeded", "model_error", "circuit_open"}
+    assert set(slo.SERVER_REASONS) == {"deadline_exceeded", "model_error", "circuit_open",
+                                   "undeliverable"}
     assert all(not Reason(r).is_client_error for r in slo.SERVER_REASONS)
 
 

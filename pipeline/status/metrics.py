@@ -1,18 +1,5 @@
-"""``streamserve status``, the pure part: figures from metrics, lag from offsets, drift
-verdicts, and the fleet they describe together.
-
-The shell (``agents/ops/status.py``) reads; these functions compute, without I/O:
-
-    increase(before, after)             each series' growth between two scrapes of a worker
-    histogram_quantile(q, buckets)      Prometheus's interpolation in cumulative buckets
-    metrics_from_scrapes(pairs)         rates, p99 and breakers per model from workers' /metrics
-    prometheus_queries(window)          the PromQL for the same figures, and
-    metrics_from_prometheus(results)    the figures from its answers
-    merge_metrics(first, second)        one source's figures per model, the first's preferred
-    group_lag(...)                      a consumer group's lag per partition
-    fold_verdicts(latest, reports)      the latest drift verdict per model/version/feature
-    summarize_drift(verdicts)           one line per model version
-    assemble(...)                       the fleet: every model, its routes, figures and drift
+"""Request figures per model (rates, dead letters by reason, p99, breakers), from two
+scrapes of each worker's ``/metrics`` or from Prometheus's answers to the same queries.
 
 Rates are per second. A counter that went down between two scrapes was reset (the
 worker restarted): its whole value after is the increase, as Prometheus counts it.
@@ -22,19 +9,16 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from pipeline.errors import StreamserveError
-from pipeline.routing import DeploymentSpec
+from pipeline.status.errors import StatusError
 
 Labels = tuple[tuple[str, str], ...]
 SeriesKey = tuple[str, Labels]  # (sample name, sorted labels)
 
 QUANTILE = 0.99
 BREAKER_STATES = {0: "closed", 1: "half-open", 2: "open"}  # streamserve_breaker_state values
-DRIFT_SEVERITY = {"insufficient": 0, "stable": 1, "drift": 2, "alert": 3}
 NO_MODEL = ""  # the model label of dead letters whose request named no served model
 
 _REQUESTS = "streamserve_requests_total"
@@ -43,10 +27,6 @@ _DEADLETTERS = "streamserve_deadletters_total"
 _LATENCY_BUCKET = "streamserve_e2e_latency_seconds_bucket"
 _BREAKER = "streamserve_breaker_state"
 _READY = "streamserve_worker_ready"
-
-
-class StatusError(StreamserveError, ValueError):
-    """Figures that cannot be computed as asked; the message says what was wrong."""
 
 
 def series_key(name: str, labels: Mapping[str, str]) -> SeriesKey:
@@ -170,7 +150,7 @@ class _Figures:
                 deadletters_per_s=sum(v for _, v in reasons), reasons=tuple(reasons),
                 p99_s=self.p99.get(model),
                 breakers=tuple(sorted(self.breakers.get(model, {}).items(),
-                                      key=lambda vs: _version_key(vs[0]))))
+                                      key=lambda vs: version_key(vs[0]))))
         return out
 
 
@@ -282,187 +262,6 @@ def merge_metrics(first: FleetMetrics | None, second: FleetMetrics | None) -> Fl
                         problems=first.problems + second.problems)
 
 
-@dataclass(frozen=True, slots=True)
-class PartitionLag:
-    """One partition of the requests topic: offsets kept (``first`` up to ``end``, the
-    last stable offset) and the consumer group's committed offset (None: never committed)."""
-
-    partition: int
-    first: int
-    end: int
-    committed: int | None
-
-    @property
-    def lag(self) -> int:
-        """Requests not yet served. Without a commit, or one below the records kept, the
-        group starts at the first record kept (the workers' ``auto_offset_reset``)."""
-        start = self.first if self.committed is None else max(self.committed, self.first)
-        return max(0, self.end - start)
-
-
-@dataclass(frozen=True, slots=True)
-class GroupLag:
-    group: str
-    topic: str
-    partitions: tuple[PartitionLag, ...]
-
-    @property
-    def total(self) -> int:
-        return sum(p.lag for p in self.partitions)
-
-
-def group_lag(group: str, topic: str, offsets: Mapping[int, tuple[int, int]],
-              committed: Mapping[int, int]) -> GroupLag:
-    """``offsets[partition] = (first, end)``; ``committed[partition]`` where the group
-    committed (a negative offset, Kafka's "none", counts as no commit)."""
-    return GroupLag(group, topic, tuple(
-        PartitionLag(p, first, end, committed[p] if committed.get(p, -1) >= 0 else None)
-        for p, (first, end) in sorted(offsets.items())))
-
-
-@dataclass(frozen=True, slots=True)
-class FeatureVerdict:
-    """The verdict of one feature's latest closed drift window (a ``streamserve.drift`` report)."""
-
-    model: str
-    version: str
-    feature: str
-    status: str  # insufficient, stable, drift or alert
-    psi: float | None
-    window_end: float  # event time, seconds since the epoch
-    event: bool  # this window raised a drift event (drifting windows in a row)
-
-    @classmethod
-    def from_report(cls, report: Mapping[str, Any]) -> FeatureVerdict:
-        """Raise ``StatusError`` naming what is missing when ``report`` is not a drift report."""
-        try:
-            status = report["verdict"]["status"]
-            psi = report.get("psi")
-            return cls(str(report["model"]), str(report["version"]), str(report["feature"]),
-                       str(status), None if psi is None else float(psi),
-                       float(report["window_end"]), bool(report.get("event")))
-        except (KeyError, TypeError, ValueError) as e:
-            raise StatusError(f"not a drift report (from a worker of another release?): "
-                              f"{type(e).__name__} {e}") from None
-
-
-VerdictKey = tuple[str, str, str]  # model, version, feature
-
-
-def fold_verdicts(latest: Mapping[VerdictKey, FeatureVerdict],
-                  reports: Iterable[FeatureVerdict]) -> dict[VerdictKey, FeatureVerdict]:
-    """``latest`` updated with ``reports`` (in topic order): the latest window per key wins,
-    and of two reports of the same window the later one."""
-    out = dict(latest)
-    for verdict in reports:
-        key = (verdict.model, verdict.version, verdict.feature)
-        known = out.get(key)
-        if known is None or verdict.window_end >= known.window_end:
-            out[key] = verdict
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class DriftSummary:
-    """One model version's latest verdicts: how many features in each status, and the
-    drifting ones (PSI highest first)."""
-
-    model: str
-    version: str
-    window_end: float  # of the newest window among its features
-    counts: tuple[tuple[str, int], ...]  # (status, features), most severe first
-    drifting: tuple[FeatureVerdict, ...]
-    events: tuple[str, ...]  # features whose latest window raised a drift event
-
-    @property
-    def worst(self) -> str:
-        return self.counts[0][0] if self.counts else "insufficient"
-
-
-def summarize_drift(verdicts: Iterable[FeatureVerdict]) -> list[DriftSummary]:
-    """One summary per model version, by model then version (numeric versions in order)."""
-    grouped: dict[tuple[str, str], list[FeatureVerdict]] = defaultdict(list)
-    for v in verdicts:
-        grouped[(v.model, v.version)].append(v)
-    out = []
-    for (model, version), features in sorted(grouped.items(),
-                                             key=lambda kv: (kv[0][0], _version_key(kv[0][1]))):
-        by_status: dict[str, int] = defaultdict(int)
-        for v in features:
-            by_status[v.status] += 1
-        counts = sorted(by_status.items(), key=lambda sn: -DRIFT_SEVERITY.get(sn[0], -1))
-        drifting = sorted((v for v in features if v.status in ("drift", "alert")),
-                          key=lambda v: (-(v.psi or 0.0), v.feature))
-        out.append(DriftSummary(model, version, max(v.window_end for v in features),
-                                tuple(counts), tuple(drifting),
-                                tuple(sorted(v.feature for v in features if v.event))))
-    return out
-
-
-@dataclass(frozen=True, slots=True)
-class ModelStatus:
-    """One model in the fleet. ``spec`` is its deployment on the control topic; without
-    one, workers serve ``default_version`` (its newest version that verifies, when the
-    registry could be read here). ``metrics`` is None without a metrics source."""
-
-    model: str
-    spec: DeploymentSpec | None
-    default_version: str | None
-    metrics: ModelMetrics | None
-    drift: tuple[DriftSummary, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class FleetStatus:
-    """Everything ``streamserve status`` shows, as of ``taken_at`` (seconds since the epoch)."""
-
-    taken_at: float
-    broker: str
-    group: str
-    models: tuple[ModelStatus, ...]
-    unrouted: ModelMetrics | None  # dead letters naming no served model
-    metrics: FleetMetrics | None  # None: no metrics source given
-    lag: GroupLag | None  # None: the requests topic does not exist yet
-    problems: tuple[str, ...] = field(default=())
-    metrics_wanted: bool = False  # a metrics source was given (``metrics`` None: it failed)
-
-
-def assemble(*, taken_at: float, broker: str, group: str, specs: Mapping[str, DeploymentSpec],
-             defaults: Mapping[str, str | None], metrics: FleetMetrics | None,
-             verdicts: Iterable[FeatureVerdict], lag: GroupLag | None,
-             problems: Sequence[str] = (), metrics_wanted: bool | None = None) -> FleetStatus:
-    """The fleet: every model named by a spec, the registry (``defaults``: model to the
-    version served without a spec), the metrics or a drift report, sorted by name.
-
-    Drift shows the versions a model's spec names (the default version without a spec);
-    with neither, the newest version reported.
-    """
-    summaries = summarize_drift(verdicts)
-    by_model: dict[str, list[DriftSummary]] = defaultdict(list)
-    for summary in summaries:
-        by_model[summary.model].append(summary)
-    figures = {} if metrics is None else metrics.models
-    names = set(specs) | set(defaults) | set(by_model) | (set(figures) - {NO_MODEL})
-    models = []
-    for model in sorted(names):
-        spec, default = specs.get(model), defaults.get(model)
-        reported = by_model.get(model, [])
-        if spec is not None:
-            wanted = spec.versions()
-        elif default is not None:
-            wanted = frozenset({default})
-        else:
-            wanted = frozenset({reported[-1].version}) if reported else frozenset()
-        models.append(ModelStatus(
-            model, spec, default,
-            None if metrics is None else figures.get(model, ModelMetrics(model)),
-            tuple(s for s in reported if s.version in wanted)))
-    unrouted = figures.get(NO_MODEL)
-    all_problems = tuple(problems) + (() if metrics is None else metrics.problems)
-    return FleetStatus(taken_at, broker, group, tuple(models), unrouted, metrics, lag, all_problems,
-                       metrics is not None if metrics_wanted is None else metrics_wanted)
-
-
 def _bound(le: str) -> float:
     return math.inf if le in ("+Inf", "Inf", "inf") else float(le)
 
@@ -471,6 +270,6 @@ def _finite(value: float) -> float:
     return value if math.isfinite(value) else 0.0
 
 
-def _version_key(version: str) -> tuple[int, int | str]:
+def version_key(version: str) -> tuple[int, int | str]:
     """Numeric versions in numeric order ("2" before "10"), then the others by name."""
     return (0, int(version)) if version.isdigit() else (1, version)

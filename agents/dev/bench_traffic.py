@@ -1,0 +1,131 @@
+"""What the bench's cases send and read back: the open-loop schedule, the request rows,
+the peer processes, the workers' counters, and the output topics read back and matched
+to the requests (each request answered exactly once?).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from agents.dev.bench_results import Answers
+from agents.dev.fleet import WorkerProcess
+from agents.kafka.connect import connection
+from pipeline.config import Settings
+from pipeline.registry import Manifest
+
+PARTITIONS = 4  # of every topic the bench makes
+
+
+class Schedule:
+    """Open-loop load: ``0 .. count-1``, each at its time at ``rate`` per second, whatever
+    the answers do. ``achieved_rps``: the rate the sender kept (lower when it could not)."""
+
+    def __init__(self, rate: float, count: int) -> None:
+        self.rate, self.count = rate, count
+        self.achieved_rps = 0.0
+
+    async def __aiter__(self) -> AsyncIterator[int]:
+        started = time.monotonic()
+        for i in range(self.count):
+            if (delay := started + i / self.rate - time.monotonic()) > 0:
+                await asyncio.sleep(delay)
+            yield i
+        # On schedule the last send is (count - 1) / rate after the first: the 1 / rate added
+        # makes a schedule kept exactly come out at ``rate``.
+        self.achieved_rps = self.count / (time.monotonic() - started + 1 / self.rate)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """A peer process (agents/dev/bench_peers.py) and its log."""
+
+    process: subprocess.Popen
+    log: Path
+
+
+def start_peer(kind: str, s: Settings, model: str, log: Path) -> Peer:
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [sys.executable, "-m", "agents.dev.bench_peers", kind, "--bootstrap", s.bootstrap,
+               "--prefix", s.topic_prefix, "--group", s.app_id, "--registry", str(s.registry),
+               "--model", model]
+    with log.open("wb") as out:
+        return Peer(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), log)
+
+
+def kill_peer(process: subprocess.Popen) -> None:
+    """The answers are in and the counters read: a graceful stop would take seconds to measure nothing."""
+    process.kill()
+    process.wait()
+
+
+def feature_rows(manifest: Manifest, n: int) -> list[dict[str, float]]:
+    """``n`` rows of feature values drawn uniformly from the ranges the model was trained on."""
+    rng = np.random.default_rng(0)
+    columns = {f.name: rng.uniform(f.minimum, f.maximum, n).astype(np.float32).tolist()
+               for f in manifest.inputs.features}
+    return [{name: values[i] for name, values in columns.items()} for i in range(n)]
+
+
+def worker_counters(workers: Sequence[WorkerProcess]) -> dict[str, float]:
+    """Every sample of the workers' metrics, summed over labels and workers."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: Counter[str] = Counter()
+    for worker in workers:
+        for family in text_string_to_metric_families(worker.metrics()):
+            for sample in family.samples:
+                totals[sample.name] += sample.value
+    return dict(totals)
+
+
+def output_partitions(s: Settings) -> list[TopicPartition]:
+    return [TopicPartition(topic, p) for topic in (s.topics.predictions, s.topics.deadletter)
+            for p in range(PARTITIONS)]
+
+
+async def read_outputs(s: Settings, seen: dict[TopicPartition, int]) -> list[tuple[bytes | None, int, str]]:
+    """(key, broker timestamp in ms, topic) of every output record, at least up to ``seen``."""
+    partitions = output_partitions(s)
+    # From the beginning by the reset policy: a seek_to_beginning right after assign() races
+    # with the policy's own reset, and can lose.
+    consumer = AIOKafkaConsumer(**connection(s), group_id=None, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        consumer.assign(partitions)
+        end = {tp: max(offset, seen[tp]) for tp, offset in (await consumer.end_offsets(partitions)).items()}
+        out = []
+        while [tp for tp in partitions if await consumer.position(tp) < end[tp]]:
+            fetched = await consumer.getmany(timeout_ms=500, max_records=10_000)
+            out += [(r.key, r.timestamp, r.topic) for records in fetched.values() for r in records]
+        return out
+    finally:
+        await consumer.stop()
+
+
+async def receive_answers(consumer: AIOKafkaConsumer, received: dict[bytes, float]) -> None:
+    while True:
+        fetched = await consumer.getmany(timeout_ms=100)
+        now = time.monotonic()
+        for records in fetched.values():
+            for r in records:
+                received.setdefault(r.key, now)
+
+
+def match_answers(s: Settings, n: int, outputs: Sequence[tuple[bytes | None, int, str]]) -> Answers:
+    counts = Counter(key for key, _, _ in outputs)
+    expected = [f"{s.topic_prefix}-{i}".encode() for i in range(n)]
+    missing = sum(1 for key in expected if counts[key] == 0)
+    return Answers(n, answered_once=sum(1 for key in expected if counts[key] == 1), missing=missing,
+                   duplicates=len(outputs) - (n - missing),
+                   deadletters=sum(1 for _, _, topic in outputs if topic == s.topics.deadletter))
