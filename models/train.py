@@ -125,7 +125,7 @@ def train_and_register(name: str, registry: Registry, seed: int = 0,
     """Train the built-in model ``name`` and register it as its next version, with the
     features ``sensitive`` names marked sensitive.
 
-    With ``signing_key`` (a private key file, ``Settings.signing_key``) the version is signed
+    With ``signing_key`` (a private key file, ``Settings.registry.signing_key``) the version is signed
     as it is registered; a missing key is created, with its ``.pub`` beside it. Without it
     the version is unsigned, and only served where STREAMSERVE_ALLOW_UNSIGNED is on.
     """

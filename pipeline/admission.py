@@ -1,10 +1,15 @@
 """Admission: which of a batch's records go to a model, and why each of the others does not.
 
 Each record passes, in this order: decode (``pipeline.decode``), the dedupe window
-(``pipeline.dedupe``), its deadline, its tenant's quota (``pipeline.tenant_quotas``). The
+(``pipeline.dedupe``), its tenant's quota (``pipeline.tenant_quotas``), its deadline. The
 first check it fails is its ``Rejection``; an admitted request joins the group of its
-(model, version, route), served together. The order matters: a repeat or an expired
-request takes no quota token, and a refused request never reaches a model.
+(model, version, route), served together. The order matters: a repeat takes no quota
+token; a request past its deadline costs its tenant a token like any other (sending
+expired requests is no way around a quota) but holds no in-flight slot, being answered
+at once; a refused request never reaches a model. A missed deadline says nothing of a
+model version (the time went to the sender's clock, the broker or the queue), so it
+feeds no breaker and no canary judge: no client can open a breaker for others with
+short deadlines.
 
 The clocks are passed in (``now``: epoch seconds, for deadlines against Kafka's
 timestamps; ``clock``: monotonic seconds, for the dedupe window and the quota buckets).
@@ -41,8 +46,6 @@ class Admission:
     # In the order each group's first request came; in batch order within a group.
     groups: dict[Group, list[tuple[Incoming, Request]]] = field(default_factory=dict)
     rejected: list[tuple[Incoming, Rejection]] = field(default_factory=list)  # batch order
-    # Requests past their deadline, per group: failures of that version (breaker, canary).
-    expired: Counter[Group] = field(default_factory=Counter)
     # In-flight slots the admitted requests took, per quota: their answers free them.
     quota_slots: Counter[str] = field(default_factory=Counter)
     refusals: list[Refusal] = field(default_factory=list)  # quota refusals, for the metrics
@@ -60,20 +63,25 @@ def admit(batch: Sequence[Incoming], catalog: Catalog, max_bytes: int, max_featu
         if isinstance(decoded, Request) and recent is not None and recent.seen_before(
                 decoded.id, clock, (record.topic, record.partition, record.offset)):
             decoded = recent.rejection(decoded.id, decoded.model)
-        if isinstance(decoded, Request) and _expired(decoded, record, now + expected_seconds):
-            admission.expired[(decoded.model, decoded.version, decoded.route)] += 1
-            decoded = Rejection(Reason.DEADLINE_EXCEEDED,
-                                f"the request had waited {1000 * (now - record.timestamp):.0f} ms "
-                                f"and could not be answered within its deadline_ms of "
-                                f"{decoded.deadline_ms}; raise the deadline or add workers",
-                                id=decoded.id, model=decoded.model)
+        quota = None
         if isinstance(decoded, Request) and quotas is not None:
             refusal = quotas.admit(decoded.tenant, clock)
             if refusal is not None:
                 admission.refusals.append(refusal)
                 decoded = replace(refusal.rejection, id=decoded.id, model=decoded.model)
-            elif quota := quotas.governing(decoded.tenant):
-                admission.quota_slots[quota] += 1
+            else:
+                quota = quotas.governing(decoded.tenant)
+        if isinstance(decoded, Request) and _expired(decoded, record, now + expected_seconds):
+            if quota:  # answered now: its slot is free again
+                quotas.release(quota, 1)
+                quota = None
+            decoded = Rejection(Reason.DEADLINE_EXCEEDED,
+                                f"the request had waited {1000 * (now - record.timestamp):.0f} ms "
+                                f"and could not be answered within its deadline_ms of "
+                                f"{decoded.deadline_ms}; raise the deadline or add workers",
+                                id=decoded.id, model=decoded.model)
+        if quota:
+            admission.quota_slots[quota] += 1
         if isinstance(decoded, Rejection):
             admission.rejected.append((record, decoded))
         else:

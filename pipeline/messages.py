@@ -56,9 +56,10 @@ def encode_sample(request_id: str, model: str, version: str, timestamp: float,
 
 
 def encode_shadow(request_id: str, model: str, version: str, answered_by: str,
-                  ours: np.ndarray | Any, theirs: np.ndarray | Any, labels: Sequence[str]) -> bytes:
+                  ours: np.ndarray | Any, theirs: np.ndarray | Any, labels: Sequence[str],
+                  their_labels: Sequence[str]) -> bytes:
     """A shadow version's answer beside the one the client got. ``ours``/``theirs`` are
-    probabilities, or a failure (anything with an ``error``)."""
+    probabilities over ``labels``/``their_labels``, or a failure (anything with an ``error``)."""
     message: dict[str, Any] = {"id": request_id, "model_name": model, "model_version": version,
                                "answered_by": answered_by}
     if isinstance(ours, np.ndarray):
@@ -66,9 +67,21 @@ def encode_shadow(request_id: str, model: str, version: str, answered_by: str,
     else:
         message["error"] = ours.error
     if isinstance(ours, np.ndarray) and isinstance(theirs, np.ndarray):
-        message["agree"] = bool(ours.argmax() == theirs.argmax())
-        message["max_abs_difference"] = float(np.abs(ours - theirs).max())
+        agree, difference = agreement(ours, labels, theirs, their_labels)
+        message["agree"] = agree
+        if difference is not None:
+            message["max_abs_difference"] = difference
     return orjson.dumps(message)
+
+
+def agreement(ours: np.ndarray, labels: Sequence[str], theirs: np.ndarray,
+              their_labels: Sequence[str]) -> tuple[bool, float | None]:
+    """Whether two versions' answers name the same label, and the largest difference of
+    their probabilities when they have the same labels in the same order (a version that
+    adds or reorders classes has no such difference)."""
+    agree = labels[int(np.argmax(ours))] == their_labels[int(np.argmax(theirs))]
+    same = tuple(labels) == tuple(their_labels)
+    return agree, float(np.abs(ours - theirs).max()) if same else None
 
 
 def _outputs(probabilities: np.ndarray, labels: Sequence[str]) -> list[dict[str, Any]]:

@@ -129,12 +129,13 @@ def sample(record: Incoming, request: Request, names: Sequence[str], probabiliti
 
 def shadow(record: Incoming, request: Request, version: str, answered_by: str,
            ours: np.ndarray | Any, theirs: np.ndarray | Any, labels: Sequence[str],
-           topic: str) -> Outgoing:
-    """Shadow ``version``'s answer (``ours``) beside ``answered_by``'s (``theirs``); either
-    may be a failure (anything with an ``error``)."""
+           their_labels: Sequence[str], topic: str) -> Outgoing:
+    """Shadow ``version``'s answer (``ours``, over ``labels``) beside ``answered_by``'s
+    (``theirs``, over ``their_labels``); either may be a failure (anything with an ``error``)."""
     return Outgoing(
         kind=Kind.SHADOW, topic=topic, partition=record.partition, key=request.id.encode(),
-        value=encode_shadow(request.id, request.model, version, answered_by, ours, theirs, labels),
+        value=encode_shadow(request.id, request.model, version, answered_by, ours, theirs, labels,
+                            their_labels),
         headers=source_headers(record.topic, record.partition, record.offset),
         model=request.model, version=version, reason=None, request_timestamp=record.timestamp,
         route=str(Route.SHADOW))

@@ -1,7 +1,7 @@
 """How every streamserve Kafka client authenticates and encrypts: one value, checked once.
 
 The worker, the CLI and the client library all connect with the ``KafkaSecurity`` of the
-same settings (``Settings.kafka_security``): SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)
+same settings (``Settings.kafka.security``): SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)
 over plaintext or TLS, or TLS alone with an optional client certificate. Secrets are
 held out of ``repr`` so that a logged settings object never shows them. The TLS context
 itself is built by the I/O shell (``agents.kafka.connect.connection``): this module stays pure.
@@ -12,12 +12,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pipeline.errors import StreamserveError
 
-PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
-MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+PROTOCOLS: tuple[str, ...] = get_args(SecurityProtocol)
+MECHANISMS: tuple[str, ...] = get_args(SaslMechanism)
 
 
 def local_env_file(home: Path, user: str) -> Path:
@@ -34,8 +36,8 @@ class SecurityConfigError(StreamserveError, ValueError):
 class KafkaSecurity:
     """A Kafka client's security: protocol, SASL login, TLS trust and identity."""
 
-    protocol: str = "PLAINTEXT"
-    sasl_mechanism: str = "SCRAM-SHA-512"
+    protocol: SecurityProtocol = "PLAINTEXT"
+    sasl_mechanism: SaslMechanism = "SCRAM-SHA-512"
     username: str = ""
     password: str = field(default="", repr=False)
     cafile: Path | None = None

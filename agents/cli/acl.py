@@ -46,10 +46,10 @@ def _apply(settings: Settings, args: argparse.Namespace) -> int:
         print(f"removed  {binding.describe()}")
     what = (f"{len(changes.add)} added, {len(changes.remove)} removed" if not changes.empty
             else "already as laid out")
-    print(f"ACLs of topics {settings.topic_prefix}.* and app id {settings.app_id}: {what}")
+    print(f"ACLs of topics {settings.kafka.topic_prefix}.* and app id {settings.kafka.app_id}: {what}")
     if not changes.empty:
         asyncio.run(record(settings, action="acl_apply", subject="acl", details={
-            "topics": f"{settings.topic_prefix}.*", "app_id": settings.app_id,
+            "topics": f"{settings.kafka.topic_prefix}.*", "app_id": settings.kafka.app_id,
             "added": [b.describe() for b in changes.add],
             "removed": [b.describe() for b in changes.remove]}))
     return 0

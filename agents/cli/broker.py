@@ -29,11 +29,11 @@ def _local_broker(settings: Settings, args: argparse.Namespace):
     from agents.dev.broker import LocalBroker
     from agents.dev.secure_broker import SECURE_PORT_OFFSET
 
-    port = settings.local_broker_port + (SECURE_PORT_OFFSET if args.secure else 0)
-    broker = LocalBroker(settings.home, port, secure=args.secure)
+    port = settings.kafka.local_broker_port + (SECURE_PORT_OFFSET if args.secure else 0)
+    broker = LocalBroker(settings.kafka.home, port, secure=args.secure)
     # A sourced credentials file names the secured broker itself: that one is managed here.
-    if not settings.uses_local_broker and settings.broker != broker.bootstrap:
-        raise ConfigError(f"STREAMSERVE_BROKER={settings.broker} points at an existing cluster; "
+    if not settings.kafka.uses_local_broker and settings.kafka.broker != broker.bootstrap:
+        raise ConfigError(f"STREAMSERVE_BROKER={settings.kafka.broker} points at an existing cluster; "
                           "unset it to manage the local broker")
     return broker
 
@@ -50,7 +50,8 @@ def _start(settings: Settings, args: argparse.Namespace) -> int:
         from agents.dev.secure_broker import PRINCIPALS
         from agents.kafka.audit import record
 
-        admin = Settings.from_env(broker.environment("admin"), topic_prefix=settings.topic_prefix)
+        admin = Settings.from_env({**broker.environment("admin"),
+                                   "STREAMSERVE_TOPIC_PREFIX": settings.kafka.topic_prefix})
         asyncio.run(record(admin, action="broker_start", subject=f"broker:{broker.bootstrap}",
                            details={"security": "SASL_SSL", "users": list(PRINCIPALS),
                                     "ca": str(broker.cafile)}))

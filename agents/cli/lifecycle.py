@@ -151,13 +151,13 @@ def _routes(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.signing import TrustedKeys, newest_verified
 
     specs = asyncio.run(read_specs(settings))
-    registry = Registry(settings.registry)
-    trusted = TrustedKeys.load(settings.trusted_keys)
+    registry = Registry(settings.registry.root)
+    trusted = TrustedKeys.load(settings.registry.trusted_keys)
     for model in sorted(set(specs) | set(registry.models())):
         if model in specs:
             print(specs[model].describe())
             continue
-        servable = newest_verified(registry, model, trusted, settings.allow_unsigned)
+        servable = newest_verified(registry, model, trusted, settings.registry.allow_unsigned)
         served = "nothing verifies" if servable is None else f"stable {servable}"
         print(f"{model}  {served}  (no spec: the newest version that verifies; "
               f"`streamserve deploy {model} VERSION` to pin one)")

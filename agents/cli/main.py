@@ -74,8 +74,10 @@ def handle(error: Exception, settings: Settings | None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    settings_help = "\n".join(f"  {env} (default {default}): {doc}"
-                              for env, default, doc in Settings.documentation())
+    settings_help = "\n".join(
+        f"\n {section}: {about}\n" + "\n".join(f"  {env} (default {default}): {doc}"
+                                                for env, default, doc in rows)
+        for section, about, rows in Settings.documentation_by_section())
     parser = argparse.ArgumentParser(
         prog="streamserve", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Kafka-native model serving: Faust workers micro-batching JSON requests "

@@ -83,7 +83,7 @@ def register(commands: Commands) -> None:
 
 
 def keys_generate(settings: Settings, args: argparse.Namespace) -> int:
-    out = Path(args.out) if args.out is not None else settings.signing_key
+    out = Path(args.out) if args.out is not None else settings.registry.signing_key
     key = generate_signing_key(out)
     public = public_key_path(out)
     print(f"wrote the private key {out} (mode 0600) and the public key {public}; "
@@ -97,24 +97,24 @@ def models_train(settings: Settings, args: argparse.Namespace) -> int:
 
     sensitive = [name.strip() for names in args.sensitive for name in names.split(",")
                  if name.strip()]
-    manifest = train_and_register(args.name, Registry(settings.registry), seed=args.seed,
-                                  signing_key=settings.signing_key, sensitive=sensitive)
+    manifest = train_and_register(args.name, Registry(settings.registry.root), seed=args.seed,
+                                  signing_key=settings.registry.signing_key, sensitive=sensitive)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in manifest.metrics.items())
-    signer = key_id(ensure_signing_key(settings.signing_key).public_key())
+    signer = key_id(ensure_signing_key(settings.registry.signing_key).public_key())
     marked = (f"; sensitive: {', '.join(manifest.inputs.sensitive)}"
               if manifest.inputs.sensitive else "")
     print(f"registered {manifest.model}:{manifest.version} ({metrics}{marked}) in "
-          f"{settings.registry}, signed by key {signer} ({settings.signing_key})")
+          f"{settings.registry.root}, signed by key {signer} ({settings.registry.signing_key})")
     return 0
 
 
 def models_list(settings: Settings, args: argparse.Namespace) -> int:
-    registry = Registry(settings.registry)
+    registry = Registry(settings.registry.root)
     names = registry.models()
     if not names:
-        print(f"no models in {settings.registry}; train one with `streamserve models train iris`")
+        print(f"no models in {settings.registry.root}; train one with `streamserve models train iris`")
         return 0
-    trusted = TrustedKeys.load(settings.trusted_keys)
+    trusted = TrustedKeys.load(settings.registry.trusted_keys)
     print(f"{'MODEL':<16}{'VERSION':<9}{'ARCHITECTURE':<14}{'FEATURES':<10}{'ACCURACY':<10}"
           f"{'SIGNATURE':<27}CREATED")
     for name in names:
@@ -131,10 +131,10 @@ def models_list(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def models_show(settings: Settings, args: argparse.Namespace) -> int:
-    registry = Registry(settings.registry)
+    registry = Registry(settings.registry.root)
     version = args.version or _latest(registry, args.model)
     m = registry.manifest(args.model, version)
-    trusted = TrustedKeys.load(settings.trusted_keys)
+    trusted = TrustedKeys.load(settings.registry.trusted_keys)
     try:
         result: VerifiedVersion | SignatureError = verify_version(
             registry, args.model, version, trusted, allow_unsigned=True)
@@ -153,7 +153,7 @@ def models_show(settings: Settings, args: argparse.Namespace) -> int:
         *((f"sha256 {file}", digest) for file, digest in sorted(m.param_hashes.items())),
         ("signature", _describe(result)),
     ]
-    print(f"{m.model}:{m.version} in {settings.registry}")
+    print(f"{m.model}:{m.version} in {settings.registry.root}")
     width = max(len(label) for label, _ in rows) + 2
     for label, value in rows:
         print(f"  {label:<{width}}{value}")
@@ -161,25 +161,25 @@ def models_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def models_sign(settings: Settings, args: argparse.Namespace) -> int:
-    registry = Registry(settings.registry)
+    registry = Registry(settings.registry.root)
     signature = sign_version(registry, args.model, args.version,
-                             ensure_signing_key(settings.signing_key))
+                             ensure_signing_key(settings.registry.signing_key))
     path = registry.folder(args.model, args.version) / SIGNATURE_FILE
     print(f"signed {args.model}:{args.version} with key {signature.key_id} "
-          f"({settings.signing_key}); wrote {path}")
-    if signature.key_id not in TrustedKeys.load(settings.trusted_keys):
-        print(_trust_note(settings, public_key_path(settings.signing_key)))
+          f"({settings.registry.signing_key}); wrote {path}")
+    if signature.key_id not in TrustedKeys.load(settings.registry.trusted_keys):
+        print(_trust_note(settings, public_key_path(settings.registry.signing_key)))
     return 0
 
 
 def models_verify(settings: Settings, args: argparse.Namespace) -> int:
     """Strict whatever STREAMSERVE_ALLOW_UNSIGNED says: this command is the check. Each
     version that fails is named on stderr; exit 1 when one does."""
-    registry = Registry(settings.registry)
+    registry = Registry(settings.registry.root)
     versions = [args.version] if args.version else registry.versions(args.model)
     if not versions:
         registry.folder(args.model, "1")  # raises the error that lists the known models
-    trusted = TrustedKeys.load(settings.trusted_keys)
+    trusted = TrustedKeys.load(settings.registry.trusted_keys)
     if len(versions) == 1:
         _verified(args.model, verify_version(registry, args.model, versions[0], trusted))
         return 0
@@ -203,8 +203,8 @@ def _verified(model: str, result: VerifiedVersion) -> None:
 
 
 def models_export(settings: Settings, args: argparse.Namespace) -> int:
-    registry = Registry(settings.registry)
-    trusted = TrustedKeys.load(settings.trusted_keys)
+    registry = Registry(settings.registry.root)
+    trusted = TrustedKeys.load(settings.registry.trusted_keys)
     # SignatureError (changed parameters: nobody should receive them): exit 1
     result = verify_version(registry, args.model, args.version, trusted, allow_unsigned=True)
     out = registry.export(args.model, args.version, args.out)
@@ -216,14 +216,14 @@ def models_export(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def models_import(settings: Settings, args: argparse.Namespace) -> int:
-    registry = Registry(settings.registry)
-    trusted = TrustedKeys.load(settings.trusted_keys)
+    registry = Registry(settings.registry.root)
+    trusted = TrustedKeys.load(settings.registry.trusted_keys)
     try:
-        result = import_version(registry, args.file, trusted, settings.allow_unsigned)
+        result = import_version(registry, args.file, trusted, settings.registry.allow_unsigned)
     except SignatureError as e:
         raise SignatureError(e.reason, e.model, e.version,
                              f"refused to import {args.file}: {e}") from None
-    print(f"imported {result.model}:{result.version} into {settings.registry}: {_describe(result)}")
+    print(f"imported {result.model}:{result.version} into {settings.registry.root}: {_describe(result)}")
     if result.problem is not None:
         print(f"warning: imported only because STREAMSERVE_ALLOW_UNSIGNED is on: {result.problem}",
               file=sys.stderr)
@@ -257,7 +257,7 @@ def _describe(result: VerifiedVersion | SignatureError) -> str:
 
 
 def _trust_note(settings: Settings, public: Path) -> str:
-    trusted = settings.trusted_keys
+    trusted = settings.registry.trusted_keys
     if public == trusted or (trusted.is_dir() and public.parent.resolve() == trusted.resolve()):
         return f"it is trusted here: STREAMSERVE_TRUSTED_KEYS={trusted} holds {public.name}"
     return (f"note: workers trust it only once {public} is in STREAMSERVE_TRUSTED_KEYS "

@@ -39,7 +39,7 @@ def register(commands: Commands) -> None:
 
 
 def rules_text(settings: Settings, job: str = "streamserve", runbook_base: str = "runbooks/") -> str:
-    document = slo.rules_document(settings.objectives, LATENCY_BUCKETS_S, job=job,
+    document = slo.rules_document(settings.slo.objectives, LATENCY_BUCKETS_S, job=job,
                                   runbook_base=runbook_base)
     return slo.to_yaml(document, header=_HEADER)
 

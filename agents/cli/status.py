@@ -73,7 +73,7 @@ def _status(settings: Settings, args: argparse.Namespace) -> int:
     if args.watch is not None and not args.watch > 0:
         raise StatusError(f"--watch SECONDS must be positive, e.g. 5, got {args.watch:g}")
     console = console_for()
-    objective = settings.slo_latency_ms / 1000
+    objective = settings.slo.latency_ms / 1000
     if args.watch is None:
         console.print(render(asyncio.run(collect_once(settings, options)),
                              latency_objective_s=objective))

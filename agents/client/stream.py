@@ -131,7 +131,7 @@ class StreamClient:
                 raise KafkaAccessError(
                     f"topic {missing[0]} does not exist on {self.settings.bootstrap}; a worker "
                     f"(`streamserve worker`) creates the serving topics of prefix "
-                    f"{self.settings.topic_prefix!r}: start one, or check STREAMSERVE_TOPIC_PREFIX")
+                    f"{self.settings.kafka.topic_prefix!r}: start one, or check STREAMSERVE_TOPIC_PREFIX")
             producer = await start_producer(self.settings)
             request_partitions = sorted(await producer.partitions_for(topics.requests))
             try:

@@ -115,7 +115,8 @@ def run_bench(settings: Settings, model: str, quick: bool, json_path: Path | Non
     # aiokafka logs what the bench reports itself (unreachable servers) and retries it survives
     # (a new topic's leader settling): the progress lines and one error line say enough.
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
-    broker = LocalBroker(settings.home, settings.local_broker_port) if settings.uses_local_broker else None
+    kafka = settings.kafka
+    broker = LocalBroker(kafka.home, kafka.local_broker_port) if kafka.uses_local_broker else None
     started = broker is not None and broker.start()
     try:
         report = asyncio.run(Bench(settings, model, QUICK if quick else FULL).run())
@@ -133,11 +134,11 @@ def run_bench(settings: Settings, model: str, quick: bool, json_path: Path | Non
 class Bench:
     def __init__(self, settings: Settings, model: str, sizes: Sizes) -> None:
         self.load = os.getloadavg()[0]
-        self.settings = replace(settings, request_partitions=PARTITIONS)
+        self.settings = replace(settings, kafka=replace(settings.kafka, request_partitions=PARTITIONS))
         self.model = model
         self.sizes = sizes
         self.run_id = f"bench-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        self.logs = settings.home / "bench" / self.run_id
+        self.logs = settings.kafka.home / "bench" / self.run_id
         self.rows = feature_rows(self._registered(), 1000)
         self.progress = CaseProgress()
         self.worker_stats: list[WorkerStats] = []
@@ -175,17 +176,17 @@ class Bench:
         from models.train import servable_version
         from pipeline.signing import TrustedKeys
 
-        registry = Registry(self.settings.registry)
-        trusted = TrustedKeys.load(self.settings.trusted_keys)
+        registry = Registry(self.settings.registry.root)
+        trusted = TrustedKeys.load(self.settings.registry.trusted_keys)
         for name in dict.fromkeys(("iris", self.model)):  # signed versions, trained if none
-            self.version = servable_version(name, registry, self.settings.signing_key, trusted)
+            self.version = servable_version(name, registry, self.settings.registry.signing_key, trusted)
         return registry.manifest(self.model, self.version)
 
     async def _fresh(self, slug: str) -> Settings:
         """Settings for a case of its own: topics (created here) and a consumer group."""
         self._cases += 1
         prefix = f"{self.run_id}-{self._cases}-{slug}"
-        s = replace(self.settings, topic_prefix=prefix, app_id=prefix)
+        s = replace(self.settings, kafka=replace(self.settings.kafka, topic_prefix=prefix, app_id=prefix))
         stamped = {"message.timestamp.type": "LogAppendTime"}
         async with admin_client(self.settings) as admin:
             response = await admin.create_topics(
@@ -207,9 +208,10 @@ class Bench:
         from pipeline.batching import buckets_for
 
         self.progress.start("2 model ceiling (in-process)")
-        registry = Registry(self.settings.registry)
+        registry = Registry(self.settings.registry.root)
         version = self.version
-        served = ServingModel.load(registry, self.model, version, buckets_for(self.settings.max_batch))
+        served = ServingModel.load(registry, self.model, version, 
+                                   buckets_for(self.settings.batching.max_batch))
         rows = np.array([list(r.values()) for r in self.rows], np.float32)
         rates = {b: self._rows_per_second(served, np.resize(rows, (b, rows.shape[1])))
                  for b in served.buckets}
@@ -251,7 +253,7 @@ class Bench:
         n = n or self.sizes.requests
         await self._preload(s, n)
         self.progress.status("starting the consumer")
-        peer = start_peer(kind, s, self.model, self.logs / f"{s.topic_prefix}.log")
+        peer = start_peer(kind, s, self.model, self.logs / f"{s.kafka.topic_prefix}.log")
         try:
             end = await self._await_answers(s, n, [peer])
         finally:
@@ -309,7 +311,7 @@ class Bench:
         producer = await start_producer(s)
         try:
             for i in range(n):
-                request_id = f"{s.topic_prefix}-{i}"
+                request_id = f"{s.kafka.topic_prefix}-{i}"
                 await producer.send(s.topics.requests, self._request(request_id, i), key=request_id.encode())
                 if i % 1000 == 0:
                     self.progress.status(f"producing requests {i}/{n}")
@@ -323,11 +325,11 @@ class Bench:
                        count: int) -> AsyncIterator[list[WorkerProcess]]:
         """``count`` workers in one group, started together; all are ready when this yields."""
         self.progress.status(f"starting {count} worker{'s' if count > 1 else ''}")
-        environment = {"STREAMSERVE_BROKER": s.bootstrap, "STREAMSERVE_REGISTRY": str(s.registry),
-                       "STREAMSERVE_TOPIC_PREFIX": s.topic_prefix, "STREAMSERVE_APP_ID": s.app_id,
+        environment = {"STREAMSERVE_BROKER": s.bootstrap, "STREAMSERVE_REGISTRY": str(s.registry.root),
+                       "STREAMSERVE_TOPIC_PREFIX": s.kafka.topic_prefix, "STREAMSERVE_APP_ID": s.kafka.app_id,
                        "STREAMSERVE_REQUEST_PARTITIONS": str(PARTITIONS),
-                       "APP_DATADIR": str(self.logs / f"{s.topic_prefix}.faust-data"), **env}
-        logs = [self.logs / f"{s.topic_prefix}-worker{i}.log" for i in range(count)]
+                       "APP_DATADIR": str(self.logs / f"{s.kafka.topic_prefix}.faust-data"), **env}
+        logs = [self.logs / f"{s.kafka.topic_prefix}-worker{i}.log" for i in range(count)]
         started = await asyncio.gather(*(asyncio.to_thread(WorkerProcess.start, log, environment)
                                          for log in logs), return_exceptions=True)
         workers = [w for w in started if isinstance(w, WorkerProcess)]
@@ -384,7 +386,7 @@ class Bench:
         """Send at ``rate`` on schedule, never waiting for answers; time each answer's arrival."""
         self.progress.start(f"6 latency at {share} %")
         count = max(1, int(rate * self.sizes.latency_seconds))
-        keys = [f"{s.topic_prefix}-lat{share}-{i}".encode() for i in range(count)]
+        keys = [f"{s.kafka.topic_prefix}-lat{share}-{i}".encode() for i in range(count)]
         values = [self._request(key.decode(), i) for i, key in enumerate(keys)]
         sent: dict[bytes, float] = {}
         received: dict[bytes, float] = {}
@@ -427,7 +429,8 @@ class Bench:
         schedule = Schedule(rate, count)
         requests = (PredictRequest(self.model, self.rows[i % len(self.rows)]) async for i in schedule)
         ms = []
-        async with StreamClient(s, timeout=_STALL_SECONDS, id_prefix=f"{s.topic_prefix}-client") as client:
+        async with StreamClient(s, timeout=_STALL_SECONDS,
+                                id_prefix=f"{s.kafka.topic_prefix}-client") as client:
             async for outcome in client.stream(requests, max_in_flight=count):
                 if outcome.ok:
                     ms.append(outcome.result().round_trip_ms)

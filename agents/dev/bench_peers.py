@@ -32,11 +32,11 @@ async def passthrough(bootstrap: str, prefix: str, group: str) -> None:
     from aiokafka import AIOKafkaConsumer
 
     from agents.kafka.connect import start_producer
-    from pipeline.config import Settings
+    from pipeline.config import KafkaSettings, Settings
 
     consumer = AIOKafkaConsumer(f"{prefix}.requests", bootstrap_servers=bootstrap, group_id=group,
                                 enable_auto_commit=False, auto_offset_reset="earliest")
-    producer = await start_producer(Settings(broker=bootstrap))
+    producer = await start_producer(Settings(kafka=KafkaSettings(broker=bootstrap)))
     await consumer.start()
     while True:
         fetched = await consumer.getmany(timeout_ms=100)

@@ -56,7 +56,7 @@ class Peer:
 def start_peer(kind: str, s: Settings, model: str, log: Path) -> Peer:
     log.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "agents.dev.bench_peers", kind, "--bootstrap", s.bootstrap,
-               "--prefix", s.topic_prefix, "--group", s.app_id, "--registry", str(s.registry),
+               "--prefix", s.kafka.topic_prefix, "--group", s.kafka.app_id, "--registry", str(s.registry.root),
                "--model", model]
     with log.open("wb") as out:
         return Peer(subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT), log)
@@ -124,7 +124,7 @@ async def receive_answers(consumer: AIOKafkaConsumer, received: dict[bytes, floa
 
 def match_answers(s: Settings, n: int, outputs: Sequence[tuple[bytes | None, int, str]]) -> Answers:
     counts = Counter(key for key, _, _ in outputs)
-    expected = [f"{s.topic_prefix}-{i}".encode() for i in range(n)]
+    expected = [f"{s.kafka.topic_prefix}-{i}".encode() for i in range(n)]
     missing = sum(1 for key in expected if counts[key] == 0)
     return Answers(n, answered_once=sum(1 for key in expected if counts[key] == 1), missing=missing,
                    duplicates=len(outputs) - (n - missing),

@@ -414,9 +414,9 @@ def ensure_broker(settings: Settings) -> LocalBroker | None:
     Returns the broker (already running or just started), or None when
     STREAMSERVE_BROKER names another cluster.
     """
-    if not settings.uses_local_broker:
+    if not settings.kafka.uses_local_broker:
         return None
-    broker = LocalBroker(settings.home, settings.local_broker_port)
+    broker = LocalBroker(settings.kafka.home, settings.kafka.local_broker_port)
     broker.start()
     return broker
 

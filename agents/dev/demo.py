@@ -60,29 +60,29 @@ def run_demo(settings: Settings, requests: int, invalid_share: float, rate: floa
     from agents.dev.broker import LocalBroker
 
     started_broker = None
-    if settings.uses_local_broker:
-        broker = LocalBroker(settings.home, settings.local_broker_port)
+    if settings.kafka.uses_local_broker:
+        broker = LocalBroker(settings.kafka.home, settings.kafka.local_broker_port)
         print(f"starting the local Kafka broker on {settings.bootstrap} ...", file=sys.stderr)
         if broker.start():
             started_broker = broker
     worker = None
     try:
-        registry = Registry(settings.registry)
+        registry = Registry(settings.registry.root)
         for name in DEMO_MODELS:  # a signed version of each, trained when there is none
-            servable_version(name, registry, settings.signing_key,
-                             TrustedKeys.load(settings.trusted_keys))
-        log = settings.home / "demo-worker.log"
+            servable_version(name, registry, settings.registry.signing_key,
+                             TrustedKeys.load(settings.registry.trusted_keys))
+        log = settings.kafka.home / "demo-worker.log"
         print(f"starting a worker (log: {log}) ...", file=sys.stderr)
         worker = WorkerProcess.start(log, {"STREAMSERVE_BROKER": settings.bootstrap, **DRIFT_ENV})
         run = f"demo-{int(time.time())}"
-        plan = _plan(registry, run, requests, invalid_share, settings.max_message_bytes)
+        plan = _plan(registry, run, requests, invalid_share, settings.admission.max_message_bytes)
         started = time.time()
         tally, elapsed = asyncio.run(_drive(settings, plan, rate))
         _print_summary(plan, tally, elapsed, rate)
         samples = asyncio.run(_count_samples(settings, run))
         print(f"  samples         {samples} on {settings.topics.samples} "
               f"({samples / max(1, len(tally.predicted)):.1%} of predictions, "
-              f"STREAMSERVE_SAMPLE_RATE {settings.sample_rate})")
+              f"STREAMSERVE_SAMPLE_RATE {settings.sampling.rate})")
         _print_drift(asyncio.run(_drift_events(settings, started)))
         return 0 if len(tally.answered_at) == len(plan) and not tally.wrong_reason else 1
     finally:

@@ -136,7 +136,7 @@ def _entry(settings: Settings, *, action: str, subject: str, source: str,
            details: Mapping[str, Any] | None, reason: str, before: Mapping[str, Any] | None,
            after: Mapping[str, Any] | None) -> AuditEntry:
     return AuditEntry(action=action, subject=subject, who=operator(), when=time.time(),
-                      source=source, principal=settings.kafka_security.principal,
+                      source=source, principal=settings.kafka.security.principal,
                       host=socket.gethostname(), pid=os.getpid(), command=command_line(sys.argv),
                       before=None if before is None else dict(before),
                       after=None if after is None else dict(after),

@@ -42,13 +42,13 @@ REFUSALS = (TopicAuthorizationFailedError, GroupAuthorizationFailedError,
 def connection(settings: Settings) -> dict[str, object]:
     """The keyword arguments every aiokafka client of ``settings`` is made with: the
     bootstrap servers and the security (SASL login, TLS context) of STREAMSERVE_SECURITY_*."""
-    return {"bootstrap_servers": settings.bootstrap, **settings.kafka_security.aiokafka_options(),
+    return {"bootstrap_servers": settings.bootstrap, **settings.kafka.security.aiokafka_options(),
             "ssl_context": ssl_context(settings)}
 
 
 def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """The TLS context of ``settings`` (None without TLS): trust, client identity, hostname check."""
-    security = settings.kafka_security
+    security = settings.kafka.security
     if not security.uses_tls:
         return None
     context = create_ssl_context(cafile=security.cafile and str(security.cafile),
@@ -70,7 +70,7 @@ async def unreachable(settings: Settings, error: Exception) -> KafkaAccessError:
     refusal = await _login_refusal(settings)
     if refusal is not None:
         return KafkaAccessError(refusal)
-    hint = ("start it with `streamserve broker start`" if settings.uses_local_broker
+    hint = ("start it with `streamserve broker start`" if settings.kafka.uses_local_broker
             else "check STREAMSERVE_BROKER")
     return KafkaAccessError(f"cannot reach Kafka at {settings.bootstrap} ({error}); {hint}")
 
@@ -79,7 +79,7 @@ async def _login_refusal(settings: Settings) -> str | None:
     """What the first bootstrap server makes of this client's TLS handshake and login
     (aiokafka only logs it and reports "Unable to bootstrap"); None when it accepts them
     or cannot be reached at all."""
-    security = settings.kafka_security
+    security = settings.kafka.security
     host, port, _ = collect_hosts(settings.bootstrap, randomize=False)[0]
     where = f"Kafka at {host}:{port}"
     options = {k: v for k, v in connection(settings).items() if k != "bootstrap_servers"}
@@ -113,11 +113,11 @@ def refused(settings: Settings, error: KafkaError, operation: acl.Operation | No
     """``error`` (one of REFUSALS) as a sentence naming the principal, the resource and the
     fix: ``fix`` (with ``fixed_by``'s credentials) when given, else who the streamserve ACL
     layout lets do it."""
-    principal = settings.kafka_security.principal
+    principal = settings.kafka.security.principal
     kind, name = _refused_resource(error)
-    scope = acl.Scope(settings.topics, settings.app_id)
+    scope = acl.Scope(settings.topics, settings.kafka.app_id)
     how = {who: f"`set -a; . {path}`" for who in acl.Principals().all()
-           if (path := local_env_file(settings.home, who.split(":", 1)[1])).is_file()}
+           if (path := local_env_file(settings.kafka.home, who.split(":", 1)[1])).is_file()}
     return KafkaAccessError(acl.refusal(principal, kind, name, operation, acl.layout(scope),
                                         fix=fix, fixed_by=fixed_by, how_to_become=how))
 

@@ -8,6 +8,7 @@ topic (``agents.worker.deployer``).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import orjson
@@ -21,18 +22,32 @@ from pipeline.registry import Registry, RegistryError
 from pipeline.routing import ControlError, DeploymentSpec, unchanged
 from pipeline.signing import SignatureError, TrustedKeys, verify_version
 
+log = logging.getLogger(__name__)
+
 Transition = Callable[[DeploymentSpec | None], DeploymentSpec]
 
 
 async def read_specs(settings: Settings) -> dict[str, DeploymentSpec]:
-    """The current spec of every model with one (the latest record per key)."""
+    """The current spec of every model with one (the latest readable record per key)."""
     specs: dict[str, DeploymentSpec] = {}
     async for message in read_topic(settings, settings.topics.control, from_beginning=True,
                                     to_end=True):
-        if message.value is not None:
-            spec = DeploymentSpec.from_json(orjson.loads(message.value))
+        if (spec := spec_of(message.value, message.offset)) is not None:
             specs[spec.model] = spec
     return specs
+
+
+def spec_of(value: bytes | None, offset: int) -> DeploymentSpec | None:
+    """The spec a control record holds; None for a tombstone or a record that cannot be
+    read (a newer release's format, a stray write), which is logged and skipped, as
+    workers skip it, so that one bad record stops no worker start and no command."""
+    if value is None:
+        return None
+    try:
+        return DeploymentSpec.from_json(orjson.loads(value))
+    except (ControlError, orjson.JSONDecodeError, TypeError, AttributeError) as e:
+        log.error("control record at offset %d cannot be read, skipped: %s", offset, e)
+        return None
 
 
 async def change(settings: Settings, model: str, transition: Transition, *, action: str,
@@ -66,7 +81,7 @@ def check_servable(settings: Settings, model: str, version: str) -> None:
     """Raise ControlError unless ``model:version`` is registered and verifies: the CLI
     says so at once, rather than every worker refusing it later."""
     try:
-        verify_version(Registry(settings.registry), model, version,
-                       TrustedKeys.load(settings.trusted_keys), settings.allow_unsigned)
+        verify_version(Registry(settings.registry.root), model, version,
+                       TrustedKeys.load(settings.registry.trusted_keys), settings.registry.allow_unsigned)
     except (RegistryError, SignatureError) as e:
         raise ControlError(str(e)) from None

@@ -47,7 +47,7 @@ async def ensure_topics(settings: Settings) -> None:
     partitions; the control topic compacted (the latest spec per model is what counts)
     in one partition, so every reader sees the changes in the order they were made."""
     topics = settings.topics
-    wanted = [NewTopic(name, settings.request_partitions, 1)
+    wanted = [NewTopic(name, settings.kafka.request_partitions, 1)
               for name in (topics.requests, topics.predictions, topics.deadletter, topics.drift,
                            topics.drift_rows, topics.samples, topics.shadow)]
     wanted += [NewTopic(topics.control, 1, 1, topic_configs={"cleanup.policy": "compact"}),
@@ -84,7 +84,7 @@ async def require_topic(settings: Settings, topic: str) -> None:
            for t in response.to_object()["topics"]):
         raise TopicAuthorizationFailedError(topic)
     raise KafkaAccessError(f"topic {topic!r} does not exist on {settings.bootstrap}; "
-                           f"the serving topics are {settings.topic_prefix}.requests, "
+                           f"the serving topics are {settings.kafka.topic_prefix}.requests, "
                            ".predictions and .deadletter")
 
 

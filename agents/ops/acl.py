@@ -44,7 +44,7 @@ async def apply_layout(settings: Settings, principals: Principals, *,
                        workers_decide_canaries: bool = False) -> AclPlan:
     """Create the serving topics, then add the layout's missing bindings and remove the
     stale ones of ``principals`` on this deployment's resources; returns what changed."""
-    scope = Scope(settings.topics, settings.app_id)
+    scope = Scope(settings.topics, settings.kafka.app_id)
     wanted = layout(scope, principals, workers_decide_canaries=workers_decide_canaries)
     async with admin_client(settings) as admin:
         changes = plan(await _describe(settings, admin), wanted, scope, principals)

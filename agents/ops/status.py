@@ -176,7 +176,7 @@ class StatusCollector:
         if options.metrics:
             await asyncio.sleep(max(0.0, started + options.interval_s - self._clock()))
             scraped = self._rates(await self._scrape_all(problems), problems)
-        return assemble(taken_at=self._wall(), broker=s.bootstrap, group=s.app_id, specs=specs,
+        return assemble(taken_at=self._wall(), broker=s.bootstrap, group=s.kafka.app_id, specs=specs,
                         defaults={m: v for m, v in defaults.items() if m not in specs},
                         metrics=merge_metrics(prometheus, scraped),
                         verdicts=self._verdicts.values(), lag=lag,
@@ -228,7 +228,7 @@ class StatusCollector:
         missing = [t for t in (topics.control, topics.requests, topics.drift) if t not in existing]
         if missing:
             problems.append(f"no topic {', '.join(missing)} yet: no worker has started with "
-                            f"STREAMSERVE_TOPIC_PREFIX={s.topic_prefix} on {s.bootstrap}")
+                            f"STREAMSERVE_TOPIC_PREFIX={s.kafka.topic_prefix} on {s.bootstrap}")
         specs: dict[str, DeploymentSpec] = {}
         lag = None
         try:
@@ -246,8 +246,8 @@ class StatusCollector:
                                     "not drift reports (a worker of another release?), skipped")
             if topics.requests in existing:
                 offsets = await self._view.offsets(topics.requests)
-                committed = await self._view.committed(s.app_id, topics.requests)
-                lag = group_lag(s.app_id, topics.requests, offsets, committed)
+                committed = await self._view.committed(s.kafka.app_id, topics.requests)
+                lag = group_lag(s.kafka.app_id, topics.requests, offsets, committed)
         except (KafkaError, KafkaAccessError) as e:
             problems.append(f"cannot read Kafka at {s.bootstrap}: {_why(e)}")
         return specs, lag
@@ -266,18 +266,18 @@ class StatusCollector:
         a spec); verified again only when the model's versions change."""
         s = self._settings
         try:
-            registry = Registry(s.registry)
-            trusted = TrustedKeys.load(s.trusted_keys)
+            registry = Registry(s.registry.root)
+            trusted = TrustedKeys.load(s.registry.trusted_keys)
             out = {}
             for model in registry.models():
                 key = (model, tuple(registry.versions(model)))
                 if key not in self._verified:
                     self._verified[key] = newest_verified(registry, model, trusted,
-                                                          s.allow_unsigned)
+                                                          s.registry.allow_unsigned)
                 out[model] = self._verified[key]
             return out
         except (RegistryError, OSError) as e:
-            problems.append(f"cannot read the registry {s.registry}: {e}")
+            problems.append(f"cannot read the registry {s.registry.root}: {e}")
             return {}
 
 

@@ -22,7 +22,7 @@ def faust_broker_url(bootstrap: str) -> str:
 
 def broker_credentials(settings: Settings) -> SASLCredentials | SSLCredentials | None:
     """Faust's form of STREAMSERVE_SECURITY_* (its clients take no aiokafka keywords)."""
-    security, context = settings.kafka_security, ssl_context(settings)
+    security, context = settings.kafka.security, ssl_context(settings)
     if security.uses_sasl:
         return SASLCredentials(username=security.username, password=security.password,
                                mechanism=security.sasl_mechanism, ssl_context=context)
@@ -31,12 +31,12 @@ def broker_credentials(settings: Settings) -> SASLCredentials | SSLCredentials |
 
 def create_app(settings: Settings) -> faust.App:
     return faust.App(
-        f"{settings.app_id}.faust",
+        f"{settings.kafka.app_id}.faust",
         broker=faust_broker_url(settings.bootstrap),
         broker_credentials=broker_credentials(settings),
         store="memory://",
         web_enabled=False,  # metrics come from prometheus_client; one port per worker is enough
-        topic_partitions=settings.request_partitions,
+        topic_partitions=settings.kafka.request_partitions,
         producer_acks=-1,
         # As the serving consumer's (aiokafka's default): a crashed worker's drift windows
         # move to another worker within seconds, not Faust's default minute.

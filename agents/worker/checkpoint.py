@@ -79,7 +79,7 @@ class Checkpoint:
         self._forget_queued = forget_queued  # a rewind drops what is fetched and not served
         self._stopping = stopping
         self._ledger = OffsetLedger(FLUSH_SECONDS)
-        self._crashes = CrashCounter(settings.fault_plan)
+        self._crashes = CrashCounter(settings.faults.plan)
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, list[int]] = {}  # output topic -> its partitions
         self._completions: deque[asyncio.Task] = deque()  # at-least-once: awaiting acks
@@ -163,7 +163,7 @@ class Checkpoint:
             await asyncio.gather(*(future for _, future in sent))
             # 4.
             if offsets:
-                await producer.send_offsets_to_transaction(_kafka(offsets), self._settings.app_id)
+                await producer.send_offsets_to_transaction(_kafka(offsets), self._settings.kafka.app_id)
             self._crash_point("after_produce")
             # 5.
             await producer.commit_transaction()
@@ -360,7 +360,7 @@ class Checkpoint:
 
 def transactional_id(settings: Settings) -> str:
     """The exactly-once producer's id: stable across restarts when the worker has a name."""
-    return f"{settings.app_id}-{settings.worker_id or f'{socket.gethostname()}-{os.getpid()}'}"
+    return f"{settings.kafka.app_id}-{settings.kafka.worker_id or f'{socket.gethostname()}-{os.getpid()}'}"
 
 
 def _kafka(offsets: Mapping[Partition, int]) -> dict[TopicPartition, OffsetAndMetadata]:

@@ -16,10 +16,9 @@ from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 
 import mode
-import orjson
 
 from agents.kafka.audit import AuditTrail
-from agents.kafka.control import change, read_specs
+from agents.kafka.control import change, read_specs, spec_of
 from agents.kafka.read import read_topic
 from agents.worker.inference import Deployment, InferenceService
 from agents.worker.metrics import Metrics
@@ -27,14 +26,9 @@ from models.runtime import ServingModel
 from pipeline.batching import buckets_for
 from pipeline.canary import CanaryVerdict
 from pipeline.config import Settings
-from pipeline.registry import Registry, RegistryError
-from pipeline.routing import ControlError, DeploymentSpec, promote, rollback
-from pipeline.signing import (
-    SignatureError,
-    TrustedKeys,
-    VerifiedVersion,
-    verify_version,
-)
+from pipeline.registry import Registry
+from pipeline.routing import DeploymentSpec, promote, rollback
+from pipeline.signing import TrustedKeys, VerifiedVersion, verify_version
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +40,8 @@ class Deployer:
         self._settings = settings
         self._inference = inference
         self._metrics = metrics
-        self._registry = Registry(settings.registry)
-        self._buckets = buckets_for(settings.max_batch)
+        self._registry = Registry(settings.registry.root)
+        self._buckets = buckets_for(settings.batching.max_batch)
         self._trail = AuditTrail(settings, source="worker")
         # Compiling happens here, beside the model thread, so serving goes on meanwhile.
         self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
@@ -109,7 +103,10 @@ class Deployer:
             try:
                 loaded[key], verified[key] = await asyncio.get_running_loop().run_in_executor(
                     self._loader, self._load_version, spec.model, version)
-            except (RegistryError, SignatureError, ValueError, OSError) as e:
+            # Whatever stops a version loading (a bad signature, an architecture this
+            # release lacks, a compile that fails or runs out of memory) refuses the spec:
+            # the previous one keeps serving, and no worker crash-loops on it.
+            except Exception as e:  # noqa: BLE001
                 self._refuse(spec, version, current, e)
                 return None
         everything = {**have, **loaded}
@@ -121,7 +118,11 @@ class Deployer:
                     f"{spec.model}:{version} reads features {list(theirs)}, but stable version "
                     f"{spec.stable} reads {list(features)}: one request cannot go to both"))
                 return None
-        await self._inference.warm(list(loaded.values()))
+        try:
+            await self._inference.warm(list(loaded.values()))
+        except Exception as e:  # noqa: BLE001 - a version that cannot run never serves
+            self._refuse(spec, ", ".join(v for _, v in loaded), current, e)
+            return None
         for check in verified.values():
             signature = "verified" if check.problem is None else \
                 f"{check.problem.reason}, let through by STREAMSERVE_ALLOW_UNSIGNED"
@@ -143,8 +144,8 @@ class Deployer:
 
     def _load_version(self, model: str, version: str) -> tuple[ServingModel, VerifiedVersion]:
         s = self._settings
-        verified = verify_version(self._registry, model, version, TrustedKeys.load(s.trusted_keys),
-                                  s.allow_unsigned)
+        verified = verify_version(self._registry, model, version, TrustedKeys.load(s.registry.trusted_keys),
+                                  s.registry.allow_unsigned)
         if verified.problem:
             log.warning("loading %s:%s although %s (STREAMSERVE_ALLOW_UNSIGNED is on)", model,
                         version, verified.problem)
@@ -197,11 +198,6 @@ class ControlFollower(mode.Service):
     async def _follow(self) -> None:
         async for message in read_topic(self._settings, self._settings.topics.control,
                                         from_beginning=True):
-            if message.value is None or self.should_stop:
-                continue
-            try:
-                spec = DeploymentSpec.from_json(orjson.loads(message.value))
-            except (ControlError, orjson.JSONDecodeError) as e:
-                log.error("control record at offset %d unreadable, skipped: %s", message.offset, e)
+            if self.should_stop or (spec := spec_of(message.value, message.offset)) is None:
                 continue
             await self._deployer.apply(spec)

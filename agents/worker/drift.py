@@ -54,13 +54,13 @@ def add_drift_agent(app: faust.App, settings: Settings,
     topics = settings.topics
     rows_topic = app.topic(topics.drift_rows, key_type=bytes, value_type=bytes,
                              key_serializer="raw", value_serializer="raw",
-                             partitions=settings.request_partitions)
+                             partitions=settings.kafka.request_partitions)
     reports_topic = app.topic(topics.drift, key_type=bytes, value_type=bytes,
                               key_serializer="raw", value_serializer="raw")
     # Raw bytes (the app's serializers): Faust rebuilds typed values from the changelog
     # with ``value_type.from_data``, which a plain dict lacks, so recovery would fail.
     state = app.Table("drift-windows", default=None, key_type=bytes, value_type=bytes,
-                      partitions=settings.request_partitions)
+                      partitions=settings.kafka.request_partitions)
 
     # Live monitors of the partitions this worker holds, with the offset of the last
     # message counted for each; the table is their durable copy, read again after a

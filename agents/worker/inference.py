@@ -31,18 +31,19 @@ import numpy as np
 
 from agents.worker.metrics import Metrics
 from models.runtime import ServingModel
-from pipeline import outputs
+from pipeline import messages, outputs
 from pipeline.admission import admit, forget_retryable
 from pipeline.batching import padded_size
 from pipeline.breaker import BreakerState, CircuitBreaker
 from pipeline.canary import CanaryJudge, CanaryVerdict
 from pipeline.catalog import Catalog
 from pipeline.config import ModelPolicy, Settings
-from pipeline.decode import Request
+from pipeline.decode import Request, decode
 from pipeline.dedupe import RecentIds
 from pipeline.drift import CodedRows, MatrixCounter, watched_columns, watched_references
 from pipeline.isolation import RowFailure, serve_isolated
 from pipeline.outputs import Incoming, Outgoing
+from pipeline.redaction import Redactor
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import DeploymentSpec, Route, RouteDecision
 from pipeline.sampling import sampled
@@ -66,6 +67,19 @@ class Deployment:
                                 if m == model} for model in self.specs}, self.specs)
 
 
+@dataclass(frozen=True, slots=True)
+class _Serving:
+    """All a batch reads of what is installed, swapped whole by ``install``: a batch works
+    on the one it started with, even when a spec changes while its models run."""
+
+    deployment: Deployment
+    catalog: Catalog
+    policies: Mapping[str, ModelPolicy]  # per served model
+    dead_letter_redactor: Redactor  # every model's rules: a dead letter may name any model
+    breakers: Mapping[tuple[str, str], CircuitBreaker]
+    coders: Mapping[tuple[str, str], MatrixCounter]  # versions with drift references
+
+
 # A served group: its requests, their rows and each row's result.
 _Served = tuple[list[tuple[Incoming, Request]], np.ndarray, list[np.ndarray | RowFailure]]
 
@@ -77,33 +91,30 @@ class InferenceService:
                  on_canary_verdict: Callable[[str, int, CanaryVerdict], None] | None = None) -> None:
         self._settings = settings
         self._topics = settings.topics
-        self._max_bytes, self._max_features = settings.max_message_bytes, settings.max_features
-        self._faults = settings.fault_plan
+        self._max_bytes = settings.admission.max_message_bytes
+        self._max_features = settings.admission.max_features
+        self._faults = settings.faults.plan
         self._device = jax.default_backend()  # "cpu", "gpu" or "tpu": what model calls cost
-        metrics.price_per_hour.labels("cpu").set(settings.price_cpu_hour)
+        metrics.price_per_hour.labels("cpu").set(settings.cost.price_cpu_hour)
         metrics.price_per_hour.labels(self._device if self._device != "cpu" else "gpu").set(
-            settings.price_gpu_hour)
-        self._recent = (RecentIds(settings.dedupe_ids, settings.dedupe_window_s)
-                        if settings.dedupe_ids else None)
-        plan = settings.tenant_quota_plan
+            settings.cost.price_gpu_hour)
+        self._recent = (RecentIds(settings.admission.dedupe_ids, settings.admission.dedupe_window_s)
+                        if settings.admission.dedupe_ids else None)
+        plan = settings.admission.tenant_quota_plan
         self._quotas = TenantQuotas(plan) if plan else None
         self._metrics = metrics
         self._executor = executor
         self._on_canary_verdict = on_canary_verdict
-        self._deployment = Deployment({}, {})
-        self._catalog = self._deployment.catalog
-        self._queueing_budget_s = settings.batch_timeout_ms / 1000
-        self._policies: dict[str, ModelPolicy] = {}
-        self._dead_letter_redactor = settings.policy("").redactor
-        self._coders: dict[tuple[str, str], MatrixCounter] = {}
-        self._breakers: dict[tuple[str, str], CircuitBreaker] = {}
+        nothing = Deployment({}, {})
+        self._serving = _Serving(nothing, nothing.catalog, {}, settings.policy("").redactor, {}, {})
+        self._queueing_budget_s = settings.batching.batch_timeout_ms / 1000
         self._judges: dict[tuple[str, int], CanaryJudge] = {}  # (model, spec revision)
         self._judged: set[tuple[str, int]] = set()  # canaries already rolled back or promoted
         self._pending_drift: dict[tuple[str, str], list[CodedRows]] = {}
 
     @property
     def deployment(self) -> Deployment:
-        return self._deployment
+        return self._serving.deployment
 
     @property
     def queueing_budget_s(self) -> float:
@@ -118,33 +129,39 @@ class InferenceService:
     def install(self, deployment: Deployment) -> None:
         """Serve ``deployment`` from the next batch on (its versions loaded and warm)."""
         s = self._settings
-        self._deployment, self._catalog = deployment, deployment.catalog
         self._queueing_budget_s = min(
-            (spec.batch_timeout_ms or s.batch_timeout_ms for spec in deployment.specs.values()),
-            default=s.batch_timeout_ms) / 1000
+            (spec.batch_timeout_ms or s.batching.batch_timeout_ms for spec in deployment.specs.values()),
+            default=s.batching.batch_timeout_ms) / 1000
         # A loaded version's sensitive features are redacted whatever the rules say (they
         # may only be stricter); a model's marks are those of all its loaded versions.
         marks: dict[str, set[str]] = {}
         for (model, _), served in deployment.models.items():
             marks.setdefault(model, set()).update(served.manifest.inputs.sensitive)
-        self._policies = {}
+        policies = {}
         for model in deployment.specs:
             policy = s.policy(model)
-            self._policies[model] = replace(
-                policy, redactor=policy.redactor.marking(marks.get(model, ())))
-        # Dead letters may name no model, or one not served: hide every model's fields.
+            policies[model] = replace(policy, redactor=policy.redactor.marking(marks.get(model, ())))
+        # Dead letters may name no model, or one not served here (refused, not deployed
+        # yet, registered since): hide the fields of every model the rules name.
         redactor = s.policy("").redactor
-        for policy in self._policies.values():
+        for policy in [*policies.values(), *map(s.policy, s.configured_models)]:
             redactor = redactor.merged(policy.redactor)
-        self._dead_letter_redactor = redactor
-        # Drift is coded for versions trained with reference statistics (the drift agent
-        # keeps the windows).
-        self._coders = {key: self._coders.get(key) or MatrixCounter(
-                            watched_references(served.manifest.reference))
-                        for key, served in deployment.models.items()
-                        if s.drift and served.manifest.reference}
-        self._breakers = {key: self._breakers.get(key) or CircuitBreaker(s.breaker)
-                          for key in deployment.models}
+        # Canary judges of revisions no longer current never reach a verdict: drop them.
+        current = {(model, spec.revision) for model, spec in deployment.specs.items()}
+        self._judges = {key: judge for key, judge in self._judges.items() if key in current}
+        self._judged &= current
+        before = self._serving
+        self._serving = _Serving(
+            deployment, deployment.catalog, policies, redactor,
+            # Breakers and drift coders live on across installs, for the versions that stay.
+            breakers={key: before.breakers.get(key) or CircuitBreaker(s.breaker.config)
+                      for key in deployment.models},
+            # Drift is coded for versions trained with reference statistics (the drift
+            # agent keeps the windows).
+            coders={key: before.coders.get(key) or MatrixCounter(
+                        watched_references(served.manifest.reference))
+                    for key, served in deployment.models.items()
+                    if s.drift.enabled and served.manifest.reference})
         m = self._metrics
         m.loaded.clear()
         for model, spec in deployment.specs.items():
@@ -154,23 +171,21 @@ class InferenceService:
     async def handle(self, batch: Sequence[Incoming], expected_seconds: float = 0.0) -> list[Outgoing]:
         """One output per record. A request whose deadline would pass before the batch is
         served (``expected_seconds`` from now) is dead-lettered instead of computed."""
-        deployment = self._deployment
-        admission = admit(batch, self._catalog, self._max_bytes, self._max_features, self._recent,
+        serving = self._serving  # this batch's, whatever is installed while it runs
+        deployment = serving.deployment
+        admission = admit(batch, serving.catalog, self._max_bytes, self._max_features, self._recent,
                           self._quotas, now=time.time(), clock=time.monotonic(),
                           expected_seconds=expected_seconds)
         for refusal in admission.refusals:
             self._metrics.quota_rejections.labels(refusal.quota, refusal.limit).inc()
-        outgoing = [self._dead_letter(record, rejection, version="")
+        outgoing = [self._dead_letter(serving, record, rejection, version="")
                     for record, rejection in admission.rejected]
-        for (model, version, route), count in admission.expired.items():  # a missed deadline fails
-            self._feed_breaker(model, version, 0, count)
-            self._judge_canary(deployment, model, route, count, [], [])
         try:
             for (model, version, route), items in admission.groups.items():
                 spec = deployment.specs[model]
                 size = spec.max_batch or len(items)
                 for start in range(0, len(items), size):
-                    served, out = await self._serve_group(deployment, model, version, route,
+                    served, out = await self._serve_group(serving, model, version, route,
                                                           items[start:start + size])
                     outgoing.extend(out)
                     for shadow in spec.shadows if served is not None else ():
@@ -184,7 +199,7 @@ class InferenceService:
             forget_retryable(self._recent, outgoing)
         return outgoing
 
-    async def _serve_group(self, deployment: Deployment, model: str, version: str, route: Route,
+    async def _serve_group(self, serving: _Serving, model: str, version: str, route: Route,
                            items: list[tuple[Incoming, Request]]) -> tuple[_Served | None, list[Outgoing]]:
         """Serve one group with its version; the rows it fails on get a second opinion.
 
@@ -195,23 +210,23 @@ class InferenceService:
         counts against neither breaker, so no client can open a breaker for others by
         sending inputs no version can serve. Without a second version, a failure counts.
         """
-        now = time.monotonic()
-        fallback = self._catalog.fallback(model)
+        deployment, breakers, now = serving.deployment, serving.breakers, time.monotonic()
+        fallback = serving.catalog.fallback(model)
         if fallback is not None and (fallback.version == version
-                                     or not self._breakers[(model, fallback.version)].allow(now)):
+                                     or not breakers[(model, fallback.version)].allow(now)):
             fallback = None
-        if self._breakers[(model, version)].allow(now):
+        if breakers[(model, version)].allow(now):
             second = fallback
         else:
             # Refused by its breaker: failures of this version (a canary's judge counts them).
-            self._feed_breaker(model, version, 0, len(items))
+            self._feed_breaker(serving, model, version, 0, len(items))
             self._judge_canary(deployment, model, route, len(items), [], [])
             if fallback is None:
                 error = (f"{model}:{version} is failing and its circuit breaker is open; "
-                         + ("its fallback is failing too" if self._catalog.fallback(model) else
+                         + ("its fallback is failing too" if serving.catalog.fallback(model) else
                             f"set a fallback with `streamserve fallback {model} VERSION`")
                          + "; the breaker tries the version again shortly")
-                return None, [self._dead_letter(record, Rejection(
+                return None, [self._dead_letter(serving, record, Rejection(
                     Reason.CIRCUIT_OPEN, error, id=request.id, model=model), version,
                     quota=self._quota_of(request)) for record, request in items]
             second = RouteDecision(version, route)
@@ -230,12 +245,12 @@ class InferenceService:
                         f"request, so its inputs are at fault: {results[i].error}")
                 else:
                     rescued[i] = result
-            self._feed_breaker(model, second.version, len(rescued), 0)
+            self._feed_breaker(serving, model, second.version, len(rescued), 0)
         charged = len(rescued) if second is not None else len(failed)
         self._metrics.batch_size.labels(model, version).observe(len(rows))
         self._metrics.padding_rows.labels(model, version).inc(
             padded_size(len(rows), served.buckets) - len(rows))
-        policy = self._policies[model]
+        policy = serving.policies[model]
         names = served.manifest.inputs.names
         done = time.time()
         outgoing = []
@@ -247,7 +262,7 @@ class InferenceService:
                 log.warning("model %s:%s failed on request %s: %s", model, by, request.id,
                             answer.error)
                 rejection = Rejection(Reason.MODEL_ERROR, answer.error, id=request.id, model=model)
-                outgoing.append(self._dead_letter(record, rejection, by, by_route,
+                outgoing.append(self._dead_letter(serving, record, rejection, by, by_route,
                                                   quota=self._quota_of(request)))
                 continue
             labels = deployment.models[(model, by)].manifest.outputs.labels
@@ -258,18 +273,19 @@ class InferenceService:
                 outgoing.append(outputs.sample(record, request, names, answer, labels,
                                                policy.redactor, self._topics.samples))
         ok = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
-        self._feed_breaker(model, version, len(ok), charged)
+        self._feed_breaker(serving, model, version, len(ok), charged)
         # Replayed requests test a version: they say nothing of live traffic or the canary.
         watched = [i for i, (record, _) in enumerate(items)
-                   if not record.replay or self._settings.replay_monitoring]
+                   if not record.replay or self._settings.replay.monitoring]
         watched_ok = [i for i in watched if not isinstance(results[i], RowFailure)]
         watched_charged = sum(1 for i in watched if i in rescued) if second is not None else \
             len(watched) - len(watched_ok)
         classes = (np.stack([results[i] for i in watched_ok]).argmax(axis=1) if watched_ok
                    else np.empty(0, np.intp))
         self._judge_canary(deployment, model, route, watched_charged,
-                           [seconds] * len(watched_ok), classes.tolist())
-        coder = self._coders.get((model, version))
+                           [seconds] * len(watched_ok), classes.tolist(),
+                           served.manifest.outputs.labels)
+        coder = serving.coders.get((model, version))
         if coder is not None and watched_ok:
             sources = [items[i][0] for i in watched_ok]
             self._pending_drift.setdefault((model, version), []).append(CodedRows(
@@ -290,9 +306,10 @@ class InferenceService:
                                                      self._device).inc(seconds)
         return results, seconds
 
-    def _feed_breaker(self, model: str, version: str, successes: int, failures: int) -> None:
+    def _feed_breaker(self, serving: _Serving, model: str, version: str, successes: int,
+                      failures: int) -> None:
         """A group's outcome to its version's breaker."""
-        breaker = self._breakers.get((model, version))
+        breaker = serving.breakers.get((model, version))
         if breaker is not None:
             before = breaker.state
             breaker.record(successes, failures, time.monotonic())
@@ -301,19 +318,25 @@ class InferenceService:
             self._metrics.breaker_state.labels(model, version).set(_BREAKER_VALUE[breaker.state])
 
     def _judge_canary(self, deployment: Deployment, model: str, route: Route, failures: int,
-                      latencies: list[float], classes: list[int]) -> None:
-        """During a canary, let its judge see a group's failures, latencies and classes."""
+                      latencies: list[float], classes: list[int],
+                      labels: Sequence[str] = ()) -> None:
+        """During a canary, let its judge see a group's failures, latencies and classes
+        (indices into ``labels``, the answering version's)."""
         spec = deployment.specs.get(model)
         if spec is None or spec.canary is None or route not in (Route.STABLE, Route.CANARY):
             return
         key = (model, spec.revision)
         if key in self._judged:
             return
+        # The versions may predict different classes (a canary that adds one): the judge
+        # counts by label, over stable's labels and then the canary's new ones.
+        stable = deployment.models[(model, spec.stable)].manifest.outputs.labels
+        canary = deployment.models[(model, spec.canary.version)].manifest.outputs.labels
+        union = {label: i for i, label in enumerate(dict.fromkeys([*stable, *canary]))}
         judge = self._judges.get(key)
         if judge is None:
-            n_classes = len(deployment.models[(model, spec.stable)].manifest.outputs.labels)
-            judge = self._judges[key] = CanaryJudge(self._settings.canary, n_classes)
-        judge.observe(route, failures, latencies, classes)
+            judge = self._judges[key] = CanaryJudge(self._settings.canary.policy, len(union))
+        judge.observe(route, failures, latencies, [union[labels[c]] for c in classes])
         verdict = judge.verdict()
         if verdict.action in ("rollback", "promote") and self._on_canary_verdict is not None:
             self._judged.add(key)
@@ -327,17 +350,18 @@ class InferenceService:
         served = deployment.models[(model, shadow)]
         results, _ = await self._predict(served, rows)
         labels = served.manifest.outputs.labels
+        their_labels = deployment.models[(model, primary)].manifest.outputs.labels
         agreement: Counter[str] = Counter()
         outgoing = []
         for (record, request), theirs, ours in zip(items, primary_results, results, strict=True):
             agree = None
             if not isinstance(theirs, RowFailure) and not isinstance(ours, RowFailure):
-                agree = bool(theirs.argmax() == ours.argmax())
-                self._metrics.shadow_difference.labels(model, shadow).observe(
-                    float(np.abs(theirs - ours).max()))
+                agree, difference = messages.agreement(ours, labels, theirs, their_labels)
+                if difference is not None:
+                    self._metrics.shadow_difference.labels(model, shadow).observe(difference)
             agreement["unknown" if agree is None else "yes" if agree else "no"] += 1
             outgoing.append(outputs.shadow(record, request, shadow, primary, ours, theirs, labels,
-                                           self._topics.shadow))
+                                           their_labels, self._topics.shadow))
         for agree, count in agreement.items():
             self._metrics.shadow_agreement.labels(model, shadow, agree).inc(count)
         return outgoing
@@ -359,22 +383,32 @@ class InferenceService:
         quota = self._quotas.governing(request.tenant) if self._quotas is not None else None
         return quota or ""
 
-    def _dead_letter(self, record: Incoming, rejection: Rejection, version: str,
-                     route: Route | str = "", quota: str = "") -> Outgoing:
+    def _dead_letter(self, serving: _Serving, record: Incoming, rejection: Rejection,
+                     version: str, route: Route | str = "", quota: str = "") -> Outgoing:
         return outputs.dead_letter(record, rejection, self._topics.deadletter,
-                                   self._dead_letter_redactor, self._max_bytes, version, route,
+                                   serving.dead_letter_redactor, self._max_bytes, version, route,
                                    quota)
 
     def fail_batch(self, batch: Sequence[Incoming], error: Exception) -> list[Outgoing]:
-        """Dead letters for a whole batch, when serving it failed outside any model call."""
+        """Dead letters for a whole batch, when serving it failed outside any model call:
+        each keyed by its request's id where one can be read (its sender waits on it), and
+        the ids forgotten by the dedupe window, so a retry is served."""
+        serving = self._serving
         message = f"the worker failed to serve this batch: {type(error).__name__}: {error}"
-        return [self._dead_letter(record, Rejection(Reason.MODEL_ERROR, message), version="")
-                for record in batch]
+        dead = []
+        for record in batch:
+            decoded = decode(record.value, serving.catalog, self._max_bytes, self._max_features)
+            dead.append(self._dead_letter(serving, record, Rejection(
+                Reason.MODEL_ERROR, message, id=decoded.id, model=decoded.model), version=""))
+        if self._recent is not None:
+            forget_retryable(self._recent, dead)
+        return dead
 
     def delivered(self, outgoing: Sequence[Outgoing]) -> None:
         """Count outputs once the broker has acknowledged them, and free the in-flight
         slots of the requests they answer."""
-        m, counted = self._metrics, outputs.tally(outgoing, self._deployment.specs, time.time())
+        m = self._metrics
+        counted = outputs.tally(outgoing, self._serving.deployment.specs, time.time())
         for (model, version, route), count in counted.predictions.items():
             m.requests.labels(model, version, "prediction").inc(count)
             m.predictions.labels(model, version, route).inc(count)

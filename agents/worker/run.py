@@ -41,7 +41,7 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
     # The model thread waits for each result anyway; on CPU, async dispatch only adds a
     # thread hand-off per call (measured: ~340 -> ~240 µs per small batch).
     jax.config.update("jax_cpu_enable_async_dispatch", False)
-    keep_compiled(settings.compile_cache)
+    keep_compiled(settings.registry.compile_cache)
     metrics = Metrics()
     heartbeat = Heartbeat()
     server: RequestServer | None = None
@@ -63,7 +63,7 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
             "agents": lambda: _agents_check(worker)}))
     asyncio.run(_beating(heartbeat, deployer.start()))
     if not inference.deployment.specs:
-        raise RegistryError(f"no model can be served from {settings.registry}; train one with "
+        raise RegistryError(f"no model can be served from {settings.registry.root}; train one with "
                             "`streamserve models train iris` (see the log for refused versions)")
     # Everything loaded so far lives for the whole run: keep it out of the garbage
     # collector's scans, so collections during serving stay short.
@@ -72,7 +72,7 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
     server = RequestServer(settings, inference, metrics)
     follower = ControlFollower(settings, deployer)
     app = create_app(settings)
-    registry = Registry(settings.registry)
+    registry = Registry(settings.registry.root)
     add_drift_agent(app, settings, lambda model, version: registry.manifest(model, version).reference,
                     metrics)
     heartbeat.beat()  # the loop that beats next is Faust's; its heartbeat service starts first

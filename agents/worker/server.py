@@ -77,8 +77,8 @@ class RequestServer(mode.Service):
         self._metrics = metrics
         self._in_flight = asyncio.Lock()
         self._loop_done = asyncio.Event()
-        self._buckets = buckets_for(settings.max_batch)
-        self._policy = BatchPolicy(self._buckets, settings.batch_timeout_ms / 1000,
+        self._buckets = buckets_for(settings.batching.max_batch)
+        self._policy = BatchPolicy(self._buckets, settings.batching.batch_timeout_ms / 1000,
                                    CostModel(_PRIOR_SECONDS_PER_ROW, _PRIOR_SECONDS_PER_BATCH))
         self._queue: list[tuple[float, ConsumerRecord]] = []  # (local arrival, record)
         self._reported = 0.0  # when lag and queue were last reported
@@ -94,14 +94,14 @@ class RequestServer(mode.Service):
 
     async def on_start(self) -> None:
         s = self._settings
-        if s.fault_plan.active:
-            log.warning("STREAMSERVE_FAULTS is set: injecting faults (%s)", s.fault_plan.describe())
+        if s.faults.plan.active:
+            log.warning("STREAMSERVE_FAULTS is set: injecting faults (%s)", s.faults.plan.describe())
         # The consumer is built first (no I/O) so the checkpoint commits through it, and
         # started last: the producer that answers its records is running by then.
         consumer = AIOKafkaConsumer(
-            **connection(s), group_id=s.app_id, enable_auto_commit=False,
+            **connection(s), group_id=s.kafka.app_id, enable_auto_commit=False,
             auto_offset_reset="earliest", isolation_level="read_committed",
-            max_poll_records=s.max_batch)
+            max_poll_records=s.batching.max_batch)
         self._checkpoint = Checkpoint(s, self._inference, consumer,
                                       forget_queued=self._forget_queued,
                                       stopping=lambda: self.should_stop)
@@ -190,8 +190,11 @@ class RequestServer(mode.Service):
 
     async def _compute(self, records: Sequence[ConsumerRecord],
                        expected_seconds: float) -> list[Outgoing]:
+        # A request stamped in the future (a sender's clock, or any CreateTime the broker
+        # took) is dated now: a future date would blind the drift windows and its deadline.
+        now = time.time()
         batch = [Incoming(topic=r.topic, partition=r.partition, offset=r.offset,
-                          timestamp=r.timestamp / 1000, value=r.value,
+                          timestamp=min(r.timestamp / 1000, now), value=r.value,
                           replay=bool(r.headers) and any(k == REPLAY_HEADER for k, _ in r.headers))
                  for r in records]
         try:

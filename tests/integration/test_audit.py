@@ -102,7 +102,7 @@ def test_a_deploy_and_a_live_refusal_are_audited(audited):
                           ["deploy", "deploy", "load_refused"])
     by_cli, _, live = trail[-3:]
     assert (by_cli.source, by_cli.who, by_cli.principal) == ("cli", WHO, "User:ANONYMOUS")
-    assert by_cli.command == "cli.py deploy iris 1" and by_cli.pid != audited.worker.process.pid
+    assert by_cli.command == "main.py deploy iris 1" and by_cli.pid != audited.worker.process.pid
     assert by_cli.after["stable"] == "1" and by_cli.before is None
     assert live.source == "worker" and live.details["version"] == "2"
     assert live.before["stable"] == "1" and live.after["stable"] == "2"
@@ -135,7 +135,7 @@ def test_a_client_quota_is_set_listed_and_removed_and_audited(audited, streamser
         ("quota_remove", {"producer_byte_rate": 1048576, "consumer_byte_rate": 2097152,
                           "request_percentage": 50}, None)]
     assert all((e.source, e.who, e.principal) == ("cli", WHO, "User:ANONYMOUS") for e in quota)
-    assert quota[0].command.startswith(f"cli.py quota set --user {user}")
+    assert quota[0].command.startswith(f"main.py quota set --user {user}")
 
 
 def test_a_producer_over_its_client_quota_is_held_down(audited, streamserve):
@@ -144,7 +144,7 @@ def test_a_producer_over_its_client_quota_is_held_down(audited, streamserve):
     broker holds the client's connection for the seconds it takes to come back under."""
     s = audited.settings
     client_id = f"quota-test-{uuid.uuid4().hex[:8]}"
-    topic = f"{s.topic_prefix}.quota-test"
+    topic = f"{s.kafka.topic_prefix}.quota-test"
     changed(streamserve, "quota", "set", "--client-id", client_id, "--producer-byte-rate", "20000")
     try:
         free, held = asyncio.run(_burst_times(s, topic, [f"{client_id}-free", client_id]))

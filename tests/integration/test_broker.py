@@ -12,7 +12,7 @@ import pytest
 from agents.dev.broker import BrokerError, LocalBroker, ensure_broker
 from agents.dev.broker_process import alive
 from agents.dev.fleet import free_port
-from pipeline.config import Settings
+from pipeline.config import KafkaSettings, Settings
 from tests.conftest import shared_libs
 
 pytestmark = pytest.mark.integration
@@ -169,6 +169,6 @@ def test_server_properties_single_node(tmp_path: Path) -> None:
 
 
 def test_ensure_broker_leaves_a_configured_cluster_alone(tmp_path: Path) -> None:
-    settings = Settings(broker="kafka.example:9092", home=tmp_path)
+    settings = Settings(kafka=KafkaSettings(broker="kafka.example:9092", home=tmp_path))
     assert ensure_broker(settings) is None
     assert not (tmp_path / "broker").exists()

@@ -96,7 +96,8 @@ async def test_no_reply_in_time_raises_the_timeout_and_a_late_reply_is_ignored(w
 
 
 async def test_without_a_worker_a_request_times_out(kafka_bootstrap, worker):
-    settings = replace(worker.settings, topic_prefix=f"t{uuid.uuid4().hex[:10]}")
+    prefix = f"t{uuid.uuid4().hex[:10]}"
+    settings = replace(worker.settings, kafka=replace(worker.settings.kafka, topic_prefix=prefix))
     with pytest.raises(KafkaAccessError, match="does not exist"):
         await StreamClient(settings).start()
     await ensure_topics(settings)
@@ -158,7 +159,7 @@ def test_the_demo_sends_through_the_client_and_tallies_every_answer(worker, regi
 
     settings = worker.settings
     plan = _plan(Registry(registry_dir), f"demo-{uuid.uuid4().hex[:8]}", 300, 0.1,
-                 settings.max_message_bytes)
+                 settings.admission.max_message_bytes)
     tally, elapsed = asyncio.run(_drive(settings, plan, rate=0))
     broken = [p for p in plan if p.expected_reason is not None]
     assert len(tally.answered_at) == len(plan) and tally.wrong_reason == 0

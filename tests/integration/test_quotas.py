@@ -54,7 +54,7 @@ def nested(depth: int) -> list:
 def test_a_tenant_over_its_quota_is_dead_lettered_and_nothing_is_lost(quota_worker):
     settings = quota_worker.settings
     limits = {  # one request over each input limit, with the reason it must get
-        request("q-large", pad="x" * settings.max_message_bytes): "too_large",
+        request("q-large", pad="x" * settings.admission.max_message_bytes): "too_large",
         request("q-deep", x=nested(40)): "too_deep",
         request("q-wide", features={f"f{i}": 1.0 for i in range(65)}): "too_many_features",
     }

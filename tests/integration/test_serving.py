@@ -108,7 +108,7 @@ def _bad_corpus(max_bytes: int) -> list[tuple[bytes, str]]:
 
 def test_every_bad_input_is_one_dead_letter_and_its_neighbours_are_served(worker):
     settings = worker.settings
-    bad = _bad_corpus(settings.max_message_bytes)
+    bad = _bad_corpus(settings.admission.max_message_bytes)
     good = [tabular(f"good-{i}", "iris", IRIS.X[i], IRIS.features) for i in range(len(bad) + 1)]
     values = [v for pair in zip(good, [b for b, _ in bad]) for v in pair] + [good[-1]]
     run(produce(settings.bootstrap, settings.topics.requests, values))
@@ -130,7 +130,7 @@ def test_every_bad_input_is_one_dead_letter_and_its_neighbours_are_served(worker
         assert len(r.value["error"]) > 20 and "source" not in r.value
         assert r.headers["streamserve-source-topic"] == settings.topics.requests.encode()
     for value, reason in bad:
-        if len(value) > settings.max_message_bytes:
+        if len(value) > settings.admission.max_message_bytes:
             value = hashlib.sha256(value).hexdigest()
         assert value in by_original, f"no dead letter for {value[:60]!r}"
         letter = by_original[value]

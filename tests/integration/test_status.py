@@ -91,7 +91,7 @@ def test_status_of_a_serving_worker(kafka_bootstrap, registry_dir, tmp_path):
         worker.stop()
 
     console = Console(record=True, width=120, file=io.StringIO())
-    console.print(render(status, latency_objective_s=s.slo_latency_ms / 1000))
+    console.print(render(status, latency_objective_s=s.slo.latency_ms / 1000))
     text = console.export_text()
     print(text)
 
@@ -107,7 +107,7 @@ def test_status_of_a_serving_worker(kafka_bootstrap, registry_dir, tmp_path):
     assert status.metrics.workers == 1 and status.metrics.ready == 1
 
     lag = status.lag
-    assert [p.partition for p in lag.partitions] == list(range(s.request_partitions))
+    assert [p.partition for p in lag.partitions] == list(range(s.kafka.request_partitions))
     assert all(p.committed is not None and p.lag >= 0 for p in lag.partitions)
     assert sum(p.committed for p in lag.partitions) >= FIRST + 7
 
@@ -119,8 +119,8 @@ def test_status_of_a_serving_worker(kafka_bootstrap, registry_dir, tmp_path):
     assert "schema_mismatch" in iris_row and "closed" in iris_row and " ms " in iris_row
     assert any(line.startswith("breast_cancer ") for line in lines)
     assert "malformed_json" in text
-    assert f"consumer lag of group {s.app_id} on {s.topics.requests}" in text
+    assert f"consumer lag of group {s.kafka.app_id} on {s.topics.requests}" in text
     table = lines[lines.index(next(line for line in lines if line.startswith("partition "))) + 2:]
-    assert [row.split()[0] for row in table[:s.request_partitions]] == \
-        [str(p) for p in range(s.request_partitions)]
+    assert [row.split()[0] for row in table[:s.kafka.request_partitions]] == \
+        [str(p) for p in range(s.kafka.request_partitions)]
     assert "drift: the latest verdict of each feature" in text

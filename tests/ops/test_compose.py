@@ -21,7 +21,7 @@ import yaml
 
 from agents.worker.health import CheckResult, HealthChecks
 from agents.worker.metrics import Metrics
-from pipeline.config import Settings
+from pipeline.config import KafkaSettings, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 # Bind-mounted sources that `streamserve models train` makes, not the repository.
@@ -69,7 +69,7 @@ def test_two_workers_share_one_group_with_their_own_names_and_ports(compose):
     for name, service in found.items():
         env = service["environment"]
         ids.add(env.get("STREAMSERVE_WORKER_ID"))
-        groups.add(env.get("STREAMSERVE_APP_ID", Settings.app_id))
+        groups.add(env.get("STREAMSERVE_APP_ID", KafkaSettings().app_id))
         Settings.from_env(env)  # every value parses as the worker would parse it
         for variable in env:
             assert variable in {v for v, _, _ in Settings.documentation()} or \

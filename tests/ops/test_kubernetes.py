@@ -161,7 +161,7 @@ def test_keda_scales_the_deployment_on_the_workers_group_lag_up_to_the_partition
     assert target.get("apiVersion", "apps/v1") == "apps/v1"
 
     settings = Settings.from_env(one(objects, "ConfigMap")["data"])
-    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= settings.request_partitions, (
+    assert 1 <= spec["minReplicaCount"] <= spec["maxReplicaCount"] <= settings.kafka.request_partitions, (
         "more workers than partitions sit idle: maxReplicaCount must not exceed "
         "STREAMSERVE_REQUEST_PARTITIONS")
 
@@ -170,9 +170,9 @@ def test_keda_scales_the_deployment_on_the_workers_group_lag_up_to_the_partition
     metadata = trigger["metadata"]
     assert set(metadata) <= KEDA_KAFKA_KEYS, f"unknown kafka trigger keys {set(metadata) - KEDA_KAFKA_KEYS}"
     assert all(isinstance(v, str) for v in metadata.values()), "KEDA trigger metadata values are strings"
-    assert metadata["bootstrapServers"] == settings.broker
-    assert metadata["consumerGroup"] == settings.app_id
-    assert metadata["topic"] == Topics(settings.topic_prefix).requests
+    assert metadata["bootstrapServers"] == settings.kafka.broker
+    assert metadata["consumerGroup"] == settings.kafka.app_id
+    assert metadata["topic"] == Topics(settings.kafka.topic_prefix).requests
     assert int(metadata["lagThreshold"]) > 0
     assert metadata.get("allowIdleConsumers", "false") == "false"
     behavior = spec.get("advanced", {}).get("horizontalPodAutoscalerConfig", {}).get("behavior")

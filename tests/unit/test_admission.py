@@ -37,7 +37,7 @@ def test_requests_are_grouped_by_model_version_and_route_in_arrival_order():
     stable = admission.groups[("m", "2", Route.STABLE)]
     assert [r.offset for r, _ in stable] == [0, 2]
     assert stable[0][1] == Request("r-0", "m", "2", [1.0, 2.0])
-    assert not admission.rejected and not admission.expired and not admission.quota_slots
+    assert not admission.rejected and not admission.quota_slots
 
 
 def test_undecodable_records_are_rejected_in_batch_order_beside_the_admitted():
@@ -69,20 +69,22 @@ def test_an_expired_deadline_is_deadline_exceeded_and_counted_for_its_group():
     assert rejection.error == ("the request had waited 50 ms and could not be answered within "
                                "its deadline_ms of 120; raise the deadline or add workers")
     assert rejection.id == "r-0" and rejection.model == "m"
-    assert admission.expired == {("m", "2", Route.STABLE): 1}
     assert [r.offset for r, _ in admission.groups[("m", "2", Route.STABLE)]] == [1]
 
 
-def test_the_deadline_is_checked_after_dedupe_and_before_the_quota():
-    recent, quotas = RecentIds(max_ids=10), TenantQuotas(parse_quotas("acme:inflight=1"))
+def test_an_expired_request_costs_its_tenant_a_token_but_holds_no_slot():
+    """Review section 2: expired requests were free, so they were a way around a quota."""
+    recent, quotas = RecentIds(max_ids=10), TenantQuotas(parse_quotas("acme:rate=1,burst=2"))
     batch = [record(0, id="x", tenant="acme"), record(1, id="x", deadline_ms=1, tenant="acme"),
              record(2, deadline_ms=1, tenant="acme"), record(3, tenant="acme")]
-    admission = run(batch, recent=recent, quotas=quotas)
-    # The repeat is a duplicate (not expired); the expired request takes no quota slot,
-    # so the one slot goes to the first request and the last is over the quota.
-    assert reasons(admission) == [(1, Reason.DUPLICATE_REQUEST), (2, Reason.DEADLINE_EXCEEDED),
-                                  (3, Reason.QUOTA_EXCEEDED)]
-    assert admission.quota_slots == {"acme": 1} and quotas.in_flight("acme") == 1
+    # The repeat is a duplicate and takes no token; the expired request takes the second.
+    assert reasons(run(batch, recent=recent, quotas=quotas)) == [
+        (1, Reason.DUPLICATE_REQUEST), (2, Reason.DEADLINE_EXCEEDED), (3, Reason.QUOTA_EXCEEDED)]
+    quotas = TenantQuotas(parse_quotas("beta:inflight=1"))
+    admission = run([record(4, deadline_ms=1, tenant="beta"), record(5, tenant="beta")],
+                    quotas=quotas)
+    assert reasons(admission) == [(4, Reason.DEADLINE_EXCEEDED)]  # answered at once: no slot
+    assert admission.quota_slots == {"beta": 1} and quotas.in_flight("beta") == 1
 
 
 def test_a_quota_refusal_is_a_rejection_with_the_request_id_and_a_refusal_for_the_metrics():

@@ -5,7 +5,7 @@ import logging
 
 from agents.worker.deployer import Deployer
 from pipeline.canary import CanaryVerdict
-from pipeline.config import Settings
+from pipeline.config import RegistrySettings, Settings
 
 
 class Trail:
@@ -17,7 +17,7 @@ class Trail:
 
 
 async def test_a_refused_automatic_rollback_is_logged_and_audited(caplog, tmp_path) -> None:
-    deployer = Deployer(Settings(registry=tmp_path), inference=None, metrics=None)
+    deployer = Deployer(Settings(registry=RegistrySettings(root=tmp_path)), inference=None, metrics=None)
     deployer._trail = trail = Trail()
     verdict = CanaryVerdict("rollback", "error rate 0.40 over stable's 0.01")
 
@@ -36,7 +36,7 @@ async def test_a_refused_automatic_rollback_is_logged_and_audited(caplog, tmp_pa
 
 
 async def test_a_written_decision_adds_nothing(tmp_path) -> None:
-    deployer = Deployer(Settings(registry=tmp_path), inference=None, metrics=None)
+    deployer = Deployer(Settings(registry=RegistrySettings(root=tmp_path)), inference=None, metrics=None)
     deployer._trail = trail = Trail()
     task = asyncio.ensure_future(asyncio.sleep(0))
     await task

@@ -9,7 +9,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from agents.worker import checkpoint as checkpoint_module
 from agents.worker.checkpoint import Checkpoint
-from pipeline.config import Settings
+from pipeline.config import KafkaSettings, Settings
 
 TP0 = TopicPartition("requests", 0)
 
@@ -99,7 +99,8 @@ def make(monkeypatch):
         monkeypatch.setattr(checkpoint_module, "connection", lambda settings: {})
         monkeypatch.setattr(checkpoint_module, "AIOKafkaProducer",
                             lambda **options: FakeProducer(events, **options))
-        checkpoint = Checkpoint(Settings(delivery=delivery, worker_id="w1"), FakeInference(events),
+        settings = Settings(kafka=KafkaSettings(delivery=delivery, worker_id="w1"))
+        checkpoint = Checkpoint(settings, FakeInference(events),
                                 FakeConsumer(events, group_answer), forget_queued=lambda: None,
                                 stopping=lambda: False)
         monkeypatch.setattr(checkpoint, "_crash_point", lambda point: events.append(("crash point", point)))

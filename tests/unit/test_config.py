@@ -1,13 +1,14 @@
+import dataclasses
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import ConfigError, Settings
+from pipeline.config import ConfigError, KafkaSettings, Settings
 
 
 def test_defaults_use_the_local_broker():
     s = Settings.from_env({})
-    assert s.uses_local_broker and s.bootstrap == "127.0.0.1:9092"
+    assert s.kafka.uses_local_broker and s.bootstrap == "127.0.0.1:9092"
     assert s.topics.requests == "streamserve.requests"
     assert s.topics.deadletter == "streamserve.deadletter"
 
@@ -15,8 +16,8 @@ def test_defaults_use_the_local_broker():
 def test_environment_overrides():
     s = Settings.from_env({"STREAMSERVE_BROKER": "k1:9092,k2:9092", "STREAMSERVE_MAX_BATCH": "128",
                            "STREAMSERVE_REGISTRY": "/models", "STREAMSERVE_TOPIC_PREFIX": "t1"})
-    assert not s.uses_local_broker and s.bootstrap == "k1:9092,k2:9092"
-    assert s.max_batch == 128 and s.registry == Path("/models")
+    assert not s.kafka.uses_local_broker and s.bootstrap == "k1:9092,k2:9092"
+    assert s.batching.max_batch == 128 and s.registry.root == Path("/models")
     assert s.topics.predictions == "t1.predictions"
 
 
@@ -81,7 +82,7 @@ def test_the_redaction_key_is_read_from_a_file_and_never_shown(tmp_path):
     (tmp_path / "key").write_text("s3cret-value\n")
     s = Settings.from_env({"STREAMSERVE_REDACTION_KEY_FILE": str(tmp_path / "key"),
                            "STREAMSERVE_REDACT": "petal_length=hash"})
-    assert s.redaction_key == "s3cret-value" and "s3cret" not in repr(s)
+    assert s.redaction.key == "s3cret-value" and "s3cret" not in repr(s)
     assert "s3cret" not in repr(s.policy("iris"))
     with pytest.raises(ConfigError, match="STREAMSERVE_REDACTION_KEY_FILE=.*cannot be read"):
         Settings.from_env({"STREAMSERVE_REDACTION_KEY_FILE": str(tmp_path / "missing")})
@@ -96,3 +97,80 @@ def test_the_redaction_key_is_read_from_a_file_and_never_shown(tmp_path):
 def test_invalid_policy_values_name_the_variable(env, says):
     with pytest.raises(ConfigError, match=says):
         Settings.from_env(env)
+
+
+SECTIONS = [f.name for f in dataclasses.fields(Settings) if f.init]
+
+
+def test_every_variable_belongs_to_one_section_and_is_listed_once():
+    by_section = Settings.documentation_by_section()
+    assert [name for name, _, _ in by_section] == SECTIONS
+    assert {"kafka", "registry", "batching", "admission", "drift", "breaker", "canary", "slo",
+            "cost", "faults"} <= set(SECTIONS)
+    variables = [env for env, _, _ in Settings.documentation()]
+    assert len(variables) == len(set(variables)) == 57
+    assert variables == [env for _, _, rows in by_section for env, _, _ in rows]
+
+
+@pytest.mark.parametrize("section", SECTIONS)
+def test_each_section_is_frozen(section):
+    part = getattr(Settings(), section)
+    field = next(f.name for f in dataclasses.fields(part) if f.init)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(part, field, getattr(part, field))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(Settings(), section, part)
+
+
+@pytest.mark.parametrize("env,choices", [
+    ("STREAMSERVE_SECURITY_PROTOCOL", "PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"),
+    ("STREAMSERVE_SASL_MECHANISM", "PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"),
+    ("STREAMSERVE_DELIVERY", "at-least-once, exactly-once"),
+])
+def test_a_choice_outside_its_literal_is_refused_naming_the_variable_and_the_choices(env, choices):
+    with pytest.raises(ConfigError, match=f"^{env} must be one of {choices}, got 'kerberos'$"):
+        Settings.from_env({env: "kerberos"})
+
+
+def test_a_literal_is_checked_when_a_section_is_made_in_code_too():
+    with pytest.raises(ConfigError, match="STREAMSERVE_DELIVERY must be one of at-least-once, exactly-once"):
+        KafkaSettings(delivery="once")  # type: ignore[arg-type]
+
+
+def test_choices_are_read_in_any_case_and_kept_in_their_own():
+    s = Settings.from_env({"STREAMSERVE_SECURITY_PROTOCOL": "sasl_ssl",
+                           "STREAMSERVE_SASL_MECHANISM": "scram-sha-256",
+                           "STREAMSERVE_SASL_USERNAME": "u", "STREAMSERVE_SASL_PASSWORD": "p",
+                           "STREAMSERVE_DELIVERY": "Exactly-Once"})
+    assert (s.kafka.security_protocol, s.kafka.sasl_mechanism, s.kafka.delivery) == \
+        ("SASL_SSL", "SCRAM-SHA-256", "exactly-once")
+    assert s.kafka.security.protocol == "SASL_SSL" and s.exactly_once
+
+
+def test_derived_objects_are_built_once_when_the_settings_are_made(tmp_path):
+    path = tmp_path / "models.toml"
+    path.write_text(MODELS_TOML)
+    s = Settings.from_env({"STREAMSERVE_TENANT_QUOTAS": "acme:rate=5", "STREAMSERVE_FAULTS": "slow_ms=1",
+                           "STREAMSERVE_MODELS_FILE": str(path), "STREAMSERVE_REDACTION_KEY": "k"})
+    derived = [s.topics, s.kafka.security, s.admission.tenant_quota_plan, s.breaker.config,
+               s.canary.policy, s.slo.objectives, s.faults.plan, s.policy("breast_cancer"), s.policy("")]
+    again = [s.topics, s.kafka.security, s.admission.tenant_quota_plan, s.breaker.config,
+             s.canary.policy, s.slo.objectives, s.faults.plan, s.policy("breast_cancer"), s.policy("")]
+    assert all(a is b for a, b in zip(derived, again, strict=True))
+    assert s.topics is s.kafka.topics and s.policy("iris") is s.policy("")  # no table: every model's
+    assert s.faults.plan.active and "acme" in s.admission.tenant_quota_plan
+
+
+def test_a_section_is_replaced_whole_and_checked_again():
+    s = Settings()
+    moved = dataclasses.replace(s, kafka=dataclasses.replace(s.kafka, topic_prefix="t2"))
+    assert moved.topics.requests == "t2.requests" and s.topics.requests == "streamserve.requests"
+    with pytest.raises(ConfigError, match="STREAMSERVE_TOPIC_PREFIX must be non-empty"):
+        dataclasses.replace(s.kafka, topic_prefix="a b")
+
+
+def test_secrets_stay_out_of_every_sections_repr():
+    s = Settings.from_env({"STREAMSERVE_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "STREAMSERVE_SASL_USERNAME": "u",
+                           "STREAMSERVE_SASL_PASSWORD": "pw-s3cret",
+                           "STREAMSERVE_REDACTION_KEY": "key-s3cret"})
+    assert "s3cret" not in repr(s) and "s3cret" not in repr(s.kafka) and "s3cret" not in repr(s.redaction)

@@ -6,7 +6,7 @@ from pipeline.faults import CrashCounter, FaultPlan, InjectedFault
 
 
 def test_no_faults_by_default():
-    plan = Settings().fault_plan
+    plan = Settings().faults.plan
     assert not plan.active
     predict = np.asarray
     assert plan.model(predict) is predict

@@ -126,15 +126,26 @@ def test_a_sample_is_redacted_and_goes_to_the_samples_topic():
 
 def test_a_shadow_answer_goes_to_the_shadow_topic_beside_the_served_one():
     ours, theirs = np.array([0.2, 0.8], np.float32), np.array([0.6, 0.4], np.float32)
-    out = outputs.shadow(RECORD, REQUEST, "4", "2", ours, theirs, LABELS, "s.shadow")
+    out = outputs.shadow(RECORD, REQUEST, "4", "2", ours, theirs, LABELS, LABELS, "s.shadow")
     assert (out.kind, out.topic, out.partition, out.key, out.headers) == \
         (Kind.SHADOW, "s.shadow", 4, b"r-1", SOURCE)
     assert (out.model, out.version, out.route, out.quota) == ("m", "4", "shadow", "")
     message = orjson.loads(out.value)
     assert message["answered_by"] == "2" and message["agree"] is False
     failed = orjson.loads(outputs.shadow(RECORD, REQUEST, "4", "2", RowFailure("nan out"), theirs,
-                                         LABELS, "s.shadow").value)
+                                         LABELS, LABELS, "s.shadow").value)
     assert failed["error"] == "nan out" and "agree" not in failed
+
+
+def test_a_shadow_with_other_labels_is_compared_by_label_name():
+    """Review section 3: a shadow that adds a class made every batch holding its model fail
+    (its probabilities could not be subtracted from stable's)."""
+    theirs = np.array([0.3, 0.7], np.float32)  # stable: no, yes
+    ours = np.array([0.1, 0.6, 0.3], np.float32)  # the shadow: no, yes, maybe
+    message = orjson.loads(outputs.shadow(RECORD, REQUEST, "4", "2", ours, theirs,
+                                          ("no", "yes", "maybe"), LABELS, "s.shadow").value)
+    assert message["agree"] is True and "max_abs_difference" not in message
+    assert message["outputs"][1]["data"] == ["yes"]
 
 
 def test_a_versions_drift_rows_go_to_one_partition_dated_by_the_latest_request():

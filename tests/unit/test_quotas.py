@@ -14,8 +14,8 @@ def test_the_grammar_reads_rate_burst_and_inflight_per_tenant():
         "acme": Quota(rate=200.0, burst=400, inflight=64),
         "beta": Quota(rate=2.5, burst=3),  # burst: the rate rounded up
         "default": Quota(inflight=16)}
-    assert parse_quotas("") == {} and Settings.from_env({}).tenant_quota_plan == {}
-    assert Settings.from_env({"STREAMSERVE_TENANT_QUOTAS": "t-1:rate=0.5"}).tenant_quota_plan == {
+    assert parse_quotas("") == {} and Settings.from_env({}).admission.tenant_quota_plan == {}
+    assert Settings.from_env({"STREAMSERVE_TENANT_QUOTAS": "t-1:rate=0.5"}).admission.tenant_quota_plan == {
         "t-1": Quota(rate=0.5, burst=1)}
 
 

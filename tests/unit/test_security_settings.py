@@ -7,7 +7,7 @@ from pipeline.security import KafkaSecurity
 
 
 def test_plaintext_by_default_as_anonymous():
-    security = Settings().kafka_security
+    security = Settings().kafka.security
     assert security.protocol == "PLAINTEXT"
     assert security.principal == "User:ANONYMOUS"
     assert security.aiokafka_options() == {"security_protocol": "PLAINTEXT"}
@@ -17,8 +17,8 @@ def test_sasl_options_carry_the_login_and_the_principal_names_the_user():
     s = Settings.from_env({"STREAMSERVE_SECURITY_PROTOCOL": "sasl_plaintext",
                            "STREAMSERVE_SASL_MECHANISM": "scram-sha-256",
                            "STREAMSERVE_SASL_USERNAME": "worker", "STREAMSERVE_SASL_PASSWORD": "s3cret"})
-    assert s.kafka_security.principal == "User:worker"
-    assert s.kafka_security.aiokafka_options() == {
+    assert s.kafka.security.principal == "User:worker"
+    assert s.kafka.security.aiokafka_options() == {
         "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",
         "sasl_plain_username": "worker", "sasl_plain_password": "s3cret"}
 
@@ -28,8 +28,8 @@ def test_the_password_is_read_from_a_file_and_never_shown(tmp_path):
     s = Settings.from_env({"STREAMSERVE_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
                            "STREAMSERVE_SASL_USERNAME": "client",
                            "STREAMSERVE_SASL_PASSWORD_FILE": str(tmp_path / "password")})
-    assert s.kafka_security.password == "hunter2-from-file"
-    assert "hunter2" not in repr(s) and "hunter2" not in repr(s.kafka_security)
+    assert s.kafka.security.password == "hunter2-from-file"
+    assert "hunter2" not in repr(s) and "hunter2" not in repr(s.kafka.security)
 
 
 @pytest.mark.parametrize(("env", "says"), [

@@ -277,8 +277,8 @@ def test_an_unsigned_archive_is_imported_only_when_allowed(tmp_path, registry, t
 
 def test_keys_live_apart_from_the_registry():
     settings = Settings.from_env({})
-    assert settings.signing_key.name == "signing.key" and not settings.allow_unsigned
-    assert Settings.from_env({"STREAMSERVE_ALLOW_UNSIGNED": "on"}).allow_unsigned
+    assert settings.registry.signing_key.name == "signing.key" and not settings.registry.allow_unsigned
+    assert Settings.from_env({"STREAMSERVE_ALLOW_UNSIGNED": "on"}).registry.allow_unsigned
     with pytest.raises(ConfigError, match="STREAMSERVE_SIGNING_KEY must lie outside the registry"):
         Settings.from_env({"STREAMSERVE_REGISTRY": "/models",
                            "STREAMSERVE_SIGNING_KEY": "/models/../models/keys/signing.key"})

@@ -51,9 +51,9 @@ def test_a_latency_objective_that_is_no_bucket_stops_the_start():
 
 
 def test_objectives_come_from_the_settings():
-    assert Settings().objectives == slo.Objectives(0.999, 100.0, 0.99)
+    assert Settings().slo.objectives == slo.Objectives(0.999, 100.0, 0.99)
     got = Settings.from_env({"STREAMSERVE_SLO_AVAILABILITY": "0.995", "STREAMSERVE_SLO_LATENCY_MS": "250",
-                             "STREAMSERVE_SLO_LATENCY_TARGET": "0.95"}).objectives
+                             "STREAMSERVE_SLO_LATENCY_TARGET": "0.95"}).slo.objectives
     assert got == slo.Objectives(0.995, 250, 0.95)
     with pytest.raises(ConfigError, match="STREAMSERVE_SLO_"):
         Settings.from_env({"STREAMSERVE_SLO_AVAILABILITY": "0.9"})

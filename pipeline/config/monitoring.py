@@ -1,0 +1,73 @@
+"""Sections for what the workers watch and write beside predictions: drift, samples,
+redaction of what leaves a worker, and whether replayed traffic counts.
+
+The drift, sampling and redaction values are every model's defaults: a model's table in
+STREAMSERVE_MODELS_FILE may override them (``Settings.policy``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pipeline.config.fields import secret, setting
+
+
+@dataclass(frozen=True, slots=True)
+class DriftSettings:
+    """Drift monitoring: event-time windows over served rows and the verdict on each."""
+
+    enabled: bool = setting(
+        True, "STREAMSERVE_DRIFT",
+        "Count served batches for drift monitoring: on or off (off only to measure its cost).")
+    window_s: int = setting(
+        60, "STREAMSERVE_DRIFT_WINDOW_S",
+        "Drift window size in whole seconds of event time (a multiple of the hop).")
+    hop_s: int = setting(
+        10, "STREAMSERVE_DRIFT_HOP_S",
+        "Drift window hop in whole seconds: a report per model version and feature every hop.")
+    grace_s: int = setting(
+        10, "STREAMSERVE_DRIFT_GRACE_S",
+        "How long past its end a drift window waits for rows out of order (whole hops): "
+        "partitions are read side by side, so a backlog can run ahead of another.")
+    min_window: int = setting(
+        200, "STREAMSERVE_DRIFT_MIN_WINDOW",
+        "Fewest values in a window for a drift verdict (also at least 20 per bin).")
+    alpha: float = setting(
+        0.05, "STREAMSERVE_DRIFT_ALPHA",
+        "Significance of the drift test (Bonferroni-corrected over a model's features).")
+    psi_floor: float = setting(
+        0.1, "STREAMSERVE_DRIFT_PSI_FLOOR", "Smallest PSI that counts as drift, however large the window.")
+    alert_psi: float = setting(
+        0.25, "STREAMSERVE_DRIFT_ALERT_PSI", "PSI from which drift is reported as an alert.")
+    consecutive: int = setting(
+        2, "STREAMSERVE_DRIFT_CONSECUTIVE", "Drifting windows in a row before a drift event is raised.")
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingSettings:
+    """Samples: served requests written with their predictions, for labelling and audits."""
+
+    rate: float = setting(
+        0.01, "STREAMSERVE_SAMPLE_RATE",
+        "Share of each model's served requests (chosen by a hash of the request id, so a "
+        "replay chooses alike) written with their predictions to <prefix>.samples; 0 is off.")
+
+
+@dataclass(frozen=True, slots=True)
+class RedactionSettings:
+    """Redaction of request fields before anything leaves the worker."""
+
+    rules: str = setting(
+        "", "STREAMSERVE_REDACT",
+        "Request fields redacted before anything leaves the worker (samples, dead letters), "
+        "for every model: 'field=drop|hash|mask,...'. hash is a keyed HMAC-SHA256.")
+    key: str = secret("STREAMSERVE_REDACTION_KEY", "Secret key of the keyed hash that 'hash' redaction uses.")
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaySettings:
+    """Replayed traffic (`streamserve replay`)."""
+
+    monitoring: bool = setting(
+        False, "STREAMSERVE_REPLAY_MONITORING",
+        "Let replayed requests (header streamserve-replay, from `streamserve replay`) count in "
+        "drift statistics and canary analysis: on or off.")
