@@ -277,8 +277,9 @@ class Redactor:
             if "data" in entry:
                 if action is not None:
                     entry["data"] = self._apply(action, entry["data"])
-                elif not _single_value(entry["data"]):
-                    # A [1, F] tensor holds features by position; we cannot tell which.
+                elif not _single_value(entry["data"]) or _is_tensor(entry.get("shape")):
+                    # A [1, F] tensor holds features by position, whatever its name (even a
+                    # one-feature model's lone value): we cannot tell which.
                     entry["data"] = MASKED
             out.append(entry)
         return out
@@ -287,6 +288,11 @@ class Redactor:
     def _unattributed(value: Any) -> Any:
         """A value in a place no rule can name: scalars pass, containers are masked."""
         return MASKED if isinstance(value, dict | list) else value
+
+
+def _is_tensor(shape: Any) -> bool:
+    """A [1, F] shape: the features by position, not one named feature ([1])."""
+    return isinstance(shape, list) and len(shape) == 2
 
 
 def _single_value(data: Any) -> bool:

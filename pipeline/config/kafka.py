@@ -180,12 +180,13 @@ class RegistrySettings:
         "drift_consecutive, sample_rate and redact (a table of field = \"drop|hash|mask\").")
 
     def __post_init__(self) -> None:
-        registry = Path(os.path.abspath(self.root))
-        check(not Path(os.path.abspath(self.signing_key)).is_relative_to(registry),
+        # Links resolved: a key folder that links into the registry is inside it.
+        registry = Path(os.path.realpath(self.root))
+        check(not Path(os.path.realpath(self.signing_key)).is_relative_to(registry),
               "STREAMSERVE_SIGNING_KEY", f"must lie outside the registry ({self.root}): "
               "whoever can read the registry could sign models")
         check(self.signing_key.suffix != ".pub", "STREAMSERVE_SIGNING_KEY",
               f"must name the private key, not the public key {self.signing_key}")
-        check(not Path(os.path.abspath(self.trusted_keys)).is_relative_to(registry),
+        check(not Path(os.path.realpath(self.trusted_keys)).is_relative_to(registry),
               "STREAMSERVE_TRUSTED_KEYS", f"must lie outside the registry ({self.root}): "
               "whoever can write the registry could add a trusted key")

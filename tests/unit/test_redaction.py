@@ -178,6 +178,16 @@ def test_an_unattributable_tensor_is_masked_when_any_rule_is_set(data):
     assert Redactor({}).request(body) == body
 
 
+def test_a_one_feature_tensor_under_another_name_is_masked():
+    """Review section 11: a one-feature model's value sent as a [1, 1] tensor named "x" was
+    served as its (sensitive) feature, yet left in clear as a lone named value."""
+    body = {"id": "p", "model_name": "m", "inputs": [{"name": "x", "datatype": "FP64",
+                                                      "shape": [1, 1], "data": [123456789]}]}
+    assert Redactor({"ssn": Action.HASH}, b"k").request(body)["inputs"][0]["data"] == MASKED
+    named = {**body, "inputs": [{"name": "x", "datatype": "FP64", "shape": [1], "data": [7]}]}
+    assert Redactor({"ssn": Action.HASH}, b"k").request(named) == named  # one named feature
+
+
 def test_a_tensor_named_by_a_rule_gets_that_rule():
     body = oip_tensor()
     out = Redactor({"input-0": Action.HASH}, KEY).request(body)

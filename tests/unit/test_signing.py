@@ -286,5 +286,15 @@ def test_keys_live_apart_from_the_registry():
         Settings.from_env({"STREAMSERVE_REGISTRY": "/models", "STREAMSERVE_TRUSTED_KEYS": "/models"})
     with pytest.raises(ConfigError, match="STREAMSERVE_SIGNING_KEY must name the private key"):
         Settings.from_env({"STREAMSERVE_SIGNING_KEY": "/keys/signing.pub"})
+
+
+def test_a_key_folder_that_links_into_the_registry_is_inside_it(tmp_path):
+    """Review section 18: a trusted-keys link into the registry passed the check, so whoever
+    writes the registry could plant a trusted key."""
+    (tmp_path / "registry" / "keys").mkdir(parents=True)
+    (tmp_path / "trusted").symlink_to(tmp_path / "registry" / "keys")
+    with pytest.raises(ConfigError, match="STREAMSERVE_TRUSTED_KEYS must lie outside the registry"):
+        Settings.from_env({"STREAMSERVE_REGISTRY": str(tmp_path / "registry"),
+                           "STREAMSERVE_TRUSTED_KEYS": str(tmp_path / "trusted")})
     with pytest.raises(ConfigError, match="STREAMSERVE_ALLOW_UNSIGNED='maybe' must be on or off"):
         Settings.from_env({"STREAMSERVE_ALLOW_UNSIGNED": "maybe"})
