@@ -91,7 +91,7 @@ from pipeline.config import ConfigError, Settings
 
 try:
     settings = Settings.from_env()
-    broker = LocalBroker(settings.home, settings.local_broker_port)
+    broker = LocalBroker(settings.kafka.home, settings.kafka.local_broker_port)
     broker.install()
 except (BrokerError, ConfigError) as error:
     sys.exit(f"setup: error: {error}")

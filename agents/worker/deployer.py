@@ -20,7 +20,8 @@ import mode
 from agents.kafka.audit import AuditTrail
 from agents.kafka.control import change, read_specs, spec_of
 from agents.kafka.read import read_topic
-from agents.worker.inference import Deployment, InferenceService
+from agents.worker.deployment import Deployment
+from agents.worker.inference import InferenceService
 from agents.worker.metrics import Metrics
 from models.runtime import ServingModel
 from pipeline.batching import buckets_for

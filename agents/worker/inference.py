@@ -10,10 +10,11 @@ dedupe, deadline, tenant quota, grouping), serves each group in the model thread
 (``_serve_group``, with a second opinion for the rows a version fails on), then asks the
 shadows, and builds an output per request.
 
-What it serves is a ``Deployment`` (the loaded versions and each model's spec), swapped
-whole when the control plane changes a spec; a batch works on the deployment it
-started with. Per version it keeps a circuit breaker, and per model with a canary a
-``CanaryJudge`` whose verdicts it hands to ``on_canary_verdict``.
+What it serves is a ``Serving`` (``agents.worker.deployment``: the loaded versions, each
+model's spec and what derives from them), swapped whole when the control plane changes a
+spec; a batch works on the one it started with. Per version it keeps a circuit breaker,
+and per model with a canary a ``CanaryJudge`` whose verdicts it hands to
+``on_canary_verdict``.
 """
 
 from __future__ import annotations
@@ -22,62 +23,34 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
-from dataclasses import dataclass, replace
 
 import jax
 import numpy as np
 
+from agents.worker.deployment import Deployment, Serving, roles
 from agents.worker.metrics import Metrics
 from models.runtime import ServingModel
 from pipeline import messages, outputs
 from pipeline.admission import admit, forget_retryable
 from pipeline.batching import padded_size
-from pipeline.breaker import BreakerState, CircuitBreaker
+from pipeline.breaker import BreakerState
 from pipeline.canary import CanaryJudge, CanaryVerdict
-from pipeline.catalog import Catalog
-from pipeline.config import ModelPolicy, Settings
+from pipeline.config import Settings
 from pipeline.decode import Request, decode
 from pipeline.dedupe import RecentIds
-from pipeline.drift import CodedRows, MatrixCounter, watched_columns, watched_references
+from pipeline.drift import CodedRows, watched_columns
 from pipeline.isolation import RowFailure, serve_isolated
 from pipeline.outputs import Incoming, Outgoing
-from pipeline.redaction import Redactor
 from pipeline.rejections import Reason, Rejection
-from pipeline.routing import DeploymentSpec, Route, RouteDecision
+from pipeline.routing import Route, RouteDecision
 from pipeline.sampling import sampled
 from pipeline.tenant_quotas import TenantQuotas
 
 log = logging.getLogger(__name__)
 
 _BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
-
-
-@dataclass(frozen=True, slots=True)
-class Deployment:
-    """What a worker serves at one moment: the loaded versions and each model's spec."""
-
-    models: Mapping[tuple[str, str], ServingModel]
-    specs: Mapping[str, DeploymentSpec]
-
-    @property
-    def catalog(self) -> Catalog:
-        return Catalog({model: {v: served.manifest.inputs for (m, v), served in self.models.items()
-                                if m == model} for model in self.specs}, self.specs)
-
-
-@dataclass(frozen=True, slots=True)
-class _Serving:
-    """All a batch reads of what is installed, swapped whole by ``install``: a batch works
-    on the one it started with, even when a spec changes while its models run."""
-
-    deployment: Deployment
-    catalog: Catalog
-    policies: Mapping[str, ModelPolicy]  # per served model
-    dead_letter_redactor: Redactor  # every model's rules: a dead letter may name any model
-    breakers: Mapping[tuple[str, str], CircuitBreaker]
-    coders: Mapping[tuple[str, str], MatrixCounter]  # versions with drift references
 
 
 # A served group: its requests, their rows and each row's result.
@@ -105,8 +78,7 @@ class InferenceService:
         self._metrics = metrics
         self._executor = executor
         self._on_canary_verdict = on_canary_verdict
-        nothing = Deployment({}, {})
-        self._serving = _Serving(nothing, nothing.catalog, {}, settings.policy("").redactor, {}, {})
+        self._serving = Serving.of(Deployment({}, {}), settings)
         self._queueing_budget_s = settings.batching.batch_timeout_ms / 1000
         self._judges: dict[tuple[str, int], CanaryJudge] = {}  # (model, spec revision)
         self._judged: set[tuple[str, int]] = set()  # canaries already rolled back or promoted
@@ -132,40 +104,15 @@ class InferenceService:
         self._queueing_budget_s = min(
             (spec.batch_timeout_ms or s.batching.batch_timeout_ms for spec in deployment.specs.values()),
             default=s.batching.batch_timeout_ms) / 1000
-        # A loaded version's sensitive features are redacted whatever the rules say (they
-        # may only be stricter); a model's marks are those of all its loaded versions.
-        marks: dict[str, set[str]] = {}
-        for (model, _), served in deployment.models.items():
-            marks.setdefault(model, set()).update(served.manifest.inputs.sensitive)
-        policies = {}
-        for model in deployment.specs:
-            policy = s.policy(model)
-            policies[model] = replace(policy, redactor=policy.redactor.marking(marks.get(model, ())))
-        # Dead letters may name no model, or one not served here (refused, not deployed
-        # yet, registered since): hide the fields of every model the rules name.
-        redactor = s.policy("").redactor
-        for policy in [*policies.values(), *map(s.policy, s.configured_models)]:
-            redactor = redactor.merged(policy.redactor)
         # Canary judges of revisions no longer current never reach a verdict: drop them.
         current = {(model, spec.revision) for model, spec in deployment.specs.items()}
         self._judges = {key: judge for key, judge in self._judges.items() if key in current}
         self._judged &= current
-        before = self._serving
-        self._serving = _Serving(
-            deployment, deployment.catalog, policies, redactor,
-            # Breakers and drift coders live on across installs, for the versions that stay.
-            breakers={key: before.breakers.get(key) or CircuitBreaker(s.breaker.config)
-                      for key in deployment.models},
-            # Drift is coded for versions trained with reference statistics (the drift
-            # agent keeps the windows).
-            coders={key: before.coders.get(key) or MatrixCounter(
-                        watched_references(served.manifest.reference))
-                    for key, served in deployment.models.items()
-                    if s.drift.enabled and served.manifest.reference})
+        self._serving = Serving.of(deployment, s, self._serving)
         m = self._metrics
         m.loaded.clear()
         for model, spec in deployment.specs.items():
-            for version, role in _roles(spec):
+            for version, role in roles(spec):
                 m.loaded.labels(model, version, role).set(1)
 
     async def handle(self, batch: Sequence[Incoming], expected_seconds: float = 0.0) -> list[Outgoing]:
@@ -199,7 +146,7 @@ class InferenceService:
             forget_retryable(self._recent, outgoing)
         return outgoing
 
-    async def _serve_group(self, serving: _Serving, model: str, version: str, route: Route,
+    async def _serve_group(self, serving: Serving, model: str, version: str, route: Route,
                            items: list[tuple[Incoming, Request]]) -> tuple[_Served | None, list[Outgoing]]:
         """Serve one group with its version; the rows it fails on get a second opinion.
 
@@ -306,7 +253,7 @@ class InferenceService:
                                                      self._device).inc(seconds)
         return results, seconds
 
-    def _feed_breaker(self, serving: _Serving, model: str, version: str, successes: int,
+    def _feed_breaker(self, serving: Serving, model: str, version: str, successes: int,
                       failures: int) -> None:
         """A group's outcome to its version's breaker."""
         breaker = serving.breakers.get((model, version))
@@ -383,7 +330,7 @@ class InferenceService:
         quota = self._quotas.governing(request.tenant) if self._quotas is not None else None
         return quota or ""
 
-    def _dead_letter(self, serving: _Serving, record: Incoming, rejection: Rejection,
+    def _dead_letter(self, serving: Serving, record: Incoming, rejection: Rejection,
                      version: str, route: Route | str = "", quota: str = "") -> Outgoing:
         return outputs.dead_letter(record, rejection, self._topics.deadletter,
                                    serving.dead_letter_redactor, self._max_bytes, version, route,
@@ -446,13 +393,3 @@ def _timed_serve(predict: Callable[[np.ndarray], np.ndarray],
     started = time.perf_counter()
     results = serve_isolated(predict, rows)
     return results, time.perf_counter() - started
-
-
-def _roles(spec: DeploymentSpec) -> list[tuple[str, str]]:
-    roles = [(spec.stable, "stable")]
-    if spec.canary is not None:
-        roles.append((spec.canary.version, "canary"))
-    roles += [(v, "shadow") for v in spec.shadows]
-    if spec.fallback is not None:
-        roles.append((spec.fallback, "fallback"))
-    return roles

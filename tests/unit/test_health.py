@@ -20,7 +20,7 @@ from agents.worker.health import (
     models_check,
     run_checks,
 )
-from agents.worker.inference import Deployment
+from agents.worker.deployment import Deployment
 from agents.worker.metrics import Metrics
 from pipeline.routing import DeploymentSpec
 

@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import orjson
 
-from agents.worker.inference import Deployment, InferenceService
+from agents.worker.deployment import Deployment
+from agents.worker.inference import InferenceService
 from agents.worker.metrics import Metrics
 from models.architectures import init_mlp
 from models.runtime import ServingModel

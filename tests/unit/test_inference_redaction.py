@@ -8,7 +8,8 @@ import numpy as np
 import orjson
 import pytest
 
-from agents.worker.inference import Deployment, InferenceService
+from agents.worker.deployment import Deployment
+from agents.worker.inference import InferenceService
 from agents.worker.metrics import Metrics
 from models.architectures import init_mlp
 from models.runtime import ServingModel
