@@ -3,7 +3,9 @@
 Outputs are matched to requests by where the request was read (topic, partition,
 offset: the ``streamserve-source-*`` headers every output carries), not by request id,
 so requests without a readable id, or two requests with the same id, are accounted
-for too. Whether a repeat gives the same answer is read with the replies' parser
+for too. Then each answer must carry the id its request had, where the worker could read
+one: an answer that lost it (keyed by position) reaches no client that waits by id.
+Whether a repeat gives the same answer is read with the replies' parser
 (``pipeline.replies``).
 
 Under at-least-once delivery a crash makes a worker serve some requests again, so a
@@ -16,11 +18,14 @@ report counts both.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
+from pipeline.rejections import Reason
 from pipeline.replies import DeadLetter, MalformedReply, Prediction, SourcePosition, parse_reply
 
 
@@ -50,11 +55,14 @@ class LedgerReport:
     identical_duplicates: int  # of the repeated outputs, those byte-identical to the first
     conflicting: tuple[SourcePosition, ...]  # repeated with a different answer
     strays: int  # outputs whose request is not in the checked range
+    # Answered, but the answer does not carry the request's (readable) id.
+    misnamed: tuple[SourcePosition, ...] = ()
 
     @property
     def holds(self) -> bool:
-        """One fate, one answer per request. Repeats of that answer are at-least-once's due."""
-        return not self.lost and not self.both and not self.conflicting
+        """One fate, one answer per request, naming it. Repeats of that answer are
+        at-least-once's due."""
+        return not self.lost and not self.both and not self.conflicting and not self.misnamed
 
     @property
     def exactly_once(self) -> bool:
@@ -98,9 +106,11 @@ def _close(a: tuple[Any, ...], b: tuple[Any, ...]) -> bool:
                and abs(x - y) <= _TOLERANCE for x, y in zip(a, b, strict=True))
 
 
-def reconcile(requests: Iterable[SourcePosition],
-              outputs: Iterable[ReplyRecord]) -> LedgerReport:
-    """Account every request in ``requests`` against ``outputs``."""
+def reconcile(requests: Iterable[SourcePosition], outputs: Iterable[ReplyRecord],
+              ids: Mapping[SourcePosition, str] | None = None) -> LedgerReport:
+    """Account every request in ``requests`` against ``outputs``; ``ids``: the id of each
+    request whose id the worker can read, which its answer must carry."""
+    ids = ids or {}
     wanted = set(requests)
     first: dict[tuple[SourcePosition, Fate], bytes] = {}
     duplicated: set[SourcePosition] = set()
@@ -119,10 +129,31 @@ def reconcile(requests: Iterable[SourcePosition],
             identical += 1
         elif not same_answer(out.fate, first[key], out.value):
             conflicting.add(out.source)
+    misnamed = {p for (p, _), value in first.items() if p in ids and not _names(value, ids[p])}
     predicted = {p for p, fate in first if fate is Fate.PREDICTION}
     dead = {p for p, fate in first if fate is Fate.DEAD_LETTER}
     return LedgerReport(
         requests=len(wanted), predictions=len(predicted), dead_letters=len(dead),
         lost=tuple(sorted(wanted - predicted - dead)), both=tuple(sorted(predicted & dead)),
         duplicated=tuple(sorted(duplicated)), identical_duplicates=identical,
-        conflicting=tuple(sorted(conflicting)), strays=strays)
+        conflicting=tuple(sorted(conflicting)), strays=strays, misnamed=tuple(sorted(misnamed)))
+
+
+def _names(value: bytes, request_id: str) -> bool:
+    """Whether an answer carries ``request_id``; a dead letter for a reason the decoder
+    gives before it reads any id (too large, not JSON, ...) rightly carries none."""
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return False
+    if not isinstance(body, dict):
+        return False
+    return body.get("id") == request_id or (body.get("id") is None
+                                            and body.get("reason") in _BEFORE_THE_ID)
+
+
+# Dead-letter reasons given before a request's id is read (pipeline.decode's order).
+_BEFORE_THE_ID = frozenset(str(r) for r in (
+    Reason.EMPTY_REQUEST, Reason.TOO_LARGE, Reason.TOO_DEEP, Reason.TOO_MANY_FEATURES,
+    Reason.INVALID_UTF8, Reason.MALFORMED_JSON, Reason.DUPLICATE_KEY, Reason.MISSING_ID,
+    Reason.INVALID_ID))

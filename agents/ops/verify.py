@@ -15,7 +15,9 @@ from aiokafka import ConsumerRecord
 
 from agents.kafka.read import read_topic
 from agents.kafka.topics import ensure_topics
+from pipeline.catalog import Catalog
 from pipeline.config import Settings
+from pipeline.decode import decode
 from pipeline.ledger import Fate, LedgerReport, ReplyRecord, reconcile
 from pipeline.replies import SourcePosition, source_position
 
@@ -26,16 +28,24 @@ async def verify(settings: Settings, id_prefix: str | None, since: datetime.date
                  until: datetime.datetime | None) -> LedgerReport:
     await ensure_topics(settings)
     topics = settings.topics
-    requests = [SourcePosition(r.topic, r.partition, r.offset)
-                async for r in read_topic(settings, topics.requests, from_beginning=True,
-                                          to_end=True)
-                if _in_run(r, id_prefix, since, until)]
+    # The id of each request, read by the worker's own decoder (with no model known: the
+    # id is read before the model; no size limit: a worker's may be larger than ours),
+    # which the request's answer must carry.
+    nothing = Catalog({}, {})
+    limits = 2**31, None
+    ids: dict[SourcePosition, str] = {}
+    requests = []
+    async for r in read_topic(settings, topics.requests, from_beginning=True, to_end=True):
+        if _in_run(r, id_prefix, since, until):
+            requests.append(position := SourcePosition(r.topic, r.partition, r.offset))
+            if (request_id := decode(r.value, nothing, *limits).id) is not None:
+                ids[position] = request_id
     outputs = [output
                for topic, fate in ((topics.predictions, Fate.PREDICTION),
                                    (topics.deadletter, Fate.DEAD_LETTER))
                async for r in read_topic(settings, topic, from_beginning=True, to_end=True)
                if (output := _output(r, fate)) is not None]
-    return reconcile(requests, outputs)
+    return reconcile(requests, outputs, ids)
 
 
 def render(report: LedgerReport) -> str:
@@ -44,9 +54,11 @@ def render(report: LedgerReport) -> str:
              f"{'both fates':<16}{len(report.both)}",
              f"{'duplicated':<16}{len(report.duplicated)} "
              f"({report.identical_duplicates} byte-identical repeats)",
-             f"{'conflicting':<16}{len(report.conflicting)}"]
+             f"{'conflicting':<16}{len(report.conflicting)}",
+             f"{'without its id':<16}{len(report.misnamed)}"]
     for name, positions in (("lost", report.lost), ("both fates", report.both),
-                            ("conflicting", report.conflicting)):
+                            ("conflicting", report.conflicting),
+                            ("without its id", report.misnamed)):
         lines += [f"  {name}: {t}:{p}:{o}" for t, p, o in positions[:_SHOWN]]
     verdict = ("holds, exactly once" if report.exactly_once
                else "holds, at least once" if report.holds else "DOES NOT HOLD")

@@ -76,3 +76,18 @@ def test_a_dead_letter_repeated_with_another_reason_conflicts():
 def test_outputs_of_other_requests_are_strays():
     report = reconcile(REQUESTS[:2], [prediction(0), prediction(1), prediction(3)])
     assert report.holds and report.strays == 1
+
+
+def test_an_answer_without_its_requests_id_fails_the_ledger():
+    """Reliability review section 5: dead letters of a batch that failed whole lost their
+    ids (clients waiting by id timed out), yet the ledger, matching by position, held."""
+    named = orjson.dumps({"id": "r-0", "reason": "model_error", "error": "boom"})
+    unnamed = orjson.dumps({"id": None, "reason": "model_error", "error": "boom"})
+    too_large = orjson.dumps({"id": None, "reason": "too_large", "error": "big"})
+    ids = {("r", 0, 0): "r-0"}
+    assert reconcile(REQUESTS[:1], [dead_letter(0, named)], ids).holds
+    report = reconcile(REQUESTS[:1], [dead_letter(0, unnamed)], ids)
+    assert not report.holds and report.misnamed == (("r", 0, 0),)
+    assert reconcile(REQUESTS[:1], [dead_letter(0, too_large)], ids).holds  # read no id
+    other = orjson.dumps({"id": "r-9", "model_name": "m", "outputs": []})
+    assert not reconcile(REQUESTS[:1], [prediction(0, other)], ids).holds
