@@ -317,10 +317,16 @@ class Checkpoint:
         self._inference.abandoned()  # and admitted again
         for tp in self._consumer.assignment():
             committed = await self._consumer.committed(tp)
-            if committed is None:
+            # The failures that cause a rewind (a broker or coordinator restart, a commit
+            # that timed out but went through) are those in which the group may answer
+            # an offset older than this worker's own last commit: resume from the later.
+            offset = self._ledger.resume_from(tp, committed)
+            if offset is None:
+                offset = committed
+            if offset is None:
                 await self._consumer.seek_to_beginning(tp)
             else:
-                self._consumer.seek(tp, committed)
+                self._consumer.seek(tp, offset)
 
     # Both modes.
 

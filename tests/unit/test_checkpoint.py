@@ -68,6 +68,12 @@ class FakeConsumer:
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self.events.append(("seek", tp, offset))
 
+    async def seek_to_beginning(self, tp: TopicPartition) -> None:
+        self.events.append(("seek to beginning", tp))
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TP0}
+
 
 class FakeInference:
     def __init__(self, events: list) -> None:
@@ -80,6 +86,9 @@ class FakeInference:
         self.events.append(("delivered", len(outgoing)))
 
     def abandoned(self) -> None: ...
+
+    def undeliverable(self, out) -> None:
+        self.events.append(("given up", str(out.kind)))
 
 
 def output(topic: str) -> SimpleNamespace:
@@ -158,3 +167,55 @@ async def test_a_commit_is_due_every_flush_interval(make):
     await checkpoint.commit(now=100.0)
     assert not checkpoint.due(100.0 + checkpoint_module.FLUSH_SECONDS / 2)
     assert checkpoint.due(100.0 + checkpoint_module.FLUSH_SECONDS)
+
+
+async def test_exactly_once_rewinds_to_its_own_commit_when_the_group_answers_older(make):
+    """Reliability review section 12: a rewind sought the group's answer, which right after
+    the failures that cause a rewind can be older than this worker's own commit."""
+    checkpoint, events = await make("exactly-once", group_answer=3)
+    await checkpoint.hand_off([output("predictions")], [record(5)])
+    await checkpoint.commit(now=100.0)  # this worker committed 6
+
+    async def fails() -> None:
+        raise RuntimeError("the coordinator went away")
+    checkpoint._producer.commit_transaction = fails
+    await checkpoint.hand_off([output("predictions")], [record(6)])
+    events.clear()
+    await checkpoint.commit(now=101.0)
+    assert ("seek", TP0, 6) in events and ("seek", TP0, 3) not in events
+
+
+async def test_an_answer_refused_for_good_is_replaced_and_the_commit_goes_on(make, monkeypatch):
+    """Reliability review section 1: a dead letter the broker refused (too large) was sent
+    again every second, forever, and no commit followed."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    from pipeline import outputs
+    from pipeline.redaction import Redactor
+    from pipeline.rejections import Reason, Rejection
+
+    checkpoint, events = await make("at-least-once")
+    request = outputs.Incoming("requests", 0, 5, 0.0, b'{"id": "r-5"}')
+    dead = outputs.dead_letter(request, Rejection(Reason.SCHEMA_MISMATCH, "no", id="r-5"),
+                               "deadletter", Redactor({}), max_original_bytes=65536)
+    sample = outputs.Outgoing(outputs.Kind.SAMPLE, "samples", 0, b"r-5", b"{}", [], "m", "1",
+                              None, 0.0)
+    producer = checkpoint._producer
+    real_send = producer.send_batch
+
+    async def refusing(batch, topic, partition):
+        future = await real_send(batch, topic, partition)
+        if any(r["value"] in (dead.value, sample.value) for r in batch):
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(MessageSizeTooLargeError())
+        return future
+    monkeypatch.setattr(producer, "send_batch", refusing)
+    monkeypatch.setattr(checkpoint_module, "_SEND_RETRY_SECONDS", 0)
+    await checkpoint.hand_off([dead, sample], [record(5)])
+    await checkpoint.commit(now=100.0)
+    await checkpoint.drain()
+    assert ("given up", "sample") in events
+    assert ("consumer commit", {TP0: OffsetAndMetadata(6, "")}) in events
+    # The refused dead letter once, then its stand-in once (to the settings' topic).
+    assert [e for e in events if e[0] == "send" and e[1].endswith("deadletter")] == \
+        [("send", "deadletter", 1), ("send", "streamserve.deadletter", 1)]
