@@ -18,11 +18,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 
 # Install from a throw-away source folder, so the running worker imports the
-# installed package (with its agents/kafka package data), never a stray checkout.
+# installed package (with its agents/dev/kafka package data), never a stray checkout.
 COPY pyproject.toml README.md /tmp/src/
 COPY pipeline /tmp/src/pipeline
 COPY agents /tmp/src/agents
 COPY models /tmp/src/models
+COPY streamserve /tmp/src/streamserve
 RUN pip install "/tmp/src${EXTRAS:+[$EXTRAS]}" && rm -rf /tmp/src
 
 # Run unprivileged; the worker keeps its Faust table data under its working folder.
