@@ -78,7 +78,7 @@ def add_drift_agent(app: faust.App, settings: Settings,
             return monitors[key]
         try:
             reference = reference_of(model, version)
-        except RegistryError:
+        except (RegistryError, OSError):  # unregistered, unsigned, tampered or unreadable
             reference = None
         if not reference:
             return None
@@ -110,13 +110,14 @@ def add_drift_agent(app: faust.App, settings: Settings,
         """Count one coded-rows message; the windows it closed."""
         monitor = monitored.monitor
         monitored.last_offset = offset
-        try:
-            rows = CodedRows.from_bytes(value)
-        except DriftError as e:  # a worker of another release: say so, keep going
-            log.error("drift rows for %s at offset %d unreadable, skipped: %s", key, offset, e)
-            return []
         late = monitor.window.late_rows
-        closed = monitor.on_rows(rows)
+        try:
+            closed = monitor.on_rows(CodedRows.from_bytes(value))
+        except DriftError as e:  # a worker of another release, or another reference: say
+            # so and keep going (raised here, the agent would restart past the message)
+            log.error("drift rows for %s at offset %d cannot be counted, skipped: %s", key,
+                      offset, e)
+            return []
         if monitor.window.late_rows > late:
             metrics.drift_late_rows.labels(model, version).inc(monitor.window.late_rows - late)
         return closed

@@ -26,6 +26,7 @@ from models.runtime import keep_compiled
 from pipeline.canary import CanaryVerdict
 from pipeline.config import Settings
 from pipeline.registry import Registry, RegistryError
+from pipeline.signing import TrustedKeys, verify_version
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,15 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
     follower = ControlFollower(settings, deployer)
     app = create_app(settings)
     registry = Registry(settings.registry.root)
-    add_drift_agent(app, settings, lambda model, version: registry.manifest(model, version).reference,
-                    metrics)
+    trusted = TrustedKeys.load(settings.registry.trusted_keys)
+
+    def reference_of(model: str, version: str) -> dict:
+        # The signed manifest's reference, as the version was loaded: an edit on disk
+        # since must not steer drift monitoring.
+        return verify_version(registry, model, version, trusted,
+                              settings.registry.allow_unsigned).manifest.reference
+
+    add_drift_agent(app, settings, reference_of, metrics)
     heartbeat.beat()  # the loop that beats next is Faust's; its heartbeat service starts first
     worker = _Worker(app, HeartbeatService(heartbeat), server, follower, loglevel="INFO")
     worker.execute_from_commandline()
