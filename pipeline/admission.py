@@ -53,13 +53,17 @@ class Admission:
 
 def admit(batch: Sequence[Incoming], catalog: Catalog, max_bytes: int, max_features: int | None,
           recent: RecentIds | None, quotas: TenantQuotas | None, now: float, clock: float,
-          expected_seconds: float = 0.0) -> Admission:
+          expected_seconds: float = 0.0, tenants_from_records: bool = False) -> Admission:
     """Sort ``batch``. A request whose deadline would pass before it is answered, at
     ``now + expected_seconds``, is rejected rather than computed. ``recent`` and ``quotas``
-    are None when the worker has no dedupe window or no tenant quotas."""
+    are None when the worker has no dedupe window or no tenant quotas. With
+    ``tenants_from_records``, a request's tenant is its record's (a trusted gateway's
+    header), never what its body claims."""
     admission = Admission()
     for record in batch:
         decoded = decode(record.value, catalog, max_bytes, max_features)
+        if isinstance(decoded, Request) and tenants_from_records:
+            decoded = replace(decoded, tenant=record.tenant)
         if isinstance(decoded, Request) and recent is not None and recent.seen_before(
                 decoded.id, clock, (record.topic, record.partition, record.offset)):
             decoded = recent.rejection(decoded.id, decoded.model)

@@ -51,6 +51,9 @@ class Incoming:
     timestamp: float  # seconds since the epoch, as Kafka stamped the request
     value: bytes | None
     replay: bool = False  # a replayed request (``streamserve replay``): kept out of monitoring
+    # The tenant a trusted gateway named in a header (STREAMSERVE_TENANT_HEADER), when the
+    # worker takes tenants from one: then it, not the body's "tenant", draws on a quota.
+    tenant: str | None = None
 
 
 class Kind(StrEnum):

@@ -122,7 +122,8 @@ class InferenceService:
         deployment = serving.deployment
         admission = admit(batch, serving.catalog, self._max_bytes, self._max_features, self._recent,
                           self._quotas, now=time.time(), clock=time.monotonic(),
-                          expected_seconds=expected_seconds)
+                          expected_seconds=expected_seconds,
+                          tenants_from_records=bool(self._settings.admission.tenant_header))
         for refusal in admission.refusals:
             self._metrics.quota_rejections.labels(refusal.quota, refusal.limit).inc()
         outgoing = [self._dead_letter(serving, record, rejection, version="")

@@ -192,10 +192,11 @@ class RequestServer(mode.Service):
                        expected_seconds: float) -> list[Outgoing]:
         # A request stamped in the future (a sender's clock, or any CreateTime the broker
         # took) is dated now: a future date would blind the drift windows and its deadline.
-        now = time.time()
+        now, tenant_header = time.time(), self._settings.admission.tenant_header
         batch = [Incoming(topic=r.topic, partition=r.partition, offset=r.offset,
                           timestamp=min(r.timestamp / 1000, now), value=r.value,
-                          replay=bool(r.headers) and any(k == REPLAY_HEADER for k, _ in r.headers))
+                          replay=bool(r.headers) and any(k == REPLAY_HEADER for k, _ in r.headers),
+                          tenant=_header(r.headers, tenant_header) if tenant_header else None)
                  for r in records]
         try:
             return await self._inference.handle(batch, expected_seconds)
@@ -239,3 +240,13 @@ class _Rebalance(ConsumerRebalanceListener):
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self._server.partitions_assigned(assigned)
 
+
+def _header(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
+    """The first ``name`` header's value as text (None when absent, empty or not UTF-8)."""
+    for key, value in headers or ():
+        if key == name:
+            try:
+                return value.decode() or None
+            except UnicodeDecodeError:
+                return None
+    return None

@@ -55,6 +55,12 @@ class AdmissionSettings:
         "named and by requests without one (without it they are unlimited). Excess is "
         "dead-lettered as quota_exceeded. Each worker enforces its own: the fleet admits up "
         "to a quota times the number of workers (as Envoy's local rate limit). Unset: none.")
+    tenant_header: str = setting(
+        "", "STREAMSERVE_TENANT_HEADER",
+        "Record header that names a request's tenant, set by a trusted gateway (give only the "
+        "gateway's principal write access to the requests topic); the body's 'tenant' is then "
+        "ignored, and a request without the header is under the default quota. Empty: the "
+        "body's 'tenant', which any client may set.")
     dedupe_ids: int = setting(
         50_000, "STREAMSERVE_DEDUPE_IDS",
         "Request ids each worker remembers: a repeat of one within the window is dead-lettered "

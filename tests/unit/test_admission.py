@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import orjson
 
 from pipeline.admission import admit, forget_retryable
@@ -20,9 +22,10 @@ def record(offset: int, **body) -> Incoming:
     return Incoming("requests", 3, offset, SENT_AT, orjson.dumps(request))
 
 
-def run(batch, recent=None, quotas=None, now=SENT_AT + 0.05, clock=100.0, expected_seconds=0.0):
+def run(batch, recent=None, quotas=None, now=SENT_AT + 0.05, clock=100.0, expected_seconds=0.0,
+        tenants_from_records=False):
     return admit(batch, CATALOG, 65536, None, recent, quotas, now=now, clock=clock,
-                 expected_seconds=expected_seconds)
+                 expected_seconds=expected_seconds, tenants_from_records=tenants_from_records)
 
 
 def reasons(admission):
@@ -132,3 +135,15 @@ def test_only_ids_refused_for_now_are_forgotten_so_they_may_be_sent_again():
                               dead_letter("bad", Reason.SCHEMA_MISMATCH), served])
     assert not recent.seen_before("late", 1.0) and not recent.seen_before("busy", 1.0)
     assert recent.seen_before("bad", 1.0) and recent.seen_before("served", 1.0)
+
+
+def test_with_tenants_from_records_the_body_cannot_claim_another_tenant():
+    """Reliability review section 10: any client could write "tenant": "acme" and drain
+    acme's quota (or escape its own); a trusted gateway's header decides instead."""
+    quotas = TenantQuotas(parse_quotas("acme:rate=1000; default:rate=1,burst=1"))
+    spoofed = [replace(record(i, tenant="acme"), tenant=None) for i in range(3)]
+    admission = run(spoofed, quotas=quotas, tenants_from_records=True)
+    # No gateway header: under the shared default quota, whatever the body claims.
+    assert reasons(admission) == [(1, Reason.QUOTA_EXCEEDED), (2, Reason.QUOTA_EXCEEDED)]
+    gateway = [replace(record(i, tenant="zed"), tenant="acme") for i in range(3, 6)]
+    assert not run(gateway, quotas=quotas, tenants_from_records=True).rejected
