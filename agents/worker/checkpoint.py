@@ -23,6 +23,7 @@ handed off, ``after_produce`` and ``after_commit`` inside the commit.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import signal
@@ -47,7 +48,7 @@ from agents.worker.inference import InferenceService
 from pipeline.config import Settings
 from pipeline.faults import CrashCounter
 from pipeline.offsets import OffsetLedger, Partition, Positioned, next_offsets
-from pipeline.outputs import Outgoing, stand_in
+from pipeline.outputs import Kind, Outgoing, stand_in
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,7 @@ log = logging.getLogger(__name__)
 FLUSH_SECONDS = 0.5
 _SEND_RETRY_SECONDS = 1.0
 _MAX_BATCHES_IN_FLIGHT = 4
+_MAX_REMEMBERED = 10_000  # exactly-once: outputs refused for good, remembered at most
 # An open transaction of a worker that died blocks read_committed readers of its
 # partitions until the broker aborts it; a commit happens every half second, so ten
 # seconds is generous.
@@ -86,6 +88,12 @@ class Checkpoint:
         self._committer: asyncio.Task | None = None  # at-least-once: the commit in flight
         self._open = False  # exactly-once: a transaction is open
         self._in_transaction: Sent = []  # exactly-once: the open transaction's sends
+        # Exactly-once: outputs the broker refused for good abort their transaction, and
+        # are made again when their requests are served again: the next time, a stand-in
+        # goes instead (a second refusal: given up); and the members of a refused record
+        # batch go alone, to find the one refused. Keyed by ``_identity``.
+        self._refusals: dict[tuple, tuple[int, str]] = {}
+        self._alone: set[tuple] = set()
 
     async def start(self) -> None:
         """Start the producer; exactly-once: a transactional one (its start fences, and
@@ -114,7 +122,7 @@ class Checkpoint:
         self._crash_point("before_produce")
         if self._settings.exactly_once:
             await self._begin()
-            self._in_transaction.extend(await self._send(outgoing))
+            await self._send_in_transaction(outgoing)
         else:
             await self._produce(outgoing, {})
         self._ledger.served(next_offsets(records))
@@ -154,13 +162,16 @@ class Checkpoint:
             return
         # 2.
         await self._begin()
-        self._in_transaction.extend(await self._send(drift))
+        await self._send_in_transaction(drift)
         producer = self._producer
         assert producer is not None
         try:
             # 3.
             sent, self._in_transaction = self._in_transaction, []
-            await asyncio.gather(*(future for _, future in sent))
+            results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
+            if failures := [r for r in results if isinstance(r, BaseException)]:
+                self._note_refusals(sent, results)
+                raise failures[0]
             # 4.
             if offsets:
                 await producer.send_offsets_to_transaction(_kafka(offsets), self._settings.kafka.app_id)
@@ -219,14 +230,19 @@ class Checkpoint:
             results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
             self._inference.delivered([o for (outputs, _), r in zip(sent, results, strict=True)
                                        if not isinstance(r, BaseException) for o in outputs])
-            again, refused = [], []
+            again, refused, alone = [], [], []
             for (outputs, _), r in zip(sent, results, strict=True):
-                if isinstance(r, BaseException):
-                    (refused if isinstance(r, REFUSED_FOR_GOOD) else again).extend(
-                        (o, r) for o in outputs)
-            sent = []
+                if not isinstance(r, BaseException):
+                    continue
+                if not isinstance(r, REFUSED_FOR_GOOD):
+                    again.extend((o, r) for o in outputs)
+                elif len(outputs) == 1:
+                    refused.append((outputs[0], r))
+                else:  # the broker refuses a record batch whole: find its culprit alone
+                    alone.extend(outputs)
+            sent = await self._send(alone, alone=True)
             if refused:  # sending them again would fail again, and stall every commit after
-                sent = await self._send(self._stand_ins(refused, standing_in))
+                sent += await self._send(self._stand_ins(refused, standing_in))
             if again:
                 error = again[0][1]
                 log.warning("%d outputs were not acknowledged (%r); sending them again",
@@ -260,6 +276,42 @@ class Checkpoint:
                 standing_in.add(id(replacement))
                 replacements.append(replacement)
         return replacements
+
+    async def _send_in_transaction(self, outgoing: Sequence[Outgoing]) -> None:
+        """Exactly-once: ``outgoing`` into the open transaction, those refused for good
+        before replaced (``_refusals``), those of a refused batch alone."""
+        if not (self._refusals or self._alone):  # the usual case: nothing to look up
+            self._in_transaction += await self._send(outgoing)
+            return
+        kept = []
+        for out in outgoing:
+            refusals, error = self._refusals.get(_identity(out), (0, ""))
+            if refusals == 1 and (replacement := stand_in(
+                    out, error, self._settings.topics.deadletter)) is not None:
+                kept.append(replacement)
+            elif refusals:
+                log.error("the broker refused the %s output for %s for good (%s): given up",
+                          out.kind, out.key.decode(errors="replace"), error)
+                self._inference.undeliverable(out)
+            else:
+                kept.append(out)
+        self._in_transaction += await self._send(
+            [o for o in kept if _identity(o) not in self._alone])
+        self._in_transaction += await self._send(
+            [o for o in kept if _identity(o) in self._alone], alone=True)
+
+    def _note_refusals(self, sent: Sent, results: Sequence[object]) -> None:
+        if len(self._refusals) + len(self._alone) > _MAX_REMEMBERED:
+            self._refusals.clear()  # a flood of refusals: start over rather than grow
+            self._alone.clear()
+        for (outputs, _), result in zip(sent, results, strict=True):
+            if not isinstance(result, REFUSED_FOR_GOOD):
+                continue
+            if len(outputs) > 1:
+                self._alone.update(map(_identity, outputs))
+                continue
+            key = _identity(outputs[0])
+            self._refusals[key] = (self._refusals.get(key, (0, ""))[0] + 1, repr(result))
 
     async def _commit_released(self) -> None:
         """5. Commit the released offsets through the consumer."""
@@ -330,9 +382,10 @@ class Checkpoint:
 
     # Both modes.
 
-    async def _send(self, outgoing: Sequence[Outgoing]) -> Sent:
+    async def _send(self, outgoing: Sequence[Outgoing], alone: bool = False) -> Sent:
         """Queue every output in the producer, one record batch per partition rather than
-        a call per record (aiokafka's per-record path costs more than serving the row).
+        a call per record (aiokafka's per-record path costs more than serving the row);
+        with ``alone``, one batch per output (to find which one the broker refuses).
         An output goes to its request's partition number (hashing every key in Python
         cost a tenth of the worker's time), so a client that reads only the partitions
         it produced to finds its replies there. Returns each batch's outputs with the
@@ -349,7 +402,8 @@ class Checkpoint:
         for (topic, partition), outputs in by_partition.items():
             batch, members = producer.create_batch(), []
             for o in outputs:
-                if batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers) is None:
+                if (alone and members) or batch.append(
+                        key=o.key, value=o.value, timestamp=None, headers=o.headers) is None:
                     sent.append((members, await producer.send_batch(batch, topic, partition=partition)))
                     batch, members = producer.create_batch(), []
                     batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers)
@@ -362,6 +416,15 @@ class Checkpoint:
         if self._crashes.due(point):
             log.warning("injected fault: crashing at %s", point)
             os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _identity(out: Outgoing) -> tuple:
+    """What makes an output the same when its request is served again: its request's
+    position (a stand-in takes its answer's place), or for drift rows their bytes."""
+    answer = out.kind in (Kind.PREDICTION, Kind.DEAD_LETTER)
+    if out.headers:
+        return answer, out.kind if not answer else "", tuple(out.headers)
+    return answer, out.kind, out.key, hashlib.sha256(out.value).digest()
 
 
 def transactional_id(settings: Settings) -> str:

@@ -10,6 +10,7 @@ from aiokafka.structs import OffsetAndMetadata
 from agents.worker import checkpoint as checkpoint_module
 from agents.worker.checkpoint import Checkpoint
 from pipeline.config import KafkaSettings, Settings
+from pipeline.outputs import Kind
 
 TP0 = TopicPartition("requests", 0)
 
@@ -92,7 +93,8 @@ class FakeInference:
 
 
 def output(topic: str) -> SimpleNamespace:
-    return SimpleNamespace(topic=topic, partition=0, key=b"k", value=b"v", headers=[])
+    return SimpleNamespace(topic=topic, partition=0, key=b"k", value=b"v", headers=[],
+                           kind=Kind.PREDICTION)
 
 
 def record(offset: int) -> ConsumerRecord:
@@ -219,3 +221,74 @@ async def test_an_answer_refused_for_good_is_replaced_and_the_commit_goes_on(mak
     # The refused dead letter once, then its stand-in once (to the settings' topic).
     assert [e for e in events if e[0] == "send" and e[1].endswith("deadletter")] == \
         [("send", "deadletter", 1), ("send", "streamserve.deadletter", 1)]
+
+
+async def test_a_refused_batch_is_sent_again_member_by_member_so_only_the_culprit_is_replaced(
+        make, monkeypatch):
+    """The broker refuses a record batch whole: its other members are answers that must
+    still reach their clients."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    from pipeline import outputs
+    from pipeline.redaction import Redactor
+    from pipeline.rejections import Reason, Rejection
+
+    checkpoint, events = await make("at-least-once")
+    big = outputs.dead_letter(outputs.Incoming("requests", 0, 5, 0.0, b'{"id": "r-5"}'),
+                              Rejection(Reason.SCHEMA_MISMATCH, "x" * 100, id="r-5"), "deadletter",
+                              Redactor({}), max_original_bytes=65536)
+    small = outputs.dead_letter(outputs.Incoming("requests", 0, 6, 0.0, b'{"id": "r-6"}'),
+                                Rejection(Reason.SCHEMA_MISMATCH, "no", id="r-6"), "deadletter",
+                                Redactor({}), max_original_bytes=65536)
+    producer = checkpoint._producer
+    real_send = producer.send_batch
+
+    async def refusing(batch, topic, partition):
+        future = await real_send(batch, topic, partition)
+        if any(r["value"] == big.value for r in batch):
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(MessageSizeTooLargeError())
+        return future
+    monkeypatch.setattr(producer, "send_batch", refusing)
+    await checkpoint.hand_off([big, small], [record(5), record(6)])
+    await checkpoint.commit(now=100.0)
+    await checkpoint.drain()
+    sends = [e for e in events if e[0] == "send" and e[1].endswith("deadletter")]
+    # Both together (refused), then each alone (the small one delivered), then the stand-in.
+    assert sends == [("send", "deadletter", 2), ("send", "deadletter", 1),
+                     ("send", "deadletter", 1), ("send", "streamserve.deadletter", 1)]
+    assert ("consumer commit", {TP0: OffsetAndMetadata(7, "")}) in events
+
+
+async def test_exactly_once_replaces_an_output_refused_for_good_when_served_again(make):
+    """An output the broker refuses aborts its transaction; served again, it must not
+    abort every transaction after (review section 1, in exactly-once mode)."""
+    from aiokafka.errors import MessageSizeTooLargeError
+
+    from pipeline import outputs
+    from pipeline.redaction import Redactor
+    from pipeline.rejections import Reason, Rejection
+
+    checkpoint, events = await make("exactly-once")
+    request = outputs.Incoming("requests", 0, 5, 0.0, b'{"id": "r-5"}')
+
+    def served():
+        return outputs.dead_letter(request, Rejection(Reason.TOO_LARGE, "big", id="r-5"),
+                                   "deadletter", Redactor({}), max_original_bytes=65536)
+    producer = checkpoint._producer
+    real_send = producer.send_batch
+
+    async def refusing(batch, topic, partition):
+        future = await real_send(batch, topic, partition)
+        if topic == "deadletter":
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(MessageSizeTooLargeError())
+        return future
+    producer.send_batch = refusing
+    await checkpoint.hand_off([served()], [record(5)])
+    await checkpoint.commit(now=100.0)  # refused: the transaction aborts, the request is read again
+    assert ("abort transaction",) in events
+    events.clear()
+    await checkpoint.hand_off([served()], [record(5)])  # served again
+    await checkpoint.commit(now=101.0)
+    assert ("send", "streamserve.deadletter", 1) in events and ("commit transaction",) in events
