@@ -3,6 +3,7 @@ hostile input become dead letters with their reasons, and the ledger holds."""
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import Counter
@@ -69,9 +70,10 @@ def test_a_tenant_over_its_quota_is_dead_lettered_and_nothing_is_lost(quota_work
     elapsed = time.monotonic() - started
 
     fates = {}
+    withheld = {hashlib.sha256(v).hexdigest(): v for v in values}  # too large to keep
     for r in received:  # every request's one fate, by the request it answers
-        original = r.value.get("original")
-        request_id = r.value["id"] or orjson.loads(original)["id"]
+        request_id = r.value["id"] or orjson.loads(
+            r.value["original"].encode() or withheld[r.value["original_sha256"]])["id"]
         assert request_id not in fates, f"{request_id} has two fates"
         fates[request_id] = r.value.get("reason", "prediction")
     assert len(fates) == len(values)
