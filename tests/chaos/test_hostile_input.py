@@ -3,22 +3,30 @@ open no breaker for others (the December 2026 reliability review, sections 1, 2 
 
 A worker starts on a control topic holding an unreadable record; then normal requests go
 out mixed with requests whose dead letters once grew past the broker's limit, and with a
-flood of requests whose deadline had passed. Every request must get exactly one answer
-carrying its id (the ledger), every normal one a prediction, and the worker must stop on
-SIGTERM by itself.
+flood of requests whose deadline had passed; and a canary starts and is rolled back again
+and again while requests are served. Every request must get exactly one answer carrying
+its id (the ledger), every normal one a prediction, and the worker must stop on SIGTERM
+by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
+from pathlib import Path
 
 import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from agents.kafka.control import change
 from agents.kafka.topics import ensure_topics
+from models.train import train_and_register
+from pipeline import routing
+from pipeline.registry import Registry
 from tests.chaos.harness import Fleet, at_once, fleets, requests
+from tests.conftest import iris_registry
 from tests.chaos.test_crashes import report_line
 
 pytestmark = pytest.mark.integration
@@ -72,3 +80,41 @@ async def _write_control(fleet: Fleet, value: bytes) -> None:
         await producer.send_and_wait(settings.topics.control, key=b"iris", value=value)
     finally:
         await producer.stop()
+
+
+@pytest.fixture
+def two_versions(kafka_bootstrap, registry_dir, tmp_path):
+    """Fleets in every mode on a registry holding iris 1 and 2."""
+    root, keys = iris_registry(registry_dir, tmp_path)
+    train_and_register("iris", Registry(root), seed=1,
+                       signing_key=Path(keys["STREAMSERVE_SIGNING_KEY"]))
+    yield from fleets(kafka_bootstrap, root, tmp_path)
+
+
+def test_spec_changes_under_load_answer_every_request_with_its_id(two_versions):
+    """Review section 4: a canary started or rolled back while a batch ran failed the rest
+    of that batch (id-less model_error dead letters)."""
+    at_once(two_versions, _spec_changes)
+
+
+def _spec_changes(fleet: Fleet) -> None:
+    settings, n = fleet.settings, 1500
+    asyncio.run(change(settings, "iris", lambda spec: routing.deploy(spec, "iris", "1"),
+                       action="deploy", source="test"))
+    worker = fleet.start()
+    try:
+        traffic = fleet.traffic(requests(fleet.run_id, n), rate=300)
+        for _ in range(4):  # canary on and off while requests are served
+            asyncio.run(change(settings, "iris", lambda spec: routing.start_canary(spec, "2", 0.5),
+                               action="canary", source="test"))
+            time.sleep(0.4)
+            asyncio.run(change(settings, "iris", routing.rollback, action="rollback",
+                               source="test"))
+            time.sleep(0.4)
+        traffic.join()
+        report, recovery_s = fleet.settle(n)
+    finally:
+        stopped = worker.stop()
+    report_line("spec changes under load", fleet, n, report, recovery_s)
+    assert report.holds and not report.misnamed and report.predictions == n, report
+    assert stopped != -signal.SIGKILL
