@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError, TopicAuthorizationFailedError, for_code
 from aiokafka.protocol.api import Request, Response
 from aiokafka.protocol.metadata import MetadataRequest
@@ -69,6 +70,26 @@ async def ensure_topics(settings: Settings) -> None:
         # Refused: a topic this principal may not see or create. Using it will say so.
     if created:
         await _wait_for_metadata(settings, created)
+
+
+# Kafka's default largest record batch (message.max.bytes / max.message.bytes).
+DEFAULT_MESSAGE_LIMIT = 1_048_588
+
+
+async def message_limit(settings: Settings, topic: str) -> int:
+    """The largest record batch ``topic`` takes (its max.message.bytes, which defaults to
+    the broker's message.max.bytes); Kafka's default when it cannot be read."""
+    try:
+        async with admin_client(settings) as admin:
+            [response] = await admin.describe_configs(
+                [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": None})])
+    except (KafkaError, KafkaAccessError, ValueError):
+        return DEFAULT_MESSAGE_LIMIT
+    for _code, _message, _type, _name, configs in response.resources:
+        for name, value, *_ in configs:
+            if name == "max.message.bytes" and str(value).isdigit():
+                return int(value)
+    return DEFAULT_MESSAGE_LIMIT
 
 
 async def require_topic(settings: Settings, topic: str) -> None:

@@ -25,10 +25,12 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import jax
 import numpy as np
 
+from agents.kafka.topics import DEFAULT_MESSAGE_LIMIT
 from agents.worker.deployment import Deployment, Serving, roles
 from agents.worker.metrics import Metrics
 from models.runtime import ServingModel
@@ -53,6 +55,15 @@ log = logging.getLogger(__name__)
 _BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
 
+@dataclass(frozen=True, slots=True)
+class OutputLimits:
+    """The largest record the broker takes on the dead-letter and drift-rows topics,
+    read from it at start (``agents.kafka.topics.message_limit``)."""
+
+    dead_letter: int = DEFAULT_MESSAGE_LIMIT
+    drift_rows: int = DEFAULT_MESSAGE_LIMIT
+
+
 # A served group: its requests, their rows and each row's result.
 _Served = tuple[list[tuple[Incoming, Request]], np.ndarray, list[np.ndarray | RowFailure]]
 
@@ -61,10 +72,14 @@ class InferenceService:
     """Admits, batches per model version, runs the models off the event loop, answers."""
 
     def __init__(self, settings: Settings, metrics: Metrics, executor: Executor,
-                 on_canary_verdict: Callable[[str, int, CanaryVerdict], None] | None = None) -> None:
+                 on_canary_verdict: Callable[[str, int, CanaryVerdict], None] | None = None,
+                 limits: OutputLimits = OutputLimits()) -> None:
         self._settings = settings
         self._topics = settings.topics
         self._max_bytes = settings.admission.max_message_bytes
+        # An original escaped into a dead letter grows at most sevenfold (\u00XX per byte).
+        self._max_original = min(self._max_bytes, limits.dead_letter // 7)
+        self._drift_bytes = min(outputs.DRIFT_MESSAGE_BYTES, limits.drift_rows // 2)
         self._max_features = settings.admission.max_features
         self._faults = settings.faults.plan
         self._device = jax.default_backend()  # "cpu", "gpu" or "tpu": what model calls cost
@@ -322,7 +337,7 @@ class InferenceService:
         """
         messages = [message for (model, version), parts in sorted(self._pending_drift.items())
                     for message in outputs.drift_rows(model, version, CodedRows.concatenate(parts),
-                                                      self._topics.drift_rows)]
+                                                      self._topics.drift_rows, self._drift_bytes)]
         self._pending_drift.clear()
         return messages
 
@@ -334,7 +349,7 @@ class InferenceService:
     def _dead_letter(self, serving: Serving, record: Incoming, rejection: Rejection,
                      version: str, route: Route | str = "", quota: str = "") -> Outgoing:
         return outputs.dead_letter(record, rejection, self._topics.deadletter,
-                                   serving.dead_letter_redactor, self._max_bytes, version, route,
+                                   serving.dead_letter_redactor, self._max_original, version, route,
                                    quota)
 
     def fail_batch(self, batch: Sequence[Incoming], error: Exception) -> list[Outgoing]:

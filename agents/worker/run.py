@@ -18,8 +18,8 @@ from agents.worker.deployer import ControlFollower, Deployer
 from agents.worker.drift import add_drift_agent
 from agents.worker.health import (CheckResult, HealthChecks, Heartbeat, HeartbeatService, consumer_check,
                            models_check)
-from agents.worker.inference import InferenceService
-from agents.kafka.topics import ensure_topics
+from agents.worker.inference import InferenceService, OutputLimits
+from agents.kafka.topics import ensure_topics, message_limit
 from agents.worker.metrics import Metrics
 from agents.worker.server import RequestServer
 from models.runtime import keep_compiled
@@ -55,7 +55,10 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
         assert deployer is not None
         deployer.on_canary_verdict(model, revision, verdict)
 
-    inference = InferenceService(settings, metrics, executor, on_canary_verdict)
+    topics = settings.topics
+    limits = OutputLimits(*(asyncio.run(message_limit(settings, topic))
+                            for topic in (topics.deadletter, topics.drift_rows)))
+    inference = InferenceService(settings, metrics, executor, on_canary_verdict, limits)
     deployer = Deployer(settings, inference, metrics)
     if metrics_port is not None:
         liveness = {"loop": heartbeat.check}

@@ -136,3 +136,18 @@ def test_a_dead_letter_of_a_model_not_served_here_follows_that_models_rules(tmp_
     letter = orjson.loads(dead.value)
     assert letter["reason"] == "unknown_model" and b"98765" not in dead.value
     assert "income" not in orjson.loads(letter["original"])["features"]
+
+
+def test_outputs_stay_under_the_limits_the_broker_has():
+    """Issue 16: outputs that grow are bounded by the limit read from the broker at start
+    (a topic may take less than Kafka's default 1 MiB)."""
+    from agents.worker.inference import OutputLimits
+
+    s = InferenceService(Settings.from_env({}), Metrics(), ThreadPoolExecutor(1),
+                         limits=OutputLimits(dead_letter=7 * 400, drift_rows=1 << 20))
+    s.install(Deployment({("m", "1"): model("1")}, {"m": DeploymentSpec("m", "1")}))
+    body = orjson.dumps({"id": "w", "model": "other", "features": FEATURES, "pad": "x" * 500})
+    [dead] = asyncio.run(s.handle([Incoming("streamserve.requests", 0, 0, time.time(), body)]))
+    letter = orjson.loads(dead.value)
+    assert letter["reason"] == "unknown_model" and letter["original_bytes"] == len(body)
+    assert letter["original_encoding"] == "withheld"
