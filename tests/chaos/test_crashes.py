@@ -10,14 +10,9 @@ import time
 import pytest
 
 from pipeline.faults import CRASH_POINTS
-from tests.chaos.harness import Fleet, at_once, fleets, requests
+from tests.chaos.harness import Fleet, at_once, requests
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def every_mode(kafka_bootstrap, registry_dir, tmp_path):
-    yield from fleets(kafka_bootstrap, registry_dir, tmp_path)
 
 
 def report_line(name, fleet, n, report, recovery_s):

@@ -36,11 +36,6 @@ from tests.chaos.test_crashes import report_line
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def every_mode(kafka_bootstrap, registry_dir, tmp_path):
-    yield from fleets(kafka_bootstrap, registry_dir, tmp_path)
-
-
 def test_oversized_and_expired_requests_and_a_bad_control_record_stop_nothing(every_mode):
     at_once(every_mode, _hostile)
 

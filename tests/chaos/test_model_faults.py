@@ -5,15 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from tests.chaos.harness import Fleet, at_once, fleets, requests
+from tests.chaos.harness import Fleet, at_once, requests
 from tests.chaos.test_crashes import report_line
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def every_mode(kafka_bootstrap, registry_dir, tmp_path):
-    yield from fleets(kafka_bootstrap, registry_dir, tmp_path)
 
 
 def test_rows_the_model_raises_on_become_model_error_and_the_rest_is_served(every_mode):
