@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 
 import orjson
 
@@ -28,13 +29,23 @@ Transition = Callable[[DeploymentSpec | None], DeploymentSpec]
 
 
 async def read_specs(settings: Settings) -> dict[str, DeploymentSpec]:
-    """The current spec of every model with one (the latest readable record per key)."""
-    specs: dict[str, DeploymentSpec] = {}
+    """The current spec of every model with one, as every worker follows them: each
+    readable record that supersedes the one held (``DeploymentSpec.supersedes``)."""
+    return (await _read(settings))[0]
+
+
+async def _read(settings: Settings) -> tuple[dict[str, DeploymentSpec], dict[str, DeploymentSpec]]:
+    """Per model: the spec the readers hold, and the last readable record (what
+    compaction keeps)."""
+    held: dict[str, DeploymentSpec] = {}
+    last: dict[str, DeploymentSpec] = {}
     async for message in read_topic(settings, settings.topics.control, from_beginning=True,
                                     to_end=True):
         if (spec := spec_of(message.value, message.offset)) is not None:
-            specs[spec.model] = spec
-    return specs
+            last[spec.model] = spec
+            if spec.supersedes(held.get(spec.model)):
+                held[spec.model] = spec
+    return held, last
 
 
 def spec_of(value: bytes | None, offset: int) -> DeploymentSpec | None:
@@ -69,6 +80,19 @@ async def change(settings: Settings, model: str, transition: Transition, *, acti
     try:
         await producer.send_and_wait(settings.topics.control, key=model.encode(),
                                      value=orjson.dumps(new.to_json()))
+        held, last = await _read(settings)
+        winner = held.get(model)
+        if winner is not None and winner.revision == new.revision and winner != new:
+            # Another change of the same revision came first: every reader kept it and
+            # skipped ours, but compaction would keep ours (the last record), and a worker
+            # started later would serve it. Writing what readers hold on top settles both.
+            if last.get(model) != winner:
+                await producer.send_and_wait(settings.topics.control, key=model.encode(),
+                                             value=orjson.dumps(replace(
+                                                 winner, revision=winner.revision + 1).to_json()))
+            raise ControlError(f"another change of {model} landed first (now: "
+                               f"{' '.join(winner.describe().split())}); nothing was changed: "
+                               "check `streamserve routes` and run the command again")
         await record(settings, action=action, subject=model, source=source, reason=reason,
                      before=None if current is None else current.to_json(), after=new.to_json(),
                      producer=producer)

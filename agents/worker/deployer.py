@@ -78,7 +78,7 @@ class Deployer:
         """Install ``spec`` once its versions are loaded; False (and audited) when one fails."""
         deployment = self._inference.deployment
         current = deployment.specs.get(spec.model)
-        if current is not None and spec.revision <= current.revision:
+        if not spec.supersedes(current):
             return True  # already applied (the follower reads the topic from the start)
         loaded = await self._load(spec, deployment.models, current)
         if loaded is None:

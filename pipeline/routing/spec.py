@@ -114,6 +114,12 @@ class DeploymentSpec:
         if not _is_int(self.revision) or self.revision < 0:
             raise ControlError(f"revision must be a whole number >= 0, got {self.revision!r}")
 
+    def supersedes(self, other: DeploymentSpec | None) -> bool:
+        """Whether a reader holding ``other`` takes this spec: only a later revision does.
+        Kafka has no compare-and-set, so two writers may write the same revision; every
+        reader keeps the first, in the control topic's order."""
+        return other is None or self.revision > other.revision
+
     def versions(self) -> frozenset[str]:
         """Every version a worker must load: stable, canary, shadows and fallback."""
         return self.serving_versions() | frozenset(self.shadows)

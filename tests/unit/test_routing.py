@@ -459,3 +459,11 @@ def test_refusals_name_commands_not_functions(make):
     message = str(refused.value)
     assert "streamserve " in message or "--" in message, message
     assert not any(name in message for name in INTERNAL_NAMES), message
+
+
+def test_only_a_later_revision_supersedes_what_a_reader_holds():
+    first = deploy(None, "iris", "1")
+    second = deploy(first, "iris", "2")
+    rival = deploy(first, "iris", "3")  # the same revision, written by another
+    assert first.supersedes(None) and second.supersedes(first)
+    assert not rival.supersedes(second) and not second.supersedes(second)
