@@ -80,6 +80,10 @@ async def change(settings: Settings, model: str, transition: Transition, *, acti
     try:
         await producer.send_and_wait(settings.topics.control, key=model.encode(),
                                      value=orjson.dumps(new.to_json()))
+        # Audited at once, so the trail has a change before the workers' answers to it.
+        await record(settings, action=action, subject=model, source=source, reason=reason,
+                     before=None if current is None else current.to_json(), after=new.to_json(),
+                     producer=producer)
         held, last = await _read(settings)
         winner = held.get(model)
         if winner is not None and winner.revision == new.revision and winner != new:
@@ -90,12 +94,14 @@ async def change(settings: Settings, model: str, transition: Transition, *, acti
                 await producer.send_and_wait(settings.topics.control, key=model.encode(),
                                              value=orjson.dumps(replace(
                                                  winner, revision=winner.revision + 1).to_json()))
-            raise ControlError(f"another change of {model} landed first (now: "
-                               f"{' '.join(winner.describe().split())}); nothing was changed: "
-                               "check `streamserve routes` and run the command again")
-        await record(settings, action=action, subject=model, source=source, reason=reason,
-                     before=None if current is None else current.to_json(), after=new.to_json(),
-                     producer=producer)
+            now = " ".join(winner.describe().split())
+            await record(settings, action=f"{action}_superseded", subject=model, source=source,
+                         reason=f"another change of revision {new.revision} landed first; "
+                                f"every reader kept it: {now}",
+                         before=new.to_json(), after=winner.to_json(), producer=producer)
+            raise ControlError(f"another change of {model} landed first (now: {now}); yours "
+                               "did not take effect: check `streamserve routes` and run the "
+                               "command again")
     finally:
         await producer.stop()
     return new

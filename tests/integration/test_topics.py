@@ -39,7 +39,7 @@ def test_two_changes_of_the_same_revision_leave_every_reader_on_the_first(kafka_
     """Reliability review section 16: two writers (an admin's promote, a worker's automatic
     rollback) both wrote revision N+1; live workers kept the first, compaction the second,
     so a worker started later served the other spec. The loser now writes the first on top,
-    and is told its change did not happen."""
+    and is told (and the audit trail says) its change did not take effect."""
     settings = Settings.from_env({"STREAMSERVE_BROKER": kafka_bootstrap,
                                   "STREAMSERVE_TOPIC_PREFIX": f"race-{uuid.uuid4().hex[:8]}"})
     asyncio.run(change(settings, "iris", lambda spec: routing.deploy(spec, "iris", "1"),
@@ -60,7 +60,8 @@ def test_two_changes_of_the_same_revision_leave_every_reader_on_the_first(kafka_
         other_loop.call_soon_threadsafe(other_loop.stop)
     held = asyncio.run(read_specs(settings))["iris"]
     assert (held.stable, held.revision) == ("2", 3)  # the first, written again on top
-    assert [e.action for e in asyncio.run(read_entries(settings))] == ["deploy"]  # ours: none
+    assert [e.action for e in asyncio.run(read_entries(settings))] == \
+        ["deploy", "deploy", "deploy_superseded"]
 
 
 async def _write(settings, spec) -> None:
