@@ -6,10 +6,11 @@ first check it fails is its ``Rejection``; an admitted request joins the group o
 (model, version, route), served together. The order matters: a repeat takes no quota
 token; a request past its deadline costs its tenant a token like any other (sending
 expired requests is no way around a quota) but holds no in-flight slot, being answered
-at once; a refused request never reaches a model. A missed deadline says nothing of a
-model version (the time went to the sender's clock, the broker or the queue), so it
-feeds no breaker and no canary judge: no client can open a breaker for others with
-short deadlines.
+at once; a refused request never reaches a model. A deadline already past when the
+request is admitted says nothing of a model version (the time went to the sender's
+clock, the broker or the queue): it feeds no breaker and no canary judge, so no client
+can open a breaker for others with short deadlines. One that only the version's
+expected time would break is that version's failure (``slow``).
 
 The clocks are passed in (``now``: epoch seconds, for deadlines against Kafka's
 timestamps; ``clock``: monotonic seconds, for the dedupe window and the quota buckets).
@@ -46,6 +47,10 @@ class Admission:
     # In the order each group's first request came; in batch order within a group.
     groups: dict[Group, list[tuple[Incoming, Request]]] = field(default_factory=dict)
     rejected: list[tuple[Incoming, Rejection]] = field(default_factory=list)  # batch order
+    # Requests whose deadline only the model's expected time breaks (they had not waited
+    # past it), per group: the version is too slow for them, a failure of it (breaker,
+    # canary). One already past its deadline when admitted is its sender's or the queue's.
+    slow: Counter[Group] = field(default_factory=Counter)
     # In-flight slots the admitted requests took, per quota: their answers free them.
     quota_slots: Counter[str] = field(default_factory=Counter)
     refusals: list[Refusal] = field(default_factory=list)  # quota refusals, for the metrics
@@ -79,6 +84,8 @@ def admit(batch: Sequence[Incoming], catalog: Catalog, max_bytes: int, max_featu
             if quota:  # answered now: its slot is free again
                 quotas.release(quota, 1)
                 quota = None
+            if not _expired(decoded, record, now):
+                admission.slow[(decoded.model, decoded.version, decoded.route)] += 1
             decoded = Rejection(Reason.DEADLINE_EXCEEDED,
                                 f"the request had waited {1000 * (now - record.timestamp):.0f} ms "
                                 f"and could not be answered within its deadline_ms of "

@@ -143,6 +143,9 @@ class InferenceService:
             self._metrics.quota_rejections.labels(refusal.quota, refusal.limit).inc()
         outgoing = [self._dead_letter(serving, record, rejection, version="")
                     for record, rejection in admission.rejected]
+        for (model, version, route), count in admission.slow.items():  # too slow for them
+            self._feed_breaker(serving, model, version, 0, count)
+            self._judge_canary(deployment, model, route, count, [], [])
         try:
             for (model, version, route), items in admission.groups.items():
                 spec = deployment.specs[model]

@@ -147,3 +147,12 @@ def test_with_tenants_from_records_the_body_cannot_claim_another_tenant():
     assert reasons(admission) == [(1, Reason.QUOTA_EXCEEDED), (2, Reason.QUOTA_EXCEEDED)]
     gateway = [replace(record(i, tenant="zed"), tenant="acme") for i in range(3, 6)]
     assert not run(gateway, quotas=quotas, tenants_from_records=True).rejected
+
+
+def test_a_deadline_only_the_models_time_breaks_is_the_versions_failure():
+    """Issue 16: server-side deadline misses count for the version (breaker, canary); a
+    request already past its deadline when admitted is its sender's or the queue's."""
+    batch = [record(0, deadline_ms=100), record(1, deadline_ms=10)]
+    admission = run(batch, now=SENT_AT + 0.05, expected_seconds=0.2)
+    assert reasons(admission) == [(0, Reason.DEADLINE_EXCEEDED), (1, Reason.DEADLINE_EXCEEDED)]
+    assert admission.slow == {("m", "2", Route.STABLE): 1}  # request 0 had 50 ms to go
