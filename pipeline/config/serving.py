@@ -87,8 +87,9 @@ class BreakerSettings:
 
     failures: int = setting(
         5, "STREAMSERVE_BREAKER_FAILURES",
-        "Failures in a row that open a version's circuit breaker (model errors: with a "
-        "fallback set, only those the fallback serves); its traffic then goes to the fallback.")
+        "Failures in a row that open a version's circuit breaker (model errors, with a "
+        "fallback set only those it serves; deadlines the version is too slow for); its "
+        "traffic then goes to the fallback.")
     failure_rate: float = setting(
         0.5, "STREAMSERVE_BREAKER_FAILURE_RATE",
         "Share of failures over a version's last 100 requests that opens its breaker.")
