@@ -120,11 +120,15 @@ class Checkpoint:
         batch is computed while this one is in flight. Exactly-once: the outputs join
         the open transaction, which the next commit commits."""
         self._crash_point("before_produce")
-        if self._settings.exactly_once:
-            await self._begin()
-            await self._send_in_transaction(outgoing)
-        else:
+        if not self._settings.exactly_once:
             await self._produce(outgoing, {})
+        else:
+            try:
+                await self._begin()
+                await self._send_in_transaction(outgoing)
+            except Exception as e:  # noqa: BLE001 - e.g. fenced after the broker aborted it
+                await self._rewind(e)  # the batch is read again with the transaction's
+                return
         self._ledger.served(next_offsets(records))
 
     async def commit(self, now: float) -> None:
@@ -150,8 +154,9 @@ class Checkpoint:
         6. exactly-once: remember the commit (a partition this worker gets again resumes
            from no earlier, ``resume``) and count the outputs delivered.
 
-        Exactly-once, a failure in 3 to 5 aborts the transaction, and the requests since
-        the last commit are read again (``_rewind``).
+        Exactly-once, a failure in 2 to 5 (or in a hand-off: the broker aborts a transaction
+        it lost track of in a restart, and fences its producer) aborts the transaction, and
+        the requests since the last commit are read again (``_rewind``).
         """
         # 1.
         offsets, drift = self._ledger.flush(now), self._inference.drift_rows()
@@ -160,12 +165,12 @@ class Checkpoint:
         if not self._settings.exactly_once:
             await self._produce(drift, offsets)  # 2.; 3 to 5 follow in ``_complete``
             return
-        # 2.
-        await self._begin()
-        await self._send_in_transaction(drift)
-        producer = self._producer
-        assert producer is not None
         try:
+            # 2.
+            await self._begin()
+            await self._send_in_transaction(drift)
+            producer = self._producer
+            assert producer is not None
             # 3.
             sent, self._in_transaction = self._in_transaction, []
             results = await asyncio.gather(*(future for _, future in sent), return_exceptions=True)
@@ -367,8 +372,10 @@ class Checkpoint:
         self._ledger.rewind()
         self._inference.drift_rows()  # their rows are served, and coded, again
         self._inference.abandoned()  # and admitted again
+        if self._stopping():  # the partitions' next owner reads them from the group's offsets
+            return
         for tp in self._consumer.assignment():
-            committed = await self._consumer.committed(tp)
+            committed = await self._committed(tp)
             # The failures that cause a rewind (a broker or coordinator restart, a commit
             # that timed out but went through) are those in which the group may answer
             # an offset older than this worker's own last commit: resume from the later.
@@ -379,6 +386,19 @@ class Checkpoint:
                 await self._consumer.seek_to_beginning(tp)
             else:
                 self._consumer.seek(tp, offset)
+
+    async def _committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed offset of ``tp``, once the coordinator answers (after a
+        broker restart it may be away for a while)."""
+        while True:
+            try:
+                return await self._consumer.committed(tp)
+            except KafkaError as e:
+                if self._stopping():
+                    raise
+                log.warning("the group's committed offset of partition %d is not known yet "
+                            "(%r); asking again", tp.partition, e)
+                await asyncio.sleep(_SEND_RETRY_SECONDS)
 
     # Both modes.
 

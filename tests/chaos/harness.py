@@ -22,7 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from agents.dev.fleet import WorkerProcess
 from agents.kafka.topics import ensure_topics
-from agents.ops.verify import verify
+from agents.ops.verify import render, verify
 from models.datasets import load as load_dataset
 from pipeline.config import Settings
 from pipeline.ledger import LedgerReport
@@ -160,5 +160,7 @@ class Fleet:
             if report.requests == expected and not report.lost:
                 return report, time.monotonic() - started
             if time.monotonic() - started > timeout:
-                raise AssertionError(f"after {timeout:.0f} s: {report}")
+                logs = "\n".join(f"--- {w.log.name} ends:\n{w.log_tail()}" for w in self.workers)
+                raise AssertionError(f"after {timeout:.0f} s [{self.delivery}, {id_prefix}]:\n"
+                                     f"{render(report)}\n{logs}")
             time.sleep(1)

@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka.errors import ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
 from agents.worker import checkpoint as checkpoint_module
@@ -185,6 +186,31 @@ async def test_exactly_once_rewinds_to_its_own_commit_when_the_group_answers_old
     events.clear()
     await checkpoint.commit(now=101.0)
     assert ("seek", TP0, 6) in events and ("seek", TP0, 3) not in events
+
+
+async def test_exactly_once_rewinds_when_the_broker_fenced_its_producer_during_a_hand_off(make):
+    """A broker restart that outlasts the transaction timeout aborts the open transaction
+    and fences the producer: the next send raises ProducerFenced. The worker crashed on
+    it (a chaos run caught it); now a new producer takes over and the batch, whose
+    outputs went nowhere, is read again rather than committed."""
+    checkpoint, events = await make("exactly-once", group_answer=5)
+    fenced = checkpoint._producer
+
+    async def refuses(batch, topic, partition):
+        raise ProducerFenced()
+
+    async def cannot_abort() -> None:
+        raise ProducerFenced()
+    fenced.send_batch, fenced.abort_transaction = refuses, cannot_abort
+    await checkpoint.hand_off([output("predictions")], [record(5)])
+    assert checkpoint._producer is not fenced
+    assert ("seek", TP0, 5) in events
+    events.clear()
+    await checkpoint.commit(now=100.0)  # nothing served since the rewind: no offsets
+    assert ("offsets to transaction", {TP0: OffsetAndMetadata(6, "")}) not in events
+    await checkpoint.hand_off([output("predictions")], [record(5)])  # read again
+    await checkpoint.commit(now=101.0)
+    assert ("offsets to transaction", {TP0: OffsetAndMetadata(6, "")}) in events
 
 
 async def test_an_answer_refused_for_good_is_replaced_and_the_commit_goes_on(make, monkeypatch):
