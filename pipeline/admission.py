@@ -6,11 +6,18 @@ first check it fails is its ``Rejection``; an admitted request joins the group o
 (model, version, route), served together. The order matters: a repeat takes no quota
 token; a request past its deadline costs its tenant a token like any other (sending
 expired requests is no way around a quota) but holds no in-flight slot, being answered
-at once; a refused request never reaches a model. A deadline already past when the
-request is admitted says nothing of a model version (the time went to the sender's
-clock, the broker or the queue): it feeds no breaker and no canary judge, so no client
-can open a breaker for others with short deadlines. One that only the version's
-expected time would break is that version's failure (``slow``).
+at once; a refused request never reaches a model. Deadlines are told apart by where the
+time went:
+
+* already past when the worker took the request (``taken``): ``arrived_late``, a
+  client-side reason (the sender, its clock, the broker or the partition's backlog,
+  which the consumer-lag alert and the latency SLO watch); no server failure;
+* past when admitted, not when taken: the worker's own queue, ``deadline_exceeded``;
+* within it when admitted, but not by the time the version is expected to answer:
+  ``deadline_exceeded`` and that version's failure (``slow``: breaker, canary).
+
+So no client can open a breaker for others, or burn the availability budget, with short
+deadlines.
 
 The clocks are passed in (``now``: epoch seconds, for deadlines against Kafka's
 timestamps; ``clock``: monotonic seconds, for the dedupe window and the quota buckets).
@@ -36,8 +43,8 @@ Group = tuple[str, str, Route]
 
 # Refused for the server's sake or the tenant's quota, not for what the request holds:
 # the sender may send it again with the same id.
-RETRYABLE = frozenset({Reason.DEADLINE_EXCEEDED, Reason.MODEL_ERROR, Reason.CIRCUIT_OPEN,
-                       Reason.QUOTA_EXCEEDED})
+RETRYABLE = frozenset({Reason.DEADLINE_EXCEEDED, Reason.ARRIVED_LATE, Reason.MODEL_ERROR,
+                       Reason.CIRCUIT_OPEN, Reason.QUOTA_EXCEEDED})
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,10 +65,12 @@ class Admission:
 
 def admit(batch: Sequence[Incoming], catalog: Catalog, max_bytes: int, max_features: int | None,
           recent: RecentIds | None, quotas: TenantQuotas | None, now: float, clock: float,
-          expected_seconds: float = 0.0, tenants_from_records: bool = False) -> Admission:
+          expected_seconds: float = 0.0, tenants_from_records: bool = False,
+          taken: float | None = None) -> Admission:
     """Sort ``batch``. A request whose deadline would pass before it is answered, at
-    ``now + expected_seconds``, is rejected rather than computed. ``recent`` and ``quotas``
-    are None when the worker has no dedupe window or no tenant quotas. With
+    ``now + expected_seconds``, is rejected rather than computed. ``taken``: when the
+    worker fetched the batch's oldest record (epoch seconds; default ``now``). ``recent``
+    and ``quotas`` are None when the worker has no dedupe window or no tenant quotas. With
     ``tenants_from_records``, a request's tenant is its record's (a trusted gateway's
     header), never what its body claims."""
     admission = Admission()
@@ -86,11 +95,7 @@ def admit(batch: Sequence[Incoming], catalog: Catalog, max_bytes: int, max_featu
                 quota = None
             if not _expired(decoded, record, now):
                 admission.slow[(decoded.model, decoded.version, decoded.route)] += 1
-            decoded = Rejection(Reason.DEADLINE_EXCEEDED,
-                                f"the request had waited {1000 * (now - record.timestamp):.0f} ms "
-                                f"and could not be answered within its deadline_ms of "
-                                f"{decoded.deadline_ms}; raise the deadline or add workers",
-                                id=decoded.id, model=decoded.model)
+            decoded = _late(decoded, record, now, now if taken is None else taken)
         if quota:
             admission.quota_slots[quota] += 1
         if isinstance(decoded, Rejection):
@@ -107,6 +112,20 @@ def forget_retryable(recent: RecentIds, outgoing: Iterable[Outgoing]) -> None:
     for out in outgoing:
         if out.kind is Kind.DEAD_LETTER and out.reason in RETRYABLE:
             recent.forget(out.key.decode())
+
+
+def _late(request: Request, record: Incoming, now: float, taken: float) -> Rejection:
+    waited = f"the request had waited {1000 * (now - record.timestamp):.0f} ms"
+    if _expired(request, record, taken):
+        return Rejection(Reason.ARRIVED_LATE,
+                         f"{waited}, and its deadline_ms of {request.deadline_ms} had passed "
+                         f"before a worker took it; send it sooner, check the sender's clock "
+                         f"(deadlines count from the record's timestamp), or see the consumer "
+                         f"lag", id=request.id, model=request.model)
+    return Rejection(Reason.DEADLINE_EXCEEDED,
+                     f"{waited} and could not be answered within its deadline_ms of "
+                     f"{request.deadline_ms}; raise the deadline or add workers",
+                     id=request.id, model=request.model)
 
 
 def _expired(request: Request, record: Incoming, answer_time: float) -> bool:

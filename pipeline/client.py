@@ -94,8 +94,9 @@ class PredictRequest:
 
     ``features`` maps each of the model's feature names to a finite number; the values are
     checked and copied (as floats) here, so a bad row fails before anything is sent.
-    ``deadline_ms``: the worker dead-letters the request as ``deadline_exceeded`` when it
-    cannot answer within this many milliseconds of the request's timestamp.
+    ``deadline_ms``: the worker dead-letters the request when it cannot answer within this
+    many milliseconds of the request's timestamp: ``arrived_late`` when the time had passed
+    before a worker took it, ``deadline_exceeded`` otherwise.
     """
 
     model: str

@@ -67,8 +67,8 @@ class RecentIds:
         return False
 
     def forget(self, request_id: str) -> None:
-        """Forget ``request_id``, so that it may be served again: for a request the server
-        failed (deadline_exceeded, model_error, circuit_open), which its sender may retry."""
+        """Forget ``request_id``, so that it may be served again: for a request refused for
+        now (``pipeline.admission.RETRYABLE``), which its sender may retry."""
         self._seen.pop(request_id, None)
 
     def rejection(self, request_id: str, model: str | None = None) -> Rejection:

@@ -33,7 +33,11 @@ class Reason(StrEnum):
     NON_FINITE = "non_finite"
     # The request id was already served within the worker's dedupe window (pipeline.dedupe).
     DUPLICATE_REQUEST = "duplicate_request"
+    # Within its deadline_ms when a worker took it, but not when it could be answered.
     DEADLINE_EXCEEDED = "deadline_exceeded"
+    # Its deadline_ms had already passed when a worker took it: the time went to the
+    # sender (or its clock), the broker or the partition's backlog, not to serving it.
+    ARRIVED_LATE = "arrived_late"
     MODEL_ERROR = "model_error"
     CIRCUIT_OPEN = "circuit_open"
     # The request's tenant is over its quota on this worker (pipeline.tenant_quotas).

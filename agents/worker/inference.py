@@ -130,14 +130,16 @@ class InferenceService:
             for version, role in roles(spec):
                 m.loaded.labels(model, version, role).set(1)
 
-    async def handle(self, batch: Sequence[Incoming], expected_seconds: float = 0.0) -> list[Outgoing]:
+    async def handle(self, batch: Sequence[Incoming], expected_seconds: float = 0.0,
+                     taken: float | None = None) -> list[Outgoing]:
         """One output per record. A request whose deadline would pass before the batch is
-        served (``expected_seconds`` from now) is dead-lettered instead of computed."""
+        served (``expected_seconds`` from now) is dead-lettered instead of computed;
+        ``taken``: when the worker fetched the batch's oldest record (epoch seconds)."""
         serving = self._serving  # this batch's, whatever is installed while it runs
         deployment = serving.deployment
         admission = admit(batch, serving.catalog, self._max_bytes, self._max_features, self._recent,
                           self._quotas, now=time.time(), clock=time.monotonic(),
-                          expected_seconds=expected_seconds,
+                          expected_seconds=expected_seconds, taken=taken,
                           tenants_from_records=bool(self._settings.admission.tenant_header))
         for refusal in admission.refusals:
             self._metrics.quota_rejections.labels(refusal.quota, refusal.limit).inc()

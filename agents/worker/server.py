@@ -165,7 +165,8 @@ class RequestServer(mode.Service):
             records = [r for _, r in head]
             started = time.monotonic()
             self._metrics.queue_wait.observe(started - head[0][0])
-            outgoing = await self._compute(records, self._policy.cost.predict(bucket))
+            taken = time.time() - (started - head[0][0])  # the oldest's fetch, on the epoch clock
+            outgoing = await self._compute(records, self._policy.cost.predict(bucket), taken)
             self._policy.cost.observe(choose_bucket(len(records), self._buckets),
                                       time.monotonic() - started)
             await checkpoint.hand_off(outgoing, records)
@@ -188,8 +189,8 @@ class RequestServer(mode.Service):
                 self._metrics.lag.labels(str(tp.partition)).set(max(0, end - next_to_serve))
         self._metrics.queued.set(len(self._queue))
 
-    async def _compute(self, records: Sequence[ConsumerRecord],
-                       expected_seconds: float) -> list[Outgoing]:
+    async def _compute(self, records: Sequence[ConsumerRecord], expected_seconds: float,
+                       taken: float) -> list[Outgoing]:
         # A request stamped in the future (a sender's clock, or any CreateTime the broker
         # took) is dated now: a future date would blind the drift windows and its deadline.
         now, tenant_header = time.time(), self._settings.admission.tenant_header
@@ -199,7 +200,7 @@ class RequestServer(mode.Service):
                           tenant=_header(r.headers, tenant_header) if tenant_header else None)
                  for r in records]
         try:
-            return await self._inference.handle(batch, expected_seconds)
+            return await self._inference.handle(batch, expected_seconds, taken)
         except Exception as e:  # noqa: BLE001 - never lose a batch to an unexpected failure
             log.exception("serving a batch of %d failed; dead-lettering it", len(batch))
             return self._inference.fail_batch(batch, e)

@@ -70,6 +70,9 @@ def _hostile(fleet: Fleet) -> None:
     assert 'streamserve_deadletters_total{model="iris",reason="too_large"}' not in metrics  # no model
     assert too_large, "the two too_large dead letters were not counted"
     assert 'reason="circuit_open"' not in metrics and 'reason="undeliverable"' not in metrics
+    # Expired before the worker took them: the senders' own, no server failure (SLO).
+    assert 'streamserve_deadletters_total{model="iris",reason="arrived_late"} 50.0' in metrics
+    assert 'reason="deadline_exceeded"' not in metrics
     assert stopped != -signal.SIGKILL, "the worker did not stop on SIGTERM within 30 s"
 
 

@@ -23,9 +23,10 @@ def record(offset: int, **body) -> Incoming:
 
 
 def run(batch, recent=None, quotas=None, now=SENT_AT + 0.05, clock=100.0, expected_seconds=0.0,
-        tenants_from_records=False):
+        tenants_from_records=False, taken=None):
     return admit(batch, CATALOG, 65536, None, recent, quotas, now=now, clock=clock,
-                 expected_seconds=expected_seconds, tenants_from_records=tenants_from_records)
+                 expected_seconds=expected_seconds, tenants_from_records=tenants_from_records,
+                 taken=taken)
 
 
 def reasons(admission):
@@ -82,11 +83,11 @@ def test_an_expired_request_costs_its_tenant_a_token_but_holds_no_slot():
              record(2, deadline_ms=1, tenant="acme"), record(3, tenant="acme")]
     # The repeat is a duplicate and takes no token; the expired request takes the second.
     assert reasons(run(batch, recent=recent, quotas=quotas)) == [
-        (1, Reason.DUPLICATE_REQUEST), (2, Reason.DEADLINE_EXCEEDED), (3, Reason.QUOTA_EXCEEDED)]
+        (1, Reason.DUPLICATE_REQUEST), (2, Reason.ARRIVED_LATE), (3, Reason.QUOTA_EXCEEDED)]
     quotas = TenantQuotas(parse_quotas("beta:inflight=1"))
     admission = run([record(4, deadline_ms=1, tenant="beta"), record(5, tenant="beta")],
                     quotas=quotas)
-    assert reasons(admission) == [(4, Reason.DEADLINE_EXCEEDED)]  # answered at once: no slot
+    assert reasons(admission) == [(4, Reason.ARRIVED_LATE)]  # answered at once: no slot
     assert admission.quota_slots == {"beta": 1} and quotas.in_flight("beta") == 1
 
 
@@ -115,7 +116,7 @@ def test_no_clock_is_read_admission_follows_the_clocks_passed_in():
         [(1, Reason.DUPLICATE_REQUEST)]
     assert not run([record(2, id="x")], recent=recent, clock=60.0).rejected  # window passed
     late = run([record(3, deadline_ms=1000)], now=SENT_AT + 2.0)
-    assert reasons(late) == [(3, Reason.DEADLINE_EXCEEDED)]
+    assert reasons(late) == [(3, Reason.ARRIVED_LATE)]
     assert "waited 2000 ms" in late.rejected[0][1].error
 
 
@@ -126,14 +127,15 @@ def dead_letter(key: str, reason: Reason) -> Outgoing:
 
 def test_only_ids_refused_for_now_are_forgotten_so_they_may_be_sent_again():
     recent = RecentIds(max_ids=10)
-    for request_id in ("late", "busy", "bad", "served"):
+    for request_id in ("late", "later", "busy", "bad", "served"):
         recent.seen_before(request_id, 0.0)
     served = Outgoing(Kind.PREDICTION, "predictions", 0, b"served", b"{}", [], "m", "2", None,
                       SENT_AT)
     forget_retryable(recent, [dead_letter("late", Reason.DEADLINE_EXCEEDED),
+                              dead_letter("later", Reason.ARRIVED_LATE),
                               dead_letter("busy", Reason.QUOTA_EXCEEDED),
                               dead_letter("bad", Reason.SCHEMA_MISMATCH), served])
-    assert not recent.seen_before("late", 1.0) and not recent.seen_before("busy", 1.0)
+    assert not any(recent.seen_before(i, 1.0) for i in ("late", "later", "busy"))
     assert recent.seen_before("bad", 1.0) and recent.seen_before("served", 1.0)
 
 
@@ -150,9 +152,16 @@ def test_with_tenants_from_records_the_body_cannot_claim_another_tenant():
 
 
 def test_a_deadline_only_the_models_time_breaks_is_the_versions_failure():
-    """Issue 16: server-side deadline misses count for the version (breaker, canary); a
-    request already past its deadline when admitted is its sender's or the queue's."""
-    batch = [record(0, deadline_ms=100), record(1, deadline_ms=10)]
-    admission = run(batch, now=SENT_AT + 0.05, expected_seconds=0.2)
-    assert reasons(admission) == [(0, Reason.DEADLINE_EXCEEDED), (1, Reason.DEADLINE_EXCEEDED)]
+    """Issue 16: server-side deadline misses count for the version (breaker, canary); one
+    that passed in the worker's queue is the worker's, not the version's; one already
+    past when the worker took the request is the client's own (``arrived_late``), so
+    short deadlines open no breaker and burn no availability budget."""
+    batch = [record(0, deadline_ms=100), record(1, deadline_ms=40), record(2, deadline_ms=10)]
+    admission = run(batch, now=SENT_AT + 0.05, expected_seconds=0.2, taken=SENT_AT + 0.02)
+    assert reasons(admission) == [(0, Reason.DEADLINE_EXCEEDED), (1, Reason.DEADLINE_EXCEEDED),
+                                  (2, Reason.ARRIVED_LATE)]
     assert admission.slow == {("m", "2", Route.STABLE): 1}  # request 0 had 50 ms to go
+    assert [r.reason.is_client_error for _, r in admission.rejected] == [False, False, True]
+    _, late = admission.rejected[2]
+    assert late.error.startswith("the request had waited 50 ms, and its deadline_ms of 10 had "
+                                 "passed before a worker took it; send it sooner")

@@ -69,7 +69,7 @@ def test_short_deadlines_open_no_breaker_for_other_tenants():
     s, metrics = service({("m", "1"): model("1")}, DeploymentSpec("m", "1"))
     expired = fates(asyncio.run(s.handle(
         [record(i, age_s=0.5, deadline_ms=1) for i in range(5)])))
-    assert set(expired.values()) == {("dead_letter", "deadline_exceeded")}
+    assert set(expired.values()) == {("dead_letter", "arrived_late")}
     assert breaker(metrics, "1") in (None, 0)
     victim = fates(asyncio.run(s.handle([record(9, tenant="acme")])))
     assert victim == {"r-9": ("prediction", None)}
