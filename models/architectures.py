@@ -3,6 +3,12 @@
 An architecture is a pure ``apply(params, x)``: ``params`` a dict of arrays, ``x``
 float32 of shape (batch, n_features), the result float32 class probabilities of
 shape (batch, n_classes). Rows are independent, so padding rows never change real ones.
+
+Besides the built-in ``mlp``, models converted from other libraries (``models.formats``)
+are named ``FAMILY:LINK``: a family computes margins (``trees``: tree ensembles,
+``linear``: a matrix product), a link turns them into probabilities (``softmax``,
+``sigmoid`` for one margin of a binary classifier, ``none`` when the margins are
+probabilities already, as a random forest's averaged leaves are).
 """
 
 from __future__ import annotations
@@ -10,8 +16,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
+from models import exported, linear, trees
 from pipeline.errors import StreamserveError
 
 Params = Mapping[str, jax.Array | np.ndarray]
@@ -55,15 +63,35 @@ def mlp(params: Params, x: jax.Array) -> jax.Array:
     return jax.nn.softmax(mlp_logits(params, x), axis=-1)
 
 
+def _binary(margin: jax.Array) -> jax.Array:
+    """(batch, 1) margins of the positive class -> (batch, 2) probabilities."""
+    p = jax.nn.sigmoid(margin)
+    return jnp.concatenate([1 - p, p], axis=-1)
+
+
+FAMILIES: dict[str, Apply] = {"trees": trees.margins, "linear": linear.margins}
+LINKS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "softmax": lambda m: jax.nn.softmax(m, axis=-1), "sigmoid": _binary, "none": lambda m: m}
 ARCHITECTURES: dict[str, Apply] = {"mlp": mlp}
 
 
 def architecture(name: str) -> Apply:
-    """The ``apply`` function registered under ``name``."""
-    try:
+    """The ``apply`` function registered under ``name`` (``mlp``, or ``FAMILY:LINK``)."""
+    if name in ARCHITECTURES:
         return ARCHITECTURES[name]
-    except KeyError:
+    family, _, link = name.partition(":")
+    if family not in FAMILIES or link not in LINKS:
+        known = [*ARCHITECTURES, *(f"{f}:{k}" for f in FAMILIES for k in LINKS)]
         raise UnknownArchitectureError(
-            f"unknown architecture {name!r}; known: {', '.join(sorted(ARCHITECTURES))}. "
-            f"The model was registered by a streamserve with more architectures: upgrade streamserve"
-        ) from None
+            f"unknown architecture {name!r}; known: {', '.join(known)}. The model was "
+            f"registered by a streamserve with more architectures: upgrade streamserve")
+    margins, to_probabilities = FAMILIES[family], LINKS[link]
+    return lambda params, x: to_probabilities(margins(params, x))
+
+
+def prepared(name: str, params: Mapping[str, np.ndarray]) -> tuple[Apply, dict[str, np.ndarray]]:
+    """The apply function of a version of architecture ``name``, and the arrays it takes: a
+    ``jax.export`` function is deserialized from its own parameters (``models.exported``)."""
+    if name == exported.ARCHITECTURE:
+        return exported.split(params)
+    return architecture(name), dict(params)

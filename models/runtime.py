@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.architectures import architecture
+from models.architectures import prepared
 from pipeline.batching import PaddingBuffers, chunks
 from pipeline.registry import Manifest, Registry
 
@@ -40,8 +40,9 @@ class ServingModel:
         self.n_classes = len(manifest.outputs.labels)
         self._buffers = PaddingBuffers(buckets, self.n_features)
         self.buckets = self._buffers.buckets
-        self._params = jax.device_put(dict(params))
-        jitted = jax.jit(architecture(manifest.architecture))
+        apply, arrays = prepared(manifest.architecture, params)
+        self._params = jax.device_put(arrays)
+        jitted = jax.jit(apply)
         self._executables = {b: self._lower(jitted, b).compile() for b in self.buckets}
         self.compiles = len(self._executables)
 

@@ -13,7 +13,7 @@ import logging
 import socket
 import subprocess
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from jax.flatten_util import ravel_pytree
 from sklearn.model_selection import train_test_split
 
 from models.architectures import architecture, init_mlp, mlp_logits
-from models.datasets import Dataset, load
+from models.datasets import load
 from pipeline.drift import reference_for_labels, references_for
 from pipeline.errors import StreamserveError
 from pipeline.registry import Manifest, ManifestDraft, Registry, lineage
@@ -85,7 +85,7 @@ def train(name: str, seed: int = 0, sensitive: Iterable[str] = ()) -> TrainedMod
     X_train, X_test, y_train, y_test = train_test_split(
         data.X, data.y, test_size=recipe.test_size, stratify=data.y, random_state=seed
     )
-    inputs = _input_schema(data, X_train).marked(sensitive)  # a bad name fails before fitting
+    inputs = input_schema(data.features, X_train).marked(sensitive)  # a bad name fails before fitting
     scale = X_train.std(axis=0)
     sizes = (X_train.shape[1], *recipe.hidden, len(data.labels))
     params = init_mlp(seed, sizes, X_train.mean(axis=0), np.where(scale > 0, scale, 1.0))
@@ -112,7 +112,7 @@ def train(name: str, seed: int = 0, sensitive: Iterable[str] = ()) -> TrainedMod
         inputs=inputs,
         outputs=OutputSchema(data.labels),
         metrics=metrics,
-        lineage=lineage(X_train, y_train, code_revision=_code_revision(), created_by=_user(),
+        lineage=lineage(X_train, y_train, code_revision=code_revision(), created_by=user(),
                         created_at=datetime.datetime.now(datetime.UTC), dataset=data.name,
                         n_train=len(y_train), n_test=len(y_test), seed=seed),
         reference=reference,
@@ -178,18 +178,20 @@ def _accuracy(probabilities: jax.Array, y: np.ndarray) -> float:
     return float(np.mean(np.asarray(probabilities).argmax(axis=1) == y))
 
 
-def _input_schema(data: Dataset, X_train: np.ndarray) -> InputSchema:
+def input_schema(names: Sequence[str], X: np.ndarray) -> InputSchema:
+    """Features ``names``, each bounded by what the rows ``X`` (n, features) hold."""
     # Shortest decimal that round-trips the float32 (4.3, not 4.300000190734863), so a
     # request carrying the training set's extreme value is not judged out of range.
     def bound(v: np.float32) -> float:
         return float(np.format_float_positional(v, unique=True))
 
-    lo, hi = X_train.min(axis=0), X_train.max(axis=0)
+    lo, hi = X.min(axis=0), X.max(axis=0)
     return InputSchema(tuple(Feature(n, "float32", bound(lo[i]), bound(hi[i]))
-                             for i, n in enumerate(data.features)))
+                             for i, n in enumerate(names)))
 
 
-def _code_revision() -> str:
+def code_revision() -> str:
+    """The git revision of this streamserve ("unknown" outside a checkout), for lineage."""
     try:
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
                              capture_output=True, text=True, timeout=5, check=True)
@@ -198,7 +200,7 @@ def _code_revision() -> str:
     return out.stdout.strip()
 
 
-def _user() -> str:
+def user() -> str:
     """``user@host``: who trained, for the lineage."""
     try:
         user = getpass.getuser()

@@ -43,12 +43,15 @@ class StreamserveError(Exception):
       * BenchError (RuntimeError) ....... a bench case could not be measured: exit 1
       * UnknownModelError (LookupError) . no built-in training recipe of that name
       * UnknownDatasetError (LookupError)  no data set of that name
+      * ConversionError (ValueError) .... a model file or object `models register` cannot serve
+      |   * MissingExtraError (ImportError)  the library its format needs is not installed
+      * ExportError (ValueError) ........ bytes that are no function jax.export can read
       * UnknownArchitectureError (LookupError)  an architecture this streamserve lacks
 
     Where each lives: ``pipeline/`` (config, security, schema, routing, registry, signing,
     broker_quotas, tenant_quotas, redaction, replay, slo, status, drift/errors, faults,
     decode, client, replies), ``agents/`` (kafka/connect, dev/broker, dev/fleet, dev/bench) and
-    ``models/`` (train, datasets, architectures). ``tests/unit/test_errors.py`` checks that
+    ``models/`` (train, datasets, architectures, exported, formats/errors). ``tests/unit/test_errors.py`` checks that
     every exception class of those packages derives from this one and is named above.
     """
 

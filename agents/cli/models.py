@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from agents.cli.parsing import Commands, command, group
+from models.formats import FORMATS
 from pipeline.config import Settings
 from pipeline.errors import CheckFailed
 from pipeline.registry import (
@@ -48,6 +49,28 @@ def register(commands: Commands) -> None:
     train.add_argument("--sensitive", action="append", default=[], metavar="FIELD[,FIELD]",
                        help="mark features sensitive: their values never leave a worker in "
                             "clear (hashed with STREAMSERVE_REDACTION_KEY, masked without one)")
+    add = command(actions, "register", models_register,
+                  "register a model file trained elsewhere (XGBoost, LightGBM, scikit-learn, "
+                  "jax.export) as a new signed version, checked against its own library")
+    add.add_argument("model", help="model name, e.g. fraud")
+    add.add_argument("file", type=Path,
+                     help="the saved model: XGBoost .json/.ubj, LightGBM .txt, scikit-learn "
+                          ".joblib/.pkl (unpickled here only: a file you trust), or "
+                          "Exported.serialize() bytes with --format jax")
+    add.add_argument("--format", choices=sorted(FORMATS), default=None,
+                     help="the file's format (default: from its suffix)")
+    add.add_argument("--features", type=_names, default=None, metavar="A,B,...",
+                     help="input names in column order (needed when the file names none)")
+    add.add_argument("--labels", type=_names, default=None, metavar="L1,L2,...",
+                     help="class names in class-index order (default the model's classes, "
+                          "or 0,1,...)")
+    add.add_argument("--reference", type=Path, default=None, metavar="DATA.csv",
+                     help="rows the model is meant for, a header naming the features: "
+                          "checked, and kept as the drift reference (without it drift is off)")
+    add.add_argument("--params", type=Path, default=None, metavar="PARAMS.npz",
+                     help="--format jax: the arrays f(params, x) takes (none: f(x))")
+    add.add_argument("--sensitive", action="append", default=[], metavar="FIELD[,FIELD]",
+                     help="mark features sensitive, as `models train --sensitive` does")
     command(actions, "list", models_list,
             "list registered models and versions, with each one's signature status")
     show = command(actions, "show", models_show,
@@ -95,8 +118,7 @@ def keys_generate(settings: Settings, args: argparse.Namespace) -> int:
 def models_train(settings: Settings, args: argparse.Namespace) -> int:
     from models.train import train_and_register
 
-    sensitive = [name.strip() for names in args.sensitive for name in names.split(",")
-                 if name.strip()]
+    sensitive = [name for names in args.sensitive for name in _names(names)]
     manifest = train_and_register(args.name, Registry(settings.registry.root), seed=args.seed,
                                   signing_key=settings.registry.signing_key, sensitive=sensitive)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in manifest.metrics.items())
@@ -106,6 +128,28 @@ def models_train(settings: Settings, args: argparse.Namespace) -> int:
     print(f"registered {manifest.model}:{manifest.version} ({metrics}{marked}) in "
           f"{settings.registry.root}, signed by key {signer} ({settings.registry.signing_key})")
     return 0
+
+
+def models_register(settings: Settings, args: argparse.Namespace) -> int:
+    from models.external import register
+
+    manifest = register(args.model, args.file, settings=settings, format=args.format,
+                        features=args.features, labels=args.labels, reference=args.reference,
+                        params=args.params,
+                        sensitive=[n for names in args.sensitive for n in _names(names)])
+    check = manifest.lineage["check"]
+    signer = key_id(ensure_signing_key(settings.registry.signing_key).public_key())
+    print(f"registered {manifest.model}:{manifest.version} ({manifest.architecture} from "
+          f"{manifest.hyperparameters['library']}; {len(manifest.inputs)} features, labels "
+          f"{', '.join(manifest.outputs.labels)}; matches the library within "
+          f"{check['max_difference']:.2g} on {check['rows']} rows"
+          f"{'' if manifest.reference else '; no --reference: drift is off'}) in "
+          f"{settings.registry.root}, signed by key {signer}")
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def models_list(settings: Settings, args: argparse.Namespace) -> int:

@@ -1,0 +1,31 @@
+"""What a converter makes of a model file: parameters for a streamserve architecture, and
+the library's own predictor to check them against."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Converted:
+    """A model in streamserve's terms.
+
+    ``predict`` is the original library's own: float32 rows (n, n_features) to class
+    probabilities (n, n_classes), for the check at registration. ``features`` and
+    ``classes`` are what the file itself says (None when it names none).
+    """
+
+    format: str  # xgboost, lightgbm, sklearn
+    library: str  # the library and version that wrote or reads the file, e.g. "xgboost 3.2.0"
+    architecture: str  # models.architectures: FAMILY:LINK
+    params: dict[str, np.ndarray]
+    n_features: int
+    n_classes: int
+    predict: Callable[[np.ndarray], np.ndarray]
+    features: tuple[str, ...] | None = None
+    classes: tuple[str, ...] | None = None
+    details: dict[str, Any] = field(default_factory=dict)  # objective, trees, depth: for the manifest

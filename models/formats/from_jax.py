@@ -1,0 +1,82 @@
+"""Functions exported with ``jax.export``: how Flax, Equinox, Haiku or plain JAX models
+arrive. The worker calls the deserialized function; it never imports the user's code.
+
+The file is ``Exported.serialize()`` of ``f(params, x)``, with ``params`` a dict of arrays
+(``--params``: an ``.npz`` of them), or of ``f(x)`` with the parameters baked in. ``x`` is
+float32 ``(batch, features)`` with a symbolic batch dimension
+(``jax.export.symbolic_shape("b, 4")``), so one export serves every padding bucket; the
+result is float32 class probabilities ``(batch, classes)``. The serialized function
+travels among the version's parameters (``models.exported``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models.exported import ARCHITECTURE, EXPORTED, ExportError, apply_of, deserialize
+from models.formats.converted import Converted
+from models.formats.errors import ConversionError
+
+
+def load(path: Path, params: Path | None = None) -> Converted:
+    arrays = {}
+    if params is not None:
+        try:
+            with np.load(params, allow_pickle=False) as npz:
+                arrays = {name: npz[name] for name in npz.files}
+        except (OSError, ValueError) as e:
+            raise ConversionError(f"--params {params} is not an .npz of arrays ({e}); write "
+                                  f"it with numpy.savez") from None
+    return convert(path.read_bytes(), arrays)
+
+
+def convert(serialized: bytes, params: Mapping[str, np.ndarray]) -> Converted:
+    """The bytes of ``Exported.serialize()`` and the parameters the function takes."""
+    import jax
+
+    if EXPORTED in params:
+        raise ConversionError(f"a parameter is named {EXPORTED!r}, the name streamserve keeps "
+                              f"for the function itself: rename it")
+    try:
+        exported = deserialize(serialized)
+    except ExportError as e:
+        raise ConversionError(str(e)) from None
+    arrays = {k: np.asarray(v) for k, v in params.items()}
+    n_features, n_classes = _check_signature(exported, arrays)
+    call = apply_of(exported, bool(arrays))
+    return Converted("jax", f"jax {jax.__version__}", ARCHITECTURE,
+                     {**arrays, EXPORTED: np.frombuffer(serialized, np.uint8)}, n_features,
+                     n_classes, lambda x: np.asarray(call(arrays, x)),
+                     details={"platforms": list(exported.platforms)})
+
+
+def _check_signature(exported: Any, params: Mapping[str, np.ndarray]) -> tuple[int, int]:
+    """The features and classes of ``f(params, x)``, once its signature is one streamserve
+    serves."""
+    *param_avals, x = exported.in_avals
+    if len(param_avals) != len(params):
+        raise ConversionError(
+            f"the exported function takes {len(param_avals)} parameter arrays, and --params holds "
+            f"{len(params)}: export f(params, x) with the arrays of the --params file, or f(x)")
+    for (name, array), aval in zip(sorted(params.items()), param_avals, strict=True):
+        if array.shape != aval.shape or array.dtype != aval.dtype:
+            raise ConversionError(f"--params {name} is {array.dtype}{list(array.shape)}, but the "
+                                  f"exported function takes {aval.dtype}{list(aval.shape)} there")
+    if len(x.shape) != 2 or isinstance(x.shape[0], int) or not isinstance(x.shape[1], int):
+        raise ConversionError(
+            f"the exported function takes x of shape {x.shape}: export it with a symbolic batch "
+            f"and a fixed feature count, jax.export.symbolic_shape('b, F')")
+    if x.dtype != np.float32:
+        raise ConversionError(f"the exported function takes x as {x.dtype}: export it for "
+                              f"float32 rows")
+    outs = exported.out_avals
+    if (len(outs) != 1 or len(outs[0].shape) != 2 or outs[0].shape[0] != x.shape[0]
+            or not isinstance(outs[0].shape[1], int) or outs[0].dtype != np.float32):
+        raise ConversionError(
+            f"the exported function returns {[f'{o.dtype}{o.shape}' for o in outs]}: it must "
+            f"return one float32 array of class probabilities, shape (b, classes)")
+    return int(x.shape[1]), int(outs[0].shape[1])
