@@ -22,7 +22,7 @@ import numpy as np
 
 from models.architectures import prepared
 from models.formats import ConversionError, Converted, convert_file, convert_object
-from models.train import code_revision, input_schema, user
+from models.provenance import code_revision, input_schema, user
 from pipeline.config import Settings
 from pipeline.drift import reference_for_labels, references_for
 from pipeline.registry import Manifest, ManifestDraft, Registry, lineage

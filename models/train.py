@@ -8,12 +8,9 @@ for a seed, and fast on a laptop CPU because the data sets are small.
 from __future__ import annotations
 
 import datetime
-import getpass
 import logging
-import socket
-import subprocess
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,10 +23,11 @@ from sklearn.model_selection import train_test_split
 
 from models.architectures import architecture, init_mlp, mlp_logits
 from models.datasets import load
+from models.provenance import code_revision, input_schema, user
 from pipeline.drift import reference_for_labels, references_for
 from pipeline.errors import StreamserveError
 from pipeline.registry import Manifest, ManifestDraft, Registry, lineage
-from pipeline.schema import Feature, InputSchema, OutputSchema
+from pipeline.schema import OutputSchema
 from pipeline.signing import TrustedKeys, ensure_signing_key, newest_verified, register_signed
 
 log = logging.getLogger(__name__)
@@ -176,34 +174,3 @@ def _fit(params: dict[str, np.ndarray], X: np.ndarray, y: np.ndarray,
 
 def _accuracy(probabilities: jax.Array, y: np.ndarray) -> float:
     return float(np.mean(np.asarray(probabilities).argmax(axis=1) == y))
-
-
-def input_schema(names: Sequence[str], X: np.ndarray) -> InputSchema:
-    """Features ``names``, each bounded by what the rows ``X`` (n, features) hold."""
-    # Shortest decimal that round-trips the float32 (4.3, not 4.300000190734863), so a
-    # request carrying the training set's extreme value is not judged out of range.
-    def bound(v: np.float32) -> float:
-        return float(np.format_float_positional(v, unique=True))
-
-    lo, hi = X.min(axis=0), X.max(axis=0)
-    return InputSchema(tuple(Feature(n, "float32", bound(lo[i]), bound(hi[i]))
-                             for i, n in enumerate(names)))
-
-
-def code_revision() -> str:
-    """The git revision of this streamserve ("unknown" outside a checkout), for lineage."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                             capture_output=True, text=True, timeout=5, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return out.stdout.strip()
-
-
-def user() -> str:
-    """``user@host``: who trained, for the lineage."""
-    try:
-        user = getpass.getuser()
-    except (OSError, KeyError):  # no login name in a bare container
-        user = "unknown"
-    return f"{user}@{socket.gethostname() or 'unknown'}"
