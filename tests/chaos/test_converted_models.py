@@ -1,0 +1,103 @@
+"""Models trained elsewhere under hostile input, in both delivery modes: an XGBoost
+model serves, a logistic regression (converted from scikit-learn) shadows it, and the
+requests mix normal rows with rows at float32's edge (which overflow the linear model's
+margins into non-finite outputs), poison values and ambiguous JSON (a key twice). Every request must
+get exactly one answer carrying its id (the ledger), every valid one a prediction from the
+trees, the shadow's failures must reach no client and open no breaker, and the worker must
+stop on SIGTERM by itself."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+import xgboost
+from sklearn.linear_model import LogisticRegression
+
+from models.external import register_model
+from pipeline.registry import Registry
+from tests.chaos.harness import IRIS, Fleet, at_once, fleets
+from tests.chaos.test_crashes import assert_ledger, report_line
+from tests.conftest import iris_registry
+
+pytestmark = pytest.mark.integration
+
+EDGE = 3e38  # a valid float32: a finite request the linear model overflows on
+
+
+@pytest.fixture(scope="module")
+def converted(registry_dir, tmp_path_factory):
+    """The session's registry with flowers 1 (XGBoost trees) and 2 (a logistic regression),
+    converted and signed with the session's key."""
+    root, keys = iris_registry(registry_dir, tmp_path_factory.mktemp("converted"))
+    key = Path(keys["STREAMSERVE_SIGNING_KEY"])
+    x, y = IRIS.X.astype(np.float32), IRIS.y
+    for model in (xgboost.XGBClassifier(n_estimators=20, max_depth=3),
+                  LogisticRegression(max_iter=1000)):
+        register_model(Registry(root), "flowers", model.fit(x, y), features=IRIS.features,
+                       labels=IRIS.labels, reference=x, signing_key=key)
+    return root
+
+
+@pytest.fixture
+def converted_fleets(kafka_bootstrap, converted, tmp_path):
+    yield from fleets(kafka_bootstrap, converted, tmp_path)
+
+
+def test_converted_models_serve_hostile_input_and_a_failing_shadow_reaches_no_client(
+        converted_fleets):
+    at_once(converted_fleets, _hostile)
+
+
+def _requests(run_id: str, n: int) -> tuple[list[bytes], int]:
+    """Valid flowers requests (every fifth at float32's edge, every seventh with a poison
+    value), and every eleventh naming a key twice; and how many name one twice."""
+    out, malformed = [], 0
+    for i in range(n):
+        if i % 11 == 10:  # one key twice: parsers disagree on which value counts
+            out.append(b'{"id": "%s-%d", "model": "flowers", "model": "iris", "features": {}}'
+                       % (run_id.encode(), i))
+            malformed += 1
+            continue
+        row = IRIS.X[i % len(IRIS.X)].tolist()
+        if i % 5 == 4:
+            row = [EDGE, -EDGE, EDGE, -EDGE]
+        elif i % 7 == 6:
+            row[0] = -999.0
+        out.append(orjson.dumps({"id": f"{run_id}-{i}", "model": "flowers",
+                                 "features": dict(zip(IRIS.features, row, strict=True))}))
+    return out, malformed
+
+
+def _hostile(fleet: Fleet) -> None:
+    worker = fleet.start()
+    for command in (("deploy", "flowers", "1"), ("shadow", "flowers", "2")):
+        done = subprocess.run([sys.executable, "-m", "agents.cli.main", *command], env=worker.env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+    shadow = 'streamserve_model_loaded{model="flowers",role="shadow",version="2"} 1.0'
+    deadline = time.monotonic() + 60
+    while shadow not in worker.metrics():  # the spec applies within seconds
+        assert time.monotonic() < deadline, "the worker did not apply the spec in 60 s"
+        time.sleep(0.2)
+    n = 400
+    values, malformed = _requests(fleet.run_id, n)
+    try:
+        fleet.send(values, rate=400)
+        report, recovery_s = fleet.settle(n)
+        metrics = worker.metrics()
+    finally:
+        stopped = worker.stop()
+    report_line("converted models, hostile input", fleet, n, report, recovery_s)
+    assert_ledger(fleet, report)
+    assert not report.misnamed, report
+    assert report.predictions == n - malformed and report.dead_letters == malformed, report
+    assert 'reason="model_error"' not in metrics  # the clients' answers came from the trees
+    assert 'streamserve_breaker_state{model="flowers",version="1"} 1.0' not in metrics
+    assert stopped != -signal.SIGKILL, "the worker did not stop on SIGTERM within 30 s"
