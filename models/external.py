@@ -17,12 +17,11 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import jax
 import numpy as np
 
-from models.architectures import prepared
 from models.formats import ConversionError, Converted, convert_file, convert_object
 from models.provenance import code_revision, input_schema, user
+from models.runtime import evaluator
 from pipeline.config import Settings
 from pipeline.drift import reference_for_labels, references_for
 from pipeline.registry import Manifest, ManifestDraft, Registry, lineage
@@ -71,11 +70,7 @@ def register_model(registry: Registry, model: str, source: Path | Any, *, format
     rows = None if reference is None else reference_rows(reference, names)
     inputs = (input_schema(names, rows) if rows is not None
               else InputSchema(tuple(Feature(n) for n in names))).marked(sensitive)
-    function, arrays = prepared(converted.architecture, converted.params)
-    jitted = jax.jit(function)
-
-    def apply(x: np.ndarray) -> jax.Array:
-        return jitted(arrays, x)
+    apply = evaluator(converted.architecture, converted.params)
     checked = check_rows(converted, rows)
     difference = check(converted, apply, checked, label_names)
     draft = ManifestDraft(

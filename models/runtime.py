@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from models import onnx_session
 from models.architectures import prepared
 from pipeline.batching import PaddingBuffers, chunks
 from pipeline.registry import Manifest, Registry
@@ -27,7 +28,8 @@ def keep_compiled(folder: str) -> None:
 
 
 class ServingModel:
-    """One model version with an ahead-of-time compiled executable per padding bucket.
+    """One model version with an ahead-of-time compiled executable per padding bucket (an
+    ONNX version: an onnxruntime runner per bucket, ``models.onnx_session``).
 
     All compilation happens in the constructor (``compiles`` counts it), so ``predict``
     never traces or compiles; ``warm`` runs each executable once, so it never runs cold. ``predict`` reuses preallocated padding buffers: call it
@@ -40,6 +42,12 @@ class ServingModel:
         self.n_classes = len(manifest.outputs.labels)
         self._buffers = PaddingBuffers(buckets, self.n_features)
         self.buckets = self._buffers.buckets
+        if manifest.architecture == onnx_session.ARCHITECTURE:  # onnxruntime, not compiled
+            self._params = None
+            self._executables = onnx_session.runners(params, self.buckets, self.n_features,
+                                                     self.n_classes)
+            self.compiles = 0
+            return
         apply, arrays = prepared(manifest.architecture, params)
         self._params = jax.device_put(arrays)
         jitted = jax.jit(apply)
@@ -99,3 +107,13 @@ class ServingModel:
                              f"for a batch of {bucket}, but its manifest lists {self.n_classes} labels; "
                              f"the registry entry is inconsistent, register the model again")
         return lowered
+
+
+def evaluator(architecture: str, params: Mapping[str, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
+    """Rows -> probabilities of any architecture, without buckets (registration checks a
+    conversion with it): JAX ones jitted, an ONNX model through its session."""
+    if architecture == onnx_session.ARCHITECTURE:
+        return onnx_session.opened(bytes(params[onnx_session.MODEL]))[0]
+    apply, arrays = prepared(architecture, params)
+    jitted = jax.jit(apply)
+    return lambda x: np.asarray(jitted(arrays, x))

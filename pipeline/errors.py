@@ -46,13 +46,15 @@ class StreamserveError(Exception):
       * ConversionError (ValueError) .... a model file or object `models register` cannot serve
       |   * MissingExtraError (ImportError)  the library its format needs is not installed
       * ExportError (ValueError) ........ bytes that are no function jax.export can read
+      * OnnxModelError (ValueError) ..... an ONNX model onnxruntime cannot serve as a classifier
       * UnknownArchitectureError (LookupError)  an architecture this streamserve lacks
 
     Where each lives: ``pipeline/`` (config, security, schema, routing, registry, signing,
     broker_quotas, tenant_quotas, redaction, replay, slo, status, drift/errors, faults,
     decode, client, replies), ``agents/`` (kafka/connect, dev/broker, dev/fleet, dev/bench) and
-    ``models/`` (train, datasets, architectures, exported, formats/errors). ``tests/unit/test_errors.py`` checks that
-    every exception class of those packages derives from this one and is named above.
+    ``models/`` (train, datasets, architectures, exported, onnx_session, formats/errors).
+    ``tests/unit/test_errors.py`` checks that every exception class of those packages derives
+    from this one and is named above.
     """
 
     exit_code: int = 2

@@ -12,15 +12,16 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from models.formats import from_jax, from_lightgbm, from_sklearn, from_xgboost
+from models.formats import from_jax, from_lightgbm, from_onnx, from_sklearn, from_xgboost
 from models.formats.converted import Converted
 from models.formats.errors import ConversionError, MissingExtraError
 
 FORMATS = {"xgboost": from_xgboost, "lightgbm": from_lightgbm, "sklearn": from_sklearn,
-           "jax": from_jax}
+           "jax": from_jax, "onnx": from_onnx}
 # What a file's name says of its format when --format does not.
 _SUFFIXES = {".json": "xgboost", ".ubj": "xgboost", ".txt": "lightgbm", ".lgb": "lightgbm",
-             ".joblib": "sklearn", ".pkl": "sklearn", ".pickle": "sklearn", ".jax": "jax"}
+             ".joblib": "sklearn", ".pkl": "sklearn", ".pickle": "sklearn", ".jax": "jax",
+             ".onnx": "onnx"}
 
 __all__ = ["FORMATS", "ConversionError", "Converted", "MissingExtraError", "convert_file",
            "convert_object", "format_of"]
@@ -55,15 +56,18 @@ def convert_file(path: Path, format: str | None = None, params: Path | None = No
 
 def convert_object(model: Any, params: Mapping[str, Any] | None = None) -> Converted:
     """A fitted model object: an XGBoost or LightGBM booster or scikit-learn estimator
-    (their scikit-learn wrappers too), or a ``jax.export.Exported`` with the ``params``
-    it takes."""
+    (their scikit-learn wrappers too), an ONNX ``ModelProto``, or a
+    ``jax.export.Exported`` with the ``params`` it takes."""
     home = type(model).__module__.split(".")[0]  # the library: a format's name
     if home not in FORMATS:
         raise ConversionError(f"a {type(model).__name__} ({home}) is not a model streamserve "
                               f"registers: pass an XGBoost or LightGBM booster, a scikit-learn "
-                              f"estimator or Pipeline, or a jax.export.Exported")
+                              f"estimator or Pipeline, an ONNX ModelProto or a "
+                              f"jax.export.Exported")
     if home == "jax":
         return from_jax.convert(bytes(model.serialize()), params or {})
+    if home == "onnx":  # a ModelProto
+        return from_onnx.convert(model.SerializeToString())
     if params is not None:
         raise ConversionError("params are for a jax.export.Exported; this model holds its own")
     return FORMATS[home].convert(model)

@@ -1,7 +1,7 @@
 """Models trained elsewhere, on the real broker: registered with `streamserve models
-register` from their libraries' own files (XGBoost, LightGBM, a jax.export) or with
+register` from their libraries' own files (XGBoost, LightGBM, a jax.export, ONNX) or with
 `streamserve.register` (a scikit-learn pipeline), deployed, and every answer checked against
-the library's own prediction; a canary from one format to another (XGBoost to LightGBM)
+the library's own prediction; a canary from one format to another (XGBoost to ONNX)
 judged and promoted by the canary analysis."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import time
 import jax
 import lightgbm
 import numpy as np
+import onnxruntime
 import orjson
 import pytest
 import xgboost
@@ -36,9 +37,9 @@ LABELS = ("setosa", "versicolor", "virginica")
 
 @pytest.fixture(scope="module")
 def fleet(kafka_bootstrap, tmp_path_factory):
-    """flowers 1 (XGBoost), 2 (LightGBM) and 4 (a jax.export) registered from their files,
-    3 (a scikit-learn pipeline) from the fitted object; a worker serving them; the
-    libraries' own models to check against."""
+    """flowers 1 (XGBoost), 2 (LightGBM), 4 (a jax.export) and 5 (ONNX) registered from
+    their files, 3 (a scikit-learn pipeline) from the fitted object; a worker serving
+    them; the libraries' own models to check against."""
     folder = tmp_path_factory.mktemp("external")
     root = folder / "registry"
     keys = registry_keys(root)
@@ -70,6 +71,11 @@ def fleet(kafka_bootstrap, tmp_path_factory):
     np.savez(folder / "params.npz", **library["4"].params)
     register("flowers", folder / "flowers.jax", settings=settings, params=folder / "params.npz",
              features=IRIS.features, labels=LABELS)
+    # 5: the same weights as an ONNX graph, run by onnxruntime
+    library["5"] = OnnxModel(library["4"].params)
+    (folder / "flowers.onnx").write_bytes(library["5"].model)
+    register("flowers", folder / "flowers.onnx", settings=settings, features=IRIS.features,
+             labels=LABELS, reference=reference)
     # The canary analysis judges errors and the output distribution here, with bounds
     # that a few hundred iris requests split by id hash stay within (its sensitivity, and
     # latency on two loaded cores, are left to the unit tests).
@@ -104,6 +110,25 @@ class JaxModel:
 
     def predict_proba(self, x):
         return np.asarray(self.apply(self.params, x))
+
+
+class OnnxModel:
+    """softmax(x @ w + b) as an ONNX graph, and onnxruntime's own answers to check with."""
+
+    def __init__(self, params) -> None:
+        from onnx import TensorProto, helper, numpy_helper
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["z"]),
+             helper.make_node("Softmax", ["z"], ["probabilities"], axis=1)], "flowers",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", len(IRIS.features)])],
+            [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", len(LABELS)])],
+            [numpy_helper.from_array(params["w"], "w"), numpy_helper.from_array(params["b"], "b")])
+        self.model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]) \
+            .SerializeToString()
+        self._session = onnxruntime.InferenceSession(self.model, providers=["CPUExecutionProvider"])
+
+    def predict_proba(self, x):
+        return self._session.run(["probabilities"], {"x": x})[0]
 
 
 def cli(env, *args) -> subprocess.CompletedProcess:
@@ -147,7 +172,7 @@ def wait_until_served(worker, version: str, prefix: str, timeout: float = 60) ->
 
 def test_each_format_deployed_answers_as_its_library_does(fleet):
     worker, env, library = fleet
-    for version in ("1", "3", "4", "2"):
+    for version in ("1", "3", "4", "5", "2"):
         result = cli(env, "deploy", "flowers", version)
         assert result.returncode == 0, result.stderr
         wait_until_served(worker, version, f"w{version}-")
@@ -156,21 +181,21 @@ def test_each_format_deployed_answers_as_its_library_does(fleet):
         assert_as_the_library(library, by_id, f"f{version}-")
 
 
-def test_a_canary_from_xgboost_to_lightgbm_is_judged_and_promoted(fleet):
+def test_a_canary_from_xgboost_to_onnx_is_judged_and_promoted(fleet):
     worker, env, library = fleet
     assert cli(env, "deploy", "flowers", "1").returncode == 0
     wait_until_served(worker, "1", "c-")
-    result = cli(env, "canary", "flowers", "2", "--weight", "0.5")
+    result = cli(env, "canary", "flowers", "5", "--weight", "0.5")
     assert result.returncode == 0, result.stderr
     rounds = []
     for round_ in range(10):  # traffic until the analysis promotes the canary
         rounds.append(answers(worker, f"k{round_}-", 150))
         spec = run(read_specs(worker.settings))["flowers"]
-        if spec.stable == "2" and spec.canary is None:
+        if spec.stable == "5" and spec.canary is None:
             break
-    assert (spec.stable, spec.canary) == ("2", None), spec
+    assert (spec.stable, spec.canary) == ("5", None), spec
     routes = {(a["model_version"], a["parameters"]["route"]) for r in rounds for a in r.values()}
-    assert ("2", "canary") in routes and ("1", "stable") in routes
+    assert ("5", "canary") in routes and ("1", "stable") in routes
     for round_, by_id in enumerate(rounds):
         assert_as_the_library(library, by_id, f"k{round_}-")
     deadline = time.monotonic() + 30  # the worker audits its promotion after writing it

@@ -161,7 +161,8 @@ def test_categorical_splits_are_refused():
     ("m.json", None, "is not an XGBoost model"),
     ("m.txt", None, "is not a LightGBM model"),
     ("m.joblib", None, "is not a scikit-learn model joblib can load"),
-    ("m.onnx", None, "cannot tell the format of m.onnx"),
+    ("m.onnx", None, "is not an ONNX model onnx .* accepts"),
+    ("m.pt", None, "cannot tell the format of m.pt"),
     ("m.bin", "caffe", "unknown model format 'caffe'"),
 ])
 def test_a_corrupt_or_unknown_file_is_refused(tmp_path, file, format, error):
@@ -299,4 +300,46 @@ def test_an_export_streamserve_cannot_serve_is_refused(tmp_path, case, error):
     with pytest.raises(ConversionError, match=error):
         register_model(registry, "m", tmp_path / "f.bin", format="jax", params=arrays,
                        features=IRIS_NAMES)
+    assert registry.models() == []
+
+
+def _onnx_logistic(weights, bias, *, output="probabilities", batch="N", features=4):
+    """softmax(x @ w + b) as an ONNX graph, as an exporter writes it."""
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["m"]), helper.make_node("Add", ["m", "b"], ["z"]),
+         helper.make_node("Softmax", ["z"], [output], axis=1)], "logistic",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, features])],
+        [helper.make_tensor_value_info(output, TensorProto.FLOAT, [batch, weights.shape[1]])],
+        [numpy_helper.from_array(weights, "w"), numpy_helper.from_array(bias, "b")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_an_onnx_model_is_served_by_onnxruntime_as_it_is(tmp_path):
+    x, y = data(IRIS)
+    logistic = LogisticRegression(max_iter=1000).fit(x, y)
+    proto = _onnx_logistic(logistic.coef_.T.astype(np.float32), logistic.intercept_.astype(np.float32))
+    (tmp_path / "m.onnx").write_bytes(proto.SerializeToString())
+    registry = Registry(tmp_path / "registry")
+    for source in (tmp_path / "m.onnx", proto):
+        manifest = register_model(registry, "flowers", source, features=IRIS_NAMES,
+                                  labels=["setosa", "versicolor", "virginica"])
+        assert manifest.architecture == "onnx"
+        assert manifest.hyperparameters["library"].startswith("onnxruntime ")
+        model = ServingModel.load(registry, "flowers", manifest.version, [1, 8, 64])
+        assert model.compiles == 0
+        assert np.abs(model.predict(x) - logistic.predict_proba(x)).max() <= 1e-5
+
+
+@pytest.mark.parametrize("proto, error", [
+    (lambda: _onnx_logistic(np.zeros((4, 3), np.float32), np.zeros(3, np.float32), output="y",
+                            features=4).SerializeToString()[:40], "is not an ONNX model"),
+    (lambda: _onnx_logistic(np.zeros((4, 3), np.float32), np.zeros(3, np.float32),
+                            batch=8).SerializeToString(), "export it with a dynamic batch"),
+])
+def test_an_onnx_model_streamserve_cannot_serve_is_refused(tmp_path, proto, error):
+    (tmp_path / "m.onnx").write_bytes(proto())
+    registry = Registry(tmp_path / "registry")
+    with pytest.raises(ConversionError, match=error):
+        register_model(registry, "m", tmp_path / "m.onnx", features=IRIS_NAMES)
     assert registry.models() == []

@@ -1,0 +1,44 @@
+"""ONNX model files (``.onnx``: PyTorch's exporter, skl2onnx, tf2onnx...) registered as they
+are, to run with onnxruntime (``models.onnx_session``): the graph's operators are too many
+to convert, so ``models show`` names its architecture ``onnx``, not a JAX one.
+
+The check at registration is the one a worker makes at load: one float32 input of
+``(batch, features)``, a float32 ``(batch, classes)`` output of probabilities; the
+library's own predictor is the session itself.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from models import onnx_session
+from models.formats.converted import Converted
+from models.formats.errors import ConversionError, need
+
+
+def load(path: Path) -> Converted:
+    return convert(path.read_bytes())
+
+
+def convert(model: bytes) -> Converted:
+    """The bytes of an ONNX model (``ModelProto.SerializeToString()``)."""
+    onnx = need("onnx")
+    try:
+        proto = onnx.load_model_from_string(model)
+        onnx.checker.check_model(proto)
+    except Exception as e:  # noqa: BLE001 - a corrupt protobuf raises anything
+        raise ConversionError(f"the file is not an ONNX model onnx {onnx.__version__} accepts "
+                              f"({str(e).strip()[:300]}); export it again") from None
+    try:
+        predict, n_features, n_classes = onnx_session.opened(model)
+    except onnx_session.OnnxModelError as e:
+        raise ConversionError(str(e)) from None
+    onnxruntime = need("onnxruntime")
+    return Converted("onnx", f"onnxruntime {onnxruntime.__version__}", onnx_session.ARCHITECTURE,
+                     {onnx_session.MODEL: np.frombuffer(model, np.uint8)}, n_features,
+                     n_classes, predict,
+                     details={"runtime": "onnxruntime", "opset": max(
+                         (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
+                         default=0), "producer": proto.producer_name or "unknown"})

@@ -1,0 +1,96 @@
+"""ONNX models, run by onnxruntime behind the serving interface JAX models have: one
+runner per padding bucket, warmed before serving, called from the model thread.
+
+A graph is not converted to JAX (its operators are many); it runs as it is, on CPU. The
+model file travels among the version's parameters as the uint8 array ``MODEL``, hashed
+and signed like any parameter, and is loaded only after both are verified. It takes one
+float32 input ``(batch, features)`` and gives float32 class probabilities
+``(batch, classes)``: the output named ``probabilities``, or its only such output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import StreamserveError
+
+ARCHITECTURE = "onnx"
+MODEL = "onnx"  # the parameter that holds the model file's bytes
+
+Runner = Callable[[Any, np.ndarray], np.ndarray]  # (unused params, rows) -> probabilities
+
+
+class OnnxModelError(StreamserveError, ValueError):
+    """An ONNX model onnxruntime cannot run, or whose inputs or outputs are not a
+    classifier's."""
+
+
+def session(model: bytes) -> Any:
+    """An onnxruntime session of ``model`` on the CPU; the library is imported here, so only
+    a worker that serves an ONNX version needs it."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise OnnxModelError("serving an ONNX model needs onnxruntime, which is not installed: "
+                             "run pip install -e '.[models]' (or scripts/setup.sh)") from None
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3  # errors only: its warnings are for graph authors
+    try:
+        return onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types, not exported
+        raise OnnxModelError(f"onnxruntime cannot load the model ({str(e).strip()[:300]}); "
+                             f"check it with onnx.checker.check_model") from None
+
+
+def signature(running: Any) -> tuple[str, str, int, int]:
+    """The input and output names, the features and the classes of a session; an error
+    saying what to change when the model is not a classifier of rows."""
+    inputs = running.get_inputs()
+    if len(inputs) != 1:
+        raise OnnxModelError(f"the ONNX model takes {len(inputs)} inputs "
+                             f"({', '.join(i.name for i in inputs)}): serve a model of one "
+                             f"float32 input of shape (batch, features)")
+    x = inputs[0]
+    if x.type != "tensor(float)" or len(x.shape) != 2 or not isinstance(x.shape[1], int):
+        raise OnnxModelError(f"the ONNX model's input {x.name} is {x.type} {x.shape}: export it "
+                             f"for float32 rows of a fixed feature count, shape (batch, features)")
+    if isinstance(x.shape[0], int):
+        raise OnnxModelError(f"the ONNX model's input {x.name} takes batches of {x.shape[0]} "
+                             f"rows only: export it with a dynamic batch dimension")
+    outputs = [o for o in running.get_outputs()
+               if o.type == "tensor(float)" and len(o.shape) == 2 and isinstance(o.shape[1], int)]
+    named = [o for o in outputs if o.name == "probabilities"]
+    chosen = named or outputs
+    if len(chosen) != 1:
+        listed = ", ".join(f"{o.name} {o.type} {o.shape}" for o in running.get_outputs())
+        raise OnnxModelError(f"the ONNX model's outputs ({listed}) hold no single float32 "
+                             f"(batch, classes) tensor: name the class probabilities "
+                             f"'probabilities' (skl2onnx: options={{'zipmap': False}})")
+    return x.name, chosen[0].name, int(x.shape[1]), int(chosen[0].shape[1])
+
+
+def opened(model: bytes) -> tuple[Callable[[np.ndarray], np.ndarray], int, int]:
+    """``model`` ready to run: rows -> probabilities, its features and its classes."""
+    running = session(model)
+    x_name, out_name, n_features, n_classes = signature(running)
+    return lambda x: running.run([out_name], {x_name: x})[0], n_features, n_classes
+
+
+def runners(params: Mapping[str, np.ndarray], buckets: Sequence[int], n_features: int,
+            n_classes: int) -> dict[int, Runner]:
+    """One runner per padding bucket, all sharing one session (onnxruntime sizes each run by
+    its input), each checked to give (bucket, classes) for rows of ``n_features``."""
+    run, takes, gives = opened(bytes(params[MODEL]))
+    if (takes, gives) != (n_features, n_classes):
+        raise OnnxModelError(f"the ONNX model maps {takes} features to {gives} classes, but its "
+                             f"manifest lists {n_features} and {n_classes}: the registry entry "
+                             f"is inconsistent, register the model again")
+    for bucket in buckets:
+        shape = run(np.zeros((bucket, n_features), np.float32)).shape
+        if shape != (bucket, n_classes):
+            raise OnnxModelError(f"the ONNX model gives {list(shape)} for a batch of {bucket}: "
+                                 f"export it with a dynamic batch dimension")
+    return dict.fromkeys(buckets, lambda _, x: run(x))
