@@ -10,7 +10,9 @@ One broker, one machine, the cases one after the other, each on topics of its ow
 1. ``kafka_ceiling``: a raw aiokafka pass-through, no decoding, no model (agents/dev/bench_peers.py).
 2. ``model_ceiling``: ``ServingModel.predict`` in this process at its best padding bucket,
    beside the FLOP bound: a jitted 2048x2048 float32 matmul's GFLOP/s over the model's
-   2·Σ(in·out) flops per row.
+   2·Σ(in·out) flops per row (models with weight matrices); and, for a model registered
+   from another library's file (still there, unchanged), that library's own batched
+   predictor on the same rows.
 3. ``streamserve``: one worker with the configured settings (the defaults, unless set).
 3b. ``streamserve_drift_off``: the same with drift counting off (``STREAMSERVE_DRIFT=off``).
 4. ``streamserve_per_record``: the same with ``STREAMSERVE_MAX_BATCH=1``.
@@ -34,17 +36,17 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import importlib.util
 import logging
 import os
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -80,9 +82,6 @@ from pipeline.client import PredictRequest
 from pipeline.config import Settings
 from pipeline.errors import StreamserveError
 from pipeline.registry import Manifest, Registry
-
-if TYPE_CHECKING:  # JAX loads only once a case needs it
-    from models.runtime import ServingModel
 
 LATENCY_SHARES = (25, 50, 75)
 CLIENT_SHARE = 25  # low enough that the worker answers promptly: the client's cost shows
@@ -213,24 +212,46 @@ class Bench:
         served = ServingModel.load(registry, self.model, version, 
                                    buckets_for(self.settings.batching.max_batch))
         rows = np.array([list(r.values()) for r in self.rows], np.float32)
-        rates = {b: self._rows_per_second(served, np.resize(rows, (b, rows.shape[1])))
+        rates = {b: self._rows_per_second(served.predict, np.resize(rows, (b, rows.shape[1])))
                  for b in served.buckets}
         best = max(rates, key=rates.__getitem__)
-        gflops = self._matmul_gflops()
         params = registry.load_params(self.model, version)
-        flops_per_row = 2 * sum(w.shape[0] * w.shape[1] for k, w in params.items() if k.startswith("w"))
-        flop_bound = gflops * 1e9 / flops_per_row
-        self.progress.done(f"{rates[best]:,.0f} rows/s at bucket {best}; FLOP bound "
-                           f"{flop_bound:,.0f} rows/s ({gflops:.1f} GFLOP/s)")
+        # The weight matrices of mlp and linear models; trees and foreign graphs have none.
+        flops_per_row = 2 * sum(w.shape[0] * w.shape[1] for k, w in params.items()
+                                if k.startswith("w") and w.ndim == 2)
+        gflops = self._matmul_gflops() if flops_per_row else None
+        flop_bound = gflops * 1e9 / flops_per_row if gflops else None
+        library = self._library_rate(served.manifest, np.resize(rows, (best, rows.shape[1])))
+        self.progress.done(
+            f"{rates[best]:,.0f} rows/s at bucket {best}"
+            + (f"; FLOP bound {flop_bound:,.0f} rows/s ({gflops:.1f} GFLOP/s)" if flop_bound else "")
+            + (f"; {library[0]}'s own predictor {library[1]:,.0f} rows/s" if library else ""))
         return Case(self.progress.title, rates[best], self.sizes.timing_seconds,
                     extra={"best_bucket": best, "bucket_1_rps": rates[1], "flop_bound_rps": flop_bound,
-                           "gflops": gflops, "flops_per_row": flops_per_row})
+                           "gflops": gflops, "flops_per_row": flops_per_row,
+                           "library": library and library[0], "library_rps": library and library[1]})
 
-    def _rows_per_second(self, served: ServingModel, x: np.ndarray) -> float:
-        served.predict(x)
+    def _library_rate(self, manifest: Manifest, x: np.ndarray) -> tuple[str, float] | None:
+        """A registered model's own library on the same rows (its batched predictor, with the
+        library's default threads), when the file it was registered from is still there,
+        unchanged; None for streamserve's own models, jax exports (the function is served
+        as it is) and moved files."""
+        from models.formats import convert_file
+
+        source, digest = manifest.lineage.get("source"), manifest.lineage.get("source_sha256")
+        if manifest.hyperparameters.get("format") in (None, "jax") or not (source and digest):
+            return None
+        path = Path(source)
+        if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            return None
+        converted = convert_file(path, manifest.hyperparameters["format"])
+        return converted.library, self._rows_per_second(converted.predict, x)
+
+    def _rows_per_second(self, predict: Callable[[np.ndarray], object], x: np.ndarray) -> float:
+        predict(x)
         calls, started = 0, time.perf_counter()
         while (elapsed := time.perf_counter() - started) < self.sizes.timing_seconds:
-            served.predict(x)
+            predict(x)
             calls += 1
         return calls * x.shape[0] / elapsed
 

@@ -97,10 +97,14 @@ class Case:
             notes.append(f"{self.answers.deadletters} dead letters")
         if self.answers is not None and self.answers.duplicates:
             notes.append(f"{self.answers.duplicates} DUPLICATES")
-        if "flop_bound_rps" in self.extra:
+        if "best_bucket" in self.extra:
             x = self.extra
-            notes.append(f"rows/s at bucket {x['best_bucket']:.0f} ({x['bucket_1_rps']:,.0f} at 1); FLOP "
-                         f"bound {x['flop_bound_rps']:,.0f} rows/s at {x['gflops']:.1f} GFLOP/s")
+            notes.append(f"rows/s at bucket {x['best_bucket']:.0f} ({x['bucket_1_rps']:,.0f} at 1)")
+            if x["flop_bound_rps"]:
+                notes.append(f"FLOP bound {x['flop_bound_rps']:,.0f} rows/s at {x['gflops']:.1f} GFLOP/s")
+            if x["library_rps"]:
+                notes.append(f"{x['library']}'s own predictor {x['library_rps']:,.0f} rows/s "
+                             f"({self.throughput_rps / x['library_rps']:.2f}x)")
         return ", ".join(notes)
 
 
@@ -127,7 +131,7 @@ class Report:
     workers: WorkerStats  # summed over every streamserve worker and case
     load: float  # the machine's 1-minute load average before the run
 
-    def ratios(self) -> dict[str, float]:
+    def ratios(self) -> dict[str, float | None]:
         rps = {name: case.throughput_rps for name, case in self.cases.items()}
         flop_bound = self.cases["model_ceiling"].extra["flop_bound_rps"]
         return {"vs_kafka_ceiling": rps["streamserve"] / rps["kafka_ceiling"],
@@ -136,7 +140,7 @@ class Report:
                 "vs_quix": rps["streamserve"] / rps["quix_streams"],
                 "two_workers": rps["streamserve_two_workers"] / rps["streamserve"],
                 "drift_on_vs_off": rps["streamserve"] / rps["streamserve_drift_off"],
-                "model_vs_flop_bound": rps["model_ceiling"] / flop_bound,
+                "model_vs_flop_bound": rps["model_ceiling"] / flop_bound if flop_bound else None,
                 "client_vs_raw_p50": self.client.p50 / self.latency[self.client.share].p50,
                 "client_vs_raw_p99": self.client.p99 / self.latency[self.client.share].p99}
 
@@ -176,7 +180,8 @@ class Report:
         raw = self.latency[self.client.share]
         lines.append(f"{'  client / raw producer':<73}{self.client.p50 / raw.p50:>8.2f}x"
                      f"{self.client.p95 / raw.p95:>10.2f}x{self.client.p99 / raw.p99:>10.2f}x")
-        lines += ["", "RATIOS", *(f"  {name:<22}{value:>8.3f}" for name, value in self.ratios().items())]
+        lines += ["", "RATIOS", *(f"  {name:<22}{'n/a' if value is None else f'{value:.3f}':>8}"
+                                  for name, value in self.ratios().items())]
         waste = self.workers.padding_waste
         lines += ["", f"jit compiles after warm-up: {self.workers.jit_compiles:.0f}",
                   "padding waste: " + (f"{100 * waste:.1f} % of the rows computed" if waste is not None

@@ -22,6 +22,7 @@ from agents.dev.fleet import WorkerProcess
 from agents.kafka.connect import connection
 from pipeline.config import Settings
 from pipeline.registry import Manifest
+from pipeline.schema import Feature
 
 PARTITIONS = 4  # of every topic the bench makes
 
@@ -69,10 +70,16 @@ def kill_peer(process: subprocess.Popen) -> None:
 
 
 def feature_rows(manifest: Manifest, n: int) -> list[dict[str, float]]:
-    """``n`` rows of feature values drawn uniformly from the ranges the model was trained on."""
+    """``n`` rows of feature values drawn uniformly from the ranges the model was trained on
+    (a standard normal where it names none: a model registered without a reference)."""
     rng = np.random.default_rng(0)
-    columns = {f.name: rng.uniform(f.minimum, f.maximum, n).astype(np.float32).tolist()
-               for f in manifest.inputs.features}
+
+    def column(f: Feature) -> list[float]:
+        if np.isfinite(f.minimum) and np.isfinite(f.maximum):
+            return rng.uniform(f.minimum, f.maximum, n).astype(np.float32).tolist()
+        return rng.normal(0, 1, n).astype(np.float32).tolist()
+
+    columns = {f.name: column(f) for f in manifest.inputs.features}
     return [{name: values[i] for name, values in columns.items()} for i in range(n)]
 
 

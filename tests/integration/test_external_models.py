@@ -171,19 +171,35 @@ def wait_until_served(worker, version: str, prefix: str, timeout: float = 60) ->
 
 
 def test_each_format_deployed_answers_as_its_library_does(fleet):
+    """XGBoost stable, the other four formats its shadows: one pass of the data set, and
+    every answer, the client's and each shadow's, is its own library's."""
     worker, env, library = fleet
-    for version in ("1", "3", "4", "5", "2"):
-        result = cli(env, "deploy", "flowers", version)
+    commands = [("deploy", "flowers", "1")] + [("shadow", "flowers", v) for v in "2345"]
+    for command in commands:
+        result = cli(env, *command)
         assert result.returncode == 0, result.stderr
-        wait_until_served(worker, version, f"w{version}-")
-        by_id = answers(worker, f"f{version}-", 150)  # the whole data set
-        assert {a["model_version"] for a in by_id.values()} == {version}
-        assert_as_the_library(library, by_id, f"f{version}-")
+    s = worker.settings
+    shadows = 'streamserve_model_loaded{model="flowers",role="shadow",version="5"} 1.0'
+    deadline = time.monotonic() + 60
+    while shadows not in worker.metrics():  # the spec applies within seconds
+        assert time.monotonic() < deadline, "the worker did not apply the spec in 60 s"
+        time.sleep(0.2)
+    by_id = answers(worker, "f-", 150)  # the whole data set
+    assert {a["model_version"] for a in by_id.values()} == {"1"}
+    assert_as_the_library(library, by_id, "f-")
+    shadowed = run(collect(s.bootstrap, [s.topics.shadow], expected=4 * 150, timeout=90,
+                           where=lambda r: r.key is not None and r.key.startswith(b"f-")))
+    for version in "2345":
+        by_id = {r.value["id"]: r.value for r in shadowed if r.value["model_version"] == version}
+        assert len(by_id) == 150 and not any("error" in a for a in by_id.values()), version
+        assert_as_the_library(library, by_id, "f-")
 
 
 def test_a_canary_from_xgboost_to_onnx_is_judged_and_promoted(fleet):
     worker, env, library = fleet
-    assert cli(env, "deploy", "flowers", "1").returncode == 0
+    for command in (("deploy", "flowers", "1"), ("shadow", "flowers", "5", "--off")):
+        result = cli(env, *command)
+        assert result.returncode == 0, result.stderr
     wait_until_served(worker, "1", "c-")
     result = cli(env, "canary", "flowers", "5", "--weight", "0.5")
     assert result.returncode == 0, result.stderr
