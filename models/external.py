@@ -72,14 +72,15 @@ def register_model(registry: Registry, model: str, source: Path | Any, *, format
               else InputSchema(tuple(Feature(n) for n in names))).marked(sensitive)
     apply = evaluator(converted.architecture, converted.params)
     checked = check_rows(converted, rows)
-    difference = check(converted, apply, checked, label_names)
+    answers = np.asarray(apply(checked), np.float64)
+    difference = check(converted, answers, checked, label_names)
     draft = ManifestDraft(
         model=model, architecture=converted.architecture,
         hyperparameters={"format": converted.format, "library": converted.library,
                          **converted.details},
         inputs=inputs, outputs=OutputSchema(tuple(label_names)), metrics={},
         # The data this version was checked on (its training data is the library's to tell).
-        lineage=lineage(checked, np.asarray(apply(checked)).argmax(axis=1),
+        lineage=lineage(checked, answers.argmax(axis=1),
                         code_revision=code_revision(), created_by=user(),
                         created_at=datetime.datetime.now(datetime.UTC),
                         source=str(source) if isinstance(source, Path) else type(source).__name__,
@@ -180,11 +181,9 @@ def check_rows(converted: Converted, reference: np.ndarray | None, seed: int = 0
     return np.concatenate([own, generated]).astype(np.float32)
 
 
-def check(converted: Converted, apply: Callable[[np.ndarray], Any], rows: np.ndarray,
-          labels: Sequence[str]) -> float:
-    """The largest probability difference from the library's own; over ``TOLERANCE``, an
-    error naming where."""
-    ours = np.asarray(apply(rows), np.float64)
+def check(converted: Converted, ours: np.ndarray, rows: np.ndarray, labels: Sequence[str]) -> float:
+    """The largest difference of the converted model's probabilities on ``rows`` (``ours``)
+    from the library's own; over ``TOLERANCE``, an error naming where."""
     theirs = np.asarray(converted.predict(rows), np.float64).reshape(ours.shape)
     difference = np.abs(ours - theirs)
     worst = np.unravel_index(int(difference.argmax()), difference.shape)
