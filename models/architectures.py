@@ -1,14 +1,16 @@
 """Model code, looked up by the architecture name a manifest records; parameters are data.
 
 An architecture is a pure ``apply(params, x)``: ``params`` a dict of arrays, ``x``
-float32 of shape (batch, n_features), the result float32 class probabilities of
-shape (batch, n_classes). Rows are independent, so padding rows never change real ones.
+float32 of shape (batch, n_features), the result float32 of shape (batch, columns): a
+classifier's class probabilities, or a regressor's values (``pipeline.schema.OutputSchema``).
+Rows are independent, so padding rows never change real ones.
 
 Besides the built-in ``mlp``, models converted from other libraries (``models.formats``)
 are named ``FAMILY:LINK``: a family computes margins (``trees``: tree ensembles,
-``linear``: a matrix product), a link turns them into probabilities (``softmax``,
-``sigmoid`` for one margin of a binary classifier, ``none`` when the margins are
-probabilities already, as a random forest's averaged leaves are).
+``linear``: a matrix product), a link turns them into answers (``softmax``, ``sigmoid``
+for one margin of a binary classifier, ``exp`` for a log-link regressor, ``none`` when
+the margins are the answers already: a regressor's values, or a random forest's averaged
+class shares).
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ def _binary(margin: jax.Array) -> jax.Array:
 
 FAMILIES: dict[str, Apply] = {"trees": trees.margins, "linear": linear.margins}
 LINKS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "softmax": lambda m: jax.nn.softmax(m, axis=-1), "sigmoid": _binary, "none": lambda m: m}
+    "softmax": lambda m: jax.nn.softmax(m, axis=-1), "sigmoid": _binary, "none": lambda m: m,
+    "exp": jnp.exp}  # exp: a Poisson, gamma or Tweedie regressor's log-link margins
 ARCHITECTURES: dict[str, Apply] = {"mlp": mlp}
 
 

@@ -3,9 +3,10 @@
 The version is like a trained one (manifest, lineage, hashes, signature), with its
 architecture one of streamserve's (``models.architectures``) and its parameters the
 converted arrays, so every later step (deploy, canary, shadow, replay, drift) treats it
-alike. Before anything is written, the converted model's probabilities are compared
-with the library's own on the reference rows and on rows made to reach every leaf
-(``check_rows``): more than ``TOLERANCE`` apart anywhere, and nothing is registered.
+alike. Before anything is written, the converted model's answers are compared with the
+library's own on the reference rows and on rows made to reach every leaf
+(``check_rows``): more than ``TOLERANCE`` apart anywhere (a regressor's values: relative
+to their magnitude, when over 1), and nothing is registered.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ from models.formats import ConversionError, Converted, convert_file, convert_obj
 from models.provenance import code_revision, input_schema, user
 from models.runtime import evaluator
 from pipeline.config import Settings
-from pipeline.drift import reference_for_labels, references_for
+from pipeline.drift import reference_for_predictions, references_for
 from pipeline.registry import Manifest, ManifestDraft, Registry, lineage
-from pipeline.schema import Feature, InputSchema, OutputSchema
+from pipeline.schema import KINDS, Feature, InputSchema, OutputSchema
 from pipeline.signing import ensure_signing_key, register_signed
 
-TOLERANCE = 1e-5  # the largest difference in any probability the check lets through
+TOLERANCE = 1e-5  # the largest difference in any probability (or relative, value) let through
 GENERATED_ROWS = 512
 
 
@@ -37,21 +38,24 @@ def register(model: str, source: Path | Any, *, settings: Settings | None = None
     """Register ``source``, a model file or a fitted model object, as the next signed
     version of ``model`` in the registry of ``settings`` (default: the environment's
     STREAMSERVE_REGISTRY, signed with STREAMSERVE_SIGNING_KEY, created when missing).
-    ``options``: those of ``register_model`` (format, features, labels, reference,
-    sensitive). Raises ``ConversionError`` naming what cannot be served, and the fix."""
+    ``options``: those of ``register_model`` (format, kind, features, labels, reference,
+    sensitive, params). Raises ``ConversionError`` naming what cannot be served, and the fix."""
     settings = settings if settings is not None else Settings.from_env()
     return register_model(Registry(settings.registry.root), model, source,
                           signing_key=settings.registry.signing_key, **options)
 
 
 def register_model(registry: Registry, model: str, source: Path | Any, *, format: str | None = None,
-                   features: Sequence[str] | None = None, labels: Sequence[str] | None = None,
+                   kind: str | None = None, features: Sequence[str] | None = None,
+                   labels: Sequence[str] | None = None,
                    reference: Path | np.ndarray | None = None, sensitive: Iterable[str] = (),
                    params: Path | Mapping[str, np.ndarray] | None = None,
                    signing_key: Path | None = None) -> Manifest:
     """Register ``source`` (a model file, or a fitted model object) as the next version of
-    ``model``. ``features``: the input names in column order (needed when the model does
-    not name them; checked against its names when it does). ``labels``: the class names
+    ``model``. ``kind``: "classifier" or "regressor" (default: what the model file says;
+    an ONNX graph or a JAX function does not say, and is taken for a classifier).
+    ``features``: the input names in column order (needed when the model does not name
+    them; checked against its names when it does). ``labels``: a classifier's class names
     in class-index order (default: the model's classes, or "0", "1", ...). ``reference``:
     rows the model is meant for (a CSV file with a header naming the features, or an
     array (n, features)): checked, and kept as the drift reference; without it drift is
@@ -66,40 +70,39 @@ def register_model(registry: Registry, model: str, source: Path | Any, *, format
     else:
         converted, origin = convert_object(source, params), None
     names = feature_names(converted, features)
-    label_names = class_labels(converted, labels)
+    outputs = output_schema(converted, kind, labels)
     rows = None if reference is None else reference_rows(reference, names)
     inputs = (input_schema(names, rows) if rows is not None
               else InputSchema(tuple(Feature(n) for n in names))).marked(sensitive)
     apply = evaluator(converted.architecture, converted.params)
     checked = check_rows(converted, rows)
     answers = np.asarray(apply(checked), np.float64)
-    difference = check(converted, answers, checked, label_names)
+    difference = check(converted, answers, checked, outputs)
     draft = ManifestDraft(
         model=model, architecture=converted.architecture,
         hyperparameters={"format": converted.format, "library": converted.library,
                          **converted.details},
-        inputs=inputs, outputs=OutputSchema(tuple(label_names)), metrics={},
+        inputs=inputs, outputs=outputs, metrics={},
         # The data this version was checked on (its training data is the library's to tell).
-        lineage=lineage(checked, answers.argmax(axis=1),
+        lineage=lineage(checked, outputs.watched(answers),
                         code_revision=code_revision(), created_by=user(),
                         created_at=datetime.datetime.now(datetime.UTC),
                         source=str(source) if isinstance(source, Path) else type(source).__name__,
                         **({"source_sha256": origin} if origin else {}),
                         check={"rows": len(checked), "max_difference": difference,
                                "tolerance": TOLERANCE}),
-        reference={} if rows is None else drift_reference(apply, rows, names, len(label_names)))
+        reference={} if rows is None else drift_reference(apply, rows, names, outputs))
     if key is None:
         return registry.register(draft, converted.params)
     return register_signed(registry, draft, converted.params, key)
 
 
 def drift_reference(apply: Callable[[np.ndarray], Any], rows: np.ndarray, names: Sequence[str],
-                    n_classes: int) -> dict[str, Any]:
-    """Drift is judged against the reference rows and the classes the model predicts for
-    them, as for a trained model and its training data."""
-    predicted = np.asarray(apply(rows)).argmax(axis=1)
+                    outputs: OutputSchema) -> dict[str, Any]:
+    """Drift is judged against the reference rows and what the model predicts for them, as
+    for a trained model and its training data."""
     return {"features": [r.to_json() for r in references_for(rows, list(names))],
-            "prediction": reference_for_labels(predicted, n_classes).to_json()}
+            "prediction": reference_for_predictions(np.asarray(apply(rows)), outputs).to_json()}
 
 
 def feature_names(converted: Converted, given: Sequence[str] | None) -> list[str]:
@@ -119,12 +122,33 @@ def feature_names(converted: Converted, given: Sequence[str] | None) -> list[str
     return names
 
 
+def output_schema(converted: Converted, kind: str | None,
+                  labels: Sequence[str] | None) -> OutputSchema:
+    """What the model answers: a regressor's values, or a classifier's ``class_labels``."""
+    if kind is not None and kind not in KINDS:
+        raise ConversionError(f"--kind {kind!r} is not a kind of model: give classifier or "
+                              f"regressor")
+    if kind and converted.kind and kind != converted.kind:
+        raise ConversionError(f"--kind {kind}, but the {converted.format} model is a "
+                              f"{converted.kind}: leave --kind out")
+    if (kind or converted.kind) == "regressor":
+        if labels:
+            raise ConversionError("--labels names classes, but the model is a regressor (it "
+                                  "answers with a value): leave --labels out")
+        return OutputSchema(targets=converted.width)
+    if converted.width < 2:
+        raise ConversionError(f"the {converted.format} model gives {converted.width} column per "
+                              f"row, and a classifier gives one probability per class: if it is "
+                              f"a regressor, register it with --kind regressor")
+    return OutputSchema(tuple(class_labels(converted, labels)))
+
+
 def class_labels(converted: Converted, given: Sequence[str] | None) -> list[str]:
     """``given``, or the model's own classes, or the class indices; one per class."""
-    labels = list(given or converted.classes or map(str, range(converted.n_classes)))
-    if len(labels) != converted.n_classes:
+    labels = list(given or converted.classes or map(str, range(converted.width)))
+    if len(labels) != converted.width:
         raise ConversionError(f"--labels names {len(labels)} classes ({','.join(labels)}), but "
-                              f"the model has {converted.n_classes}: name each class once, in "
+                              f"the model has {converted.width}: name each class once, in "
                               f"class-index order")
     if len(set(labels)) != len(labels):
         raise ConversionError(f"--labels names a class twice ({','.join(labels)})")
@@ -181,20 +205,26 @@ def check_rows(converted: Converted, reference: np.ndarray | None, seed: int = 0
     return np.concatenate([own, generated]).astype(np.float32)
 
 
-def check(converted: Converted, ours: np.ndarray, rows: np.ndarray, labels: Sequence[str]) -> float:
-    """The largest difference of the converted model's probabilities on ``rows`` (``ours``)
-    from the library's own; over ``TOLERANCE``, an error naming where."""
+def check(converted: Converted, ours: np.ndarray, rows: np.ndarray,
+          outputs: OutputSchema) -> float:
+    """The largest difference of the converted model's answers on ``rows`` (``ours``) from
+    the library's own: absolute for probabilities, relative to the value's magnitude (when
+    over 1) for a regressor's values. Over ``TOLERANCE``, an error naming where."""
     theirs = np.asarray(converted.predict(rows), np.float64).reshape(ours.shape)
     difference = np.abs(ours - theirs)
+    if outputs.is_regressor:
+        difference = difference / np.maximum(np.abs(theirs), 1.0)
     worst = np.unravel_index(int(difference.argmax()), difference.shape)
     largest = float(difference[worst])
     if not largest <= TOLERANCE:
-        row, klass = worst
+        row, column = worst
+        what = (f"(relative) in the value of target {column}" if outputs.is_regressor
+                else f"in the probability of {outputs.labels[column]!r}")
         raise ConversionError(
-            f"the converted model differs from {converted.library} by {largest:.3g} in the "
-            f"probability of {labels[klass]!r} (row {row} of {len(rows)} checked: "
-            f"{ours[worst]:.6g} against {theirs[worst]:.6g}); nothing was registered. The "
-            f"model may use something the converter does not handle: please report it")
+            f"the converted model differs from {converted.library} by {largest:.3g} {what} "
+            f"(row {row} of {len(rows)} checked: {ours[worst]:.6g} against "
+            f"{theirs[worst]:.6g}); nothing was registered. The model may use something the "
+            f"converter does not handle: please report it")
     return largest
 
 

@@ -4,8 +4,9 @@ runner per padding bucket, warmed before serving, called from the model thread.
 A graph is not converted to JAX (its operators are many); it runs as it is, on CPU. The
 model file travels among the version's parameters as the uint8 array ``MODEL``, hashed
 and signed like any parameter, and is loaded only after both are verified. It takes one
-float32 input ``(batch, features)`` and gives float32 class probabilities
-``(batch, classes)``: the output named ``probabilities``, or its only such output.
+float32 input ``(batch, features)`` and gives float32 answers ``(batch, columns)``: class
+probabilities or a regressor's values, the output named ``probabilities`` (or
+``variable``, skl2onnx's name for a regressor's), or its only such output.
 """
 
 from __future__ import annotations
@@ -20,12 +21,12 @@ from pipeline.errors import StreamserveError
 ARCHITECTURE = "onnx"
 MODEL = "onnx"  # the parameter that holds the model file's bytes
 
-Runner = Callable[[Any, np.ndarray], np.ndarray]  # (unused params, rows) -> probabilities
+Runner = Callable[[Any, np.ndarray], np.ndarray]  # (unused params, rows) -> answers
 
 
 class OnnxModelError(StreamserveError, ValueError):
     """An ONNX model onnxruntime cannot run, or whose inputs or outputs are not a
-    classifier's."""
+    classifier's or a regressor's of rows."""
 
 
 def session(model: bytes) -> Any:
@@ -46,8 +47,8 @@ def session(model: bytes) -> Any:
 
 
 def signature(running: Any) -> tuple[str, str, int, int]:
-    """The input and output names, the features and the classes of a session; an error
-    saying what to change when the model is not a classifier of rows."""
+    """The input and output names, the features and the answer columns of a session; an
+    error saying what to change when the model is not a classifier or regressor of rows."""
     inputs = running.get_inputs()
     if len(inputs) != 1:
         raise OnnxModelError(f"the ONNX model takes {len(inputs)} inputs "
@@ -62,35 +63,36 @@ def signature(running: Any) -> tuple[str, str, int, int]:
                              f"rows only: export it with a dynamic batch dimension")
     outputs = [o for o in running.get_outputs()
                if o.type == "tensor(float)" and len(o.shape) == 2 and isinstance(o.shape[1], int)]
-    named = [o for o in outputs if o.name == "probabilities"]
+    named = [o for o in outputs if o.name in ("probabilities", "variable")]
     chosen = named or outputs
     if len(chosen) != 1:
         listed = ", ".join(f"{o.name} {o.type} {o.shape}" for o in running.get_outputs())
         raise OnnxModelError(f"the ONNX model's outputs ({listed}) hold no single float32 "
-                             f"(batch, classes) tensor: name the class probabilities "
-                             f"'probabilities' (skl2onnx: options={{'zipmap': False}})")
+                             f"(batch, columns) tensor: name the class probabilities "
+                             f"'probabilities' (skl2onnx: options={{'zipmap': False}}), or a "
+                             f"regressor's values 'variable'")
     return x.name, chosen[0].name, int(x.shape[1]), int(chosen[0].shape[1])
 
 
 def opened(model: bytes) -> tuple[Callable[[np.ndarray], np.ndarray], int, int]:
-    """``model`` ready to run: rows -> probabilities, its features and its classes."""
+    """``model`` ready to run: rows -> answers, its features and its answer columns."""
     running = session(model)
-    x_name, out_name, n_features, n_classes = signature(running)
-    return lambda x: running.run([out_name], {x_name: x})[0], n_features, n_classes
+    x_name, out_name, n_features, width = signature(running)
+    return lambda x: running.run([out_name], {x_name: x})[0], n_features, width
 
 
 def runners(params: Mapping[str, np.ndarray], buckets: Sequence[int], n_features: int,
-            n_classes: int) -> dict[int, Runner]:
+            width: int) -> dict[int, Runner]:
     """One runner per padding bucket, all sharing one session (onnxruntime sizes each run by
-    its input), each checked to give (bucket, classes) for rows of ``n_features``."""
+    its input), each checked to give (bucket, width) for rows of ``n_features``."""
     run, takes, gives = opened(bytes(params[MODEL]))
-    if (takes, gives) != (n_features, n_classes):
-        raise OnnxModelError(f"the ONNX model maps {takes} features to {gives} classes, but its "
-                             f"manifest lists {n_features} and {n_classes}: the registry entry "
+    if (takes, gives) != (n_features, width):
+        raise OnnxModelError(f"the ONNX model maps {takes} features to {gives} columns, but its "
+                             f"manifest lists {n_features} and {width}: the registry entry "
                              f"is inconsistent, register the model again")
     for bucket in buckets:
         shape = run(np.zeros((bucket, n_features), np.float32)).shape
-        if shape != (bucket, n_classes):
+        if shape != (bucket, width):
             raise OnnxModelError(f"the ONNX model gives {list(shape)} for a batch of {bucket}: "
                                  f"export it with a dynamic batch dimension")
     return dict.fromkeys(buckets, lambda _, x: run(x))

@@ -39,13 +39,13 @@ class ServingModel:
     def __init__(self, manifest: Manifest, params: Mapping[str, np.ndarray], buckets: Sequence[int]) -> None:
         self.manifest = manifest
         self.n_features = len(manifest.inputs)
-        self.n_classes = len(manifest.outputs.labels)
+        self.width = manifest.outputs.width  # answer columns: classes, or targets
         self._buffers = PaddingBuffers(buckets, self.n_features)
         self.buckets = self._buffers.buckets
         if manifest.architecture == onnx_session.ARCHITECTURE:  # onnxruntime, not compiled
             self._params = None
             self._executables = onnx_session.runners(params, self.buckets, self.n_features,
-                                                     self.n_classes)
+                                                     self.width)
             self.compiles = 0
             return
         apply, arrays = prepared(manifest.architecture, params)
@@ -74,11 +74,12 @@ class ServingModel:
         return self.manifest.version
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        """(n, n_features) feature rows -> (n, n_classes) float32 class probabilities."""
+        """(n, n_features) feature rows -> (n, width) float32 answers: class probabilities,
+        or a regressor's values."""
         if x.ndim != 2 or x.shape[1] != self.n_features:
             raise ValueError(f"{self.model} version {self.version} takes rows of {self.n_features} "
                              f"features, shape (n, {self.n_features}); got {x.shape}")
-        result = np.empty((x.shape[0], self.n_classes), np.float32)
+        result = np.empty((x.shape[0], self.width), np.float32)
         for start, stop in chunks(x.shape[0], self.buckets[-1]):
             padded = self._buffers.fill(x[start:stop])
             out = self._executables[padded.shape[0]](self._params, padded)
@@ -86,11 +87,6 @@ class ServingModel:
             # slicing on the host, not on the device, avoids compiling a slice op.
             result[start:stop] = np.asarray(out)[: stop - start]
         return result
-
-    def labels(self, probabilities: np.ndarray) -> list[str]:
-        """The most probable label of each row of ``predict``'s result."""
-        names = self.manifest.outputs.labels
-        return [names[i] for i in probabilities.argmax(axis=1)]
 
     def _lower(self, jitted: jax.stages.Wrapped, bucket: int) -> jax.stages.Lowered:
         name = f"{self.model} version {self.version}"
@@ -102,15 +98,16 @@ class ServingModel:
                              f"{self.manifest.architecture!r} with {self.n_features} input features "
                              f"({e}); the registry entry is inconsistent, register the model again") from e
         out = lowered.out_info
-        if (out.shape, out.dtype) != ((bucket, self.n_classes), jnp.float32):
+        if (out.shape, out.dtype) != ((bucket, self.width), jnp.float32):
             raise ValueError(f"{name}: the model outputs {out.dtype}{list(out.shape)} "
-                             f"for a batch of {bucket}, but its manifest lists {self.n_classes} labels; "
+                             f"for a batch of {bucket}, but its manifest lists {self.width} "
+                             f"{'targets' if self.manifest.outputs.is_regressor else 'labels'}; "
                              f"the registry entry is inconsistent, register the model again")
         return lowered
 
 
 def evaluator(architecture: str, params: Mapping[str, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """Rows -> probabilities of any architecture, without buckets (registration checks a
+    """Rows -> answers of any architecture, without buckets (registration checks a
     conversion with it): JAX ones jitted, an ONNX model through its session."""
     if architecture == onnx_session.ARCHITECTURE:
         return onnx_session.opened(bytes(params[onnx_session.MODEL]))[0]

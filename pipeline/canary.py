@@ -1,13 +1,17 @@
 """Automatic canary analysis: is the canary as good as stable, on the same live traffic?
 
 Each arm (STABLE, CANARY) keeps its last ``policy.window`` outcomes in fixed arrays:
-whether the request failed, its latency and its predicted class. The verdict, once
+whether the request failed, its latency and its prediction (a classifier's predicted
+class; a regressor's first target value). The verdict, once
 both arms hold ``min_requests`` outcomes, is "rollback" when the canary
 
 - fails more: canary error rate - stable error rate > ``max_error_rate_increase``;
 - is slower: canary p99 > ``max_p99_ratio`` x stable p99 + ``p99_slack_ms``;
 - predicts differently: PSI(stable classes -> canary classes) > ``max_output_psi``
-  (``pipeline.drift.compare``: the same smoothing as drift);
+  (``pipeline.drift.compare``: the same smoothing as drift); for a regressor, PSI over
+  four bins cut at the quartiles of stable's values (ten bins would make the noise of
+  PSI at 200 requests per arm reach the default bound; four keep it under 0.22, while
+  a shift of one standard deviation gives about 1);
 
 then "promote" once the canary has served ``promote_after`` requests (when set), and
 "healthy" otherwise. A rollback verdict is sticky: once breached, the judge keeps
@@ -75,31 +79,31 @@ class CanaryVerdict:
 
 
 class _Arm:
-    """One arm's last ``window`` outcomes in ring arrays: latency NaN and class -1 mark an error."""
+    """One arm's last ``window`` outcomes in ring arrays: a NaN latency marks an error."""
 
-    __slots__ = ("cls", "filled", "latency", "pos", "total")
+    __slots__ = ("filled", "latency", "output", "pos", "total")
 
     def __init__(self, window: int) -> None:
         self.latency = np.full(window, np.nan)
-        self.cls = np.full(window, -1, np.int64)
+        self.output = np.full(window, np.nan)
         self.pos = 0
         self.filled = 0
         self.total = 0
 
-    def add(self, latency: np.ndarray, cls: np.ndarray) -> None:
+    def add(self, latency: np.ndarray, output: np.ndarray) -> None:
         window = self.latency.size
         n = latency.size
         self.total += n
         if n > window:
-            latency, cls, n = latency[-window:], cls[-window:], window
+            latency, output, n = latency[-window:], output[-window:], window
         idx = (self.pos + np.arange(n)) % window
         self.latency[idx] = latency
-        self.cls[idx] = cls
+        self.output[idx] = output
         self.pos = (self.pos + n) % window
         self.filled = min(self.filled + n, window)
 
     def errors(self) -> int:
-        return int(np.count_nonzero(self.cls[:self.filled] < 0))
+        return int(np.count_nonzero(np.isnan(self.latency[:self.filled])))
 
     def p99_ms(self) -> float | None:
         """p99 of the successes' latencies in ms (numpy's linear percentile); None without any."""
@@ -107,48 +111,66 @@ class _Arm:
         ok = ok[~np.isnan(ok)]
         return float(np.percentile(ok, 99)) * 1000 if ok.size else None
 
-    def class_counts(self, n_classes: int) -> np.ndarray:
-        c = self.cls[:self.filled]
-        return np.bincount(c[c >= 0], minlength=n_classes)
+    def served(self) -> np.ndarray:
+        """The predictions of the successes."""
+        return self.output[:self.filled][~np.isnan(self.latency[:self.filled])]
 
 
 class CanaryJudge:
     """Compares a canary with stable over their recent outcomes (see the module docstring).
 
-    ``n_classes``: how many classes the model predicts (predicted classes are 0..n-1).
+    ``n_classes``: how many classes a classifier predicts (predicted classes are
+    0..n-1); None for a regressor, whose first target values are observed instead.
     Memory is fixed: two arrays of ``policy.window`` per arm.
     """
 
-    def __init__(self, policy: CanaryPolicy, n_classes: int) -> None:
-        if n_classes < 1:
-            raise ValueError(f"n_classes must be at least 1, got {n_classes}")
+    def __init__(self, policy: CanaryPolicy, n_classes: int | None) -> None:
+        if n_classes is not None and n_classes < 1:
+            raise ValueError(f"n_classes must be at least 1 (None for a regressor), got {n_classes}")
         self.policy = policy
         self.n_classes = n_classes
         self._arms = {Route.STABLE: _Arm(policy.window), Route.CANARY: _Arm(policy.window)}
         self._breach: CanaryVerdict | None = None
 
     def observe(self, route: Route, errors: int, latencies_s: Sequence[float],
-                predicted_classes: Sequence[int]) -> None:
+                predicted: Sequence[float] | np.ndarray) -> None:
         """One batch of one arm: ``errors`` failed requests (dead letters for model_error or
-        deadline_exceeded) and, per served request, its latency in seconds and predicted class."""
+        deadline_exceeded) and, per served request, its latency in seconds and prediction
+        (its class, or a regressor's value)."""
         arm = self._arms.get(route)
         if arm is None:
             raise ValueError(f"canary analysis compares the stable and canary routes, got {route!r}")
         latency = np.asarray(latencies_s, np.float64)
-        cls = np.asarray(predicted_classes)
-        if latency.ndim != 1 or cls.ndim != 1 or latency.size != cls.size:
-            raise ValueError(f"need one latency per predicted class, got {latency.size} latencies "
-                             f"and {cls.size} classes")
+        output = np.asarray(predicted)
+        if latency.ndim != 1 or output.ndim != 1 or latency.size != output.size:
+            raise ValueError(f"need one latency per prediction, got {latency.size} latencies "
+                             f"and {output.size} predictions")
         if errors < 0:
             raise ValueError(f"errors must not be negative, got {errors}")
         if latency.size and (not np.all(np.isfinite(latency)) or latency.min() < 0):
             raise ValueError("latencies must be finite, non-negative seconds")
-        if cls.size and (not np.issubdtype(cls.dtype, np.integer) or cls.min() < 0
-                         or cls.max() >= self.n_classes):
+        if self.n_classes is None:
+            if output.size and (not np.issubdtype(output.dtype, np.number)
+                                or not np.all(np.isfinite(output))):
+                raise ValueError(f"a regressor's predictions must be finite numbers, got "
+                                 f"{output.tolist()[:10]}")
+        elif output.size and (not np.issubdtype(output.dtype, np.integer) or output.min() < 0
+                              or output.max() >= self.n_classes):
             raise ValueError(f"predicted classes must be integers in 0..{self.n_classes - 1}, "
-                             f"got {cls.tolist()[:10]}")
+                             f"got {output.tolist()[:10]}")
         arm.add(np.concatenate([np.full(errors, np.nan), latency]),
-                np.concatenate([np.full(errors, -1, np.int64), cls.astype(np.int64)]))
+                np.concatenate([np.full(errors, np.nan), output.astype(np.float64)]))
+
+    def _counts(self, stable: _Arm, canary: _Arm) -> tuple[np.ndarray, np.ndarray, str]:
+        """Each arm's predictions counted in the same bins, and what the bins are."""
+        s, c = stable.served(), canary.served()
+        if self.n_classes is not None:
+            return (np.bincount(s.astype(np.int64), minlength=self.n_classes),
+                    np.bincount(c.astype(np.int64), minlength=self.n_classes), "predicted-class")
+        edges = np.unique(np.quantile(s, [0.25, 0.5, 0.75])) if s.size else np.empty(0)
+        return (np.bincount(np.searchsorted(edges, s, side="right"), minlength=edges.size + 1),
+                np.bincount(np.searchsorted(edges, c, side="right"), minlength=edges.size + 1),
+                "value (binned at stable's quartiles)")
 
     def verdict(self) -> CanaryVerdict:
         if self._breach is not None:
@@ -170,10 +192,10 @@ class CanaryJudge:
         if s_p99 is not None and c_p99 is not None and c_p99 > p.max_p99_ratio * s_p99 + p.p99_slack_ms:
             return self._rollback(f"canary p99 {c_p99:.1f} ms > {p.max_p99_ratio:g} x stable p99 "
                                   f"{s_p99:.1f} ms + {p.p99_slack_ms:g} ms {over}")
-        s_counts, c_counts = stable.class_counts(self.n_classes), canary.class_counts(self.n_classes)
+        s_counts, c_counts, binned = self._counts(stable, canary)
         psi = compare(s_counts, c_counts).psi if s_counts.sum() and c_counts.sum() else None
         if psi is not None and psi > p.max_output_psi:
-            return self._rollback(f"canary predicted-class distribution differs from stable's: PSI "
+            return self._rollback(f"canary {binned} distribution differs from stable's: PSI "
                                   f"{psi:.3f} > {p.max_output_psi:g} {over} (canary {c_counts.tolist()}, "
                                   f"stable {s_counts.tolist()})")
         figures = (f"errors {c_rate:.1%} vs {s_rate:.1%}, p99 {_ms(c_p99)} vs {_ms(s_p99)}, "

@@ -17,6 +17,7 @@ import orjson
 
 from pipeline.redaction import RedactedOriginal
 from pipeline.rejections import Rejection
+from pipeline.schema import OutputSchema
 
 SOURCE_TOPIC_HEADER = "streamserve-source-topic"
 SOURCE_PARTITION_HEADER = "streamserve-source-partition"
@@ -32,64 +33,89 @@ class ServingFacts:
     latency_ms: float
 
 
-def encode_prediction(request_id: str, model: str, version: str, probabilities: np.ndarray,
-                      labels: Sequence[str], facts: ServingFacts) -> bytes:
-    """An Open Inference Protocol v2 response for one row of class probabilities."""
+def encode_prediction(request_id: str, model: str, version: str, answer: np.ndarray,
+                      outputs: OutputSchema, facts: ServingFacts) -> bytes:
+    """An Open Inference Protocol v2 response for one row of the model's answers."""
     return orjson.dumps({
         "id": request_id,
         "model_name": model,
         "model_version": version,
-        "outputs": _outputs(probabilities, labels),
+        "outputs": _outputs(answer, outputs),
         "parameters": {"route": facts.route, "batch_size": facts.batch_size,
                        "latency_ms": round(facts.latency_ms, 3)},
     })
 
 
 def encode_sample(request_id: str, model: str, version: str, timestamp: float,
-                  features: Mapping[str, Any], probabilities: np.ndarray,
-                  labels: Sequence[str]) -> bytes:
+                  features: Mapping[str, Any], answer: np.ndarray,
+                  outputs: OutputSchema) -> bytes:
     """A sampled request (its features as the model read them, already redacted) and its
     prediction, for offline checks. ``timestamp``: the request's, in seconds."""
     return orjson.dumps({"id": request_id, "model_name": model, "model_version": version,
                          "timestamp": timestamp, "features": features,
-                         "outputs": _outputs(probabilities, labels)})
+                         "outputs": _outputs(answer, outputs)})
 
 
 def encode_shadow(request_id: str, model: str, version: str, answered_by: str,
-                  ours: np.ndarray | Any, theirs: np.ndarray | Any, labels: Sequence[str],
-                  their_labels: Sequence[str]) -> bytes:
+                  ours: np.ndarray | Any, theirs: np.ndarray | Any, outputs: OutputSchema,
+                  their_outputs: OutputSchema) -> bytes:
     """A shadow version's answer beside the one the client got. ``ours``/``theirs`` are
-    probabilities over ``labels``/``their_labels``, or a failure (anything with an ``error``)."""
+    answers as ``outputs``/``their_outputs`` describe them, or a failure (anything with an
+    ``error``)."""
     message: dict[str, Any] = {"id": request_id, "model_name": model, "model_version": version,
                                "answered_by": answered_by}
     if isinstance(ours, np.ndarray):
-        message["outputs"] = _outputs(ours, labels)
+        message["outputs"] = _outputs(ours, outputs)
     else:
         message["error"] = ours.error
     if isinstance(ours, np.ndarray) and isinstance(theirs, np.ndarray):
-        agree, difference = agreement(ours, labels, theirs, their_labels)
+        agree, difference = agreement(ours, outputs, theirs, their_outputs)
         message["agree"] = agree
         if difference is not None:
             message["max_abs_difference"] = difference
     return orjson.dumps(message)
 
 
-def agreement(ours: np.ndarray, labels: Sequence[str], theirs: np.ndarray,
-              their_labels: Sequence[str]) -> tuple[bool, float | None]:
-    """Whether two versions' answers name the same label, and the largest difference of
-    their probabilities when they have the same labels in the same order (a version that
-    adds or reorders classes has no such difference)."""
-    agree = labels[int(np.argmax(ours))] == their_labels[int(np.argmax(theirs))]
-    same = tuple(labels) == tuple(their_labels)
-    return agree, float(np.abs(ours - theirs).max()) if same else None
+def agreement(ours: np.ndarray, outputs: OutputSchema, theirs: np.ndarray,
+              their_outputs: OutputSchema) -> tuple[bool, float | None]:
+    """Whether two versions' answers agree, and the largest difference of their values when
+    they are comparable. Classifiers agree when they name the same label; their
+    probabilities are compared when they have the same labels in the same order (a version
+    that adds or reorders classes has no such difference). Regressors agree when
+    ``values_agree``. A classifier and a regressor never agree."""
+    if outputs.is_regressor != their_outputs.is_regressor:
+        return False, None
+    same = outputs == their_outputs
+    difference = float(np.abs(ours - theirs).max()) if same else None
+    if outputs.is_regressor:
+        return same and values_agree(ours, theirs), difference
+    agree = outputs.labels[int(np.argmax(ours))] == their_outputs.labels[int(np.argmax(theirs))]
+    return agree, difference
 
 
-def _outputs(probabilities: np.ndarray, labels: Sequence[str]) -> list[dict[str, Any]]:
+AGREE_RELATIVE = 0.01  # regressors' answers agree within 1% of the larger magnitude ...
+AGREE_ABSOLUTE = 1e-6  # ... or this much, for values near zero
+
+
+def values_agree(ours: Sequence[float] | np.ndarray, theirs: Sequence[float] | np.ndarray) -> bool:
+    """Two regressors' answers agree: every value within ``AGREE_RELATIVE`` of the larger
+    magnitude (or ``AGREE_ABSOLUTE``)."""
+    a, b = np.asarray(ours, np.float64), np.asarray(theirs, np.float64)
+    if a.shape != b.shape:
+        return False
+    bound = AGREE_RELATIVE * np.maximum(np.abs(a), np.abs(b)) + AGREE_ABSOLUTE
+    return bool(np.all(np.abs(a - b) <= bound))
+
+
+def _outputs(answer: np.ndarray, outputs: OutputSchema) -> list[dict[str, Any]]:
+    if outputs.is_regressor:
+        return [{"name": "value", "shape": [outputs.targets], "datatype": "FP32",
+                 "data": answer.tolist()}]
     return [
-        {"name": "probabilities", "shape": [1, len(labels)], "datatype": "FP32",
-         "data": probabilities.tolist()},
+        {"name": "probabilities", "shape": [1, len(outputs.labels)], "datatype": "FP32",
+         "data": answer.tolist()},
         {"name": "label", "shape": [1], "datatype": "BYTES",
-         "data": [labels[int(np.argmax(probabilities))]]},
+         "data": [outputs.labels[int(np.argmax(answer))]]},
     ]
 
 

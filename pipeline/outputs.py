@@ -37,6 +37,7 @@ from pipeline.messages import (
 from pipeline.redaction import RedactedOriginal, Redactor
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import Route
+from pipeline.schema import OutputSchema
 
 
 # The most a drift-rows message holds: half the broker's default message limit (1 MiB).
@@ -86,14 +87,14 @@ def dead_letter_key(rejection: Rejection, topic: str, partition: int, offset: in
 
 
 def prediction(record: Incoming, request: Request, version: str, route: Route | str,
-               probabilities: np.ndarray, labels: Sequence[str], batch_size: int,
+               answer: np.ndarray, outputs: OutputSchema, batch_size: int,
                answered_at: float, topic: str, quota: str = "") -> Outgoing:
     """``request``'s answer by ``version``; ``answered_at`` (epoch seconds) dates its latency."""
     facts = ServingFacts(route=str(route), batch_size=batch_size,
                          latency_ms=1000 * (answered_at - record.timestamp))
     return Outgoing(
         kind=Kind.PREDICTION, topic=topic, partition=record.partition, key=request.id.encode(),
-        value=encode_prediction(request.id, request.model, version, probabilities, labels, facts),
+        value=encode_prediction(request.id, request.model, version, answer, outputs, facts),
         headers=source_headers(record.topic, record.partition, record.offset),
         model=request.model, version=version, reason=None, request_timestamp=record.timestamp,
         route=str(route), quota=quota)
@@ -117,28 +118,29 @@ def dead_letter(record: Incoming, rejection: Rejection, topic: str, redactor: Re
         request_timestamp=record.timestamp, route=str(route), quota=quota)
 
 
-def sample(record: Incoming, request: Request, names: Sequence[str], probabilities: np.ndarray,
-           labels: Sequence[str], redactor: Redactor, topic: str) -> Outgoing:
+def sample(record: Incoming, request: Request, names: Sequence[str], answer: np.ndarray,
+           outputs: OutputSchema, redactor: Redactor, topic: str) -> Outgoing:
     """A copy of a served request (its features by ``names``, redacted) and its answer."""
     features = redactor.fields(dict(zip(names, request.row, strict=True)))
     return Outgoing(
         kind=Kind.SAMPLE, topic=topic, partition=record.partition, key=request.id.encode(),
         value=encode_sample(request.id, request.model, request.version, record.timestamp,
-                            features, probabilities, labels),
+                            features, answer, outputs),
         headers=source_headers(record.topic, record.partition, record.offset),
         model=request.model, version=request.version, reason=None,
         request_timestamp=record.timestamp)
 
 
 def shadow(record: Incoming, request: Request, version: str, answered_by: str,
-           ours: np.ndarray | Any, theirs: np.ndarray | Any, labels: Sequence[str],
-           their_labels: Sequence[str], topic: str) -> Outgoing:
-    """Shadow ``version``'s answer (``ours``, over ``labels``) beside ``answered_by``'s
-    (``theirs``, over ``their_labels``); either may be a failure (anything with an ``error``)."""
+           ours: np.ndarray | Any, theirs: np.ndarray | Any, outputs: OutputSchema,
+           their_outputs: OutputSchema, topic: str) -> Outgoing:
+    """Shadow ``version``'s answer (``ours``, as ``outputs`` describes) beside
+    ``answered_by``'s (``theirs``, as ``their_outputs``); either may be a failure (anything
+    with an ``error``)."""
     return Outgoing(
         kind=Kind.SHADOW, topic=topic, partition=record.partition, key=request.id.encode(),
-        value=encode_shadow(request.id, request.model, version, answered_by, ours, theirs, labels,
-                            their_labels),
+        value=encode_shadow(request.id, request.model, version, answered_by, ours, theirs, outputs,
+                            their_outputs),
         headers=source_headers(record.topic, record.partition, record.offset),
         model=request.model, version=version, reason=None, request_timestamp=record.timestamp,
         route=str(Route.SHADOW))

@@ -98,6 +98,11 @@ class Prediction:
         """The most probable class."""
         return str(self.output("label").data[0])
 
+    @property
+    def value(self) -> tuple[float, ...]:
+        """A regressor's answer: one value per target."""
+        return tuple(float(x) for x in self.output("value").data)
+
 
 @dataclass(frozen=True, slots=True)
 class DeadLetter:

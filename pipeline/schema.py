@@ -7,7 +7,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import numpy as np
+
 from pipeline.errors import StreamserveError
+
+
+KINDS = ("classifier", "regressor")  # what a model answers: OutputSchema.kind
 
 
 class SchemaError(StreamserveError, ValueError):
@@ -93,20 +98,52 @@ class InputSchema:
 
 @dataclass(frozen=True, slots=True)
 class OutputSchema:
-    """A classifier's outputs: class probabilities in ``labels`` order, and the top label."""
+    """What a model answers: a classifier's class probabilities in ``labels`` order and its
+    top label, or a regressor's ``targets`` values (one output, ``value``). Either way the
+    model gives one float32 row of ``width`` columns per request."""
 
-    labels: tuple[str, ...]
+    labels: tuple[str, ...] = ()
+    targets: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.labels) < 2:
-            raise SchemaError("a classifier needs at least two labels")
+        if self.labels and self.targets:
+            raise SchemaError("a model answers with class labels or with target values, not "
+                              "both: give labels for a classifier, targets for a regressor")
+        if not self.targets and len(self.labels) < 2:
+            raise SchemaError("a classifier needs at least two labels (a regressor: targets >= 1)")
+        if self.targets < 0:
+            raise SchemaError(f"a regressor has at least one target, got {self.targets}")
+
+    @property
+    def is_regressor(self) -> bool:
+        return self.targets > 0
+
+    @property
+    def width(self) -> int:
+        """The columns of the model's output: one per class, or one per target."""
+        return self.targets or len(self.labels)
+
+    @property
+    def kind(self) -> str:
+        return "regressor" if self.is_regressor else "classifier"
+
+    def describe(self) -> str:
+        """What a person reads in ``models show``: the labels, or the values."""
+        return (f"value ({self.targets} target{'s' if self.targets > 1 else ''})"
+                if self.is_regressor else ", ".join(self.labels))
+
+    def watched(self, answers: np.ndarray) -> np.ndarray:
+        """What drift and the canary analysis watch of (n, width) answers: each row's
+        predicted class index, or a regressor's first target value."""
+        return answers[:, 0].astype(np.float64) if self.is_regressor else answers.argmax(axis=1)
 
     def to_json(self) -> dict[str, Any]:
-        return {"labels": list(self.labels)}
+        # A classifier's manifest keeps the bytes it had before regressors existed.
+        return {"targets": self.targets} if self.is_regressor else {"labels": list(self.labels)}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> OutputSchema:
-        return cls(tuple(d["labels"]))
+        return cls(tuple(d.get("labels", ())), int(d.get("targets", 0)))
 
 
 def _finite_or_none(x: float) -> float | None:

@@ -24,6 +24,7 @@ from pipeline.registry import (
     Registry,
     RegistryError,
 )
+from pipeline.schema import KINDS
 from pipeline.signing import (
     SignatureError,
     TrustedKeys,
@@ -51,14 +52,19 @@ def register(commands: Commands) -> None:
                             "clear (hashed with STREAMSERVE_REDACTION_KEY, masked without one)")
     add = command(actions, "register", models_register,
                   "register a model file trained elsewhere (XGBoost, LightGBM, scikit-learn, "
-                  "jax.export) as a new signed version, checked against its own library")
+                  "ONNX, jax.export), a classifier or a regressor, as a new signed version, "
+                  "checked against its own library")
     add.add_argument("model", help="model name, e.g. fraud")
     add.add_argument("file", type=Path,
                      help="the saved model: XGBoost .json/.ubj, LightGBM .txt, scikit-learn "
-                          ".joblib/.pkl (unpickled here only: a file you trust), or "
+                          ".joblib/.pkl (unpickled here only: a file you trust), .onnx, or "
                           "Exported.serialize() bytes with --format jax")
     add.add_argument("--format", choices=sorted(FORMATS), default=None,
                      help="the file's format (default: from its suffix)")
+    add.add_argument("--kind", choices=KINDS, default=None,
+                     help="classifier (answers probabilities and a label) or regressor "
+                          "(answers a value); default: what the file says (XGBoost, LightGBM "
+                          "and scikit-learn files do), else classifier")
     add.add_argument("--features", type=_names, default=None, metavar="A,B,...",
                      help="input names in column order (needed when the file names none)")
     add.add_argument("--labels", type=_names, default=None, metavar="L1,L2,...",
@@ -134,14 +140,15 @@ def models_register(settings: Settings, args: argparse.Namespace) -> int:
     from models.external import register
 
     manifest = register(args.model, args.file, settings=settings, format=args.format,
-                        features=args.features, labels=args.labels, reference=args.reference,
+                        kind=args.kind, features=args.features, labels=args.labels, reference=args.reference,
                         params=args.params,
                         sensitive=[n for names in args.sensitive for n in _names(names)])
     check = manifest.lineage["check"]
     signer = key_id(ensure_signing_key(settings.registry.signing_key).public_key())
     print(f"registered {manifest.model}:{manifest.version} ({manifest.architecture} from "
-          f"{manifest.hyperparameters['library']}; {len(manifest.inputs)} features, labels "
-          f"{', '.join(manifest.outputs.labels)}; matches the library within "
+          f"{manifest.hyperparameters['library']}; {len(manifest.inputs)} features, a "
+          f"{manifest.outputs.kind} answering {manifest.outputs.describe()}; matches the "
+          f"library within "
           f"{check['max_difference']:.2g} on {check['rows']} rows"
           f"{'' if manifest.reference else '; no --reference: drift is off'}) in "
           f"{settings.registry.root}, signed by key {signer}")
@@ -191,7 +198,7 @@ def models_show(settings: Settings, args: argparse.Namespace) -> int:
                    + ", ".join(f"{f.name} {f.dtype} {_range(f.minimum, f.maximum)}"
                                + (" sensitive" if f.sensitive else "")
                                for f in m.inputs.features)),
-        ("outputs", ", ".join(m.outputs.labels)),
+        ("outputs", f"{m.outputs.kind}: {m.outputs.describe()}"),
         ("metrics", ", ".join(f"{k} {v:.4f}" for k, v in sorted(m.metrics.items()))),
         *((f"lineage.{k}", str(v)) for k, v in sorted(m.lineage.items())),
         *((f"sha256 {file}", digest) for file, digest in sorted(m.param_hashes.items())),

@@ -58,16 +58,18 @@ def scorer(registry: Path, model: str) -> Callable[[dict], dict]:
     version = store.latest(model)
     manifest = store.manifest(model, version)
     names = manifest.inputs.names
-    labels = manifest.outputs.labels
+    outputs = manifest.outputs
     params = jax.device_put(store.load_params(model, version))
     predict = jax.jit(architecture(manifest.architecture))
 
     def score(request: dict) -> dict:
         features = request["features"]
         x = np.array([[features[name] for name in names]], np.float32)
-        probabilities = np.asarray(predict(params, x))[0]
-        return {"id": request["id"], "model": model, "probabilities": probabilities.tolist(),
-                "label": labels[int(probabilities.argmax())]}
+        answer = np.asarray(predict(params, x))[0]
+        if outputs.is_regressor:
+            return {"id": request["id"], "model": model, "value": answer.tolist()}
+        return {"id": request["id"], "model": model, "probabilities": answer.tolist(),
+                "label": outputs.labels[int(answer.argmax())]}
 
     return score
 

@@ -111,13 +111,20 @@ class Deployer:
                 self._refuse(spec, version, current, e)
                 return None
         everything = {**have, **loaded}
-        features = everything[(spec.model, spec.stable)].manifest.inputs.names
+        stable = everything[(spec.model, spec.stable)].manifest
         for version in sorted(spec.versions()):
-            theirs = everything[(spec.model, version)].manifest.inputs.names
-            if theirs != features:
+            theirs = everything[(spec.model, version)].manifest
+            if theirs.inputs.names != stable.inputs.names:
                 self._refuse(spec, version, current, ValueError(
-                    f"{spec.model}:{version} reads features {list(theirs)}, but stable version "
-                    f"{spec.stable} reads {list(features)}: one request cannot go to both"))
+                    f"{spec.model}:{version} reads features {list(theirs.inputs.names)}, but "
+                    f"stable version {spec.stable} reads {list(stable.inputs.names)}: one "
+                    f"request cannot go to both"))
+                return None
+            if theirs.outputs.kind != stable.outputs.kind:
+                self._refuse(spec, version, current, ValueError(
+                    f"{spec.model}:{version} is a {theirs.outputs.kind}, but stable version "
+                    f"{spec.stable} is a {stable.outputs.kind}: a model's clients read one kind "
+                    f"of answer; register it under another model name"))
                 return None
         try:
             await self._inference.warm(list(loaded.values()))

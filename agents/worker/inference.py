@@ -48,6 +48,7 @@ from pipeline.outputs import Incoming, Outgoing
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import Route, RouteDecision
 from pipeline.sampling import sampled
+from pipeline.schema import OutputSchema
 from pipeline.tenant_quotas import TenantQuotas
 
 log = logging.getLogger(__name__)
@@ -188,7 +189,8 @@ class InferenceService:
         else:
             # Refused by its breaker: failures of this version (a canary's judge counts them).
             self._feed_breaker(serving, model, version, 0, len(items))
-            self._judge_canary(deployment, model, route, len(items), [], [])
+            self._judge_canary(deployment, model, route, len(items), [], np.empty(0),
+                               deployment.models[(model, version)].manifest.outputs)
             if fallback is None:
                 error = (f"{model}:{version} is failing and its circuit breaker is open; "
                          + ("its fallback is failing too" if serving.catalog.fallback(model) else
@@ -233,12 +235,12 @@ class InferenceService:
                 outgoing.append(self._dead_letter(serving, record, rejection, by, by_route,
                                                   quota=self._quota_of(request)))
                 continue
-            labels = deployment.models[(model, by)].manifest.outputs.labels
-            outgoing.append(outputs.prediction(record, request, by, by_route, answer, labels,
+            schema = deployment.models[(model, by)].manifest.outputs
+            outgoing.append(outputs.prediction(record, request, by, by_route, answer, schema,
                                                len(rows), done, self._topics.predictions,
                                                quota=self._quota_of(request)))
             if policy.sample_rate and sampled(request.id, policy.sample_rate):
-                outgoing.append(outputs.sample(record, request, names, answer, labels,
+                outgoing.append(outputs.sample(record, request, names, answer, schema,
                                                policy.redactor, self._topics.samples))
         ok = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
         self._feed_breaker(serving, model, version, len(ok), charged)
@@ -248,16 +250,15 @@ class InferenceService:
         watched_ok = [i for i in watched if not isinstance(results[i], RowFailure)]
         watched_charged = sum(1 for i in watched if i in rescued) if second is not None else \
             len(watched) - len(watched_ok)
-        classes = (np.stack([results[i] for i in watched_ok]).argmax(axis=1) if watched_ok
-                   else np.empty(0, np.intp))
+        predicted = (served.manifest.outputs.watched(np.stack([results[i] for i in watched_ok]))
+                     if watched_ok else np.empty(0))
         self._judge_canary(deployment, model, route, watched_charged,
-                           [seconds] * len(watched_ok), classes.tolist(),
-                           served.manifest.outputs.labels)
+                           [seconds] * len(watched_ok), predicted, served.manifest.outputs)
         coder = serving.coders.get((model, version))
         if coder is not None and watched_ok:
             sources = [items[i][0] for i in watched_ok]
             self._pending_drift.setdefault((model, version), []).append(CodedRows(
-                coder.codes(watched_columns(rows[watched_ok], classes)),
+                coder.codes(watched_columns(rows[watched_ok], predicted)),
                 np.array([r.partition for r in sources], np.int32),
                 np.array([r.offset for r in sources], np.int64),
                 np.array([round(r.timestamp * 1000) for r in sources], np.int64)))
@@ -286,25 +287,31 @@ class InferenceService:
             self._metrics.breaker_state.labels(model, version).set(_BREAKER_VALUE[breaker.state])
 
     def _judge_canary(self, deployment: Deployment, model: str, route: Route, failures: int,
-                      latencies: list[float], classes: list[int],
-                      labels: Sequence[str] = ()) -> None:
-        """During a canary, let its judge see a group's failures, latencies and classes
-        (indices into ``labels``, the answering version's)."""
+                      latencies: list[float], predicted: np.ndarray,
+                      schema: OutputSchema) -> None:
+        """During a canary, let its judge see a group's failures, latencies and predictions
+        (``schema.watched``: class indices into the answering version's labels, or values)."""
         spec = deployment.specs.get(model)
         if spec is None or spec.canary is None or route not in (Route.STABLE, Route.CANARY):
             return
         key = (model, spec.revision)
         if key in self._judged:
             return
-        # The versions may predict different classes (a canary that adds one): the judge
-        # counts by label, over stable's labels and then the canary's new ones.
-        stable = deployment.models[(model, spec.stable)].manifest.outputs.labels
-        canary = deployment.models[(model, spec.canary.version)].manifest.outputs.labels
-        union = {label: i for i, label in enumerate(dict.fromkeys([*stable, *canary]))}
         judge = self._judges.get(key)
-        if judge is None:
-            judge = self._judges[key] = CanaryJudge(self._settings.canary.policy, len(union))
-        judge.observe(route, failures, latencies, [union[labels[c]] for c in classes])
+        if schema.is_regressor:  # the deployer lets only versions of one kind serve together
+            if judge is None:
+                judge = self._judges[key] = CanaryJudge(self._settings.canary.policy, None)
+            judge.observe(route, failures, latencies, predicted)
+        else:
+            # The versions may predict different classes (a canary that adds one): the
+            # judge counts by label, over stable's labels and then the canary's new ones.
+            stable = deployment.models[(model, spec.stable)].manifest.outputs.labels
+            canary = deployment.models[(model, spec.canary.version)].manifest.outputs.labels
+            union = {label: i for i, label in enumerate(dict.fromkeys([*stable, *canary]))}
+            if judge is None:
+                judge = self._judges[key] = CanaryJudge(self._settings.canary.policy, len(union))
+            judge.observe(route, failures, latencies,
+                          [union[schema.labels[c]] for c in predicted.tolist()])
         verdict = judge.verdict()
         if verdict.action in ("rollback", "promote") and self._on_canary_verdict is not None:
             self._judged.add(key)
@@ -317,19 +324,19 @@ class InferenceService:
         items, rows, primary_results = served_group
         served = deployment.models[(model, shadow)]
         results, _ = await self._predict(served, rows)
-        labels = served.manifest.outputs.labels
-        their_labels = deployment.models[(model, primary)].manifest.outputs.labels
+        schema = served.manifest.outputs
+        their_schema = deployment.models[(model, primary)].manifest.outputs
         agreement: Counter[str] = Counter()
         outgoing = []
         for (record, request), theirs, ours in zip(items, primary_results, results, strict=True):
             agree = None
             if not isinstance(theirs, RowFailure) and not isinstance(ours, RowFailure):
-                agree, difference = messages.agreement(ours, labels, theirs, their_labels)
+                agree, difference = messages.agreement(ours, schema, theirs, their_schema)
                 if difference is not None:
                     self._metrics.shadow_difference.labels(model, shadow).observe(difference)
             agreement["unknown" if agree is None else "yes" if agree else "no"] += 1
-            outgoing.append(outputs.shadow(record, request, shadow, primary, ours, theirs, labels,
-                                           their_labels, self._topics.shadow))
+            outgoing.append(outputs.shadow(record, request, shadow, primary, ours, theirs, schema,
+                                           their_schema, self._topics.shadow))
         for agree, count in agreement.items():
             self._metrics.shadow_agreement.labels(model, shadow, agree).inc(count)
         return outgoing

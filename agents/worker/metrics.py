@@ -97,11 +97,13 @@ class Metrics:
             ["model", "version"], registry=r)
         self.shadow_agreement = Counter(
             "streamserve_shadow_agreement",
-            "Shadow answers by whether their label agrees with the version that answered",
+            "Shadow answers by whether they agree with the version that answered (the same "
+            "label; a regressor's values within 1%)",
             ["model", "version", "agree"], registry=r)
         self.shadow_difference = Histogram(
             "streamserve_shadow_difference",
-            "Largest absolute difference of class probabilities, shadow against served",
+            "Largest absolute difference of class probabilities (a regressor's values), "
+            "shadow against served",
             ["model", "version"], buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0), registry=r)
         self.model_refusals = Counter(
             "streamserve_model_refusals",

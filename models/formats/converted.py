@@ -14,18 +14,20 @@ import numpy as np
 class Converted:
     """A model in streamserve's terms.
 
-    ``predict`` is the original library's own: float32 rows (n, n_features) to class
-    probabilities (n, n_classes), for the check at registration. ``features`` and
-    ``classes`` are what the file itself says (None when it names none).
+    ``predict`` is the original library's own: float32 rows (n, n_features) to answers
+    (n, width), class probabilities or a regressor's values, for the check at
+    registration. ``kind`` ("classifier" or "regressor"), ``features`` and ``classes`` are
+    what the file itself says (None when it does not say).
     """
 
-    format: str  # xgboost, lightgbm, sklearn
+    format: str  # xgboost, lightgbm, sklearn, onnx, jax
     library: str  # the library and version that wrote or reads the file, e.g. "xgboost 3.2.0"
     architecture: str  # models.architectures: FAMILY:LINK
     params: dict[str, np.ndarray]
     n_features: int
-    n_classes: int
+    width: int  # answer columns: one per class, or one per target
     predict: Callable[[np.ndarray], np.ndarray]
+    kind: str | None = None
     features: tuple[str, ...] | None = None
     classes: tuple[str, ...] | None = None
     details: dict[str, Any] = field(default_factory=dict)  # objective, trees, depth: for the manifest

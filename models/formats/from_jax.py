@@ -5,7 +5,8 @@ The file is ``Exported.serialize()`` of ``f(params, x)``, with ``params`` a dict
 (``--params``: an ``.npz`` of them), or of ``f(x)`` with the parameters baked in. ``x`` is
 float32 ``(batch, features)`` with a symbolic batch dimension
 (``jax.export.symbolic_shape("b, 4")``), so one export serves every padding bucket; the
-result is float32 class probabilities ``(batch, classes)``. The serialized function
+result is float32 ``(batch, columns)``: class probabilities, or a regressor's values
+(``--kind regressor``). The serialized function
 travels among the version's parameters (``models.exported``).
 """
 
@@ -46,17 +47,17 @@ def convert(serialized: bytes, params: Mapping[str, np.ndarray]) -> Converted:
     except ExportError as e:
         raise ConversionError(str(e)) from None
     arrays = {k: np.asarray(v) for k, v in params.items()}
-    n_features, n_classes = _check_signature(exported, arrays)
+    n_features, width = _check_signature(exported, arrays)
     call = apply_of(exported, bool(arrays))
     return Converted("jax", f"jax {jax.__version__}", ARCHITECTURE,
                      {**arrays, EXPORTED: np.frombuffer(serialized, np.uint8)}, n_features,
-                     n_classes, lambda x: np.asarray(call(arrays, x)),
+                     width, lambda x: np.asarray(call(arrays, x)),
                      details={"platforms": list(exported.platforms)})
 
 
 def _check_signature(exported: Any, params: Mapping[str, np.ndarray]) -> tuple[int, int]:
-    """The features and classes of ``f(params, x)``, once its signature is one streamserve
-    serves."""
+    """The features and answer columns of ``f(params, x)``, once its signature is one
+    streamserve serves."""
     *param_avals, x = exported.in_avals
     if len(param_avals) != len(params):
         raise ConversionError(
@@ -78,5 +79,6 @@ def _check_signature(exported: Any, params: Mapping[str, np.ndarray]) -> tuple[i
             or not isinstance(outs[0].shape[1], int) or outs[0].dtype != np.float32):
         raise ConversionError(
             f"the exported function returns {[f'{o.dtype}{o.shape}' for o in outs]}: it must "
-            f"return one float32 array of class probabilities, shape (b, classes)")
+            f"return one float32 array, shape (b, classes) of class probabilities or (b, "
+            f"targets) of a regressor's values")
     return int(x.shape[1]), int(outs[0].shape[1])

@@ -19,7 +19,10 @@ from models.formats.converted import Converted
 from models.formats.errors import ConversionError, need
 from models.formats.tree_table import Tree, calibrated, table
 
-_LINKS = {"binary": "sigmoid", "multiclass": "softmax"}
+_CLASSIFIERS = {"binary": "sigmoid", "multiclass": "softmax"}
+_REGRESSORS = {**dict.fromkeys(("regression", "regression_l1", "huber", "fair", "quantile", "mape"),
+                               "none"), **dict.fromkeys(("poisson", "gamma", "tweedie"), "exp")}
+_LINKS = {**_CLASSIFIERS, **_REGRESSORS}
 
 
 def load(path: Path) -> Converted:
@@ -33,7 +36,8 @@ def load(path: Path) -> Converted:
 
 
 def convert(booster: Any) -> Converted:
-    """A fitted ``lightgbm.Booster`` (or ``LGBMClassifier``) as a ``trees`` model."""
+    """A fitted ``lightgbm.Booster`` (or ``LGBMClassifier``, ``LGBMRegressor``) as a
+    ``trees`` model."""
     lightgbm = need("lightgbm")
     if hasattr(booster, "booster_"):
         booster = booster.booster_
@@ -41,7 +45,8 @@ def convert(booster: Any) -> Converted:
     objective, *options = dump["objective"].split()
     if objective not in _LINKS:
         raise ConversionError(f"LightGBM objective {objective!r} is not served: classifiers with "
-                              f"{', '.join(_LINKS)} are")
+                              f"{', '.join(_CLASSIFIERS)} and regressors with "
+                              f"{', '.join(_REGRESSORS)} are")
     per_round = int(dump["num_tree_per_iteration"])
     sigmoid = 1.0  # a binary model's probability is sigmoid(S * raw score)
     if objective == "binary":
@@ -55,14 +60,19 @@ def convert(booster: Any) -> Converted:
     params = calibrated(table(trees, per_round), n_features,
                         lambda x: sigmoid * booster.predict(x, raw_score=True))
 
+    regressor = objective in _REGRESSORS
+
     def predict(x: np.ndarray) -> np.ndarray:
         p = booster.predict(x)
+        if regressor:
+            return p.reshape(len(x), 1)
         return np.stack([1 - p, p], axis=1) if per_round == 1 else p
 
     names = tuple(dump.get("feature_names") or ())
     unnamed = all(re.fullmatch(r"Column_\d+", n) for n in names)
     return Converted("lightgbm", f"lightgbm {lightgbm.__version__}", f"trees:{_LINKS[objective]}",
-                     params, n_features, max(2, int(dump["num_class"])), predict,
+                     params, n_features, 1 if regressor else max(2, int(dump["num_class"])),
+                     predict, kind="regressor" if regressor else "classifier",
                      features=None if unnamed else names,
                      details={"objective": dump["objective"], "trees": len(trees),
                               "depth": int(params["depth"].shape[0])})

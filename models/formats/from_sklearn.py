@@ -1,6 +1,6 @@
 """scikit-learn estimators and pipelines as tree tables or matrix products.
 
-A pipeline is scalers (``StandardScaler``, ``MinMaxScaler``) then one classifier. A
+A pipeline is scalers (``StandardScaler``, ``MinMaxScaler``) then one estimator. A
 scaler maps each feature up (``x * a + c`` with ``a > 0``), so it folds into what
 follows: into a linear model's weights, and into a tree's thresholds as the largest
 float32 input whose scaled value (rounded as scikit-learn rounds it, to float32 after
@@ -9,12 +9,14 @@ exact, where folding the arithmetic would move rows that sit on a threshold. Tre
 left on ``x <= t``, compared in float64 on float32 inputs, as ``tree_table`` expects.
 
 * ``LogisticRegression``: ``linear:sigmoid`` (binary) or ``linear:softmax``;
-* ``DecisionTreeClassifier``, ``RandomForestClassifier``, ``ExtraTreesClassifier``: each
-  leaf holds its class shares divided by the number of trees, so their sum is the
-  forest's average: ``trees:none``;
-* ``GradientBoostingClassifier``, ``HistGradientBoostingClassifier``: leaves hold the
-  (learning-rate scaled) margins; the initial estimate is the ``base``: ``trees:sigmoid``
-  or ``trees:softmax``.
+  ``LinearRegression``, ``Ridge``, ``Lasso``, ``ElasticNet``: ``linear:none``;
+* ``DecisionTree*``, ``RandomForest*``, ``ExtraTrees*``: each leaf holds its class shares
+  (a regressor: its values) divided by the number of trees, so their sum is the forest's
+  average: ``trees:none``;
+* ``GradientBoosting*``, ``HistGradientBoosting*``: leaves hold the (learning-rate
+  scaled) margins; the initial estimate is the ``base``: ``trees:sigmoid`` or
+  ``trees:softmax`` (classifiers), ``trees:none`` or, for a Poisson or gamma loss,
+  ``trees:exp`` (regressors).
 
 Unpickling a model file runs whatever code it holds: ``load`` says so before it does,
 and only the registering process ever unpickles; workers read the arrays.
@@ -38,6 +40,10 @@ _SCALERS = ("StandardScaler", "MinMaxScaler")
 _FORESTS = ("DecisionTreeClassifier", "RandomForestClassifier", "ExtraTreesClassifier")
 _BOOSTED = ("GradientBoostingClassifier", "HistGradientBoostingClassifier")
 _CLASSIFIERS = ("LogisticRegression", *_FORESTS, *_BOOSTED)
+_LINEAR_REGRESSORS = ("LinearRegression", "Ridge", "Lasso", "ElasticNet")
+_FOREST_REGRESSORS = ("DecisionTreeRegressor", "RandomForestRegressor", "ExtraTreesRegressor")
+_BOOSTED_REGRESSORS = ("GradientBoostingRegressor", "HistGradientBoostingRegressor")
+_REGRESSORS = (*_LINEAR_REGRESSORS, *_FOREST_REGRESSORS, *_BOOSTED_REGRESSORS)
 
 
 def load(path: Path) -> Converted:
@@ -55,46 +61,79 @@ def load(path: Path) -> Converted:
 
 
 def convert(estimator: Any) -> Converted:
-    """A fitted classifier, or a ``Pipeline`` of scalers and a classifier, of the kinds above."""
+    """A fitted estimator, or a ``Pipeline`` of scalers and an estimator, of the kinds above."""
     import sklearn  # a dependency of streamserve's own: imported when registering
 
     steps = [s for _, s in estimator.steps] if hasattr(estimator, "steps") else [estimator]
     *scalers, final = steps
     for step in scalers:
         if type(step).__name__ not in _SCALERS:
-            raise _unsupported(step, "before the classifier: only", _SCALERS)
+            raise _unsupported(step, "before the estimator: only", _SCALERS)
         if getattr(step, "clip", False):
             raise ConversionError("a MinMaxScaler with clip=True is not served: fit it with "
                                   "clip=False")
     name = type(final).__name__
-    if name not in _CLASSIFIERS:
-        raise _unsupported(final, "as the classifier:", _CLASSIFIERS)
-    if not hasattr(final, "classes_"):
+    if name not in (*_CLASSIFIERS, *_REGRESSORS):
+        raise _unsupported(final, "as the estimator:", (*_CLASSIFIERS, *_REGRESSORS))
+    if not hasattr(final, "n_features_in_"):
         raise ConversionError(f"the {name} is not fitted: fit it before registering it")
     n_features = int(getattr(steps[0], "n_features_in_", 0))
     a, c = _affine(scalers, n_features)
-    n_classes = len(final.classes_)
-    if name == "LogisticRegression":
-        architecture, params = _linear(final, a, c)
+    if name in _REGRESSORS:
+        architecture, params, width = _regressor(estimator, final, scalers, a, c, n_features)
+        predict, classes = (lambda x: np.asarray(estimator.predict(x)).reshape(len(x), width)), None
     else:
-        trees, n_outputs, link = _trees(final, n_classes)
-        architecture = f"trees:{link}"
-        params = table([_unscaled(t, scalers) for t in trees], n_outputs)
-        if name in _BOOSTED:  # the initial estimate: the library's margins less the trees'
-            params = calibrated(params, n_features, lambda x: estimator.decision_function(x))
+        n_classes = len(final.classes_)
+        if name == "LogisticRegression":
+            architecture, params = _linear(final, a, c)
+        else:
+            trees, n_outputs, link = _trees(final, n_classes)
+            architecture = f"trees:{link}"
+            params = table([_unscaled(t, scalers) for t in trees], n_outputs)
+            if name in _BOOSTED:  # the initial estimate: the library's margins less the trees'
+                params = calibrated(params, n_features, lambda x: estimator.decision_function(x))
+        width, predict = max(2, n_classes), (lambda x: estimator.predict_proba(x))
+        classes = tuple(map(str, final.classes_))
     features = getattr(steps[0], "feature_names_in_", None)
     details: dict[str, Any] = {"estimator": " -> ".join(type(s).__name__ for s in steps)}
     if "depth" in params:
         details |= {"trees": int(params["feature"].shape[0]), "depth": int(params["depth"].shape[0])}
     return Converted("sklearn", f"scikit-learn {sklearn.__version__}", architecture, params,
-                     n_features, max(2, n_classes), lambda x: estimator.predict_proba(x),
+                     n_features, width, predict,
+                     kind="regressor" if name in _REGRESSORS else "classifier",
                      features=None if features is None else tuple(map(str, features)),
-                     classes=tuple(map(str, final.classes_)), details=details)
+                     classes=classes, details=details)
+
+
+def _regressor(estimator: Any, final: Any, scalers: list[Any], a: np.ndarray, c: np.ndarray,
+               n_features: int) -> tuple[str, dict[str, np.ndarray], int]:
+    """A regressor's architecture, parameters and targets."""
+    name = type(final).__name__
+    if name in _LINEAR_REGRESSORS:
+        w = np.atleast_2d(np.asarray(final.coef_, np.float64)).T
+        b = np.broadcast_to(np.asarray(final.intercept_, np.float64), (w.shape[1],))
+        return "linear:none", _folded(w, b, a, c), w.shape[1]
+    if name in _FOREST_REGRESSORS:
+        forest = getattr(final, "estimators_", [final])
+        trees = [_sklearn_tree(t.tree_, t.tree_.value[:, :, 0] / len(forest)) for t in forest]
+        width = int(final.n_outputs_)
+        return "trees:none", table([_unscaled(t, scalers) for t in trees], width), width
+    if name == "GradientBoostingRegressor":
+        trees = [_boosted_tree(stage[0].tree_, 0, 1, final.learning_rate)
+                 for stage in final.estimators_]
+        link = "none"
+    else:  # HistGradientBoostingRegressor: a Poisson or gamma loss predicts exp(margin)
+        trees = [_hist_tree(stage[0].nodes, 0, 1) for stage in final._predictors]
+        link = "exp" if final.loss in ("poisson", "gamma") else "none"
+    params = table([_unscaled(t, scalers) for t in trees], 1)
+    margins = ((lambda x: np.log(estimator.predict(x))) if link == "exp"
+               else (lambda x: estimator.predict(x)))
+    return f"trees:{link}", calibrated(params, n_features, margins), 1
 
 
 def _unsupported(step: Any, where: str, kinds: tuple[str, ...]) -> ConversionError:
     return ConversionError(f"{type(step).__name__} is not served {where} {', '.join(kinds)} "
-                           f"are (regressors are not served yet)")
+                           f"are")
 
 
 def _affine(scalers: list[Any], n_features: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,9 +155,13 @@ def _affine(scalers: list[Any], n_features: int) -> tuple[np.ndarray, np.ndarray
 
 def _linear(model: Any, a: np.ndarray, c: np.ndarray) -> tuple[str, dict[str, np.ndarray]]:
     w, b = np.asarray(model.coef_, np.float64).T, np.asarray(model.intercept_, np.float64)
-    # (x * a + c) @ w + b = x @ (a[:, None] * w) + (c @ w + b)
-    params = {"w": (a[:, None] * w).astype(np.float32), "b": (c @ w + b).astype(np.float32)}
-    return ("linear:sigmoid" if w.shape[1] == 1 else "linear:softmax"), params
+    return ("linear:sigmoid" if w.shape[1] == 1 else "linear:softmax"), _folded(w, b, a, c)
+
+
+def _folded(w: np.ndarray, b: np.ndarray, a: np.ndarray, c: np.ndarray) -> dict[str, np.ndarray]:
+    """``x @ w + b`` after the scalers' ``x * a + c``, as one matrix product:
+    (x * a + c) @ w + b = x @ (a[:, None] * w) + (c @ w + b)."""
+    return {"w": (a[:, None] * w).astype(np.float32), "b": (c @ w + b).astype(np.float32)}
 
 
 def _trees(model: Any, n_classes: int) -> tuple[list[Tree], int, str]:
@@ -157,7 +200,7 @@ def _sklearn_tree(tree: Any, leaf: np.ndarray) -> Tree:
 
 def _hist_tree(nodes: np.ndarray, klass: int, n_outputs: int) -> Tree:
     if nodes["is_categorical"].any():
-        raise ConversionError("the HistGradientBoostingClassifier has categorical splits, which "
+        raise ConversionError("the HistGradientBoosting model has categorical splits, which "
                               "are not served: encode categories as numbers and train again")
     leaf_node = nodes["is_leaf"].astype(bool)
     leaf = np.zeros((len(nodes), n_outputs))
@@ -187,14 +230,16 @@ def _unscaled(tree: Tree, scalers: list[Any]) -> Tree:
 
 
 def _scale(x: np.ndarray, feature: np.ndarray, scalers: list[Any]) -> np.ndarray:
-    """scikit-learn's transform of each ``x`` as feature ``feature``: float32 after each step."""
+    """scikit-learn's transform of each ``x`` as feature ``feature``: float32 after each step.
+    A ``StandardScaler`` casts its mean and scale to the input's float32 first; a
+    ``MinMaxScaler`` computes with its float64 ones (scikit-learn 1.9)."""
     with np.errstate(over="ignore", invalid="ignore"):
         for s in scalers:
             if type(s).__name__ == "StandardScaler":
                 if s.mean_ is not None:
-                    x = (x.astype(np.float64) - s.mean_[feature]).astype(np.float32)
+                    x = x - s.mean_.astype(np.float32)[feature]
                 if s.scale_ is not None:
-                    x = (x.astype(np.float64) / s.scale_[feature]).astype(np.float32)
+                    x = x / s.scale_.astype(np.float32)[feature]
             else:
                 x = (x.astype(np.float64) * s.scale_[feature]).astype(np.float32)
                 x = (x.astype(np.float64) + s.min_[feature]).astype(np.float32)

@@ -2,7 +2,8 @@
 
 XGBoost goes left when ``x < split_condition`` (float32), a missing value to
 ``default_left``; a leaf's ``split_conditions`` entry is its value. Multi-class models
-grow one tree per class per round (``tree_info`` names the class). The base score is
+grow one tree per class per round, multi-target regressors one per target (``tree_info``
+names the class or target). The base score is
 read back as the library's margin less the trees' (``tree_table.calibrated``), which
 holds whatever space a release stores it in.
 """
@@ -19,8 +20,12 @@ from models.formats.converted import Converted
 from models.formats.errors import ConversionError, need
 from models.formats.tree_table import Tree, calibrated, table
 
-# Objectives served, and the link from margins to probabilities.
-_LINKS = {"binary:logistic": "sigmoid", "multi:softprob": "softmax", "multi:softmax": "softmax"}
+# Objectives served, and the link from margins to answers.
+_CLASSIFIERS = {"binary:logistic": "sigmoid", "multi:softprob": "softmax", "multi:softmax": "softmax"}
+_REGRESSORS = {**dict.fromkeys(("reg:squarederror", "reg:squaredlogerror", "reg:pseudohubererror",
+                                "reg:absoluteerror", "reg:quantileerror"), "none"),
+               **dict.fromkeys(("count:poisson", "reg:gamma", "reg:tweedie"), "exp")}
+_LINKS = {**_CLASSIFIERS, **_REGRESSORS}
 
 
 def load(path: Path) -> Converted:
@@ -36,7 +41,8 @@ def load(path: Path) -> Converted:
 
 
 def convert(booster: Any) -> Converted:
-    """A fitted ``xgboost.Booster`` (or ``XGBClassifier``) as a ``trees`` model."""
+    """A fitted ``xgboost.Booster`` (or ``XGBClassifier``, ``XGBRegressor``) as a ``trees``
+    model."""
     xgboost = need("xgboost")
     if hasattr(booster, "get_booster"):
         booster = booster.get_booster()
@@ -44,13 +50,17 @@ def convert(booster: Any) -> Converted:
     objective = learner["objective"]["name"]
     if objective not in _LINKS:
         raise ConversionError(f"XGBoost objective {objective!r} is not served: classifiers with "
-                              f"{', '.join(_LINKS)} are")
+                              f"{', '.join(_CLASSIFIERS)} and regressors with "
+                              f"{', '.join(_REGRESSORS)} are")
     gbm = learner["gradient_booster"]
     if gbm["name"] != "gbtree":
         raise ConversionError(f"XGBoost booster {gbm['name']!r} is not served: train with "
                               f"booster='gbtree'")
+    regressor = objective in _REGRESSORS
     n_classes = max(2, int(learner["learner_model_param"]["num_class"]))
-    n_outputs = 1 if objective == "binary:logistic" else n_classes
+    n_targets = max(1, int(learner["learner_model_param"].get("num_target", 1)))
+    width = n_targets if regressor else n_classes
+    n_outputs = 1 if objective == "binary:logistic" else width
     model = gbm["model"]
     trees = [_tree(t, klass, n_outputs) for t, klass in zip(model["trees"], model["tree_info"],
                                                             strict=True)]
@@ -59,6 +69,8 @@ def convert(booster: Any) -> Converted:
     params = calibrated(params, n_features, lambda x: booster.inplace_predict(x, predict_type="margin"))
 
     def predict(x: np.ndarray) -> np.ndarray:
+        if regressor:
+            return booster.inplace_predict(x).reshape(len(x), width)
         if objective == "multi:softmax":  # its predict answers labels: probabilities of margins
             m = booster.inplace_predict(x, predict_type="margin")
             e = np.exp(m - m.max(axis=1, keepdims=True))
@@ -67,13 +79,18 @@ def convert(booster: Any) -> Converted:
         return np.stack([1 - p, p], axis=1) if n_outputs == 1 else p
 
     return Converted("xgboost", f"xgboost {xgboost.__version__}", f"trees:{_LINKS[objective]}",
-                     params, n_features, n_classes, predict,
+                     params, n_features, width, predict,
+                     kind="regressor" if regressor else "classifier",
                      features=tuple(learner.get("feature_names") or ()) or None,
                      details={"objective": objective, "trees": len(trees),
                               "depth": int(params["depth"].shape[0])})
 
 
 def _tree(tree: dict[str, Any], klass: int, n_outputs: int) -> Tree:
+    if int(tree["tree_param"].get("size_leaf_vector", 1)) > 1:
+        raise ConversionError("the XGBoost model has vector leaves (multi_strategy="
+                              "'multi_output_tree'), which are not served: train with "
+                              "multi_strategy='one_output_per_tree' (the default)")
     if any(tree["split_type"]):
         raise ConversionError("the XGBoost model has categorical splits, which are not served: "
                               "encode categories as numbers (e.g. one-hot) and train again")

@@ -42,6 +42,7 @@ from pipeline.drift.reference import (
     FeatureReference,
     reference_for,
     reference_for_labels,
+    reference_for_predictions,
     references_for,
 )
 from pipeline.drift.rows import CodedRows, DeliveryRuns, SourceWatermarks
@@ -77,6 +78,7 @@ __all__ = [
     "pane_index",
     "reference_for",
     "reference_for_labels",
+    "reference_for_predictions",
     "references_for",
     "report",
     "smoothed",

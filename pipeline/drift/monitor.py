@@ -1,6 +1,7 @@
 """One model version's drift monitor: code batches, count them once, close windows, judge them.
 
-The model's predicted class is watched like one more feature (the last column), so a
+The model's prediction (a classifier's class, a regressor's first value) is watched
+like one more feature (the last column), so a
 batch is coded in one ``MatrixCounter`` call and every window is judged over the
 inputs and the prediction together (Bonferroni over all of them). Workers code their
 batches (``codes``); the window owner takes the coded rows (``on_rows``), skips those
@@ -30,9 +31,10 @@ def watched_references(reference: dict[str, Any]) -> list[FeatureReference]:
             FeatureReference.from_json(reference["prediction"])]
 
 
-def watched_columns(rows: np.ndarray, predicted_classes: np.ndarray) -> np.ndarray:
-    """What is watched of a batch: (n, F) inputs beside their (n,) predicted class indices."""
-    return np.column_stack([rows, predicted_classes.astype(rows.dtype)])
+def watched_columns(rows: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """What is watched of a batch: (n, F) inputs beside their (n,) predictions
+    (``OutputSchema.watched``: class indices, or a regressor's first values)."""
+    return np.column_stack([rows, predicted.astype(rows.dtype)])
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,6 +24,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from pipeline.drift.errors import DriftError
+from pipeline.schema import OutputSchema
 
 OTHER = "__OTHER__"
 Kind = Literal["numeric", "categorical"]
@@ -207,3 +208,13 @@ def reference_for_labels(labels: np.ndarray, n_classes: int, *, name: str = "lab
     counts = [*np.bincount(y, minlength=n_classes).tolist(), 0]
     return FeatureReference(name, "categorical", tuple(counts), 0.0, float(n_classes - 1),
                             vocabulary=tuple(float(c) for c in range(n_classes)))
+
+
+def reference_for_predictions(answers: np.ndarray, outputs: OutputSchema) -> FeatureReference:
+    """The reference of what a model predicts for its reference rows, from its (n, width)
+    ``answers``: a classifier's predicted classes, or a regressor's first target value
+    (``OutputSchema.watched``), as drift and the canary analysis watch them."""
+    predicted = outputs.watched(np.asarray(answers))
+    if outputs.is_regressor:
+        return reference_for(predicted, "value")
+    return reference_for_labels(predicted, len(outputs.labels))

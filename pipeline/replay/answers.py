@@ -9,6 +9,7 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from pipeline.messages import values_agree
 from pipeline.replay.runs import strip_run
 from pipeline.replies import DeadLetter, MalformedReply, Reply, SourcePosition, parse_reply
 
@@ -27,8 +28,20 @@ class Answer:
 
     @property
     def outcome(self) -> str:
-        """What the client got: the label, or ``dead letter: <reason>``."""
-        return f"dead letter: {self.reason}" if self.reason is not None else str(self.label)
+        """What the client got: the label (``value`` for a regressor's answer), or
+        ``dead letter: <reason>``."""
+        if self.reason is not None:
+            return f"dead letter: {self.reason}"
+        return "value" if self.label is None and "value" in self.scores else str(self.label)
+
+    def agrees(self, other: Answer) -> bool:
+        """The same outcome; for two regressors' answers, values that agree
+        (``pipeline.messages.values_agree``)."""
+        if self.outcome != other.outcome:
+            return False
+        if self.outcome == "value":
+            return values_agree(self.scores["value"], other.scores["value"])
+        return True
 
     @classmethod
     def of(cls, reply: Reply, run_id: str | None) -> Answer:

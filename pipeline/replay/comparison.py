@@ -1,6 +1,6 @@
-"""The diff of two runs' answers: the share with the same outcome (the same label, or a
-dead letter with the same reason), score differences, dead letters by reason, latency
-percentiles and the requests that differ most."""
+"""The diff of two runs' answers: the share with the same outcome (the same label, values
+that agree for a regressor, or a dead letter with the same reason), score differences,
+dead letters by reason, latency percentiles and the requests that differ most."""
 
 from __future__ import annotations
 
@@ -123,7 +123,7 @@ def diff(baseline: Side, candidate: Side, features: Mapping[str, Mapping[str, An
     ranked: list[tuple[bool, float, str, Answer, Answer, float | None]] = []
     for key in common:
         b, c = baseline.replies[key], candidate.replies[key]
-        same = b.outcome == c.outcome
+        same = b.agrees(c)
         agreeing += same
         pairs[(b.outcome, c.outcome)] += 1
         d = None

@@ -1,10 +1,11 @@
 """Models trained elsewhere under hostile input, in both delivery modes: an XGBoost
-model serves, a logistic regression (converted from scikit-learn) shadows it, and the
-requests mix normal rows with rows at float32's edge (which overflow the linear model's
-margins into non-finite outputs), poison values and ambiguous JSON (a key twice). Every request must
-get exactly one answer carrying its id (the ledger), every valid one a prediction from the
-trees, the shadow's failures must reach no client and open no breaker, and the worker must
-stop on SIGTERM by itself."""
+classifier serves, a logistic regression (converted from scikit-learn) shadows it, and
+likewise an XGBoost regressor shadowed by a linear regression; the requests, to either,
+mix normal rows with rows at float32's edge (which overflow the linear models' margins
+and values into non-finite outputs), poison values and ambiguous JSON (a key twice).
+Every request must get exactly one answer carrying its id (the ledger), every valid one
+a prediction from the trees, the shadows' failures must reach no client and open no
+breaker, and the worker must stop on SIGTERM by itself."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import numpy as np
 import orjson
 import pytest
 import xgboost
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression
 
 from models.external import register_model
 from pipeline.registry import Registry
@@ -34,7 +35,9 @@ EDGE = 3e38  # a valid float32: a finite request the linear model overflows on
 @pytest.fixture(scope="module")
 def converted(registry_dir, tmp_path_factory):
     """The session's registry with flowers 1 (XGBoost trees) and 2 (a logistic regression),
-    converted and signed with the session's key."""
+    and size 1 (XGBoost regression trees) and 2 (a linear regression) of the sum of the
+    sepal and petal lengths (weights 1 and 1: float32's edge overflows it), converted and
+    signed with the session's key."""
     root, keys = iris_registry(registry_dir, tmp_path_factory.mktemp("converted"))
     key = Path(keys["STREAMSERVE_SIGNING_KEY"])
     x, y = IRIS.X.astype(np.float32), IRIS.y
@@ -42,6 +45,9 @@ def converted(registry_dir, tmp_path_factory):
                   LogisticRegression(max_iter=1000)):
         register_model(Registry(root), "flowers", model.fit(x, y), features=IRIS.features,
                        labels=IRIS.labels, reference=x, signing_key=key)
+    for model in (xgboost.XGBRegressor(n_estimators=20, max_depth=3), LinearRegression()):
+        register_model(Registry(root), "size", model.fit(x, x[:, 0] + x[:, 2]),
+                       features=IRIS.features, reference=x, signing_key=key)
     return root
 
 
@@ -56,8 +62,9 @@ def test_converted_models_serve_hostile_input_and_a_failing_shadow_reaches_no_cl
 
 
 def _requests(run_id: str, n: int) -> tuple[list[bytes], int]:
-    """Valid flowers requests (every fifth at float32's edge, every seventh with a poison
-    value), and every eleventh naming a key twice; and how many name one twice."""
+    """Valid requests, to flowers and size in turn (every fifth at float32's edge, every
+    seventh with a poison value), and every eleventh naming a key twice; and how many name
+    one twice."""
     out, malformed = [], 0
     for i in range(n):
         if i % 11 == 10:  # one key twice: parsers disagree on which value counts
@@ -70,20 +77,22 @@ def _requests(run_id: str, n: int) -> tuple[list[bytes], int]:
             row = [EDGE, -EDGE, EDGE, -EDGE]
         elif i % 7 == 6:
             row[0] = -999.0
-        out.append(orjson.dumps({"id": f"{run_id}-{i}", "model": "flowers",
+        out.append(orjson.dumps({"id": f"{run_id}-{i}", "model": ("flowers", "size")[i % 2],
                                  "features": dict(zip(IRIS.features, row, strict=True))}))
     return out, malformed
 
 
 def _hostile(fleet: Fleet) -> None:
     worker = fleet.start()
-    for command in (("deploy", "flowers", "1"), ("shadow", "flowers", "2")):
+    for command in (("deploy", "flowers", "1"), ("shadow", "flowers", "2"),
+                    ("deploy", "size", "1"), ("shadow", "size", "2")):
         done = subprocess.run([sys.executable, "-m", "agents.cli.main", *command], env=worker.env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
-    shadow = 'streamserve_model_loaded{model="flowers",role="shadow",version="2"} 1.0'
+    shadows = [f'streamserve_model_loaded{{model="{m}",role="shadow",version="2"}} 1.0'
+               for m in ("flowers", "size")]
     deadline = time.monotonic() + 60
-    while shadow not in worker.metrics():  # the spec applies within seconds
+    while not all(s in worker.metrics() for s in shadows):  # specs apply within seconds
         assert time.monotonic() < deadline, "the worker did not apply the spec in 60 s"
         time.sleep(0.2)
     n = 400
@@ -100,4 +109,7 @@ def _hostile(fleet: Fleet) -> None:
     assert report.predictions == n - malformed and report.dead_letters == malformed, report
     assert 'reason="model_error"' not in metrics  # the clients' answers came from the trees
     assert 'streamserve_breaker_state{model="flowers",version="1"} 1.0' not in metrics
+    assert 'streamserve_breaker_state{model="size",version="1"} 1.0' not in metrics
+    failed = 'streamserve_shadow_agreement_total{agree="unknown",model="size",version="2"}'
+    assert failed in metrics, "the linear regression's overflows were not seen"
     assert stopped != -signal.SIGKILL, "the worker did not stop on SIGTERM within 30 s"

@@ -159,7 +159,7 @@ def test_all_errors_on_stable_still_compares_error_rates():
 @pytest.mark.parametrize("args, match", [
     ((Route.SHADOW, 0, [], []), "stable and canary routes"),
     ((STABLE, -1, [], []), "must not be negative"),
-    ((STABLE, 0, [0.1], []), "one latency per predicted class"),
+    ((STABLE, 0, [0.1], []), "one latency per prediction"),
     ((STABLE, 0, [float("nan")], [0]), "finite"),
     ((STABLE, 0, [-0.1], [0]), "finite"),
     ((STABLE, 0, [0.1], [3]), r"integers in 0\.\.2"),
@@ -183,3 +183,32 @@ def test_invalid_policies_are_refused(kwargs):
 def test_n_classes_must_be_positive():
     with pytest.raises(ValueError, match="n_classes"):
         CanaryJudge(CanaryPolicy(), n_classes=0)
+
+
+def feed_values(judge: CanaryJudge, route: Route, n: int, *, mean: float, seed: int) -> None:
+    """``n`` regressor answers around ``mean``, in batches of 50."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n // 50):
+        judge.observe(route, 0, [0.01] * 50, rng.normal(mean, 10.0, 50))
+
+
+def test_a_regressor_canary_is_judged_on_its_values_binned_at_stables_quartiles():
+    judge = CanaryJudge(CanaryPolicy(), n_classes=None)
+    feed_values(judge, STABLE, 1000, mean=100.0, seed=1)
+    feed_values(judge, CANARY, 1000, mean=100.0, seed=2)
+    assert judge.verdict().action == "healthy"
+
+    shifted = CanaryJudge(CanaryPolicy(), n_classes=None)
+    feed_values(shifted, STABLE, 1000, mean=100.0, seed=1)
+    feed_values(shifted, CANARY, 1000, mean=110.0, seed=2)  # one standard deviation higher
+    verdict = shifted.verdict()
+    assert verdict.action == "rollback"
+    assert verdict.reason.startswith("canary value (binned at stable's quartiles) distribution "
+                                     "differs from stable's: PSI"), verdict.reason
+
+
+def test_a_regressors_observations_must_be_finite_numbers():
+    judge = CanaryJudge(CanaryPolicy(), n_classes=None)
+    with pytest.raises(ValueError, match="finite numbers"):
+        judge.observe(STABLE, 0, [0.1], [float("nan")])
+

@@ -11,19 +11,23 @@ import lightgbm
 import numpy as np
 import pytest
 import xgboost
-from sklearn.datasets import load_breast_cancer, load_iris
+from sklearn.datasets import load_breast_cancer, load_diabetes, load_iris
 from sklearn.decomposition import PCA
 from sklearn.ensemble import (
     ExtraTreesClassifier,
+    ExtraTreesRegressor,
     GradientBoostingClassifier,
+    GradientBoostingRegressor,
     HistGradientBoostingClassifier,
+    HistGradientBoostingRegressor,
     RandomForestClassifier,
+    RandomForestRegressor,
 )
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LinearRegression, LogisticRegression, Ridge
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import MinMaxScaler, StandardScaler
-from sklearn.svm import SVC
-from sklearn.tree import DecisionTreeClassifier
+from sklearn.svm import SVC, SVR
+from sklearn.tree import DecisionTreeClassifier, DecisionTreeRegressor
 
 from models.architectures import architecture
 from models.external import TOLERANCE, register_model
@@ -73,7 +77,55 @@ def test_a_converted_model_answers_as_its_library_does(name, dataset):
     model = MODELS[name]().fit(x, y)
     converted = convert_object(model)
     assert np.abs(served(converted, x) - converted.predict(x)).max() <= TOLERANCE
-    assert converted.n_classes == len(np.unique(y)) and converted.n_features == x.shape[1]
+    assert converted.width == len(np.unique(y)) and converted.n_features == x.shape[1]
+    assert converted.kind == "classifier"
+
+
+DIABETES = load_diabetes()
+REGRESSORS = {
+    "xgboost squared error": lambda: xgboost.XGBRegressor(n_estimators=15, max_depth=3),
+    "xgboost poisson": lambda: xgboost.XGBRegressor(n_estimators=15, objective="count:poisson"),
+    "xgboost two targets": lambda: xgboost.XGBRegressor(n_estimators=10, max_depth=3),
+    "lightgbm regression": lambda: lightgbm.LGBMRegressor(n_estimators=15, verbose=-1),
+    "lightgbm poisson": lambda: lightgbm.LGBMRegressor(n_estimators=15, objective="poisson",
+                                                       verbose=-1),
+    "linear regression after scalers": lambda: make_pipeline(MinMaxScaler(), StandardScaler(),
+                                                             LinearRegression()),
+    "ridge, two targets": lambda: Ridge(alpha=0.5),
+    "decision tree": lambda: DecisionTreeRegressor(max_depth=5),
+    "random forest after a scaler, two targets": lambda: make_pipeline(
+        StandardScaler(), RandomForestRegressor(n_estimators=8, random_state=0)),
+    "extra trees": lambda: ExtraTreesRegressor(n_estimators=8, random_state=0),
+    "gradient boosting": lambda: GradientBoostingRegressor(n_estimators=20),
+    "hist gradient boosting": lambda: HistGradientBoostingRegressor(max_iter=20),
+    "hist gradient boosting, poisson": lambda: HistGradientBoostingRegressor(max_iter=20,
+                                                                             loss="poisson"),
+}
+
+
+@pytest.mark.parametrize("name", REGRESSORS)
+def test_a_converted_regressor_answers_as_its_library_does(name):
+    x = DIABETES.data.astype(np.float32)
+    y = DIABETES.target if "two targets" not in name else np.c_[DIABETES.target, x[:, 2] * 100]
+    converted = convert_object(REGRESSORS[name]().fit(x, y))
+    theirs = converted.predict(x)
+    relative = np.abs(served(converted, x) - theirs) / np.maximum(np.abs(theirs), 1)
+    assert relative.max() <= TOLERANCE
+    assert converted.kind == "regressor" and converted.width == (2 if "two" in name else 1)
+
+
+def test_an_xgboost_quantile_regressor_answers_one_target_per_quantile_and_vector_leaves_are_refused():
+    x, y = DIABETES.data.astype(np.float32), DIABETES.target
+    quantiles = xgboost.XGBRegressor(n_estimators=5, objective="reg:quantileerror",
+                                     quantile_alpha=np.array([0.2, 0.8])).fit(x, y)
+    converted = convert_object(quantiles)
+    theirs = converted.predict(x)
+    assert converted.width == 2 and theirs.shape == (len(x), 2)
+    assert (np.abs(served(converted, x) - theirs) / np.maximum(np.abs(theirs), 1)).max() <= TOLERANCE
+    vector = xgboost.XGBRegressor(n_estimators=3, tree_method="hist",
+                                  multi_strategy="multi_output_tree").fit(x, np.c_[y, y / 2])
+    with pytest.raises(ConversionError, match="vector leaves .* multi_strategy='one_output_per_tree'"):
+        convert_object(vector)
 
 
 def test_missing_values_go_where_the_library_sends_them():
@@ -127,12 +179,14 @@ def _write_csv(path, header, rows):
 
 
 @pytest.mark.parametrize("model, error", [
-    (lambda: SVC(), "SVC is not served as the classifier: LogisticRegression"),
-    (lambda: make_pipeline(PCA(2), LogisticRegression()), "PCA is not served before the classifier"),
+    (lambda: SVC(), "SVC is not served as the estimator: LogisticRegression"),
+    (lambda: SVR(), "SVR is not served as the estimator: .*HistGradientBoostingRegressor are"),
+    (lambda: make_pipeline(PCA(2), LogisticRegression()), "PCA is not served before the estimator"),
     (lambda: make_pipeline(MinMaxScaler(clip=True), LogisticRegression()), "clip=False"),
     (lambda: lightgbm.LGBMClassifier(boosting_type="rf", bagging_freq=1, bagging_fraction=0.5,
                                      n_estimators=3, verbose=-1), "boosting='rf'"),
-    (lambda: xgboost.XGBRegressor(n_estimators=3), "objective 'reg:squarederror' is not served"),
+    (lambda: xgboost.XGBClassifier(n_estimators=3, objective="multi:softmax", booster="gblinear"),
+     "booster 'gblinear' is not served"),
 ])
 def test_what_cannot_be_served_is_refused_with_the_reason(model, error):
     x, y = data(IRIS)
@@ -232,6 +286,46 @@ def test_the_manifest_records_format_library_and_check(tmp_path):
     assert manifest.reference == {}  # no reference: drift is off
 
 
+def test_a_regressor_registers_with_a_value_output_and_a_value_drift_reference(tmp_path):
+    x, y = DIABETES.data.astype(np.float32), DIABETES.target
+    registry = Registry(tmp_path / "registry")
+    names = list(DIABETES.feature_names)
+    manifest = register_model(registry, "price", GradientBoostingRegressor(n_estimators=10).fit(x, y),
+                              features=names, reference=x)
+    assert manifest.outputs.is_regressor and manifest.outputs.targets == 1
+    assert manifest.reference["prediction"]["name"] == "value"
+    assert manifest.reference["prediction"]["kind"] == "numeric"
+    model = ServingModel.load(registry, "price", manifest.version, [1, 8, 64])
+    assert model.predict(x[:5]).shape == (5, 1)
+    again = registry.manifest("price", manifest.version)  # the manifest reads back alike
+    assert again.outputs == manifest.outputs and again.outputs.to_json() == {"targets": 1}
+    linear = _onnx_linear(np.ones((10, 1), np.float32))
+    cases = [
+        (dict(source=LinearRegression().fit(x, y), labels=["a", "b"]), "the model is a regressor"),
+        (dict(source=LinearRegression().fit(x, y), kind="classifier"),
+         "--kind classifier, but the sklearn model is a regressor"),
+        (dict(source=linear), "gives 1 column per row, .* register it with --kind regressor"),
+        (dict(source=linear, kind="ranker"), "--kind 'ranker' is not a kind of model"),
+    ]
+    for arguments, error in cases:
+        with pytest.raises(ConversionError, match=error):
+            register_model(registry, "other", features=names, **arguments)
+    assert registry.models() == ["price"]
+    onnx = register_model(registry, "other", linear, features=names, kind="regressor")
+    assert onnx.outputs.targets == 1 and onnx.architecture == "onnx"
+
+
+def _onnx_linear(weights):
+    """x @ w as an ONNX graph with skl2onnx's output name for a regressor, ``variable``."""
+    from onnx import TensorProto, helper, numpy_helper
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["variable"])], "linear",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", weights.shape[0]])],
+        [helper.make_tensor_value_info("variable", TensorProto.FLOAT, ["N", weights.shape[1]])],
+        [numpy_helper.from_array(weights, "w")])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
 def _export(f, *specs):
     from jax import export
     return export.export(jax.jit(f))(*specs).serialize()
@@ -277,7 +371,7 @@ def test_a_jax_export_is_served_as_the_function_it_is(tmp_path):
     ("int rows", "takes x as int32: export it for float32 rows"),
     ("no params file", "takes 4 parameter arrays, and --params holds 0"),
     ("other shapes", r"--params w0 is float32\[5, 8\], but the exported function takes float32\[4, 8\]"),
-    ("two outputs", "must return one float32 array of class probabilities"),
+    ("two outputs", r"must return one float32 array, shape \(b, classes\)"),
     ("not an export", "is not a function jax.export can read"),
 ])
 def test_an_export_streamserve_cannot_serve_is_refused(tmp_path, case, error):

@@ -5,17 +5,21 @@ import orjson
 
 from pipeline.messages import (
     ServingFacts,
+    agreement,
     encode_dead_letter,
     encode_prediction,
     encode_sample,
+    values_agree,
 )
 from pipeline.redaction import Action, RedactedOriginal, Redactor
 from pipeline.rejections import Reason, Rejection
+from pipeline.schema import OutputSchema
 
 
 def test_prediction_is_an_oip_response():
     probs = np.array([0.97, 0.02, 0.01], dtype=np.float32)
-    msg = orjson.loads(encode_prediction("r-1", "iris", "3", probs, ("setosa", "versicolor", "virginica"),
+    msg = orjson.loads(encode_prediction("r-1", "iris", "3", probs,
+                                         OutputSchema(("setosa", "versicolor", "virginica")),
                                          ServingFacts("stable", 64, 3.14159)))
     assert msg["id"] == "r-1" and msg["model_name"] == "iris" and msg["model_version"] == "3"
     probabilities, label = msg["outputs"]
@@ -54,6 +58,30 @@ def test_dead_letter_carries_the_redacted_original_or_says_it_was_withheld():
 
 def test_sample_holds_the_features_given_and_the_prediction():
     msg = orjson.loads(encode_sample("r-1", "iris", "3", 1700000000.25, {"a": 1.5, "b": "***"},
-                                     np.array([0.1, 0.9], np.float32), ("no", "yes")))
+                                     np.array([0.1, 0.9], np.float32), OutputSchema(("no", "yes"))))
     assert msg["features"] == {"a": 1.5, "b": "***"} and msg["timestamp"] == 1700000000.25
     assert msg["model_name"] == "iris" and msg["outputs"][1]["data"] == ["yes"]
+
+
+def test_a_regressors_prediction_is_one_fp32_value_output_per_target():
+    one = orjson.loads(encode_prediction("r-1", "price", "1", np.array([12.5], np.float32),
+                                         OutputSchema(targets=1), ServingFacts("stable", 8, 1.0)))
+    assert one["outputs"] == [{"name": "value", "shape": [1], "datatype": "FP32", "data": [12.5]}]
+    two = orjson.loads(encode_prediction("r-1", "price", "1", np.array([1.5, -2.0], np.float32),
+                                         OutputSchema(targets=2), ServingFacts("stable", 8, 1.0)))
+    assert two["outputs"] == [{"name": "value", "shape": [2], "datatype": "FP32",
+                               "data": [1.5, -2.0]}]
+
+
+def test_regressors_agree_within_one_percent_and_never_with_a_classifier():
+    value, other = OutputSchema(targets=1), OutputSchema(targets=2)
+    agree, difference = agreement(np.array([100.0]), value, np.array([100.9]), value)
+    assert agree is True and abs(difference - 0.9) < 1e-9
+    agree, difference = agreement(np.array([100.0]), value, np.array([102.0]), value)
+    assert agree is False and difference == 2.0
+    assert agreement(np.array([1.0, 2.0]), other, np.array([1.0]), value) == (False, None)
+    assert agreement(np.array([0.3, 0.7]), OutputSchema(("no", "yes")), np.array([0.7]), value) == \
+        (False, None)
+    assert values_agree([0.0], [5e-7]) and not values_agree([0.0], [1e-3])
+    assert not values_agree([1.0], [1.0, 1.0])
+

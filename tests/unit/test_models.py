@@ -113,9 +113,11 @@ def test_serving_never_compiles(served):
     assert served.compiles == len(BUCKETS)
 
 
-def test_labels_name_the_most_probable_class(served):
+def test_the_watched_prediction_is_the_most_probable_class(served):
     x = load("iris").X[[0, 60, 140]]
-    assert served.labels(served.predict(x)) == ["setosa", "versicolor", "virginica"]
+    outputs = served.manifest.outputs
+    assert [outputs.labels[i] for i in outputs.watched(served.predict(x))] == \
+        ["setosa", "versicolor", "virginica"]
 
 
 def test_predict_checks_the_feature_count(served):

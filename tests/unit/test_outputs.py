@@ -16,11 +16,11 @@ from pipeline.outputs import Incoming, Kind, Outgoing, dead_letter_key
 from pipeline.redaction import MASKED, Action, Redactor
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import DeploymentSpec, Route
-from pipeline.schema import Feature, InputSchema
+from pipeline.schema import Feature, InputSchema, OutputSchema
 
 SCHEMA = InputSchema((Feature("age"), Feature("ssn")))
 CATALOG = Catalog({"m": {"2": SCHEMA}}, {"m": DeploymentSpec("m", "2")})
-LABELS = ("no", "yes")
+LABELS = OutputSchema(("no", "yes"))
 SENT_AT = 1_700_000_000.0
 NO_RULES = Redactor({})
 
@@ -143,7 +143,8 @@ def test_a_shadow_with_other_labels_is_compared_by_label_name():
     theirs = np.array([0.3, 0.7], np.float32)  # stable: no, yes
     ours = np.array([0.1, 0.6, 0.3], np.float32)  # the shadow: no, yes, maybe
     message = orjson.loads(outputs.shadow(RECORD, REQUEST, "4", "2", ours, theirs,
-                                          ("no", "yes", "maybe"), LABELS, "s.shadow").value)
+                                          OutputSchema(("no", "yes", "maybe")), LABELS,
+                                          "s.shadow").value)
     assert message["agree"] is True and "max_abs_difference" not in message
     assert message["outputs"][1]["data"] == ["yes"]
 

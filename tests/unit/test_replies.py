@@ -11,6 +11,7 @@ from pipeline.messages import (
 )
 from pipeline.redaction import RedactedOriginal
 from pipeline.rejections import Reason, Rejection
+from pipeline.schema import OutputSchema
 from pipeline.replies import (
     DeadLetter,
     MalformedReply,
@@ -20,7 +21,7 @@ from pipeline.replies import (
     source_position,
 )
 
-LABELS = ("setosa", "versicolor", "virginica")
+LABELS = OutputSchema(("setosa", "versicolor", "virginica"))
 
 
 def prediction_record(request_id: str, offset: int = 7) -> tuple[bytes, list]:
@@ -46,6 +47,15 @@ def test_a_prediction_parses_into_a_typed_result():
     assert prediction.output("label").shape == (1,)
     with pytest.raises(KeyError, match="probabilities, label"):
         prediction.output("logits")
+
+
+def test_a_regressors_prediction_parses_with_its_value():
+    value = encode_prediction("r-1", "price", "2", np.array([12.5, -1.0], np.float32),
+                              OutputSchema(targets=2), ServingFacts("stable", 4, 1.0))
+    prediction = parse_reply(value, dead_letter=False, headers=source_headers("s.requests", 0, 1))
+    assert isinstance(prediction, Prediction) and prediction.value == (12.5, -1.0)
+    with pytest.raises(KeyError, match="has no output 'label'; it has value"):
+        prediction.label
 
 
 def test_a_dead_letter_parses_with_its_original_bytes():

@@ -73,3 +73,15 @@ def test_an_empty_diff_has_no_shares():
     report = diff(side("B", {}), side("C", {}))
     assert report.agreement is None and report.score_max is None and report.candidate_latency is None
     assert "n/a" in render_text(report)
+
+
+def test_regressors_agree_when_their_values_do():
+    def value(key, v):
+        return Answer(key, "1", None, {"value": (v,)})
+    base = {f"r-{i}": value(f"r-{i}", 100.0) for i in range(10)}
+    cand = {f"r-{i}": value(f"r-{i}", 100.5) for i in range(10)}  # within 1%
+    cand["r-3"] = value("r-3", 103.0)  # 3% off
+    report = diff(side("B", base, 10), side("C", cand, 10))
+    assert base["r-0"].outcome == "value"
+    assert report.agreeing == 9 and report.disagreement == pytest.approx(0.1)
+    assert max(report.score_differences) == pytest.approx(3.0)
