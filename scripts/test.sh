@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # The whole test suite: sets everything up, then runs unit, integration and chaos tests.
-# The tests start their own Kafka broker (a free port, a fresh data folder) and stop it;
-# set STREAMSERVE_BROKER to test against a broker of your own. Extra arguments go to pytest.
+# Two pytest processes share the test files (pytest-xdist, a file stays in one process);
+# each starts its own Kafka broker (a free port, a fresh data folder) and stops it. Set
+# STREAMSERVE_BROKER to test against a broker of your own. Extra arguments go to pytest
+# (-n 0 runs in one process).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 started=$(date +%s)
 set +e
-.venv/bin/python -m pytest -p no:cacheprovider --durations=25 "$@"
+.venv/bin/python -m pytest -p no:cacheprovider -n 2 --dist loadfile --durations=25 "$@"
 rc=$?
 set -e
 echo "test suite finished in $(( $(date +%s) - started )) s" >&2

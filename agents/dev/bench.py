@@ -15,6 +15,9 @@ One broker, one machine, the cases one after the other, each on topics of its ow
    predictor on the same rows.
 3. ``streamserve``: one worker with the configured settings (the defaults, unless set).
 3b. ``streamserve_drift_off``: the same with drift counting off (``STREAMSERVE_DRIFT=off``).
+3c. ``streamserve_builtin`` (``--model`` other than the built-in ``synthetic32``): the same
+   worker settings and backlog serving the built-in MLP instead, so a model of one's own
+   is measured beside it in one run (is the model the bottleneck?).
 4. ``streamserve_per_record``: the same with ``STREAMSERVE_MAX_BATCH=1``.
 5. ``handwritten_aiokafka`` and ``quix_streams``: the same job as a user would write it.
 6. latency: open-loop load at 25, 50 and 75 % of case 3's throughput, on case 3's worker,
@@ -83,6 +86,7 @@ from pipeline.config import Settings
 from pipeline.errors import StreamserveError
 from pipeline.registry import Manifest, Registry
 
+BUILTIN = "synthetic32"  # the built-in MLP: the bench's default model, and 3c's
 LATENCY_SHARES = (25, 50, 75)
 CLIENT_SHARE = 25  # low enough that the worker answers promptly: the client's cost shows
 _STALL_SECONDS = 30.0  # no new answer for this long: the case has failed
@@ -139,6 +143,7 @@ class Bench:
         self.run_id = f"bench-{time.strftime('%H%M%S')}-{uuid.uuid4().hex[:6]}"
         self.logs = settings.kafka.home / "bench" / self.run_id
         self.rows = feature_rows(self._registered(), 1000)
+        self._rows_of = {model: self.rows}
         self.progress = CaseProgress()
         self.worker_stats: list[WorkerStats] = []
         self._cases = 0
@@ -162,6 +167,10 @@ class Bench:
             cases["streamserve_drift_off"] = await self.variant(
                 "3b streamserve, drift counting off", "drift-off", {"STREAMSERVE_DRIFT": "off"},
                 self.sizes.requests)
+            if self.model != BUILTIN:
+                cases["streamserve_builtin"] = await self.variant(
+                    f"3c streamserve, built-in {BUILTIN}", "builtin", {}, self.sizes.requests,
+                    model=BUILTIN)
             cases["handwritten_aiokafka"] = await self.peer("5a hand-written aiokafka loop", "handwritten")
             cases["quix_streams"] = await self.peer("5b Quix Streams", "quix")
             cases["streamserve_two_workers"] = await self.two_workers()
@@ -177,8 +186,10 @@ class Bench:
 
         registry = Registry(self.settings.registry.root)
         trusted = TrustedKeys.load(self.settings.registry.trusted_keys)
-        for name in dict.fromkeys(("iris", self.model)):  # signed versions, trained if none
-            self.version = servable_version(name, registry, self.settings.registry.signing_key, trusted)
+        self._versions = {name: servable_version(name, registry, self.settings.registry.signing_key,
+                                                 trusted)  # signed versions, trained if none
+                          for name in dict.fromkeys(("iris", BUILTIN, self.model))}
+        self.version = self._versions[self.model]
         return registry.manifest(self.model, self.version)
 
     async def _fresh(self, slug: str) -> Settings:
@@ -196,9 +207,13 @@ class Bench:
             raise BenchError(f"{self.progress.title}: cannot create its topics ({'; '.join(errors)})")
         return s
 
-    def _request(self, request_id: str, i: int) -> bytes:
-        features = self.rows[i % len(self.rows)]
-        return orjson.dumps({"id": request_id, "model": self.model, "features": features})
+    def _request(self, request_id: str, i: int, model: str | None = None) -> bytes:
+        model = model or self.model
+        if model not in self._rows_of:
+            manifest = Registry(self.settings.registry.root).manifest(model, self._versions[model])
+            self._rows_of[model] = feature_rows(manifest, 1000)
+        rows = self._rows_of[model]
+        return orjson.dumps({"id": request_id, "model": model, "features": rows[i % len(rows)]})
 
     # ---------------------------------------------------------------- cases
 
@@ -303,11 +318,13 @@ class Bench:
             self.worker_stats.append(WorkerStats.between(after, worker_counters(workers)))
         return case, latency, client
 
-    async def variant(self, title: str, slug: str, env: dict[str, str], n: int) -> Case:
-        """One worker like case 3's but with ``env`` set: the same backlog drained."""
+    async def variant(self, title: str, slug: str, env: dict[str, str], n: int,
+                      model: str | None = None) -> Case:
+        """One worker like case 3's but with ``env`` set: the same backlog drained (of
+        requests to ``model``, default the bench's)."""
         self.progress.start(title)
         s = await self._fresh(slug)
-        await self._preload(s, n)
+        await self._preload(s, n, model)
         async with self._workers(s, env, 1) as workers:
             before = worker_counters(workers)
             end = await self._await_answers(s, n, workers)
@@ -327,13 +344,15 @@ class Bench:
 
     # ---------------------------------------------------------------- traffic
 
-    async def _preload(self, s: Settings, n: int) -> int:
-        """Produce ``n`` requests with ids ``<prefix>-<i>``; the time all were acknowledged (ms)."""
+    async def _preload(self, s: Settings, n: int, model: str | None = None) -> int:
+        """Produce ``n`` requests to ``model`` (default the bench's) with ids ``<prefix>-<i>``;
+        the time all were acknowledged (ms)."""
         producer = await start_producer(s)
         try:
             for i in range(n):
                 request_id = f"{s.kafka.topic_prefix}-{i}"
-                await producer.send(s.topics.requests, self._request(request_id, i), key=request_id.encode())
+                await producer.send(s.topics.requests, self._request(request_id, i, model),
+                                    key=request_id.encode())
                 if i % 1000 == 0:
                     self.progress.status(f"producing requests {i}/{n}")
             await producer.flush()

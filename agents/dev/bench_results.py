@@ -140,6 +140,8 @@ class Report:
                 "vs_quix": rps["streamserve"] / rps["quix_streams"],
                 "two_workers": rps["streamserve_two_workers"] / rps["streamserve"],
                 "drift_on_vs_off": rps["streamserve"] / rps["streamserve_drift_off"],
+                "vs_builtin_mlp": (rps["streamserve"] / rps["streamserve_builtin"]
+                                   if "streamserve_builtin" in rps else None),
                 "model_vs_flop_bound": rps["model_ceiling"] / flop_bound if flop_bound else None,
                 "client_vs_raw_p50": self.client.p50 / self.latency[self.client.share].p50,
                 "client_vs_raw_p99": self.client.p99 / self.latency[self.client.share].p99}

@@ -1,4 +1,6 @@
-"""``streamserve bench --quick --json``: one whole run on the session broker, its JSON checked."""
+"""``streamserve bench --quick --model iris --json``: one whole run on the session broker,
+its JSON checked (a model other than the built-in synthetic32 adds the case that serves
+synthetic32 beside it)."""
 
 from __future__ import annotations
 
@@ -20,11 +22,13 @@ from tests.conftest import REPO, registry_keys
 pytestmark = pytest.mark.integration
 
 CASES = ("kafka_ceiling", "model_ceiling", "streamserve", "streamserve_drift_off",
-         "streamserve_per_record", "handwritten_aiokafka", "quix_streams", "streamserve_two_workers")
-STREAMSERVE_CASES = ("streamserve", "streamserve_drift_off", "streamserve_per_record",
-                     "streamserve_two_workers")
+         "streamserve_builtin", "streamserve_per_record", "handwritten_aiokafka", "quix_streams",
+         "streamserve_two_workers")
+STREAMSERVE_CASES = ("streamserve", "streamserve_drift_off", "streamserve_builtin",
+                     "streamserve_per_record", "streamserve_two_workers")
 RATIOS = ("vs_kafka_ceiling", "vs_per_record", "vs_handwritten", "vs_quix", "two_workers",
-          "model_vs_flop_bound", "drift_on_vs_off", "client_vs_raw_p50", "client_vs_raw_p99")
+          "model_vs_flop_bound", "drift_on_vs_off", "vs_builtin_mlp", "client_vs_raw_p50",
+          "client_vs_raw_p99")
 
 
 def positive(x: object) -> bool:
@@ -43,7 +47,8 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
     out = tmp_path / "bench.json"
     env = dict(os.environ, STREAMSERVE_BROKER=kafka_bootstrap, STREAMSERVE_REGISTRY=str(registry),
                STREAMSERVE_HOME=str(tmp_path / "home"), **keys)
-    run = subprocess.run([sys.executable, "-m", "agents.cli.main", "bench", "--quick", "--json", str(out)],
+    run = subprocess.run([sys.executable, "-m", "agents.cli.main", "bench", "--quick", "--model",
+                          "iris", "--json", str(out)],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=150, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "JAX on" in run.stdout and "RATIOS" in run.stdout, run.stdout
