@@ -169,7 +169,7 @@ class Bench:
                 self.sizes.requests)
             if self.model != BUILTIN:
                 cases["streamserve_builtin"] = await self.variant(
-                    f"3c streamserve, built-in {BUILTIN}", "builtin", {}, self.sizes.requests,
+                    "3c streamserve, built-in MLP", "builtin", {}, self.sizes.requests,
                     model=BUILTIN)
             cases["handwritten_aiokafka"] = await self.peer("5a hand-written aiokafka loop", "handwritten")
             cases["quix_streams"] = await self.peer("5b Quix Streams", "quix")
@@ -367,8 +367,7 @@ class Bench:
         self.progress.status(f"starting {count} worker{'s' if count > 1 else ''}")
         environment = {"STREAMSERVE_BROKER": s.bootstrap, "STREAMSERVE_REGISTRY": str(s.registry.root),
                        "STREAMSERVE_TOPIC_PREFIX": s.kafka.topic_prefix, "STREAMSERVE_APP_ID": s.kafka.app_id,
-                       "STREAMSERVE_REQUEST_PARTITIONS": str(PARTITIONS),
-                       "APP_DATADIR": str(self.logs / f"{s.kafka.topic_prefix}.faust-data"), **env}
+                       "STREAMSERVE_REQUEST_PARTITIONS": str(PARTITIONS), **env}
         logs = [self.logs / f"{s.kafka.topic_prefix}-worker{i}.log" for i in range(count)]
         started = await asyncio.gather(*(asyncio.to_thread(WorkerProcess.start, log, environment)
                                          for log in logs), return_exceptions=True)

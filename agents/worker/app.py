@@ -30,11 +30,16 @@ def broker_credentials(settings: Settings) -> SASLCredentials | SSLCredentials |
 
 
 def create_app(settings: Settings) -> faust.App:
+    data = settings.kafka.home / "faust"
+    data.mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder of datadir
     return faust.App(
         f"{settings.kafka.app_id}.faust",
         broker=faust_broker_url(settings.bootstrap),
         broker_credentials=broker_credentials(settings),
         store="memory://",
+        # Faust makes a data folder even for memory stores: under STREAMSERVE_HOME, not in
+        # whatever folder the worker was started from.
+        datadir=str(data / "{conf.id}-data"),
         web_enabled=False,  # metrics come from prometheus_client; one port per worker is enough
         topic_partitions=settings.kafka.request_partitions,
         producer_acks=-1,

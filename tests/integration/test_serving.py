@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import orjson
@@ -273,3 +274,11 @@ def test_verify_fails_when_a_request_has_no_answer(kafka_bootstrap):
     result = _verify(env)
     assert result.returncode == 1
     assert re.search(r"^lost\s+1$", result.stdout, re.M) and "DOES NOT HOLD" in result.stdout
+
+
+def test_a_worker_keeps_its_data_under_streamserve_home_not_where_it_was_started(worker):
+    """Faust makes a data folder per app even for memory stores; every worker of every test
+    run once left one in the folder it was started from (the checkout)."""
+    folder = f"{worker.settings.kafka.app_id}.faust-data"
+    assert (worker.settings.kafka.home / "faust" / folder).is_dir()
+    assert not (Path.cwd() / folder).exists()

@@ -93,6 +93,7 @@ REGRESSORS = {
                                                              LinearRegression()),
     "ridge, two targets": lambda: Ridge(alpha=0.5),
     "decision tree": lambda: DecisionTreeRegressor(max_depth=5),
+    "decision tree grown to its leaves": lambda: DecisionTreeRegressor(random_state=0),
     "random forest after a scaler, two targets": lambda: make_pipeline(
         StandardScaler(), RandomForestRegressor(n_estimators=8, random_state=0)),
     "extra trees": lambda: ExtraTreesRegressor(n_estimators=8, random_state=0),
