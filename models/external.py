@@ -55,11 +55,14 @@ def register_model(registry: Registry, model: str, source: Path | Any, *, format
     ``model``. ``kind``: "classifier" or "regressor" (default: what the model file says;
     an ONNX graph or a JAX function does not say, and is taken for a classifier).
     ``features``: the input names in column order (needed when the model does not name
-    them; checked against its names when it does). ``labels``: a classifier's class names
+    them; checked against its names when it does); a model of one tensor per row (an ONNX
+    graph or JAX function whose rows have two or more dimensions) takes one name, default
+    its input's. ``labels``: a classifier's class names
     in class-index order (default: the model's classes, or "0", "1", ...). ``reference``:
     rows the model is meant for (a CSV file with a header naming the features, or an
     array (n, features)): checked, and kept as the drift reference; without it drift is
-    off for this version. ``params``: the parameters a ``jax.export`` function takes (an
+    off for this version (and for a tensor model, which takes none). ``params``: the
+    parameters a ``jax.export`` function takes (an
     .npz file, or a dict of arrays with an ``Exported`` object). Signed with
     ``signing_key`` when given."""
     key = ensure_signing_key(signing_key) if signing_key is not None else None
@@ -71,10 +74,15 @@ def register_model(registry: Registry, model: str, source: Path | Any, *, format
         converted, origin = convert_object(source, params), None
     names = feature_names(converted, features)
     outputs = output_schema(converted, kind, labels)
+    if converted.input_shape and reference is not None:
+        raise ConversionError(f"the model reads one tensor of shape {list(converted.input_shape)} "
+                              f"per row: --reference (named features) does not apply, and drift "
+                              f"is off for tensor inputs; leave --reference out")
     rows = None if reference is None else reference_rows(reference, names)
     inputs = (input_schema(names, rows) if rows is not None
-              else InputSchema(tuple(Feature(n) for n in names))).marked(sensitive)
-    apply = evaluator(converted.architecture, converted.params)
+              else InputSchema(tuple(Feature(n, shape=converted.input_shape) for n in names))
+              ).marked(sensitive)
+    apply = evaluator(converted.architecture, converted.params, inputs.shape)
     checked = check_rows(converted, rows)
     answers = np.asarray(apply(checked), np.float64)
     difference = check(converted, answers, checked, outputs)
@@ -106,9 +114,16 @@ def drift_reference(apply: Callable[[np.ndarray], Any], rows: np.ndarray, names:
 
 
 def feature_names(converted: Converted, given: Sequence[str] | None) -> list[str]:
-    """The model's own feature names, or ``given``; both: they must agree."""
+    """The model's own feature names, or ``given``; both: they must agree. A tensor model's
+    one input: ``given`` (one name) or the model's own."""
     own = list(converted.features) if converted.features else None
     given = list(given) if given else None
+    if converted.input_shape:
+        if given is not None and len(given) != 1:
+            raise ConversionError(f"the model reads one tensor of shape {list(converted.input_shape)} "
+                                  f"per row: give --features one name for it, or leave it out "
+                                  f"(it is then {own[0]!r})")
+        return given or own
     if own and given and own != given:
         raise ConversionError(f"--features {','.join(given)} differ from the names the model "
                               f"holds, {','.join(own)}: leave --features out, or fix them")

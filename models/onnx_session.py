@@ -4,7 +4,8 @@ runner per padding bucket, warmed before serving, called from the model thread.
 A graph is not converted to JAX (its operators are many); it runs as it is, on CPU. The
 model file travels among the version's parameters as the uint8 array ``MODEL``, hashed
 and signed like any parameter, and is loaded only after both are verified. It takes one
-float32 input ``(batch, features)`` and gives float32 answers ``(batch, columns)``: class
+float32 input ``(batch, features)``, or ``(batch, *shape)`` for a tensor per row (an
+image), and gives float32 answers ``(batch, columns)``: class
 probabilities or a regressor's values, the output named ``probabilities`` (or
 ``variable``, skl2onnx's name for a regressor's), or its only such output.
 """
@@ -46,18 +47,21 @@ def session(model: bytes) -> Any:
                              f"check it with onnx.checker.check_model") from None
 
 
-def signature(running: Any) -> tuple[str, str, int, int]:
-    """The input and output names, the features and the answer columns of a session; an
-    error saying what to change when the model is not a classifier or regressor of rows."""
+def signature(running: Any) -> tuple[str, str, tuple[int, ...], int]:
+    """The input and output names, the input's shape per row and the answer columns of a
+    session; an error saying what to change when the model is not a classifier or
+    regressor of rows."""
     inputs = running.get_inputs()
     if len(inputs) != 1:
         raise OnnxModelError(f"the ONNX model takes {len(inputs)} inputs "
                              f"({', '.join(i.name for i in inputs)}): serve a model of one "
                              f"float32 input of shape (batch, features)")
     x = inputs[0]
-    if x.type != "tensor(float)" or len(x.shape) != 2 or not isinstance(x.shape[1], int):
+    if (x.type != "tensor(float)" or len(x.shape) < 2
+            or not all(isinstance(d, int) for d in x.shape[1:])):
         raise OnnxModelError(f"the ONNX model's input {x.name} is {x.type} {x.shape}: export it "
-                             f"for float32 rows of a fixed feature count, shape (batch, features)")
+                             f"for float32 rows of a fixed shape, (batch, features) or "
+                             f"(batch, *shape)")
     if isinstance(x.shape[0], int):
         raise OnnxModelError(f"the ONNX model's input {x.name} takes batches of {x.shape[0]} "
                              f"rows only: export it with a dynamic batch dimension")
@@ -71,28 +75,29 @@ def signature(running: Any) -> tuple[str, str, int, int]:
                              f"(batch, columns) tensor: name the class probabilities "
                              f"'probabilities' (skl2onnx: options={{'zipmap': False}}), or a "
                              f"regressor's values 'variable'")
-    return x.name, chosen[0].name, int(x.shape[1]), int(chosen[0].shape[1])
+    return x.name, chosen[0].name, tuple(int(d) for d in x.shape[1:]), int(chosen[0].shape[1])
 
 
-def opened(model: bytes) -> tuple[Callable[[np.ndarray], np.ndarray], int, int]:
-    """``model`` ready to run: rows -> answers, its features and its answer columns."""
+def opened(model: bytes) -> tuple[Callable[[np.ndarray], np.ndarray], tuple[int, ...], int]:
+    """``model`` ready to run: rows -> answers, its input's shape per row and its answer
+    columns."""
     running = session(model)
-    x_name, out_name, n_features, width = signature(running)
-    return lambda x: running.run([out_name], {x_name: x})[0], n_features, width
+    x_name, out_name, shape, width = signature(running)
+    return lambda x: running.run([out_name], {x_name: x})[0], shape, width
 
 
-def runners(params: Mapping[str, np.ndarray], buckets: Sequence[int], n_features: int,
+def runners(params: Mapping[str, np.ndarray], buckets: Sequence[int], shape: Sequence[int],
             width: int) -> dict[int, Runner]:
     """One runner per padding bucket, all sharing one session (onnxruntime sizes each run by
-    its input), each checked to give (bucket, width) for rows of ``n_features``."""
+    its input), each checked to give (bucket, width) for rows of ``shape``."""
     run, takes, gives = opened(bytes(params[MODEL]))
-    if (takes, gives) != (n_features, width):
-        raise OnnxModelError(f"the ONNX model maps {takes} features to {gives} columns, but its "
-                             f"manifest lists {n_features} and {width}: the registry entry "
-                             f"is inconsistent, register the model again")
+    if (takes, gives) != (tuple(shape), width):
+        raise OnnxModelError(f"the ONNX model maps rows of shape {list(takes)} to {gives} "
+                             f"columns, but its manifest lists {list(shape)} and {width}: the "
+                             f"registry entry is inconsistent, register the model again")
     for bucket in buckets:
-        shape = run(np.zeros((bucket, n_features), np.float32)).shape
-        if shape != (bucket, width):
-            raise OnnxModelError(f"the ONNX model gives {list(shape)} for a batch of {bucket}: "
+        out = run(np.zeros((bucket, *shape), np.float32)).shape
+        if out != (bucket, width):
+            raise OnnxModelError(f"the ONNX model gives {list(out)} for a batch of {bucket}: "
                                  f"export it with a dynamic batch dimension")
     return dict.fromkeys(buckets, lambda _, x: run(x))

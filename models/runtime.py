@@ -38,13 +38,14 @@ class ServingModel:
 
     def __init__(self, manifest: Manifest, params: Mapping[str, np.ndarray], buckets: Sequence[int]) -> None:
         self.manifest = manifest
-        self.n_features = len(manifest.inputs)
+        self.n_features = len(manifest.inputs)  # numbers per row (a tensor's, flat)
+        self.shape = manifest.inputs.shape  # what the model takes per row
         self.width = manifest.outputs.width  # answer columns: classes, or targets
         self._buffers = PaddingBuffers(buckets, self.n_features)
         self.buckets = self._buffers.buckets
         if manifest.architecture == onnx_session.ARCHITECTURE:  # onnxruntime, not compiled
             self._params = None
-            self._executables = onnx_session.runners(params, self.buckets, self.n_features,
+            self._executables = onnx_session.runners(params, self.buckets, self.shape,
                                                      self.width)
             self.compiles = 0
             return
@@ -58,7 +59,7 @@ class ServingModel:
         """One run per bucket. The first call of an executable (in each thread) pays for
         allocations and caches: call this in the thread that will serve, before it does."""
         for bucket, executable in self._executables.items():
-            np.asarray(executable(self._params, np.zeros((bucket, self.n_features), np.float32)))
+            np.asarray(executable(self._params, np.zeros((bucket, *self.shape), np.float32)))
 
     @classmethod
     def load(cls, registry: Registry, model: str, version: str, buckets: Sequence[int]) -> ServingModel:
@@ -81,8 +82,9 @@ class ServingModel:
                              f"features, shape (n, {self.n_features}); got {x.shape}")
         result = np.empty((x.shape[0], self.width), np.float32)
         for start, stop in chunks(x.shape[0], self.buckets[-1]):
-            padded = self._buffers.fill(x[start:stop])
-            out = self._executables[padded.shape[0]](self._params, padded)
+            padded = self._buffers.fill(x[start:stop])  # flat rows; the model's shape is a view
+            out = self._executables[padded.shape[0]](self._params,
+                                                     padded.reshape(padded.shape[0], *self.shape))
             # Copying to the host waits for the result, so the buffer is free to refill;
             # slicing on the host, not on the device, avoids compiling a slice op.
             result[start:stop] = np.asarray(out)[: stop - start]
@@ -91,7 +93,7 @@ class ServingModel:
     def _lower(self, jitted: jax.stages.Wrapped, bucket: int) -> jax.stages.Lowered:
         name = f"{self.model} version {self.version}"
         try:
-            x = jax.ShapeDtypeStruct((bucket, self.n_features), jnp.float32)
+            x = jax.ShapeDtypeStruct((bucket, *self.shape), jnp.float32)
             lowered = jitted.lower(self._params, x)
         except (TypeError, ValueError, KeyError) as e:
             raise ValueError(f"{name}: its parameters do not fit architecture "
@@ -106,11 +108,15 @@ class ServingModel:
         return lowered
 
 
-def evaluator(architecture: str, params: Mapping[str, np.ndarray]) -> Callable[[np.ndarray], np.ndarray]:
-    """Rows -> answers of any architecture, without buckets (registration checks a
-    conversion with it): JAX ones jitted, an ONNX model through its session."""
+def evaluator(architecture: str, params: Mapping[str, np.ndarray],
+              shape: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
+    """Flat rows -> answers of any architecture taking ``shape`` per row, without buckets
+    (registration checks a conversion with it): JAX ones jitted, an ONNX model through
+    its session."""
     if architecture == onnx_session.ARCHITECTURE:
-        return onnx_session.opened(bytes(params[onnx_session.MODEL]))[0]
-    apply, arrays = prepared(architecture, params)
-    jitted = jax.jit(apply)
-    return lambda x: np.asarray(jitted(arrays, x))
+        run = onnx_session.opened(bytes(params[onnx_session.MODEL]))[0]
+    else:
+        apply, arrays = prepared(architecture, params)
+        jitted = jax.jit(apply)
+        run = lambda x: np.asarray(jitted(arrays, x))  # noqa: E731
+    return lambda x: run(x.reshape(len(x), *shape))

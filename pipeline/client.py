@@ -32,6 +32,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
+import numpy as np
 import orjson
 
 from pipeline.decode import MAX_ID_LENGTH, MAX_NAME_LENGTH
@@ -90,17 +91,19 @@ class ClientClosed(StreamClientError):
 
 @dataclass(frozen=True, slots=True)
 class PredictRequest:
-    """One tabular request (the documented form). ``id`` None: the client makes one up.
+    """One request. ``id`` None: the client makes one up.
 
-    ``features`` maps each of the model's feature names to a finite number; the values are
-    checked and copied (as floats) here, so a bad row fails before anything is sent.
+    ``features`` maps each of the model's feature names to a finite number (the tabular
+    form); for a model that reads one tensor per row, the tensor's name to an array of its
+    shape (nested lists or a numpy array), sent in the Open Inference Protocol form. The
+    values are checked and copied here, so a bad row fails before anything is sent.
     ``deadline_ms``: the worker dead-letters the request when it cannot answer within this
     many milliseconds of the request's timestamp: ``arrived_late`` when the time had passed
     before a worker took it, ``deadline_exceeded`` otherwise.
     """
 
     model: str
-    features: Mapping[str, float]
+    features: Mapping[str, float | np.ndarray]
     version: str | None = None
     id: str | None = None
     deadline_ms: int | None = None
@@ -125,9 +128,16 @@ class PredictRequest:
         """The request JSON (contract); the id must be set (``with_id``)."""
         if self.id is None:
             raise ValueError("the request has no id yet; give it one with .with_id(...)")
-        body: dict[str, Any] = {"id": self.id, "model": self.model, "features": self.features}
+        tensor = next((v for v in self.features.values() if isinstance(v, np.ndarray)), None)
+        if tensor is None:
+            body: dict[str, Any] = {"id": self.id, "model": self.model, "features": self.features}
+        else:
+            [name] = self.features
+            body = {"id": self.id, "model_name": self.model, "inputs": [
+                {"name": name, "shape": [1, *tensor.shape], "datatype": "FP32",
+                 "data": tensor.reshape(-1).tolist()}]}
         if self.version is not None:
-            body["version"] = self.version
+            body["model_version" if tensor is not None else "version"] = self.version
         if self.deadline_ms is not None:
             body["deadline_ms"] = self.deadline_ms
         if self.tenant is not None:
@@ -156,15 +166,18 @@ def check_request_id(request_id: object) -> str:
     return request_id
 
 
-def _checked_features(features: object) -> dict[str, float]:
+def _checked_features(features: object) -> dict[str, float | np.ndarray]:
     if not isinstance(features, Mapping):
         raise TypeError(f"features must be a mapping of feature name to number, such as "
                         f"{{'sepal_length': 5.1, ...}}, got {type(features).__name__}; for a "
                         f"row in the model's feature order use dict(zip(names, row))")
-    checked = {}
+    checked: dict[str, float | np.ndarray] = {}
     for name, value in features.items():
         if not isinstance(name, str):
             raise TypeError(f"feature names must be strings, got {name!r}")
+        if isinstance(value, list | tuple | np.ndarray):
+            checked[name] = _tensor(name, value)
+            continue
         # A plain float, the usual case, skips the abstract-class checks (several times
         # slower than the rest of the loop).
         number = value if type(value) is float else _number(name, value)
@@ -173,7 +186,22 @@ def _checked_features(features: object) -> dict[str, float]:
             # worker would (non_finite), rather than send something else.
             raise ValueError(f"feature {name!r} is {number}: features must be finite numbers")
         checked[name] = number
+    if len(checked) > 1 and any(isinstance(v, np.ndarray) for v in checked.values()):
+        raise ValueError(f"a request holds one tensor or named numbers, not both: "
+                         f"{', '.join(checked)}")
     return checked
+
+
+def _tensor(name: str, value: object) -> np.ndarray:
+    """A tensor input: an array of finite numbers (its shape is the model's per row)."""
+    try:
+        array = np.array(value, np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"tensor {name!r} must be an array of numbers (nested lists of one "
+                        f"shape, or a numpy array)") from None
+    if array.ndim == 0 or array.size == 0 or not np.isfinite(array).all():
+        raise ValueError(f"tensor {name!r} must hold finite numbers in at least one dimension")
+    return array
 
 
 def _number(name: str, value: object) -> float:

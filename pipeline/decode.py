@@ -17,6 +17,10 @@ Two request forms are accepted:
     {"id": "r-1", "model_name": "iris", "model_version"?: "3",
      "inputs": [{"name": "sepal_length", "shape": [1], "datatype": "FP32", "data": [5.1]}, ...]}
 
+  A model that reads one tensor per row (``InputSchema.tensor``, e.g. an 8x8 image) takes
+  this form only: one input of shape ``[1, 8, 8]``, its ``data`` the 64 numbers flat in
+  row-major order.
+
 Every check costs no more than the request's size, and size is checked first; then
 nesting depth, on the bytes (so neither parser nears its recursion limit), and the number
 of features before any per-feature work.
@@ -312,6 +316,14 @@ def _duplicate_key(key: str) -> Rejection:
 
 def _tabular_row(body: dict[str, Any], schema: InputSchema,
                  max_features: int | None) -> list[float]:
+    if schema.tensor is not None:
+        shape = [1, *schema.tensor.shape]
+        raise _Invalid(Reason.SCHEMA_MISMATCH,
+                       f"the model reads one tensor, {schema.tensor.name!r} of shape "
+                       f"{list(schema.tensor.shape)}, not named features: send the Open Inference "
+                       f'Protocol form {{"id", "model_name", "inputs": [{{"name": '
+                       f'"{schema.tensor.name}", "shape": {shape}, "datatype": "FP32", "data": '
+                       f"[{schema.tensor.size} numbers, row-major]}}]}}")
     features = body.get("features")
     if not isinstance(features, dict):
         raise _Invalid(Reason.SCHEMA_MISMATCH,
@@ -342,6 +354,8 @@ def _oip_row(inputs: Any, schema: InputSchema, max_features: int | None) -> list
             raise _Invalid(Reason.SCHEMA_MISMATCH,
                            f"input {_quote(name)} has datatype {_describe(datatype)}; "
                            f"use one of {', '.join(sorted(_NUMERIC_DATATYPES))}")
+    if schema.tensor is not None:
+        return _tensor_row(inputs, schema, max_features)
     if len(inputs) == 1 and inputs[0].get("name") not in schema.index:
         # One tensor holding the whole row, in schema order.
         tensor = inputs[0]
@@ -352,6 +366,30 @@ def _oip_row(inputs: Any, schema: InputSchema, max_features: int | None) -> list
         raise _Invalid(Reason.SCHEMA_MISMATCH, "each input name may appear only once")
     _check_names(by_name.keys(), schema)
     return [_number(name, _tensor_values(by_name[name], 1)[0]) for name in schema.names]
+
+
+def _tensor_row(inputs: list[dict[str, Any]], schema: InputSchema,
+                max_features: int | None) -> list[float]:
+    """The one input of a tensor model: shape ``[1, *shape]``, its numbers flat (counted
+    against ``max_features`` before any is read)."""
+    tensor = schema.features[0]  # a tensor model's one input
+    if len(inputs) != 1:
+        raise _Invalid(Reason.SCHEMA_MISMATCH,
+                       f"the model reads one tensor, {tensor.name!r}; the request has "
+                       f"{len(inputs)} inputs")
+    given, name = inputs[0], _quote(inputs[0].get("name"))
+    shape, data = given.get("shape"), given.get("data")
+    if isinstance(data, list):
+        _check_count(len(data), schema, max_features)
+    if shape != [1, *tensor.shape] or not isinstance(data, list) or len(data) != tensor.size:
+        described = shape if isinstance(shape, list) and len(shape) <= 8 and all(
+            type(d) is int and abs(d) < 10**9 for d in shape) else _describe(shape)
+        count = len(data) if isinstance(data, list) else _describe(data)
+        raise _Invalid(Reason.SCHEMA_MISMATCH,
+                       f"input {name} must have shape {[1, *tensor.shape]} with "
+                       f"{tensor.size} numbers flat in 'data' (row-major; one row per request), "
+                       f"got shape {described} with {count}")
+    return [_number(tensor.name, v) for v in data]
 
 
 def _tensor_values(tensor: dict[str, Any], width: int) -> list[Any]:

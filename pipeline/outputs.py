@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections import Counter
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -37,7 +37,7 @@ from pipeline.messages import (
 from pipeline.redaction import RedactedOriginal, Redactor
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import Route
-from pipeline.schema import OutputSchema
+from pipeline.schema import InputSchema, OutputSchema
 
 
 # The most a drift-rows message holds: half the broker's default message limit (1 MiB).
@@ -118,10 +118,10 @@ def dead_letter(record: Incoming, rejection: Rejection, topic: str, redactor: Re
         request_timestamp=record.timestamp, route=str(route), quota=quota)
 
 
-def sample(record: Incoming, request: Request, names: Sequence[str], answer: np.ndarray,
+def sample(record: Incoming, request: Request, inputs: InputSchema, answer: np.ndarray,
            outputs: OutputSchema, redactor: Redactor, topic: str) -> Outgoing:
-    """A copy of a served request (its features by ``names``, redacted) and its answer."""
-    features = redactor.fields(dict(zip(names, request.row, strict=True)))
+    """A copy of a served request (its features by name, redacted) and its answer."""
+    features = redactor.fields(inputs.fields(request.row))
     return Outgoing(
         kind=Kind.SAMPLE, topic=topic, partition=record.partition, key=request.id.encode(),
         value=encode_sample(request.id, request.model, request.version, record.timestamp,

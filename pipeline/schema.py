@@ -25,6 +25,8 @@ class Feature:
 
     ``sensitive``: the feature's values must never leave a worker in clear (samples, dead
     letters, logs); ``pipeline.redaction`` hashes them unless a rule asks for more.
+    ``shape``: a tensor input's shape per row (an image: ``(28, 28)``), its values in
+    row-major order; ``()`` for one number.
     """
 
     name: str
@@ -32,6 +34,17 @@ class Feature:
     minimum: float = -math.inf
     maximum: float = math.inf
     sensitive: bool = False
+    shape: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not all(type(d) is int and d >= 1 for d in self.shape):
+            raise SchemaError(f"input {self.name!r}: a tensor's shape is whole numbers of at "
+                              f"least 1, got {list(self.shape)}")
+
+    @property
+    def size(self) -> int:
+        """How many numbers the feature holds per row."""
+        return math.prod(self.shape)
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"name": self.name, "dtype": self.dtype,
@@ -39,6 +52,8 @@ class Feature:
                              "maximum": _finite_or_none(self.maximum)}
         if self.sensitive:  # written only when set: unmarked manifests keep their bytes
             d["sensitive"] = True
+        if self.shape:  # likewise
+            d["shape"] = list(self.shape)
         return d
 
     @classmethod
@@ -49,12 +64,16 @@ class Feature:
                               f"got {sensitive!r}")
         return cls(d["name"], d.get("dtype", "float32"),
                    _none_to(d.get("minimum"), -math.inf), _none_to(d.get("maximum"), math.inf),
-                   sensitive)
+                   sensitive, tuple(d.get("shape", ())))
 
 
 @dataclass(frozen=True, slots=True)
 class InputSchema:
-    """The ordered features a model reads; order is the column order of its input matrix."""
+    """The ordered features a model reads; order is the column order of its input matrix.
+
+    Either named numbers (tabular), or one tensor (``Feature.shape``): then a row is the
+    tensor's numbers, row-major, and ``shape`` is what the model takes per row.
+    """
 
     features: tuple[Feature, ...]
     # Derived once: decoding reads them for every request.
@@ -67,11 +86,37 @@ class InputSchema:
             raise SchemaError("an input schema needs at least one feature")
         if len(set(names)) != len(names):
             raise SchemaError(f"feature names must be unique, got {list(names)}")
+        if any(f.shape for f in self.features) and len(names) > 1:
+            raise SchemaError(f"a model reads one tensor or named numbers, not both: "
+                              f"{', '.join(names)}")
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "index", {n: i for i, n in enumerate(names)})
 
     def __len__(self) -> int:
-        return len(self.features)
+        """The numbers in a row: the features, or the tensor's size."""
+        return self.features[0].size if self.tensor is not None else len(self.features)
+
+    @property
+    def tensor(self) -> Feature | None:
+        """The one tensor input, or None for named numbers."""
+        return self.features[0] if self.features[0].shape else None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """What the model takes per row: the tensor's shape, or ``(features,)``."""
+        return self.tensor.shape if self.tensor is not None else (len(self.features),)
+
+    def describe(self) -> str:
+        """What a person reads: "4 features", or "one tensor 'pixels' of shape [8, 8]"."""
+        if self.tensor is not None:
+            return f"one tensor {self.tensor.name!r} of shape {list(self.tensor.shape)}"
+        return f"{len(self.features)} features"
+
+    def fields(self, row: Iterable[float]) -> dict[str, Any]:
+        """A row by name, as samples show it: each feature's number, or the tensor's list."""
+        if self.tensor is not None:
+            return {self.tensor.name: list(row)}
+        return dict(zip(self.names, row, strict=True))
 
     @property
     def sensitive(self) -> tuple[str, ...]:

@@ -146,13 +146,18 @@ def models_register(settings: Settings, args: argparse.Namespace) -> int:
     check = manifest.lineage["check"]
     signer = key_id(ensure_signing_key(settings.registry.signing_key).public_key())
     print(f"registered {manifest.model}:{manifest.version} ({manifest.architecture} from "
-          f"{manifest.hyperparameters['library']}; {len(manifest.inputs)} features, a "
+          f"{manifest.hyperparameters['library']}; {manifest.inputs.describe()}, a "
           f"{manifest.outputs.kind} answering {manifest.outputs.describe()}; matches the "
-          f"library within "
-          f"{check['max_difference']:.2g} on {check['rows']} rows"
-          f"{'' if manifest.reference else '; no --reference: drift is off'}) in "
+          f"library within {check['max_difference']:.2g} on {check['rows']} rows"
+          f"{'' if manifest.reference else _drift_off(manifest)}) in "
           f"{settings.registry.root}, signed by key {signer}")
     return 0
+
+
+def _drift_off(manifest: Manifest) -> str:
+    if manifest.inputs.tensor is not None:
+        return "; drift is off for tensor inputs"
+    return "; no --reference: drift is off"
 
 
 def _names(text: str) -> list[str]:
@@ -194,8 +199,9 @@ def models_show(settings: Settings, args: argparse.Namespace) -> int:
     rows = [
         ("architecture", f"{m.architecture} "
                          + ", ".join(f"{k} {v}" for k, v in sorted(m.hyperparameters.items()))),
-        ("inputs", f"{len(m.inputs)} features: "
-                   + ", ".join(f"{f.name} {f.dtype} {_range(f.minimum, f.maximum)}"
+        ("inputs", f"{m.inputs.describe()}: "
+                   + ", ".join(f"{f.name} {f.dtype}{f' {list(f.shape)}' if f.shape else ''} "
+                               f"{_range(f.minimum, f.maximum)}"
                                + (" sensitive" if f.sensitive else "")
                                for f in m.inputs.features)),
         ("outputs", f"{m.outputs.kind}: {m.outputs.describe()}"),

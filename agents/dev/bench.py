@@ -213,7 +213,7 @@ class Bench:
             manifest = Registry(self.settings.registry.root).manifest(model, self._versions[model])
             self._rows_of[model] = feature_rows(manifest, 1000)
         rows = self._rows_of[model]
-        return orjson.dumps({"id": request_id, "model": model, "features": rows[i % len(rows)]})
+        return PredictRequest(model, rows[i % len(rows)], id=request_id).encode()
 
     # ---------------------------------------------------------------- cases
 
@@ -226,7 +226,8 @@ class Bench:
         version = self.version
         served = ServingModel.load(registry, self.model, version, 
                                    buckets_for(self.settings.batching.max_batch))
-        rows = np.array([list(r.values()) for r in self.rows], np.float32)
+        rows = np.array([np.concatenate([np.ravel(v) for v in r.values()]) for r in self.rows],
+                        np.float32)
         rates = {b: self._rows_per_second(served.predict, np.resize(rows, (b, rows.shape[1])))
                  for b in served.buckets}
         best = max(rates, key=rates.__getitem__)

@@ -48,10 +48,9 @@ async def passthrough(bootstrap: str, prefix: str, group: str) -> None:
 
 
 def scorer(registry: Path, model: str) -> Callable[[dict], dict]:
-    """The user's scoring function: request dict -> response dict, one row at a time."""
-    import jax
-
-    from models.architectures import architecture
+    """The user's scoring function: request dict -> response dict, one row at a time (a
+    tabular request's features, or a tensor model's one OIP input)."""
+    from models.runtime import evaluator
     from pipeline.registry import Registry
 
     store = Registry(registry)
@@ -59,13 +58,15 @@ def scorer(registry: Path, model: str) -> Callable[[dict], dict]:
     manifest = store.manifest(model, version)
     names = manifest.inputs.names
     outputs = manifest.outputs
-    params = jax.device_put(store.load_params(model, version))
-    predict = jax.jit(architecture(manifest.architecture))
+    predict = evaluator(manifest.architecture, store.load_params(model, version),
+                        manifest.inputs.shape)
 
     def score(request: dict) -> dict:
-        features = request["features"]
-        x = np.array([[features[name] for name in names]], np.float32)
-        answer = np.asarray(predict(params, x))[0]
+        if "inputs" in request:
+            x = np.array([request["inputs"][0]["data"]], np.float32)
+        else:
+            x = np.array([[request["features"][name] for name in names]], np.float32)
+        answer = np.asarray(predict(x))[0]
         if outputs.is_regressor:
             return {"id": request["id"], "model": model, "value": answer.tolist()}
         return {"id": request["id"], "model": model, "probabilities": answer.tolist(),

@@ -69,12 +69,15 @@ def kill_peer(process: subprocess.Popen) -> None:
     process.wait()
 
 
-def feature_rows(manifest: Manifest, n: int) -> list[dict[str, float]]:
+def feature_rows(manifest: Manifest, n: int) -> list[dict[str, float | np.ndarray]]:
     """``n`` rows of feature values drawn uniformly from the ranges the model was trained on
-    (a standard normal where it names none: a model registered without a reference)."""
+    (a standard normal where it names none: a model registered without a reference, or a
+    tensor, whose rows are arrays of its shape)."""
     rng = np.random.default_rng(0)
 
-    def column(f: Feature) -> list[float]:
+    def column(f: Feature) -> list[float] | np.ndarray:
+        if f.shape:
+            return rng.normal(0, 1, (n, *f.shape)).astype(np.float32)
         if np.isfinite(f.minimum) and np.isfinite(f.maximum):
             return rng.uniform(f.minimum, f.maximum, n).astype(np.float32).tolist()
         return rng.normal(0, 1, n).astype(np.float32).tolist()

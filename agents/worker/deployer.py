@@ -29,6 +29,7 @@ from pipeline.canary import CanaryVerdict
 from pipeline.config import Settings
 from pipeline.registry import Registry
 from pipeline.routing import DeploymentSpec, promote, rollback
+from pipeline.schema import InputSchema
 from pipeline.signing import TrustedKeys, VerifiedVersion, verify_version
 
 log = logging.getLogger(__name__)
@@ -114,11 +115,10 @@ class Deployer:
         stable = everything[(spec.model, spec.stable)].manifest
         for version in sorted(spec.versions()):
             theirs = everything[(spec.model, version)].manifest
-            if theirs.inputs.names != stable.inputs.names:
+            if (theirs.inputs.names, theirs.inputs.shape) != (stable.inputs.names, stable.inputs.shape):
                 self._refuse(spec, version, current, ValueError(
-                    f"{spec.model}:{version} reads features {list(theirs.inputs.names)}, but "
-                    f"stable version {spec.stable} reads {list(stable.inputs.names)}: one "
-                    f"request cannot go to both"))
+                    f"{spec.model}:{version} reads {_reads(theirs.inputs)}, but stable version "
+                    f"{spec.stable} reads {_reads(stable.inputs)}: one request cannot go to both"))
                 return None
             if theirs.outputs.kind != stable.outputs.kind:
                 self._refuse(spec, version, current, ValueError(
@@ -209,3 +209,9 @@ class ControlFollower(mode.Service):
             if self.should_stop or (spec := spec_of(message.value, message.offset)) is None:
                 continue
             await self._deployer.apply(spec)
+
+
+def _reads(inputs: InputSchema) -> str:
+    if inputs.tensor is not None:
+        return f"tensor {inputs.tensor.name!r} of shape {list(inputs.tensor.shape)}"
+    return f"features {list(inputs.names)}"

@@ -221,7 +221,6 @@ class InferenceService:
         self._metrics.padding_rows.labels(model, version).inc(
             padded_size(len(rows), served.buckets) - len(rows))
         policy = serving.policies[model]
-        names = served.manifest.inputs.names
         done = time.time()
         outgoing = []
         for i, ((record, request), result) in enumerate(zip(items, results, strict=True)):
@@ -240,7 +239,7 @@ class InferenceService:
                                                len(rows), done, self._topics.predictions,
                                                quota=self._quota_of(request)))
             if policy.sample_rate and sampled(request.id, policy.sample_rate):
-                outgoing.append(outputs.sample(record, request, names, answer, schema,
+                outgoing.append(outputs.sample(record, request, served.manifest.inputs, answer, schema,
                                                policy.redactor, self._topics.samples))
         ok = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
         self._feed_breaker(serving, model, version, len(ok), charged)

@@ -16,8 +16,10 @@ class Converted:
 
     ``predict`` is the original library's own: float32 rows (n, n_features) to answers
     (n, width), class probabilities or a regressor's values, for the check at
-    registration. ``kind`` ("classifier" or "regressor"), ``features`` and ``classes`` are
-    what the file itself says (None when it does not say).
+    registration; a model of one tensor per row (``input_shape``, e.g. an image's) takes
+    the tensor's numbers flat, row-major. ``kind`` ("classifier" or "regressor"),
+    ``features`` and ``classes`` are what the file itself says (None when it does not say;
+    a tensor model's ``features`` is its input's name).
     """
 
     format: str  # xgboost, lightgbm, sklearn, onnx, jax
@@ -31,3 +33,4 @@ class Converted:
     features: tuple[str, ...] | None = None
     classes: tuple[str, ...] | None = None
     details: dict[str, Any] = field(default_factory=dict)  # objective, trees, depth: for the manifest
+    input_shape: tuple[int, ...] = ()  # a tensor per row: its shape; () for named numbers

@@ -3,8 +3,9 @@ arrive. The worker calls the deserialized function; it never imports the user's 
 
 The file is ``Exported.serialize()`` of ``f(params, x)``, with ``params`` a dict of arrays
 (``--params``: an ``.npz`` of them), or of ``f(x)`` with the parameters baked in. ``x`` is
-float32 ``(batch, features)`` with a symbolic batch dimension
-(``jax.export.symbolic_shape("b, 4")``), so one export serves every padding bucket; the
+float32 ``(batch, features)``, or ``(batch, *shape)`` for a tensor per row (an image),
+with a symbolic batch dimension (``jax.export.symbolic_shape("b, 4")``), so one export
+serves every padding bucket; the
 result is float32 ``(batch, columns)``: class probabilities, or a regressor's values
 (``--kind regressor``). The serialized function
 travels among the version's parameters (``models.exported``).
@@ -12,6 +13,7 @@ travels among the version's parameters (``models.exported``).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,17 +49,19 @@ def convert(serialized: bytes, params: Mapping[str, np.ndarray]) -> Converted:
     except ExportError as e:
         raise ConversionError(str(e)) from None
     arrays = {k: np.asarray(v) for k, v in params.items()}
-    n_features, width = _check_signature(exported, arrays)
+    shape, width = _check_signature(exported, arrays)
     call = apply_of(exported, bool(arrays))
+    tensor = len(shape) > 1
     return Converted("jax", f"jax {jax.__version__}", ARCHITECTURE,
-                     {**arrays, EXPORTED: np.frombuffer(serialized, np.uint8)}, n_features,
-                     width, lambda x: np.asarray(call(arrays, x)),
+                     {**arrays, EXPORTED: np.frombuffer(serialized, np.uint8)}, math.prod(shape),
+                     width, lambda x: np.asarray(call(arrays, x.reshape(len(x), *shape))),
+                     features=("input",) if tensor else None, input_shape=shape if tensor else (),
                      details={"platforms": list(exported.platforms)})
 
 
-def _check_signature(exported: Any, params: Mapping[str, np.ndarray]) -> tuple[int, int]:
-    """The features and answer columns of ``f(params, x)``, once its signature is one
-    streamserve serves."""
+def _check_signature(exported: Any, params: Mapping[str, np.ndarray]) -> tuple[tuple[int, ...], int]:
+    """The shape of a row and the answer columns of ``f(params, x)``, once its signature
+    is one streamserve serves."""
     *param_avals, x = exported.in_avals
     if len(param_avals) != len(params):
         raise ConversionError(
@@ -67,10 +71,11 @@ def _check_signature(exported: Any, params: Mapping[str, np.ndarray]) -> tuple[i
         if array.shape != aval.shape or array.dtype != aval.dtype:
             raise ConversionError(f"--params {name} is {array.dtype}{list(array.shape)}, but the "
                                   f"exported function takes {aval.dtype}{list(aval.shape)} there")
-    if len(x.shape) != 2 or isinstance(x.shape[0], int) or not isinstance(x.shape[1], int):
+    if (len(x.shape) < 2 or isinstance(x.shape[0], int)
+            or not all(isinstance(d, int) for d in x.shape[1:])):
         raise ConversionError(
             f"the exported function takes x of shape {x.shape}: export it with a symbolic batch "
-            f"and a fixed feature count, jax.export.symbolic_shape('b, F')")
+            f"and a fixed row shape, jax.export.symbolic_shape('b, F') (or 'b, H, W')")
     if x.dtype != np.float32:
         raise ConversionError(f"the exported function takes x as {x.dtype}: export it for "
                               f"float32 rows")
@@ -81,4 +86,4 @@ def _check_signature(exported: Any, params: Mapping[str, np.ndarray]) -> tuple[i
             f"the exported function returns {[f'{o.dtype}{o.shape}' for o in outs]}: it must "
             f"return one float32 array, shape (b, classes) of class probabilities or (b, "
             f"targets) of a regressor's values")
-    return int(x.shape[1]), int(outs[0].shape[1])
+    return tuple(int(d) for d in x.shape[1:]), int(outs[0].shape[1])

@@ -3,13 +3,15 @@ are, to run with onnxruntime (``models.onnx_session``): the graph's operators ar
 to convert, so ``models show`` names its architecture ``onnx``, not a JAX one.
 
 The check at registration is the one a worker makes at load: one float32 input of
-``(batch, features)``, a float32 ``(batch, columns)`` output of class probabilities or
-a regressor's values (the file does not say which: ``--kind``); the library's own
-predictor is the session itself.
+``(batch, features)``, or ``(batch, *shape)`` for a tensor per row (an image: the
+version reads one tensor, named as the graph's input), a float32 ``(batch, columns)``
+output of class probabilities or a regressor's values (the file does not say which:
+``--kind``); the library's own predictor is the session itself.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +35,16 @@ def convert(model: bytes) -> Converted:
         raise ConversionError(f"the file is not an ONNX model onnx {onnx.__version__} accepts "
                               f"({str(e).strip()[:300]}); export it again") from None
     try:
-        predict, n_features, width = onnx_session.opened(model)
+        run, shape, width = onnx_session.opened(model)
     except onnx_session.OnnxModelError as e:
         raise ConversionError(str(e)) from None
     onnxruntime = need("onnxruntime")
+    tensor = len(shape) > 1
     return Converted("onnx", f"onnxruntime {onnxruntime.__version__}", onnx_session.ARCHITECTURE,
-                     {onnx_session.MODEL: np.frombuffer(model, np.uint8)}, n_features,
-                     width, predict,
+                     {onnx_session.MODEL: np.frombuffer(model, np.uint8)}, math.prod(shape),
+                     width, lambda x: run(x.reshape(len(x), *shape)),
+                     features=(proto.graph.input[0].name,) if tensor else None,
+                     input_shape=shape if tensor else (),
                      details={"runtime": "onnxruntime", "opset": max(
                          (o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
                          default=0), "producer": proto.producer_name or "unknown"})

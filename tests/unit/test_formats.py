@@ -368,7 +368,7 @@ def test_a_jax_export_is_served_as_the_function_it_is(tmp_path):
 
 
 @pytest.mark.parametrize("case, error", [
-    ("fixed batch", "symbolic batch and a fixed feature count"),
+    ("fixed batch", "symbolic batch and a fixed row shape"),
     ("int rows", "takes x as int32: export it for float32 rows"),
     ("no params file", "takes 4 parameter arrays, and --params holds 0"),
     ("other shapes", r"--params w0 is float32\[5, 8\], but the exported function takes float32\[4, 8\]"),

@@ -114,7 +114,7 @@ def test_a_prediction_goes_to_its_requests_partition_keyed_by_id_with_the_source
 
 
 def test_a_sample_is_redacted_and_goes_to_the_samples_topic():
-    out = outputs.sample(RECORD, REQUEST, SCHEMA.names, np.array([0.9, 0.1], np.float32), LABELS,
+    out = outputs.sample(RECORD, REQUEST, SCHEMA, np.array([0.9, 0.1], np.float32), LABELS,
                          Redactor({"ssn": Action.DROP, "age": Action.MASK}), "s.samples")
     assert (out.kind, out.topic, out.partition, out.key, out.headers) == \
         (Kind.SAMPLE, "s.samples", 4, b"r-1", SOURCE)
@@ -186,7 +186,7 @@ def test_a_refused_answer_is_replaced_by_a_minimal_dead_letter_and_a_side_output
                                "s.deadletter", NO_RULES, max_original_bytes=65536)
     replaced = orjson.loads(outputs.stand_in(dead, "refused", "s.deadletter").value)
     assert (replaced["id"], replaced["reason"]) == (None, "missing_id")  # the reason stays
-    sample = outputs.sample(RECORD, REQUEST, ("age", "ssn"), np.array([0.4, 0.6], np.float32),
+    sample = outputs.sample(RECORD, REQUEST, SCHEMA, np.array([0.4, 0.6], np.float32),
                             LABELS, NO_RULES, "s.samples")
     assert outputs.stand_in(sample, "refused", "s.deadletter") is None
 
