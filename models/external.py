@@ -39,7 +39,7 @@ def register(model: str, source: Path | Any, *, settings: Settings | None = None
     version of ``model`` in the registry of ``settings`` (default: the environment's
     STREAMSERVE_REGISTRY, signed with STREAMSERVE_SIGNING_KEY, created when missing).
     ``options``: those of ``register_model`` (format, kind, features, labels, reference,
-    sensitive, params). Raises ``ConversionError`` naming what cannot be served, and the fix."""
+    sensitive, params, input_shape). Raises ``ConversionError`` naming what cannot be served, and the fix."""
     settings = settings if settings is not None else Settings.from_env()
     return register_model(Registry(settings.registry.root), model, source,
                           signing_key=settings.registry.signing_key, **options)
@@ -50,6 +50,7 @@ def register_model(registry: Registry, model: str, source: Path | Any, *, format
                    labels: Sequence[str] | None = None,
                    reference: Path | np.ndarray | None = None, sensitive: Iterable[str] = (),
                    params: Path | Mapping[str, np.ndarray] | None = None,
+                   input_shape: Sequence[int] | None = None,
                    signing_key: Path | None = None) -> Manifest:
     """Register ``source`` (a model file, or a fitted model object) as the next version of
     ``model``. ``kind``: "classifier" or "regressor" (default: what the model file says;
@@ -63,7 +64,9 @@ def register_model(registry: Registry, model: str, source: Path | Any, *, format
     array (n, features)): checked, and kept as the drift reference; without it drift is
     off for this version (and for a tensor model, which takes none). ``params``: the
     parameters a ``jax.export`` function takes (an
-    .npz file, or a dict of arrays with an ``Exported`` object). Signed with
+    .npz file, or a dict of arrays with an ``Exported`` object or a JAX function).
+    ``input_shape``: a JAX function's row shape, ``(features,)`` or a tensor's (it is
+    exported with a symbolic batch). Signed with
     ``signing_key`` when given."""
     key = ensure_signing_key(signing_key) if signing_key is not None else None
     if isinstance(source, str | Path):
@@ -71,7 +74,7 @@ def register_model(registry: Registry, model: str, source: Path | Any, *, format
         converted = convert_file(source, format, None if params is None else Path(params))
         origin = _file_hash(source)
     else:
-        converted, origin = convert_object(source, params), None
+        converted, origin = convert_object(source, params, input_shape), None
     names = feature_names(converted, features)
     outputs = output_schema(converted, kind, labels)
     if converted.input_shape and reference is not None:

@@ -8,7 +8,7 @@ check). The libraries are imported only here, at registration: workers serve the
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,16 +54,23 @@ def convert_file(path: Path, format: str | None = None, params: Path | None = No
     return FORMATS[format].load(path)
 
 
-def convert_object(model: Any, params: Mapping[str, Any] | None = None) -> Converted:
+def convert_object(model: Any, params: Mapping[str, Any] | None = None,
+                   input_shape: Sequence[int] | None = None) -> Converted:
     """A fitted model object: an XGBoost or LightGBM booster or scikit-learn estimator
-    (their scikit-learn wrappers too), an ONNX ``ModelProto``, or a
-    ``jax.export.Exported`` with the ``params`` it takes."""
+    (their scikit-learn wrappers too), an ONNX ``ModelProto``, a ``jax.export.Exported``
+    with the ``params`` it takes, or a JAX function ``f(params, x)`` (``f(x)`` without
+    ``params``) with the shape of one row, ``input_shape``: it is exported here."""
+    if input_shape is not None:
+        if not callable(model):
+            raise ConversionError(f"input_shape is for a JAX function; a "
+                                  f"{type(model).__name__} knows its own inputs")
+        return from_jax.convert_function(model, params or {}, input_shape)
     home = type(model).__module__.split(".")[0]  # the library: a format's name
     if home not in FORMATS:
         raise ConversionError(f"a {type(model).__name__} ({home}) is not a model streamserve "
                               f"registers: pass an XGBoost or LightGBM booster, a scikit-learn "
-                              f"estimator or Pipeline, an ONNX ModelProto or a "
-                              f"jax.export.Exported")
+                              f"estimator or Pipeline, an ONNX ModelProto, a "
+                              f"jax.export.Exported, or a JAX function with input_shape")
     if home == "jax":
         return from_jax.convert(bytes(model.serialize()), params or {})
     if home == "onnx":  # a ModelProto

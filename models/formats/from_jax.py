@@ -14,7 +14,7 @@ travels among the version's parameters (``models.exported``).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +57,26 @@ def convert(serialized: bytes, params: Mapping[str, np.ndarray]) -> Converted:
                      width, lambda x: np.asarray(call(arrays, x.reshape(len(x), *shape))),
                      features=("input",) if tensor else None, input_shape=shape if tensor else (),
                      details={"platforms": list(exported.platforms)})
+
+
+def convert_function(function: Any, params: Mapping[str, np.ndarray],
+                     input_shape: Sequence[int]) -> Converted:
+    """A JAX function ``f(params, x)`` (``f(x)`` when ``params`` is empty), exported here with
+    a symbolic batch for float32 rows of ``input_shape``, then served as its export."""
+    import jax
+    from jax import export
+
+    arrays = {k: np.asarray(v) for k, v in params.items()}
+    row = tuple(int(d) for d in input_shape)
+    x = jax.ShapeDtypeStruct((*export.symbolic_shape("b"), *row), np.float32)
+    specs = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in arrays.items()}
+    try:
+        exported = export.export(jax.jit(function))(*((specs, x) if arrays else (x,)))
+    except Exception as e:  # noqa: BLE001 - tracing the user's function raises anything
+        raise ConversionError(f"the function cannot be exported for float32 rows of shape "
+                              f"{list(row)}{' with its params' if arrays else ''} ({e}); it "
+                              f"must be f(params, x) (or f(x)) traceable by jax.jit") from None
+    return convert(bytes(exported.serialize()), arrays)
 
 
 def _check_signature(exported: Any, params: Mapping[str, np.ndarray]) -> tuple[tuple[int, ...], int]:

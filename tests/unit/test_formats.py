@@ -367,6 +367,24 @@ def test_a_jax_export_is_served_as_the_function_it_is(tmp_path):
         assert np.abs(model.predict(x) - np.asarray(_mlp(params, x))).max() <= 1e-6
 
 
+def test_a_jax_function_is_exported_at_registration_with_its_row_shape(tmp_path):
+    """The Python API takes the function itself (a Flax module's apply, say) with its
+    params and the shape of one row; it is exported there, never imported by a worker."""
+    x, _ = data(IRIS)
+    params = _mlp_params()
+    registry = Registry(tmp_path / "registry")
+    manifest = register_model(registry, "mlp", _mlp, params=params, input_shape=(4,),
+                              features=IRIS_NAMES)
+    assert manifest.architecture == "exported" and manifest.hyperparameters["format"] == "jax"
+    model = ServingModel.load(registry, "mlp", manifest.version, [1, 8, 64])
+    assert np.abs(model.predict(x) - np.asarray(_mlp(params, x))).max() <= 1e-6
+    with pytest.raises(ConversionError, match=r"cannot be exported for float32 rows of shape \[5\]"):
+        register_model(registry, "mlp", _mlp, params=params, input_shape=(5,), features=IRIS_NAMES)
+    with pytest.raises(ConversionError, match="input_shape is for a JAX function"):
+        register_model(registry, "mlp", LogisticRegression().fit(x, IRIS.target), input_shape=(4,))
+    assert registry.versions("mlp") == ["1"]
+
+
 @pytest.mark.parametrize("case, error", [
     ("fixed batch", "symbolic batch and a fixed row shape"),
     ("int rows", "takes x as int32: export it for float32 rows"),
