@@ -148,7 +148,7 @@ class InferenceService:
                     for record, rejection in admission.rejected]
         for (model, version, route), count in admission.slow.items():  # too slow for them
             self._feed_breaker(serving, model, version, 0, count)
-            self._judge_canary(deployment, model, route, count, [], [])
+            self._judge_failures(deployment, model, version, route, count)
         try:
             for (model, version, route), items in admission.groups.items():
                 spec = deployment.specs[model]
@@ -189,8 +189,7 @@ class InferenceService:
         else:
             # Refused by its breaker: failures of this version (a canary's judge counts them).
             self._feed_breaker(serving, model, version, 0, len(items))
-            self._judge_canary(deployment, model, route, len(items), [], np.empty(0),
-                               deployment.models[(model, version)].manifest.outputs)
+            self._judge_failures(deployment, model, version, route, len(items))
             if fallback is None:
                 error = (f"{model}:{version} is failing and its circuit breaker is open; "
                          + ("its fallback is failing too" if serving.catalog.fallback(model) else
@@ -284,6 +283,13 @@ class InferenceService:
             if breaker.state is not before:
                 log.warning("circuit breaker of %s:%s is now %s", model, version, breaker.state)
             self._metrics.breaker_state.labels(model, version).set(_BREAKER_VALUE[breaker.state])
+
+    def _judge_failures(self, deployment: Deployment, model: str, version: str, route: Route,
+                        failures: int) -> None:
+        """A group that failed before any answer (too slow for its deadlines, refused by
+        an open breaker), for the canary's judge."""
+        self._judge_canary(deployment, model, route, failures, [], np.empty(0),
+                           deployment.models[(model, version)].manifest.outputs)
 
     def _judge_canary(self, deployment: Deployment, model: str, route: Route, failures: int,
                       latencies: list[float], predicted: np.ndarray,
