@@ -128,7 +128,9 @@ class PredictRequest:
         """The request JSON (contract); the id must be set (``with_id``)."""
         if self.id is None:
             raise ValueError("the request has no id yet; give it one with .with_id(...)")
-        tensor = next((v for v in self.features.values() if isinstance(v, np.ndarray)), None)
+        # A tensor is a request's only entry (_checked_features): the first says which form.
+        first = next(iter(self.features.values()), None)
+        tensor = first if isinstance(first, np.ndarray) else None
         if tensor is None:
             body: dict[str, Any] = {"id": self.id, "model": self.model, "features": self.features}
         else:

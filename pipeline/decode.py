@@ -372,7 +372,7 @@ def _tensor_row(inputs: list[dict[str, Any]], schema: InputSchema,
                 max_features: int | None) -> list[float]:
     """The one input of a tensor model: shape ``[1, *shape]``, its numbers flat (counted
     against ``max_features`` before any is read)."""
-    tensor = schema.features[0]  # a tensor model's one input
+    tensor = schema.tensor
     if len(inputs) != 1:
         raise _Invalid(Reason.SCHEMA_MISMATCH,
                        f"the model reads one tensor, {tensor.name!r}; the request has "

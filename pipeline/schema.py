@@ -79,6 +79,9 @@ class InputSchema:
     # Derived once: decoding reads them for every request.
     names: tuple[str, ...] = field(init=False, repr=False, compare=False)
     index: dict[str, int] = field(init=False, repr=False, compare=False)
+    tensor: Feature | None = field(init=False, repr=False, compare=False)
+    """The one tensor input, or None for named numbers."""
+    _width: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         names = tuple(f.name for f in self.features)
@@ -89,17 +92,15 @@ class InputSchema:
         if any(f.shape for f in self.features) and len(names) > 1:
             raise SchemaError(f"a model reads one tensor or named numbers, not both: "
                               f"{', '.join(names)}")
+        tensor = self.features[0] if self.features[0].shape else None
         object.__setattr__(self, "names", names)
         object.__setattr__(self, "index", {n: i for i, n in enumerate(names)})
+        object.__setattr__(self, "tensor", tensor)
+        object.__setattr__(self, "_width", tensor.size if tensor is not None else len(names))
 
     def __len__(self) -> int:
         """The numbers in a row: the features, or the tensor's size."""
-        return self.features[0].size if self.tensor is not None else len(self.features)
-
-    @property
-    def tensor(self) -> Feature | None:
-        """The one tensor input, or None for named numbers."""
-        return self.features[0] if self.features[0].shape else None
+        return self._width
 
     @property
     def shape(self) -> tuple[int, ...]:

@@ -302,21 +302,19 @@ class InferenceService:
         key = (model, spec.revision)
         if key in self._judged:
             return
-        judge = self._judges.get(key)
         if schema.is_regressor:  # the deployer lets only versions of one kind serve together
-            if judge is None:
-                judge = self._judges[key] = CanaryJudge(self._settings.canary.policy, None)
-            judge.observe(route, failures, latencies, predicted)
+            n_classes, observed = None, predicted
         else:
             # The versions may predict different classes (a canary that adds one): the
             # judge counts by label, over stable's labels and then the canary's new ones.
             stable = deployment.models[(model, spec.stable)].manifest.outputs.labels
             canary = deployment.models[(model, spec.canary.version)].manifest.outputs.labels
             union = {label: i for i, label in enumerate(dict.fromkeys([*stable, *canary]))}
-            if judge is None:
-                judge = self._judges[key] = CanaryJudge(self._settings.canary.policy, len(union))
-            judge.observe(route, failures, latencies,
-                          [union[schema.labels[c]] for c in predicted.tolist()])
+            n_classes, observed = len(union), [union[schema.labels[c]] for c in predicted.tolist()]
+        judge = self._judges.get(key)
+        if judge is None:
+            judge = self._judges[key] = CanaryJudge(self._settings.canary.policy, n_classes)
+        judge.observe(route, failures, latencies, observed)
         verdict = judge.verdict()
         if verdict.action in ("rollback", "promote") and self._on_canary_verdict is not None:
             self._judged.add(key)
