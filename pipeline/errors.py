@@ -26,6 +26,7 @@ class StreamserveError(Exception):
       * ReplayError (ValueError) ........ a recording, replay, diff or gate that cannot work
       * SloError (ValueError) ........... an SLO objective that cannot work
       * StatusError (ValueError) ........ fleet figures that cannot be computed as asked
+      * TopologyError (ValueError) ...... a topic replication the cluster cannot give
       * DriftError (ValueError) ......... drift statistics that cannot be built or compared
       * FaultSpecError (ValueError) ..... STREAMSERVE_FAULTS that cannot be read
       * InjectedFault (RuntimeError) .... what a deliberately faulty model raises (chaos tests)

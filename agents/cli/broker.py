@@ -1,5 +1,5 @@
-"""``streamserve broker start|stop|status [--secure]``: the embedded single-node Kafka broker
-(``agents.dev.broker``)."""
+"""``streamserve broker start|stop|status [--secure | --nodes N]``: the embedded single-node
+Kafka broker (``agents.dev.broker``), or a local cluster of N nodes (``agents.dev.cluster``)."""
 
 from __future__ import annotations
 
@@ -16,11 +16,34 @@ def register(commands: Commands) -> None:
     for action, run, help in (("start", _start, "start it (a no-op when it already runs)"),
                               ("stop", _stop, "stop it and leave no process behind"),
                               ("status", _status, "say whether it runs")):
-        command(actions, action, run, help).add_argument(
+        parser = command(actions, action, run, help)
+        which = parser.add_mutually_exclusive_group()
+        which.add_argument(
             "--secure", action="store_true",
             help="the secured broker instead (port STREAMSERVE_LOCAL_BROKER_PORT + 2): TLS, SCRAM "
                  "users admin, worker and client, ACLs enforced; settings files per user in "
                  "STREAMSERVE_HOME/broker-secure/credentials")
+        which.add_argument(
+            "--nodes", type=_nodes, default=1, metavar="N",
+            help="a local cluster of N KRaft nodes instead (3 to try replication: every topic "
+                 "on three brokers, min.insync.replicas 2), on ports "
+                 "STREAMSERVE_LOCAL_BROKER_PORT + 10 and up; point STREAMSERVE_BROKER at it")
+
+
+def _nodes(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 9:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of nodes from 1 to 9")
+    return int(text)
+
+
+def _cluster(settings: Settings, args: argparse.Namespace):
+    """The local cluster of ``--nodes`` nodes, or None for the single broker."""
+    if args.nodes == 1:
+        return None
+    from agents.dev.cluster import CLUSTER_PORT_OFFSET, LocalCluster
+
+    return LocalCluster(settings.kafka.home, settings.kafka.local_broker_port + CLUSTER_PORT_OFFSET,
+                        args.nodes)
 
 
 def _local_broker(settings: Settings, args: argparse.Namespace):
@@ -39,6 +62,11 @@ def _local_broker(settings: Settings, args: argparse.Namespace):
 
 
 def _start(settings: Settings, args: argparse.Namespace) -> int:
+    if cluster := _cluster(settings, args):
+        started = cluster.start()
+        print(f"cluster of {args.nodes} nodes {'started' if started else 'already running'}; "
+              f"use it with: export STREAMSERVE_BROKER={cluster.bootstrap}")
+        return 0
     broker = _local_broker(settings, args)
     started = broker.start()
     print(f"broker {'started' if started else 'already running'} on {broker.bootstrap}")
@@ -59,13 +87,21 @@ def _start(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _stop(settings: Settings, args: argparse.Namespace) -> int:
-    stopped = _local_broker(settings, args).stop()
-    print("broker stopped" if stopped else "no broker was running")
+    cluster = _cluster(settings, args)
+    what = "cluster" if cluster else "broker"
+    stopped = cluster.stop() if cluster else _local_broker(settings, args).stop()
+    print(f"{what} stopped" if stopped else f"no {what} was running")
     return 0
 
 
 def _status(settings: Settings, args: argparse.Namespace) -> int:
-    """Exit 0 when it runs, 3 when it does not."""
+    """Exit 0 when it runs (a cluster: every node), 3 when it does not."""
+    if cluster := _cluster(settings, args):
+        nodes = cluster.status()
+        for node_id, status in enumerate(nodes, 1):
+            print(f"node {node_id}: {'running (pid ' + str(status.pid) + ')' if status.running else 'stopped'} "
+                  f"on {status.bootstrap}")
+        return 0 if all(status.running for status in nodes) else 3
     status = _local_broker(settings, args).status()
     print(f"broker {'running (pid ' + str(status.pid) + ')' if status.running else 'stopped'} "
           f"on {status.bootstrap}, data in {status.home}")

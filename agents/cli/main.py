@@ -29,12 +29,13 @@ from agents.cli import (
     replay,
     serving,
     status,
+    topics,
     verify,
 )
 from pipeline.config import Settings
 from pipeline.errors import StreamserveError
 
-COMMAND_GROUPS = (broker, models, lifecycle, serving, drift, verify, dev, replay, ops, acl,
+COMMAND_GROUPS = (broker, topics, models, lifecycle, serving, drift, verify, dev, replay, ops, acl,
                   quota, status)
 """The modules whose ``register(commands)`` make up ``streamserve``, in ``--help`` order."""
 

@@ -80,7 +80,7 @@ from agents.dev.bench_traffic import (
 from agents.client.stream import StreamClient
 from agents.dev.fleet import WorkerProcess
 from agents.kafka.connect import connection, start_producer
-from agents.kafka.topics import admin_client
+from agents.kafka.topics import admin_client, cluster
 from pipeline.client import PredictRequest
 from pipeline.config import Settings
 from pipeline.errors import StreamserveError
@@ -199,9 +199,11 @@ class Bench:
         s = replace(self.settings, kafka=replace(self.settings.kafka, topic_prefix=prefix, app_id=prefix))
         stamped = {"message.timestamp.type": "LogAppendTime"}
         async with admin_client(self.settings) as admin:
+            # The replication every streamserve topic gets: a bench on a cluster pays for it.
+            replicas = (await cluster(self.settings, admin)).replicas
             response = await admin.create_topics(
-                [NewTopic(s.topics.requests, PARTITIONS, 1)]
-                + [NewTopic(name, PARTITIONS, 1, topic_configs=stamped)
+                [NewTopic(s.topics.requests, PARTITIONS, replicas)]
+                + [NewTopic(name, PARTITIONS, replicas, topic_configs=stamped)
                    for name in (s.topics.predictions, s.topics.deadletter)])
         if errors := [f"{topic} (error code {code})" for topic, code, *_ in response.topic_errors if code]:
             raise BenchError(f"{self.progress.title}: cannot create its topics ({'; '.join(errors)})")

@@ -45,7 +45,7 @@ from pipeline.security import local_env_file
 if TYPE_CHECKING:  # pipeline.config is pure too, but keep this module importable alone
     from pipeline.config import Settings
 
-__all__ = ["BrokerError", "BrokerStatus", "LocalBroker", "ensure_broker"]
+__all__ = ["BrokerError", "BrokerStatus", "ClusterNode", "LocalBroker", "ensure_broker"]
 
 KAFKA_DIR = Path(__file__).resolve().parent / "kafka"
 POM = KAFKA_DIR / "pom.xml"
@@ -69,6 +69,27 @@ class BrokerStatus:
     home: Path
 
 
+@dataclass(frozen=True)
+class ClusterNode:
+    """One node's place in a local cluster of ``size`` combined KRaft nodes
+    (``agents.dev.cluster``): its id, controller port and the quorum's voters."""
+
+    id: int
+    controller_port: int
+    voters: str  # "1@host:port,2@host:port,..."
+    size: int
+    cluster_id: str = ""
+
+    @property
+    def replication(self) -> int:
+        return min(3, self.size)
+
+    @property
+    def min_insync(self) -> int:
+        """Two of three replicas: one node may be down and writes with acks=all go on."""
+        return max(1, self.replication - 1)
+
+
 class LocalBroker:
     """A single-node KRaft Kafka broker run from jars under ``home``.
 
@@ -78,15 +99,17 @@ class LocalBroker:
     """
 
     def __init__(self, home: Path, port: int = 9092, libs: Path | None = None, *,
-                 secure: bool = False) -> None:
+                 secure: bool = False, node: ClusterNode | None = None) -> None:
         if not 0 < port < 65535:
             raise BrokerError(f"broker port {port} is not usable: pick a port between 1 and 65534")
         self.home = Path(home).absolute()
         self.port = port
-        self.controller_port = port + 1
+        self.node = node
+        self.controller_port = node.controller_port if node else port + 1
         self.secure = secure
         self.libs = Path(libs).absolute() if libs is not None else self.home / "kafka" / "libs"
-        self.dir = self.home / ("broker-secure" if secure else "broker")
+        self.dir = (self.home / "cluster" / f"node-{node.id}" if node
+                    else self.home / ("broker-secure" if secure else "broker"))
         self._secrets = BrokerSecrets(self.dir, self.home, self.bootstrap)
         self.tls_dir = self._secrets.tls_dir
         self.credentials_dir = self._secrets.credentials_dir
@@ -131,11 +154,15 @@ class LocalBroker:
         return BrokerStatus(running=running, pid=pid, bootstrap=self.bootstrap, home=self.home)
 
     def server_properties(self) -> str:
-        """The broker's configuration: one KRaft node, every internal topic with one replica."""
+        """The broker's configuration: one KRaft node with every topic on one replica, or a
+        node of a local cluster (``node``) whose topics get a replica on every node (three
+        at most) and take writes while one of them is down."""
+        node = self.node or ClusterNode(1, self.controller_port, f"1@{HOST}:{self.controller_port}", 1)
+        replicas, in_sync = str(node.replication), str(node.min_insync)
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@{HOST}:{self.controller_port}",
+            "node.id": str(node.id),
+            "controller.quorum.voters": node.voters,
             "listeners": f"PLAINTEXT://{HOST}:{self.port},CONTROLLER://{HOST}:{self.controller_port}",
             "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
             "inter.broker.listener.name": "PLAINTEXT",
@@ -143,12 +170,12 @@ class LocalBroker:
             "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
             "log.dirs": str(self.data_dir),
             "num.partitions": "1",
-            "default.replication.factor": "1",
-            "min.insync.replicas": "1",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": replicas,
+            "min.insync.replicas": in_sync,
+            "offsets.topic.replication.factor": replicas,
             "offsets.topic.num.partitions": "4",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": replicas,
+            "transaction.state.log.min.isr": in_sync,
             "transaction.state.log.num.partitions": "4",
             "group.initial.rebalance.delay.ms": "0",
             # Topics are created on purpose (streamserve and faust both declare theirs), never
@@ -205,19 +232,22 @@ class LocalBroker:
 
     # ------------------------------------------------------------ start, stop
 
-    def start(self, timeout: float = 90) -> bool:
+    def start(self, timeout: float = 90, *, wait: bool = True) -> bool:
         """Start the broker and return once it serves clients.
 
         Returns False, doing nothing, when a broker already runs on this port.
         Raises BrokerError (with the last lines of the broker's log) when it
-        exits early or is not ready within ``timeout`` seconds.
+        exits early or is not ready within ``timeout`` seconds. ``wait=False`` returns
+        once it is launched, for the nodes of a cluster: none serves before a majority of
+        the quorum runs, so all are launched before ``wait_ready`` is called on each.
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         with locked(self.dir / ".lock"):
             pid = self._running_pid()
             if pid is not None:
                 # Ours, perhaps still starting (another `broker start` raced us).
-                self._wait_ready(pid, time.monotonic() + timeout, stop_on_timeout=False)
+                if wait:
+                    self._wait_ready(pid, time.monotonic() + timeout, stop_on_timeout=False)
                 return False
             if port_open(HOST, self.port):
                 if self._ready(timeout=min(timeout, 10.0)):
@@ -228,7 +258,7 @@ class LocalBroker:
                 )
             if port_open(HOST, self.controller_port):
                 raise BrokerError(
-                    f"port {self.controller_port} (the local broker's controller port, broker port + 1) "
+                    f"port {self.controller_port} (the local broker's controller port) "
                     "is in use: free it, or set STREAMSERVE_LOCAL_BROKER_PORT to another port"
                 )
             self.install()
@@ -239,13 +269,22 @@ class LocalBroker:
             write_private(self.config_path, self.server_properties().encode())  # passwords, secure
             self._format_storage()
             pid = self._launch()
-            try:
-                self._wait_ready(pid, time.monotonic() + timeout, stop_on_timeout=True)
-            except BrokerError:
-                self._terminate(pid, 10)
-                self.pid_path.unlink(missing_ok=True)
-                raise
+            if wait:
+                self._wait_started(pid, timeout)
             return True
+
+    def wait_ready(self, timeout: float = 90) -> None:
+        """Return once the broker launched by ``start(wait=False)`` serves clients; stop it
+        and raise BrokerError when it exits or is not ready within ``timeout`` seconds."""
+        pid = self._running_pid()
+        if pid is None:
+            raise BrokerError(f"the local Kafka broker on {self.bootstrap} is not running "
+                              f"(logs in {self.logs_dir}): {self._log_tail()}")
+        self._wait_started(pid, timeout)
+
+    def pid(self) -> int | None:
+        """The broker's process id while it runs (the chaos tests pause it)."""
+        return self._running_pid()
 
     def stop(self, timeout: float = 30, *, crash: bool = False) -> bool:
         """Stop the broker started from this home: SIGTERM, then SIGKILL after ``timeout``;
@@ -283,7 +322,8 @@ class LocalBroker:
         if self._formatted:
             return
         users = self._secrets.scram_arguments() if self.secure else []
-        tool = ["kafka.tools.StorageTool", "format", "-t", _cluster_id(), "-c", str(self.config_path),
+        cluster_id = self.node.cluster_id if self.node and self.node.cluster_id else new_cluster_id()
+        tool = ["kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config_path),
                 "--ignore-formatted", *users]
         # The tool takes passwords only as arguments: they go in a private argument file
         # (`java @FILE`), so that the process list shows none.
@@ -342,6 +382,14 @@ class LocalBroker:
             )
         self.pid_path.write_text(f"{self._proc.pid}\n")
         return self._proc.pid
+
+    def _wait_started(self, pid: int, timeout: float) -> None:
+        try:
+            self._wait_ready(pid, time.monotonic() + timeout, stop_on_timeout=True)
+        except BrokerError:
+            self._terminate(pid, 10)
+            self.pid_path.unlink(missing_ok=True)
+            raise
 
     def _wait_ready(self, pid: int, deadline: float, stop_on_timeout: bool) -> None:
         while True:
@@ -437,7 +485,7 @@ def _tail_text(text: str, lines: int) -> str:
     return " | ".join(line[:300] for line in kept[-lines:])
 
 
-def _cluster_id() -> str:
+def new_cluster_id() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (as Kafka's Uuid)."""
     while True:
         text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()

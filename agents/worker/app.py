@@ -29,7 +29,9 @@ def broker_credentials(settings: Settings) -> SASLCredentials | SSLCredentials |
     return SSLCredentials(context) if context is not None else None
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, replicas: int) -> faust.App:
+    """The app; its own topics (the drift table's changelog, its leader topic) get
+    ``replicas`` replicas, as every topic streamserve creates."""
     data = settings.kafka.home / "faust"
     data.mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder of datadir
     return faust.App(
@@ -42,6 +44,7 @@ def create_app(settings: Settings) -> faust.App:
         datadir=str(data / "{conf.id}-data"),
         web_enabled=False,  # metrics come from prometheus_client; one port per worker is enough
         topic_partitions=settings.kafka.request_partitions,
+        topic_replication_factor=replicas,
         producer_acks=-1,
         # As the serving consumer's (aiokafka's default): a crashed worker's drift windows
         # move to another worker within seconds, not Faust's default minute.

@@ -40,6 +40,7 @@ from pipeline.drift import (
     WindowReport,
 )
 from pipeline.registry import RegistryError
+from pipeline.topology import changelog_configs
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,8 @@ def add_drift_agent(app: faust.App, settings: Settings,
     # Raw bytes (the app's serializers): Faust rebuilds typed values from the changelog
     # with ``value_type.from_data``, which a plain dict lacks, so recovery would fail.
     state = app.Table("drift-windows", default=None, key_type=bytes, value_type=bytes,
-                      partitions=settings.kafka.request_partitions)
+                      partitions=settings.kafka.request_partitions,
+                      extra_topic_configs=changelog_configs(settings))
 
     # Live monitors of the partitions this worker holds, with the offset of the last
     # message counted for each; the table is their durable copy, read again after a

@@ -5,8 +5,9 @@ every second; a stamp older than ``LOOP_STALE_SECONDS`` means the loop is blocke
 gone, which only a restart mends. An HTTP thread that still answers proves nothing
 about the loop, so the check reads the stamp, never the thread.
 
-``/readyz`` (readiness): alive, every deployed model loaded and warm, and the request
-consumer has joined its group. Joined, not "holds partitions": in a group with more
+``/readyz`` (readiness): alive, every deployed model loaded and warm, the request
+consumer has joined its group, and outputs can be written (a broker answers and every
+partition of the predictions and dead-letter topics has a leader: ``agents.worker.brokers``). Joined, not "holds partitions": in a group with more
 workers than partitions the extra workers hold none, yet they are healthy, warm and
 take partitions at the next rebalance (as in KServe and Triton, ready means able to
 serve, not serving). A worker that is stopping is not ready.

@@ -120,6 +120,21 @@ class Metrics:
             ["kind"], registry=r)
         self.loaded = Gauge("streamserve_model_loaded", "1 for each loaded version and its role",
                             ["model", "version", "role"], registry=r)
+        self.brokers_unreachable = Gauge(
+            "streamserve_kafka_brokers_unreachable",
+            "Brokers seen up since the worker started that its last look did not find (all of "
+            "them when none answered)", registry=r)
+        self.under_replicated = Gauge(
+            "streamserve_kafka_under_replicated_partitions",
+            "Partitions of the worker's topics with a replica out of sync", ["topic"], registry=r)
+        self.leaderless = Gauge(
+            "streamserve_kafka_leaderless_partitions",
+            "Partitions of the worker's topics without a leader: nothing can be written to them",
+            ["topic"], registry=r)
+        self.replicas_missing = Gauge(
+            "streamserve_kafka_replicas_missing",
+            "Replicas a topic lacks of the wanted replication (STREAMSERVE_REPLICATION_FACTOR "
+            "or the cluster's default)", ["topic"], registry=r)
         self.ready = Gauge("streamserve_worker_ready",
                            "1 once models are warm and the worker has partitions assigned",
                            registry=r)

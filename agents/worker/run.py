@@ -6,6 +6,8 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import threading
 from collections.abc import Awaitable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -14,11 +16,13 @@ import faust
 import jax
 
 from agents.worker.app import create_app
+from agents.worker.brokers import BrokerWatch
 from agents.worker.deployer import ControlFollower, Deployer
 from agents.worker.drift import add_drift_agent
 from agents.worker.health import (CheckResult, HealthChecks, Heartbeat, HeartbeatService, consumer_check,
                            models_check)
 from agents.worker.inference import InferenceService, OutputLimits
+from agents.worker.log_limits import limit_repeats
 from agents.kafka.topics import ensure_topics, message_limit
 from agents.worker.metrics import Metrics
 from agents.worker.server import RequestServer
@@ -47,9 +51,10 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
     heartbeat = Heartbeat()
     server: RequestServer | None = None
     worker: _Worker | None = None
-    asyncio.run(_beating(heartbeat, ensure_topics(settings)))
+    replicas = asyncio.run(_beating(heartbeat, ensure_topics(settings)))
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
     deployer: Deployer | None = None
+    watch: BrokerWatch | None = None
 
     def on_canary_verdict(model: str, revision: int, verdict: CanaryVerdict) -> None:
         assert deployer is not None
@@ -64,7 +69,8 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
         liveness = {"loop": heartbeat.check}
         metrics.serve(metrics_port, HealthChecks(liveness, {
             **liveness, "models": models_check(inference), "consumer": consumer_check(lambda: server),
-            "agents": lambda: _agents_check(worker)}))
+            "agents": lambda: _agents_check(worker),
+            "kafka": lambda: _kafka_check(watch)}))
     asyncio.run(_beating(heartbeat, deployer.start()))
     if not inference.deployment.specs:
         raise RegistryError(f"no model can be served from {settings.registry.root}; train one with "
@@ -75,7 +81,7 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
     gc.freeze()
     server = RequestServer(settings, inference, metrics)
     follower = ControlFollower(settings, deployer)
-    app = create_app(settings)
+    app = create_app(settings, replicas)
     registry = Registry(settings.registry.root)
     trusted = TrustedKeys.load(settings.registry.trusted_keys)
 
@@ -86,8 +92,11 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
                               settings.registry.allow_unsigned).manifest.reference
 
     add_drift_agent(app, settings, reference_of, metrics)
+    changelogs = [table.changelog_topic.get_topic_name() for table in app.tables.values()]
+    watch = BrokerWatch(settings, metrics, [*topics.all, *changelogs], replicas)
     heartbeat.beat()  # the loop that beats next is Faust's; its heartbeat service starts first
-    worker = _Worker(app, HeartbeatService(heartbeat), server, follower, loglevel="INFO")
+    worker = _Worker(app, HeartbeatService(heartbeat), server, follower, watch, loglevel="INFO")
+    worker.stop_grace_s = settings.kafka.stop_grace_s
     worker.execute_from_commandline()
 
 
@@ -97,12 +106,24 @@ def _agents_check(worker: _Worker | None) -> CheckResult:
     return CheckResult(True, "the Faust app is started (drift agent, tables recovered)")
 
 
+def _kafka_check(watch: BrokerWatch | None) -> CheckResult:
+    return watch.check() if watch is not None else CheckResult(False, "the cluster was not looked at yet")
+
+
 class _Worker(faust.Worker):
     """A Faust worker whose stop on SIGTERM waits for its start to finish (30 s at most):
     Faust's table manager raises if stopped while it registers the changelogs, and the
-    worker would then exit with an error after an otherwise clean stop."""
+    worker would then exit with an error after an otherwise clean stop. A stop that takes
+    longer than ``stop_grace_s`` (no broker answers the commit, say) ends the process:
+    what was not committed is served again. Repeated client warnings are limited
+    (``agents.worker.log_limits``) once Faust has set up logging."""
 
     _up: asyncio.Event | None = None
+    stop_grace_s: float = 25.0
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        limit_repeats(logger)
 
     @property
     def started(self) -> bool:
@@ -113,6 +134,9 @@ class _Worker(faust.Worker):
         self._started_up().set()
 
     async def _stop_on_signal(self, signal: object) -> None:
+        deadline = threading.Timer(self.stop_grace_s, _give_up, (self.stop_grace_s,))
+        deadline.daemon = True
+        deadline.start()
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._started_up().wait(), 30)
         await super()._stop_on_signal(signal)
@@ -121,6 +145,15 @@ class _Worker(faust.Worker):
         if self._up is None:
             self._up = asyncio.Event()
         return self._up
+
+
+def _give_up(grace_s: float) -> None:
+    """From a thread of its own: the loop may be stuck waiting on brokers."""
+    log.error("the worker did not stop within STREAMSERVE_STOP_GRACE_S (%.0f s), brokers "
+              "unreachable or slow: exiting now; the requests it had not committed will be "
+              "served again", grace_s)
+    logging.shutdown()
+    os._exit(1)
 
 
 async def _beating(heartbeat: Heartbeat, work: Awaitable[T]) -> T:

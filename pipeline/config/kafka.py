@@ -60,6 +60,17 @@ class Topics:
         """Every control-plane change and model load refusal, in order."""
         return f"{self.prefix}.audit"
 
+    @property
+    def serving(self) -> tuple[str, ...]:
+        """The topics with the requests' partitions."""
+        return (self.requests, self.predictions, self.deadletter, self.drift, self.drift_rows,
+                self.samples, self.shadow)
+
+    @property
+    def all(self) -> tuple[str, ...]:
+        """Every topic streamserve creates (the Faust app's own are Faust's)."""
+        return (*self.serving, self.control, self.audit)
+
 
 @dataclass(frozen=True, slots=True)
 class KafkaSettings:
@@ -80,6 +91,22 @@ class KafkaSettings:
         4, "STREAMSERVE_REQUEST_PARTITIONS",
         "Partitions of each serving topic when streamserve creates it: the most "
         "workers that can share the load.")
+    replication_factor: int = setting(
+        -1, "STREAMSERVE_REPLICATION_FACTOR",
+        "Replicas of every topic streamserve creates (serving, control, audit, and the "
+        "Faust app's changelogs); -1: the cluster's default.replication.factor. At most the "
+        "number of brokers. Production: 3, so a broker may be lost.")
+    min_insync_replicas: int = setting(
+        -1, "STREAMSERVE_MIN_INSYNC_REPLICAS",
+        "min.insync.replicas of every topic streamserve creates: how many replicas must hold "
+        "a write before it is acknowledged (producers use acks=all); -1: the cluster's "
+        "default. Production: 2 of 3 replicas, so one broker may be down while writes go on.")
+    stop_grace_s: float = setting(
+        25.0, "STREAMSERVE_STOP_GRACE_S",
+        "Seconds a worker's stop on SIGTERM may take (finishing and committing the batches "
+        "in flight) before it exits anyway, e.g. when no broker answers: what it had not "
+        "committed is served again. Keep it below the orchestrator's grace period (30 s in "
+        "Kubernetes).")
     delivery: Delivery = setting(
         "at-least-once", "STREAMSERVE_DELIVERY",
         "at-least-once: outputs are acknowledged before their offsets are committed; a "
@@ -125,6 +152,15 @@ class KafkaSettings:
         check(0 < self.local_broker_port < 65536, "STREAMSERVE_LOCAL_BROKER_PORT",
               "must be a port number between 1 and 65535")
         check(self.request_partitions >= 1, "STREAMSERVE_REQUEST_PARTITIONS", "must be at least 1")
+        check(self.replication_factor == -1 or self.replication_factor >= 1,
+              "STREAMSERVE_REPLICATION_FACTOR", "must be at least 1, or -1 for the cluster's default")
+        check(self.min_insync_replicas == -1 or self.min_insync_replicas >= 1,
+              "STREAMSERVE_MIN_INSYNC_REPLICAS", "must be at least 1, or -1 for the cluster's default")
+        check(self.replication_factor == -1 or self.min_insync_replicas <= self.replication_factor,
+              "STREAMSERVE_MIN_INSYNC_REPLICAS",
+              f"must not exceed STREAMSERVE_REPLICATION_FACTOR ({self.replication_factor}): no write "
+              "with acks=all could ever be acknowledged")
+        check(self.stop_grace_s > 0, "STREAMSERVE_STOP_GRACE_S", "must be more than 0 seconds")
         check(bool(self.topic_prefix) and all(c.isalnum() or c in "._-" for c in self.topic_prefix),
               "STREAMSERVE_TOPIC_PREFIX", "must be non-empty and use only letters, digits, '.', '_' and '-'")
         derive(self, "topics", Topics(self.topic_prefix))

@@ -27,6 +27,11 @@ def test_environment_overrides():
     ({"STREAMSERVE_TOPIC_PREFIX": "a b"}, "STREAMSERVE_TOPIC_PREFIX must be non-empty"),
     ({"STREAMSERVE_LOCAL_BROKER_PORT": "70000"}, "STREAMSERVE_LOCAL_BROKER_PORT must be a port"),
     ({"STREAMSERVE_BROKER": "  "}, "STREAMSERVE_BROKER must be host:port"),
+    ({"STREAMSERVE_REPLICATION_FACTOR": "0"}, "STREAMSERVE_REPLICATION_FACTOR must be at least 1, or -1"),
+    ({"STREAMSERVE_MIN_INSYNC_REPLICAS": "0"}, "STREAMSERVE_MIN_INSYNC_REPLICAS must be at least 1, or -1"),
+    ({"STREAMSERVE_REPLICATION_FACTOR": "2", "STREAMSERVE_MIN_INSYNC_REPLICAS": "3"},
+     "STREAMSERVE_MIN_INSYNC_REPLICAS must not exceed STREAMSERVE_REPLICATION_FACTOR"),
+    ({"STREAMSERVE_STOP_GRACE_S": "0"}, "STREAMSERVE_STOP_GRACE_S must be more than 0 seconds"),
 ])
 def test_invalid_values_name_the_variable(env, says):
     with pytest.raises(ConfigError, match=says.replace("(", r"\(")):
@@ -108,7 +113,7 @@ def test_every_variable_belongs_to_one_section_and_is_listed_once():
     assert {"kafka", "registry", "batching", "admission", "drift", "breaker", "canary", "slo",
             "cost", "faults"} <= set(SECTIONS)
     variables = [env for env, _, _ in Settings.documentation()]
-    assert len(variables) == len(set(variables)) == 58
+    assert len(variables) == len(set(variables)) == 61
     assert variables == [env for _, _, rows in by_section for env, _, _ in rows]
 
 
