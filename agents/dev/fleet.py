@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,14 +24,22 @@ class WorkerFailed(StreamserveError, RuntimeError):
 
 def free_port(consecutive: int = 1) -> int:
     """A free port, with the ``consecutive - 1`` ports after it free too (the local
-    broker's controller listens on its port + 1)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port + consecutive <= 65536 and all(_free(port + i) for i in range(1, consecutive)):
+    broker's controller listens on its port + 1). Below the range the OS takes client
+    ports from: a broker restarted on a port of that range may find it taken by some
+    client's connection meanwhile (seen: a cluster node's controller port)."""
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10_000, low - consecutive)
+        if all(_free(port + i) for i in range(consecutive)):
             return port
-    raise RuntimeError(f"no {consecutive} adjacent free ports found")
+    raise RuntimeError(f"no {consecutive} adjacent free ports found below {low}")
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default; macOS starts at 49152
 
 
 def _free(port: int) -> bool:

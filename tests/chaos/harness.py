@@ -71,8 +71,10 @@ def requests(run_id: str, n: int, *, poison_every: int = 0, deadline_ms: int | N
 
 async def produce(bootstrap: str, topic: str, values: list[bytes], rate: float | None = None) -> None:
     """Produce ``values`` keyed by id, at ``rate`` per second (None: as fast as possible)."""
+    # Patient, as a client riding out a lost cluster must be: a send waits up to 90 s for
+    # a partition's leader (aiokafka's default gives up after 40 s).
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
-                                linger_ms=5)
+                                linger_ms=5, request_timeout_ms=90_000)
     await producer.start()
     try:
         started = time.monotonic()
