@@ -310,6 +310,28 @@ def operational_alerts(job: str) -> list[Alert]:
               "{{ $labels.instance }} runs but has not been ready for 10 minutes: models not "
               "loaded and warm, or its consumer has not joined the group.",
               "worker-not-ready.md", for_="10m"),
+        Alert("StreamserveKafkaOutputsBlocked", "streamserve_kafka_outputs_writable == 0", "page",
+              "Worker {{ $labels.instance }} cannot write its outputs",
+              "For 2 minutes no broker answered {{ $labels.instance }}, or a partition of the "
+              "predictions or dead-letter topic had no leader: requests wait in Kafka unanswered.",
+              "kafka-cluster.md", for_="2m"),
+        Alert("StreamserveKafkaBrokerUnreachable",
+              "max by (job) (streamserve_kafka_brokers_unreachable) > 0", "ticket",
+              "{{ $value }} Kafka broker(s) unreachable for 5 minutes",
+              "Workers have not found {{ $value }} of the brokers they saw up for 5 minutes: the "
+              "cluster serves on with fewer replicas, and one more loss may stop writes.",
+              "kafka-cluster.md", for_="5m"),
+        Alert("StreamserveKafkaUnderReplicated",
+              "max by (job, topic) (streamserve_kafka_under_replicated_partitions) > 0", "ticket",
+              "{{ $labels.topic }}: {{ $value }} partitions under-replicated",
+              "{{ $value }} partitions of {{ $labels.topic }} have had a replica out of sync for "
+              "10 minutes: a broker is down or cannot keep up.", "kafka-cluster.md", for_="10m"),
+        Alert("StreamserveTopicReplicasMissing",
+              "max by (job, topic) (streamserve_kafka_replicas_missing) > 0", "ticket",
+              "{{ $labels.topic }} lacks {{ $value }} replicas",
+              "{{ $labels.topic }} has fewer replicas than wanted (STREAMSERVE_REPLICATION_FACTOR or "
+              "the cluster's default): losing a broker can lose its records.",
+              "kafka-cluster.md", for_="15m"),
         Alert("StreamserveCostRunaway",
               f"avg_over_time({COST_RECORD}[1h]) > {COST_FACTOR:g} * "
               f"avg_over_time({COST_RECORD}[1h] offset 1d)", "ticket",

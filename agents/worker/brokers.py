@@ -63,6 +63,7 @@ class BrokerWatch(mode.Service):
             log.log(level, line)
         health, metrics = self.health, self._metrics
         metrics.brokers_unreachable.set(health.unreachable)
+        metrics.outputs_writable.set(int(health.writable()[0]))
         for gauge, counts in ((metrics.under_replicated, health.under_replicated()),
                               (metrics.leaderless, health.leaderless()),
                               (metrics.replicas_missing, health.replicas_missing())):

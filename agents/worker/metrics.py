@@ -124,6 +124,10 @@ class Metrics:
             "streamserve_kafka_brokers_unreachable",
             "Brokers seen up since the worker started that its last look did not find (all of "
             "them when none answered)", registry=r)
+        self.outputs_writable = Gauge(
+            "streamserve_kafka_outputs_writable",
+            "1 while a broker answers and every partition of the predictions and dead-letter "
+            "topics has a leader (readiness's kafka check)", registry=r)
         self.under_replicated = Gauge(
             "streamserve_kafka_under_replicated_partitions",
             "Partitions of the worker's topics with a replica out of sync", ["topic"], registry=r)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from agents.cli.main import main
 from agents.dev.broker import BrokerError, LocalBroker, ensure_broker
 from agents.dev.broker_process import alive
 from agents.dev.fleet import free_port
@@ -172,3 +173,33 @@ def test_ensure_broker_leaves_a_configured_cluster_alone(tmp_path: Path) -> None
     settings = Settings(kafka=KafkaSettings(broker="kafka.example:9092", home=tmp_path))
     assert ensure_broker(settings) is None
     assert not (tmp_path / "broker").exists()
+
+
+def test_server_properties_of_a_cluster_node(tmp_path: Path) -> None:
+    """`broker start --nodes 3`: node 2 of three, its own folder and ports, every node a
+    voter, three replicas of every topic and two in sync to take a write."""
+    from agents.dev.cluster import LocalCluster
+
+    cluster = LocalCluster(tmp_path, 29100, 3)
+    assert cluster.bootstrap == "127.0.0.1:29100,127.0.0.1:29101,127.0.0.1:29102"
+    props = dict(line.split("=", 1) for line in cluster.node(2).server_properties().splitlines()
+                 if line and not line.startswith("#"))
+    assert props["node.id"] == "2"
+    assert props["controller.quorum.voters"] == "1@127.0.0.1:29103,2@127.0.0.1:29104,3@127.0.0.1:29105"
+    assert props["listeners"] == "PLAINTEXT://127.0.0.1:29101,CONTROLLER://127.0.0.1:29104"
+    assert props["log.dirs"] == str((tmp_path / "cluster" / "node-2" / "data").absolute())
+    for key in ("default.replication.factor", "offsets.topic.replication.factor",
+                "transaction.state.log.replication.factor"):
+        assert props[key] == "3"
+    assert props["min.insync.replicas"] == props["transaction.state.log.min.isr"] == "2"
+    # One cluster id for every node, kept for later starts.
+    assert LocalCluster(tmp_path, 29100, 3).node(3).node.cluster_id == cluster.node(1).node.cluster_id
+
+
+def test_the_cluster_commands_refuse_what_cannot_work(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["broker", "start", "--nodes", "3", "--secure"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["broker", "start", "--nodes", "12"])
+    assert "'12' is not a number of nodes from 1 to 9" in capsys.readouterr().err

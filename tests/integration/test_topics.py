@@ -1,5 +1,5 @@
-"""Topics on the real broker: the message limit a worker bounds its outputs by, and the
-control topic when two writers race."""
+"""Topics on the real broker: the message limit a worker bounds its outputs by, the
+control topic when two writers race, and `streamserve topics check [--fix]`."""
 
 from __future__ import annotations
 
@@ -10,14 +10,17 @@ import uuid
 import orjson
 import pytest
 from aiokafka.admin import NewTopic
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from agents.cli.main import main
 from agents.kafka.audit import read_entries
 from agents.kafka.connect import start_producer
 from agents.kafka.control import change, read_specs
-from agents.kafka.topics import DEFAULT_MESSAGE_LIMIT, admin_client, message_limit
+from agents.kafka.topics import DEFAULT_MESSAGE_LIMIT, admin_client, ensure_topics, message_limit
 from pipeline import routing
 from pipeline.config import Settings
 from pipeline.routing import ControlError
+from pipeline.topology import TopologyError
 
 pytestmark = pytest.mark.integration
 
@@ -71,3 +74,51 @@ async def _write(settings, spec) -> None:
                                      value=orjson.dumps(spec.to_json()))
     finally:
         await producer.stop()
+
+
+def test_topics_check_shows_what_differs_and_fix_mends_it(kafka_bootstrap, monkeypatch, capsys, tmp_path):
+    prefix = f"tc{uuid.uuid4().hex[:8]}"
+    for name, value in {"STREAMSERVE_BROKER": kafka_bootstrap, "STREAMSERVE_TOPIC_PREFIX": prefix,
+                        "STREAMSERVE_APP_ID": prefix, "STREAMSERVE_MIN_INSYNC_REPLICAS": "1"}.items():
+        monkeypatch.setenv(name, value)
+    settings = Settings.from_env()
+    assert main(["topics", "check"]) == 1
+    assert f"- {prefix}.control: missing is absent, wanted 1 partitions x 1 replicas" in capsys.readouterr().out
+    assert main(["topics", "check", "--fix"]) == 0
+    out = capsys.readouterr().out
+    assert f"fixed: created {prefix}.requests" in out and "every topic is as wanted" in out
+
+    async def spoil() -> None:  # the control topic not compacted; the shadow topic too small
+        async with admin_client(settings) as admin:
+            await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, settings.topics.control,
+                                                      configs={"cleanup.policy": "delete"})])
+            await admin.delete_topics([settings.topics.shadow])
+            await asyncio.sleep(1)
+            await admin.create_topics([NewTopic(settings.topics.shadow, 2, 1)])
+
+    asyncio.run(spoil())
+    assert main(["topics", "check"]) == 1
+    out = capsys.readouterr().out
+    assert f"- {prefix}.control: config cleanup.policy is delete, wanted compact; --fix sets it" in out
+    assert f"- {prefix}.shadow: partitions is 2, wanted 4; --fix adds partitions" in out
+    assert f"- {prefix}.shadow: config min.insync.replicas is" not in out  # the cluster's default: 1
+    assert main(["topics", "check", "--fix", "--plan", str(tmp_path / "plan.json")]) == 0
+    out = capsys.readouterr().out
+    assert f"fixed: {prefix}.control: cleanup.policy=compact" in out
+    assert f"fixed: {prefix}.shadow: partitions 2 -> 4" in out
+    assert orjson.loads((tmp_path / "plan.json").read_bytes()) == {"version": 1, "partitions": []}
+
+
+def test_more_replicas_than_brokers_is_refused_before_any_topic_is_made(kafka_bootstrap):
+    prefix = f"tr{uuid.uuid4().hex[:8]}"
+    settings = Settings.from_env({"STREAMSERVE_BROKER": kafka_bootstrap, "STREAMSERVE_TOPIC_PREFIX": prefix,
+                                  "STREAMSERVE_REPLICATION_FACTOR": "3"})
+    with pytest.raises(TopologyError, match="STREAMSERVE_REPLICATION_FACTOR is 3 but the cluster at .* has "
+                                            "1 broker up: set STREAMSERVE_REPLICATION_FACTOR to at most 1"):
+        asyncio.run(ensure_topics(settings))
+
+    async def listed() -> list[str]:
+        async with admin_client(settings) as admin:
+            return [t for t in await admin.list_topics() if t.startswith(prefix)]
+
+    assert asyncio.run(listed()) == []
