@@ -114,7 +114,7 @@ class _Worker(faust.Worker):
     """A Faust worker whose stop on SIGTERM waits for its start to finish (30 s at most):
     Faust's table manager raises if stopped while it registers the changelogs, and the
     worker would then exit with an error after an otherwise clean stop. A stop that takes
-    longer than ``stop_grace_s`` (no broker answers the commit, say) ends the process:
+    longer than ``stop_grace_s`` after that (no broker answers the commit, say) ends the process:
     what was not committed is served again. Repeated client warnings are limited
     (``agents.worker.log_limits``) once Faust has set up logging."""
 
@@ -134,11 +134,11 @@ class _Worker(faust.Worker):
         self._started_up().set()
 
     async def _stop_on_signal(self, signal: object) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._started_up().wait(), 30)
         deadline = threading.Timer(self.stop_grace_s, _give_up, (self.stop_grace_s,))
         deadline.daemon = True
         deadline.start()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._started_up().wait(), 30)
         await super()._stop_on_signal(signal)
 
     def _started_up(self) -> asyncio.Event:

@@ -105,8 +105,8 @@ class KafkaSettings:
         25.0, "STREAMSERVE_STOP_GRACE_S",
         "Seconds a worker's stop on SIGTERM may take (finishing and committing the batches "
         "in flight) before it exits anyway, e.g. when no broker answers: what it had not "
-        "committed is served again. Keep it below the orchestrator's grace period (30 s in "
-        "Kubernetes).")
+        "committed is served again. A worker still starting first finishes its start (30 s "
+        "at most): keep both below the orchestrator's grace period (60 s in ops/kubernetes).")
     delivery: Delivery = setting(
         "at-least-once", "STREAMSERVE_DELIVERY",
         "at-least-once: outputs are acknowledged before their offsets are committed; a "
