@@ -35,11 +35,15 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import (
     CommitFailedError,
     CorruptRecordException,
+    InvalidProducerEpoch,
+    InvalidProducerIdMapping,
     KafkaError,
     MessageSizeTooLargeError,
+    OutOfOrderSequenceNumber,
     RecordListTooLargeError,
     RecordTooLargeError,
     TopicAuthorizationFailedError,
+    UnknownProducerId,
 )
 from aiokafka.structs import OffsetAndMetadata
 
@@ -65,6 +69,13 @@ _TRANSACTION_TIMEOUT_MS = 10_000
 # Send errors that no retry mends: the output is replaced or given up (``_stand_ins``).
 REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError,
                     CorruptRecordException, TopicAuthorizationFailedError)
+
+# Errors after which aiokafka's producer sends nothing more (its sender task ends, or its
+# sequence numbers no longer match the broker's): only a new producer, whose start bumps
+# the epoch and resets the sequences, goes on. Seen: OutOfOrderSequenceNumber on every
+# transaction after the partitions' leader was paused for 10 s.
+BREAKS_THE_PRODUCER = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch,
+                       InvalidProducerIdMapping)
 
 Sent = list[tuple[list[Outgoing], asyncio.Future]]  # outputs, and the future their ack resolves
 
@@ -352,6 +363,7 @@ class Checkpoint:
         offsets; what was queued or served meanwhile is dropped with it."""
         assert self._producer is not None
         log.warning("a transaction failed (%r); aborting it and reading its requests again", error)
+        renew = isinstance(error, BREAKS_THE_PRODUCER)
         try:
             self._in_transaction = []
             if self._open:
@@ -359,6 +371,8 @@ class Checkpoint:
                 await self._producer.abort_transaction()
         except Exception as e:  # noqa: BLE001 - fenced or fatal: only a new producer can go on
             log.warning("the producer cannot abort (%r); starting a new one", e)
+            renew = True
+        if renew:
             await self._producer.stop()
             while True:  # the broker may be away for a while: wait for it
                 try:

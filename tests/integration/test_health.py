@@ -69,12 +69,16 @@ def test_a_serving_worker_is_alive_and_ready_and_still_serves_metrics(pair):
         assert status == 200 and body["status"] == "ok" and body["failing"] == []
         assert list(body["checks"]) == ["loop"] and body["checks"]["loop"]["ok"]
         body = ready(worker)
-        assert body["status"] == "ok" and list(body["checks"]) == ["loop", "models", "consumer", "agents"]
+        assert body["status"] == "ok" and list(body["checks"]) == ["loop", "models", "consumer", "agents",
+                                                                   "kafka"]
         assert all(check["ok"] for check in body["checks"].values())
+        assert body["checks"]["kafka"]["detail"].endswith("; every output partition has a leader")
         models = body["checks"]["models"]["detail"]
         assert "iris stable 1" in models and "breast_cancer stable 1" in models
         status, text = get(worker, "/metrics")
         assert status == 200 and "streamserve_worker_ready 1.0" in text
+        assert "streamserve_kafka_outputs_writable 1.0" in text
+        assert "streamserve_kafka_brokers_unreachable 0.0" in text
         assert "streamserve_jit_compiles_total" in text
 
 

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import ProducerFenced
+from aiokafka.errors import OutOfOrderSequenceNumber, ProducerFenced
 from aiokafka.structs import OffsetAndMetadata
 
 from agents.worker import checkpoint as checkpoint_module
@@ -209,6 +209,28 @@ async def test_exactly_once_rewinds_when_the_broker_fenced_its_producer_during_a
     await checkpoint.commit(now=100.0)  # nothing served since the rewind: no offsets
     assert ("offsets to transaction", {TP0: OffsetAndMetadata(6, "")}) not in events
     await checkpoint.hand_off([output("predictions")], [record(5)])  # read again
+    await checkpoint.commit(now=101.0)
+    assert ("offsets to transaction", {TP0: OffsetAndMetadata(6, "")}) in events
+
+
+async def test_exactly_once_takes_a_new_producer_after_an_out_of_order_sequence(make):
+    """After the partitions' leader was paused for 10 s, every transaction failed with
+    OutOfOrderSequenceNumber: the abort went through, but aiokafka's producer sends nothing
+    more after it, and the worker aborted and read again forever (a chaos run caught it).
+    A new producer (a new epoch, sequences from zero) takes over."""
+    checkpoint, events = await make("exactly-once", group_answer=5)
+    broken = checkpoint._producer
+
+    async def out_of_order(batch, topic, partition):
+        future = asyncio.get_running_loop().create_future()
+        future.set_exception(OutOfOrderSequenceNumber())
+        return future
+    broken.send_batch = out_of_order
+    await checkpoint.hand_off([output("predictions")], [record(5)])
+    await checkpoint.commit(now=100.0)
+    assert ("abort transaction",) in events and checkpoint._producer is not broken
+    assert ("seek", TP0, 5) in events
+    await checkpoint.hand_off([output("predictions")], [record(5)])  # read again, sent anew
     await checkpoint.commit(now=101.0)
     assert ("offsets to transaction", {TP0: OffsetAndMetadata(6, "")}) in events
 
