@@ -30,6 +30,10 @@ def register(commands: Commands) -> None:
     bench.add_argument("--model", default="synthetic32",
                        help="registered model to serve (default synthetic32; a built-in one is "
                             "trained when the registry lacks it)")
+    bench.add_argument("--profile", action="store_true",
+                       help="also drain case 3's backlog once more under cProfile and show where "
+                            "the worker's time goes, stage by stage (decode, admission, model, "
+                            "outputs, Kafka client, commit)")
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
@@ -43,4 +47,5 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     """A case that cannot be measured raises BenchError: one line, exit 1 (its exit_code)."""
     from agents.dev.bench import run_bench
 
-    return run_bench(settings, model=args.model, quick=args.quick, json_path=args.json)
+    return run_bench(settings, model=args.model, quick=args.quick, json_path=args.json,
+                     profile=args.profile)

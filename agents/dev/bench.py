@@ -8,6 +8,8 @@ One broker, one machine, the cases one after the other, each on topics of its ow
 (4 partitions) and in a consumer group of its own:
 
 1. ``kafka_ceiling``: a raw aiokafka pass-through, no decoding, no model (agents/dev/bench_peers.py).
+1b. ``kafka_ceiling_compiled``: the same with confluent-kafka (librdkafka): what a compiled
+   client gets from the same broker and cores.
 2. ``model_ceiling``: ``ServingModel.predict`` in this process at its best padding bucket,
    beside the FLOP bound: a jitted 2048x2048 float32 matmul's GFLOP/s over the model's
    2·Σ(in·out) flops per row (models with weight matrices); and, for a model registered
@@ -25,7 +27,9 @@ One broker, one machine, the cases one after the other, each on topics of its ow
    each round trip as a client sees it: beside the raw figures, the client's own cost.
 7. ``streamserve_two_workers``: two workers in one consumer group.
 
-Throughput is answers / (last output's timestamp - first's). The output topics stamp
+Throughput is answers / (last output's timestamp - first's); CPU per request is the serving
+processes' CPU time (user and system) from their first answer to their last, over the
+answers between. The output topics stamp
 records with the broker's append time (LogAppendTime), so the clock is the same for every
 case whatever timestamps a client sets (Quix Streams copies the request's). The requests
 are produced before the process that serves them starts, so neither producing nor
@@ -56,6 +60,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 
+from agents.dev.bench_profile import Profile
 from agents.dev.bench_results import (
     Case,
     CaseProgress,
@@ -107,7 +112,27 @@ FULL = Sizes(requests=30_000, per_record_requests=5_000, latency_seconds=10.0, t
 # ---------------------------------------------------------------------- results
 
 
-def run_bench(settings: Settings, model: str, quick: bool, json_path: Path | None) -> int:
+def cpu_seconds(pids: Sequence[int]) -> float | None:
+    """User and system CPU seconds the processes used so far; None outside Linux."""
+    total = 0
+    try:
+        for pid in pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    except (OSError, IndexError, ValueError):
+        return None
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def _per_answer(first: tuple[int, float | None] | None, answered: int, cpu: float | None) -> float | None:
+    """µs of CPU per answer since ``first`` (answers, CPU seconds then)."""
+    if first is None or first[1] is None or cpu is None or answered <= first[0]:
+        return None
+    return (cpu - first[1]) / (answered - first[0]) * 1e6
+
+
+def run_bench(settings: Settings, model: str, quick: bool, json_path: Path | None,
+              profile: bool = False) -> int:
     """Run every case and print the table; BenchError when a request was not answered
     exactly once (after the table and the JSON file)."""
     from agents.dev.broker import LocalBroker
@@ -122,7 +147,7 @@ def run_bench(settings: Settings, model: str, quick: bool, json_path: Path | Non
     broker = LocalBroker(kafka.home, kafka.local_broker_port) if kafka.uses_local_broker else None
     started = broker is not None and broker.start()
     try:
-        report = asyncio.run(Bench(settings, model, QUICK if quick else FULL).run())
+        report = asyncio.run(Bench(settings, model, QUICK if quick else FULL, profile).run())
     finally:
         if started:
             broker.stop()
@@ -135,7 +160,7 @@ def run_bench(settings: Settings, model: str, quick: bool, json_path: Path | Non
 
 
 class Bench:
-    def __init__(self, settings: Settings, model: str, sizes: Sizes) -> None:
+    def __init__(self, settings: Settings, model: str, sizes: Sizes, profile: bool = False) -> None:
         self.load = os.getloadavg()[0]
         self.settings = replace(settings, kafka=replace(settings.kafka, request_partitions=PARTITIONS))
         self.model = model
@@ -147,6 +172,7 @@ class Bench:
         self.progress = CaseProgress()
         self.worker_stats: list[WorkerStats] = []
         self._cases = 0
+        self._profile = profile
 
     async def run(self) -> Report:
         import jax
@@ -158,7 +184,9 @@ class Bench:
         try:
             # The broker's JVM compiles its hot paths during the first seconds of traffic.
             await self.peer("0 broker warm-up (not counted)", "passthrough", self.sizes.requests // 4)
-            cases = {"kafka_ceiling": await self.peer("1 Kafka ceiling (pass-through)", "passthrough"),
+            cases = {"kafka_ceiling": await self.peer("1 Kafka ceiling, aiokafka", "passthrough"),
+                     "kafka_ceiling_compiled": await self.peer("1b Kafka ceiling, confluent-kafka",
+                                                               "passthrough_confluent"),
                      "model_ceiling": self.model_ceiling()}
             cases["streamserve"], latency, client = await self.streamserve_and_latency()
             cases["streamserve_per_record"] = await self.variant(
@@ -174,10 +202,11 @@ class Bench:
             cases["handwritten_aiokafka"] = await self.peer("5a hand-written aiokafka loop", "handwritten")
             cases["quix_streams"] = await self.peer("5b Quix Streams", "quix")
             cases["streamserve_two_workers"] = await self.two_workers()
+            profile = await self.profiled() if self._profile else None
         finally:
             await self._delete_topics()
         return Report(device, self.model, self.sizes, cases, latency, client,
-                      sum(self.worker_stats[1:], self.worker_stats[0]), self.load)
+                      sum(self.worker_stats[1:], self.worker_stats[0]), self.load, profile)
 
     def _registered(self) -> Manifest:
         """The served model's manifest, after training it and iris when the registry lacks them."""
@@ -294,10 +323,10 @@ class Bench:
         self.progress.status("starting the consumer")
         peer = start_peer(kind, s, self.model, self.logs / f"{s.kafka.topic_prefix}.log")
         try:
-            end = await self._await_answers(s, n, [peer])
+            drained = await self._await_answers(s, n, [peer])
         finally:
             kill_peer(peer.process)
-        return await self._throughput(s, n, end)
+        return await self._throughput(s, n, drained)
 
     async def streamserve_and_latency(self) -> tuple[Case, dict[int, LatencyPoint], LatencyPoint]:
         self.progress.start("3 streamserve")
@@ -306,10 +335,10 @@ class Bench:
         await self._preload(s, n)
         async with self._workers(s, {}, 1) as workers:
             before = worker_counters(workers)
-            end = await self._await_answers(s, n, workers)
+            drained = await self._await_answers(s, n, workers)
             after = worker_counters(workers)
             self.worker_stats.append(WorkerStats.between(before, after))
-            case = await self._throughput(s, n, end, self.worker_stats[-1])
+            case = await self._throughput(s, n, drained, self.worker_stats[-1])
             # This process's heap (JAX, the model ceiling's) is no load generator's: a full
             # collection over it paused the senders for 200 ms. Collections from here on
             # look only at what the load makes.
@@ -330,9 +359,9 @@ class Bench:
         await self._preload(s, n, model)
         async with self._workers(s, env, 1) as workers:
             before = worker_counters(workers)
-            end = await self._await_answers(s, n, workers)
+            drained = await self._await_answers(s, n, workers)
             self.worker_stats.append(WorkerStats.between(before, worker_counters(workers)))
-        return await self._throughput(s, n, end, self.worker_stats[-1])
+        return await self._throughput(s, n, drained, self.worker_stats[-1])
 
     async def two_workers(self) -> Case:
         self.progress.start("7 streamserve, 2 workers")
@@ -341,9 +370,26 @@ class Bench:
         async with self._workers(s, {}, 2) as workers:
             before = worker_counters(workers)
             preloaded_ms = await self._preload(s, n)
-            end = await self._await_answers(s, n, workers)
+            drained = await self._await_answers(s, n, workers)
             self.worker_stats.append(WorkerStats.between(before, worker_counters(workers)))
-        return await self._throughput(s, n, end, self.worker_stats[-1], since_ms=preloaded_ms)
+        return await self._throughput(s, n, drained, self.worker_stats[-1], since_ms=preloaded_ms)
+
+    async def profiled(self) -> Profile:
+        """Case 3's backlog drained again by a worker under cProfile, stopped with SIGTERM
+        (its profile is written as it stops): ``agents.dev.bench_profile``."""
+        self.progress.start("3p streamserve under cProfile")
+        s = await self._fresh("profiled")
+        n = self.sizes.requests
+        path = self.logs / "worker.pstats"
+        await self._preload(s, n)
+        async with self._workers(s, {"STREAMSERVE_PROFILE": str(path)}, 1) as workers:
+            await self._await_answers(s, n, workers)
+            # Warm-up calls are not observed: the sum is the serving's.
+            model_s = worker_counters(workers).get("streamserve_inference_latency_seconds_sum", 0.0)
+            await asyncio.to_thread(workers[0].stop)
+        profile = Profile.read(path, model_s, n)
+        self.progress.done(f"{sum(profile.us_per_request().values()):,.0f} µs per request, profiled")
+        return profile
 
     # ---------------------------------------------------------------- traffic
 
@@ -384,43 +430,51 @@ class Bench:
             for worker in workers:
                 kill_peer(worker.process)
 
-    async def _await_answers(self, s: Settings, n: int,
-                             processes: Sequence[Peer | WorkerProcess]) -> dict[TopicPartition, int]:
-        """Wait until the output topics hold ``n`` records; their end offsets then."""
+    async def _await_answers(self, s: Settings, n: int, processes: Sequence[Peer | WorkerProcess],
+                             ) -> tuple[dict[TopicPartition, int], float | None]:
+        """Wait until the output topics hold ``n`` records; their end offsets then, and the
+        processes' CPU time per answer (µs) from their first answer to the last (None where
+        the OS does not say: outside Linux)."""
         partitions = output_partitions(s)
         consumer = AIOKafkaConsumer(**connection(s), group_id=None)
         await consumer.start()
+        pids = [p.process.pid for p in processes]
         try:
-            count, changed = 0, time.monotonic()
+            count, changed, first = 0, time.monotonic(), None
             while True:
                 for p in processes:
                     if p.process.poll() is not None:
                         raise BenchError(f"{self.progress.title}: a process it started exited with code "
                                          f"{p.process.returncode}; see its log {p.log}")
                 end = await consumer.end_offsets(partitions)
-                if sum(end.values()) >= n:
-                    return end
-                if sum(end.values()) > count:
-                    count, changed = sum(end.values()), time.monotonic()
+                answered = sum(end.values())
+                if first is None and answered:
+                    first = answered, cpu_seconds(pids)
+                if answered >= n:
+                    return end, _per_answer(first, answered, cpu_seconds(pids))
+                if answered > count:
+                    count, changed = answered, time.monotonic()
                 elif time.monotonic() - changed > _STALL_SECONDS:
                     raise BenchError(f"{self.progress.title}: no answer for {_STALL_SECONDS:.0f} s after "
                                      f"{count}/{n}; see the logs in {self.logs}")
                 self.progress.status(f"answered {count}/{n}")
-                await asyncio.sleep(0.25)
+                await asyncio.sleep(0.05)  # a short drain still spans several looks
         finally:
             await consumer.stop()
 
-    async def _throughput(self, s: Settings, n: int, end: dict[TopicPartition, int],
+    async def _throughput(self, s: Settings, n: int, drained: tuple[dict[TopicPartition, int], float | None],
                           workers: WorkerStats | None = None, since_ms: int | None = None) -> Case:
         """Read every answer back, match them to the requests and time the window they span."""
         self.progress.status("reading the answers back")
+        end, cpu_us = drained
         outputs = await read_outputs(s, end)
         stamps = sorted(t for _, t, _ in outputs if since_ms is None or t >= since_ms)
         if len(stamps) < 2 or stamps[-1] == stamps[0]:
             raise BenchError(f"{self.progress.title}: too few answers ({len(stamps)}) to time")
         seconds = (stamps[-1] - stamps[0]) / 1000
         answers = match_answers(s, n, outputs)
-        case = Case(self.progress.title, len(stamps) / seconds, seconds, answers, workers)
+        case = Case(self.progress.title, len(stamps) / seconds, seconds, answers, workers,
+                    {} if cpu_us is None else {"cpu_us_per_request": cpu_us})
         self.progress.done(f"{case.throughput_rps:,.0f} req/s, {answers.answered_once}/{n} answered once")
         return case
 

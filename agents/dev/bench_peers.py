@@ -4,8 +4,12 @@
 reads ``P.requests`` in consumer group ``G`` and writes one record per request to
 ``P.predictions``, keyed as the request, until it is terminated:
 
-- ``passthrough``: the Kafka ceiling. ``getmany``, send each record's bytes back
-  unchanged (a response of the same size), wait for the acks, commit. No decoding, no model.
+- ``passthrough``: the Kafka ceiling with aiokafka (the worker's client). ``getmany``, send
+  each record's bytes back unchanged (a response of the same size), wait for the acks,
+  commit. No decoding, no model. Fetches as large as the worker's, and the worker's
+  producer settings (acks=all, idempotence, linger 1 ms).
+- ``passthrough_confluent``: the same with confluent-kafka (librdkafka, compiled): what the
+  broker and a compiled client can do on this machine, beside what aiokafka can.
 - ``handwritten``: what a user writes with aiokafka: one record at a time, orjson,
   a one-row float32 array into the jitted model, orjson out, commit every so often.
 - ``quix``: the same job written the Quix Streams way: ``Application``, topics,
@@ -28,23 +32,52 @@ import orjson
 _COMMIT_EVERY = 500  # records between the hand-written loop's commits
 
 
-async def passthrough(bootstrap: str, prefix: str, group: str) -> None:
-    from aiokafka import AIOKafkaConsumer
+_FETCH_BYTES = 8 * 1024 * 1024  # per fetch, and per partition: a drain is never fetch-bound
+_FETCH_RECORDS = 5000  # records per getmany / consume call
 
-    from agents.kafka.connect import start_producer
-    from pipeline.config import KafkaSettings, Settings
+
+async def passthrough(bootstrap: str, prefix: str, group: str) -> None:
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
     consumer = AIOKafkaConsumer(f"{prefix}.requests", bootstrap_servers=bootstrap, group_id=group,
-                                enable_auto_commit=False, auto_offset_reset="earliest")
-    producer = await start_producer(Settings(kafka=KafkaSettings(broker=bootstrap)))
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_bytes=_FETCH_BYTES, max_partition_fetch_bytes=_FETCH_BYTES)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True,
+                                linger_ms=1)
+    await producer.start()
     await consumer.start()
     while True:
-        fetched = await consumer.getmany(timeout_ms=100)
+        fetched = await consumer.getmany(timeout_ms=100, max_records=_FETCH_RECORDS)
         futures = [await producer.send(f"{prefix}.predictions", r.value, key=r.key)
                    for records in fetched.values() for r in records]
         if futures:
             await asyncio.gather(*futures)
             await consumer.commit()
+
+
+def passthrough_confluent(bootstrap: str, prefix: str, group: str) -> None:
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False,
+                         "auto.offset.reset": "earliest", "fetch.max.bytes": _FETCH_BYTES,
+                         "max.partition.fetch.bytes": _FETCH_BYTES})
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                         "linger.ms": 1})
+    consumer.subscribe([f"{prefix}.requests"])
+    topic = f"{prefix}.predictions"
+    while True:
+        records = consumer.consume(_FETCH_RECORDS, timeout=0.1)
+        for record in records:
+            if record.error() is None:
+                while True:
+                    try:
+                        producer.produce(topic, record.value(), record.key())
+                        break
+                    except BufferError:  # librdkafka's queue is full: let it send
+                        producer.poll(0.01)
+        if records:
+            producer.flush()
+            consumer.commit(asynchronous=False)
 
 
 def scorer(registry: Path, model: str) -> Callable[[dict], dict]:
@@ -109,12 +142,15 @@ def quix(bootstrap: str, prefix: str, group: str, score: Callable[[dict], dict])
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m agents.dev.bench_peers")
-    parser.add_argument("kind", choices=("passthrough", "handwritten", "quix"))
+    parser.add_argument("kind", choices=("passthrough", "passthrough_confluent", "handwritten", "quix"))
     for option in ("--bootstrap", "--prefix", "--group", "--registry", "--model"):
         parser.add_argument(option, required=True)
     args = parser.parse_args(argv)
     if args.kind == "passthrough":
         asyncio.run(passthrough(args.bootstrap, args.prefix, args.group))
+        return
+    if args.kind == "passthrough_confluent":
+        passthrough_confluent(args.bootstrap, args.prefix, args.group)
         return
     score = scorer(Path(args.registry), args.model)
     if args.kind == "handwritten":

@@ -8,6 +8,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from agents.dev.bench_profile import Profile
+
 
 @dataclass(frozen=True, slots=True)
 class Sizes:
@@ -89,6 +91,8 @@ class Case:
 
     def notes(self) -> str:
         notes = []
+        if "cpu_us_per_request" in self.extra:
+            notes.append(f"CPU {self.extra['cpu_us_per_request']:.0f} µs/req")
         if self.workers is not None and self.workers.mean_batch is not None:
             notes.append(f"mean batch {self.workers.mean_batch:.1f}")
         if self.workers is not None and self.workers.padding_waste is not None:
@@ -130,11 +134,13 @@ class Report:
     client: LatencyPoint  # the same load through the client library, at one share
     workers: WorkerStats  # summed over every streamserve worker and case
     load: float  # the machine's 1-minute load average before the run
+    profile: Profile | None = None  # --profile: where case 3's worker spends its time
 
     def ratios(self) -> dict[str, float | None]:
         rps = {name: case.throughput_rps for name, case in self.cases.items()}
         flop_bound = self.cases["model_ceiling"].extra["flop_bound_rps"]
         return {"vs_kafka_ceiling": rps["streamserve"] / rps["kafka_ceiling"],
+                "vs_compiled_ceiling": rps["streamserve"] / rps["kafka_ceiling_compiled"],
                 "vs_per_record": rps["streamserve"] / rps["streamserve_per_record"],
                 "vs_handwritten": rps["streamserve"] / rps["handwritten_aiokafka"],
                 "vs_quix": rps["streamserve"] / rps["quix_streams"],
@@ -157,9 +163,10 @@ class Report:
             "latency_ms": {str(p.share): _point_json(p) for p in self.latency.values()},
             "client_latency_ms": {"share": self.client.share, **_point_json(self.client)},
             "ratios": self.ratios(),
+            "cpu_us_per_request": self.cases["streamserve"].extra.get("cpu_us_per_request"),
             "jit_compiles_after_warmup": round(self.workers.jit_compiles),
             "padding_waste": self.workers.padding_waste,
-        }
+        } | ({"profile_us_per_request": self.profile.us_per_request()} if self.profile else {})
 
     def table(self, quick: bool) -> str:
         lines = [(f"streamserve bench{' --quick' if quick else ''}: model {self.model}, JAX on "
@@ -188,6 +195,8 @@ class Report:
         lines += ["", f"jit compiles after warm-up: {self.workers.jit_compiles:.0f}",
                   "padding waste: " + (f"{100 * waste:.1f} % of the rows computed" if waste is not None
                                        else "n/a (the workers export no streamserve_padding_rows_total)")]
+        if self.profile is not None:
+            lines += ["", self.profile.table()]
         return "\n".join(lines)
 
 

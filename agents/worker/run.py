@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import gc
 import logging
 import os
 import threading
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 import faust
@@ -97,13 +99,30 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
     heartbeat.beat()  # the loop that beats next is Faust's; its heartbeat service starts first
     worker = _Worker(app, HeartbeatService(heartbeat), server, follower, watch, loglevel="INFO")
     worker.stop_grace_s = settings.kafka.stop_grace_s
-    worker.execute_from_commandline()
+    with _profiled(settings.faults.profile):
+        worker.execute_from_commandline()
 
 
 def _agents_check(worker: _Worker | None) -> CheckResult:
     if worker is None or not worker.started:
         return CheckResult(False, "the Faust app is starting (drift agent, table recovery)")
     return CheckResult(True, "the Faust app is started (drift agent, tables recovered)")
+
+
+@contextlib.contextmanager
+def _profiled(path: Path | None) -> Iterator[None]:
+    """cProfile the event-loop thread meanwhile (``streamserve bench --profile``) and write
+    it to ``path``; nothing when None."""
+    if path is None:
+        yield
+        return
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(path)
 
 
 def _kafka_check(watch: BrokerWatch | None) -> CheckResult:

@@ -4,6 +4,7 @@ analysis, service level objectives, cost, and injected faults."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from pipeline.breaker import BreakerConfig
 from pipeline.canary import CanaryPolicy
@@ -185,12 +186,16 @@ class CostSettings:
 
 @dataclass(frozen=True, slots=True)
 class FaultSettings:
-    """Injected faults, for chaos tests only."""
+    """Development hooks: injected faults (the chaos tests) and a profile (the bench)."""
 
     spec: str = setting(
         "", "STREAMSERVE_FAULTS",
         "Injected faults, for chaos tests only: crash_at=POINT[:N], poison=VALUE, slow_ms=MS "
         "(pipeline/faults.py). Never set it in production.")
+    profile: Path | None = setting(
+        None, "STREAMSERVE_PROFILE",
+        "Development only (`streamserve bench --profile`): a cProfile of the worker's "
+        "event-loop thread, from the end of warm-up to its stop, written to this file.")
     plan: FaultPlan = derived()
 
     def __post_init__(self) -> None:
