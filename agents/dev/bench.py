@@ -1,8 +1,8 @@
 """``streamserve bench``: streamserve beside its ceilings and its alternatives, in one run.
 
-One module of about 450 lines because ``Bench`` is one sequence of cases sharing a broker, a
+One module of about 550 lines because ``Bench`` is one sequence of cases sharing a broker, a
 run id and a report, each documented below; what the cases send and read back is in
-``agents.dev.bench_traffic``.
+``agents.dev.bench_traffic``, the profile's stages in ``agents.dev.bench_profile``.
 
 One broker, one machine, the cases one after the other, each on topics of its own
 (4 partitions) and in a consumer group of its own:

@@ -1,6 +1,7 @@
 """The embedded local Kafka broker, one KRaft node (broker + controller) in a JVM, and its
 manager (install, start, stop, status), one module because every step works the same
-folders, pid file and lock (the OS and network probes are ``agents.dev.broker_process``).
+folders, pid file and lock (the OS and network probes are ``agents.dev.broker_process``;
+a cluster of such nodes is ``agents.dev.cluster``).
 
 ``streamserve broker start|stop|status`` and ``streamserve demo`` use it when
 ``STREAMSERVE_BROKER`` is unset. Everything lives under one home folder
