@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import threading
 import time
@@ -22,6 +21,7 @@ import pytest
 from aiokafka.admin import NewTopic
 from aiokafka.errors import KafkaError
 
+from agents.dev.bench_traffic import worker_counters
 from agents.dev.cluster import LocalCluster
 from agents.dev.fleet import free_port
 from agents.kafka.topics import admin_client, ensure_topics
@@ -240,7 +240,7 @@ def _wait_for(condition, what: str, timeout: float = 30) -> None:
 
 def _gauge(worker, name: str) -> float:
     """The sum of a metric's samples on ``worker``."""
-    return sum(float(v) for v in re.findall(rf"^{name}(?:{{[^}}]*}})? (\S+)$", worker.metrics(), re.M))
+    return worker_counters([worker]).get(name, 0.0)
 
 
 def _readiness(worker) -> dict:
