@@ -474,7 +474,7 @@ class Bench:
         seconds = (stamps[-1] - stamps[0]) / 1000
         answers = match_answers(s, n, outputs)
         case = Case(self.progress.title, len(stamps) / seconds, seconds, answers, workers,
-                    {} if cpu_us is None else {"cpu_us_per_request": cpu_us})
+                    {"cpu_us_per_request": cpu_us})
         self.progress.done(f"{case.throughput_rps:,.0f} req/s, {answers.answered_once}/{n} answered once")
         return case
 

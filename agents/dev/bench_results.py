@@ -91,7 +91,7 @@ class Case:
 
     def notes(self) -> str:
         notes = []
-        if "cpu_us_per_request" in self.extra:
+        if self.extra.get("cpu_us_per_request") is not None:
             notes.append(f"CPU {self.extra['cpu_us_per_request']:.0f} µs/req")
         if self.workers is not None and self.workers.mean_batch is not None:
             notes.append(f"mean batch {self.workers.mean_batch:.1f}")

@@ -56,12 +56,12 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
     result = orjson.loads(out.read_bytes())
     assert set(result) == {"device", "cases", "latency_ms", "client_latency_ms", "ratios",
                            "jit_compiles_after_warmup", "padding_waste", "cpu_us_per_request"}
-    # CPU per request over a drain: the peers' and the two workers' (whose backlog comes
-    # once they run) span many looks; a --quick backlog a worker drains while it is
-    # still being checked for readiness has none (the full run's 30,000 do).
-    for name in ("handwritten_aiokafka", "quix_streams", "streamserve_two_workers"):
-        assert positive(result["cases"][name]["cpu_us_per_request"]), (name, result["cases"][name])
-    assert result["cpu_us_per_request"] is None or positive(result["cpu_us_per_request"])
+    # CPU per request over a drain: a --quick backlog may be drained between two looks
+    # (then there is no figure: None); the full run's 30,000 span many.
+    for name in set(CASES) - {"model_ceiling"}:
+        cpu = result["cases"][name]["cpu_us_per_request"]
+        assert cpu is None or positive(cpu), (name, result["cases"][name])
+    assert result["cpu_us_per_request"] == result["cases"]["streamserve"]["cpu_us_per_request"]
     assert isinstance(result["device"], str) and result["device"]
     assert set(result["cases"]) == set(CASES)
     for name, case in result["cases"].items():
