@@ -78,7 +78,10 @@ from agents.dev.bench_traffic import (
     match_answers,
     output_partitions,
     read_outputs,
+    Arrival,
+    latency_legs,
     receive_answers,
+    worker_means,
     start_peer,
     worker_counters,
 )
@@ -344,7 +347,8 @@ class Bench:
             # look only at what the load makes.
             gc.collect()
             gc.freeze()
-            latency = {share: await self._latency_point(s, share, case.throughput_rps * share / 100)
+            latency = {share: await self._latency_point(s, share, case.throughput_rps * share / 100,
+                                                        workers)
                        for share in LATENCY_SHARES}
             client = await self._client_point(s, CLIENT_SHARE, latency[CLIENT_SHARE].rate_rps)
             self.worker_stats.append(WorkerStats.between(after, worker_counters(workers)))
@@ -478,14 +482,18 @@ class Bench:
         self.progress.done(f"{case.throughput_rps:,.0f} req/s, {answers.answered_once}/{n} answered once")
         return case
 
-    async def _latency_point(self, s: Settings, share: int, rate: float) -> LatencyPoint:
-        """Send at ``rate`` on schedule, never waiting for answers; time each answer's arrival."""
+    async def _latency_point(self, s: Settings, share: int, rate: float,
+                             workers: Sequence[WorkerProcess]) -> LatencyPoint:
+        """Send at ``rate`` on schedule, never waiting for answers; time each answer's
+        arrival, and where its time went (``latency_legs``, and the ``workers``' mean queue
+        wait and model call meanwhile)."""
         self.progress.start(f"6 latency at {share} %")
         count = max(1, int(rate * self.sizes.latency_seconds))
         keys = [f"{s.kafka.topic_prefix}-lat{share}-{i}".encode() for i in range(count)]
         values = [self._request(key.decode(), i) for i, key in enumerate(keys)]
         sent: dict[bytes, float] = {}
-        received: dict[bytes, float] = {}
+        sent_epoch: dict[bytes, float] = {}
+        received: dict[bytes, Arrival] = {}
         consumer = AIOKafkaConsumer(**connection(s), group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="latest")
         await consumer.start()
@@ -496,10 +504,11 @@ class Bench:
         producer = AIOKafkaProducer(**connection(s), linger_ms=0)
         await producer.start()
         schedule = Schedule(rate, count)
+        before = worker_counters(workers)
         try:
             async for i in schedule:
                 key, value = keys[i], values[i]
-                sent[key] = time.monotonic()
+                sent[key], sent_epoch[key] = time.monotonic(), time.time()
                 await producer.send(s.topics.requests, value, key=key)
                 if i % 500 == 0:
                     self.progress.status(f"{rate:,.0f} req/s: sent {i}/{count}, answered {len(received)}")
@@ -513,8 +522,9 @@ class Bench:
             await asyncio.gather(reader, return_exceptions=True)
             await producer.stop()
             await consumer.stop()
-        ms = [1000 * (received[key] - t) for key, t in sent.items() if key in received]
-        return self._point(share, schedule, ms)
+        ms = [1000 * (received[key].monotonic - t) for key, t in sent.items() if key in received]
+        legs = latency_legs(sent_epoch, received) | worker_means(before, worker_counters(workers))
+        return self._point(share, schedule, ms, legs)
 
     async def _client_point(self, s: Settings, share: int, rate: float) -> LatencyPoint:
         """``_latency_point``'s load through the client library: requests made, checked, sent
@@ -534,14 +544,15 @@ class Bench:
                         self.progress.status(f"{rate:,.0f} req/s: answered {len(ms)}/{count}")
         return self._point(share, schedule, ms)
 
-    def _point(self, share: int, schedule: Schedule, ms: Sequence[float]) -> LatencyPoint:
+    def _point(self, share: int, schedule: Schedule, ms: Sequence[float],
+               legs: dict[str, float] | None = None) -> LatencyPoint:
         if not ms:
             raise BenchError(f"{self.progress.title}: no answer arrived; see the logs in {self.logs}")
         p50, p95, p99 = np.percentile(ms, [50, 95, 99]).tolist()
         self.progress.done(f"{schedule.rate:,.0f} req/s offered, {schedule.achieved_rps:,.0f} kept: "
                            f"p50 {p50:.1f} ms, p95 {p95:.1f} ms, p99 {p99:.1f} ms")
         return LatencyPoint(share, schedule.rate, schedule.achieved_rps, schedule.count, len(ms),
-                            p50, p95, p99)
+                            p50, p95, p99, legs or {})
 
     async def _delete_topics(self) -> None:
         async with admin_client(self.settings) as admin:

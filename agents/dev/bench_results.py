@@ -122,6 +122,7 @@ class LatencyPoint:
     p50: float  # milliseconds from a request's send to its answer's arrival
     p95: float
     p99: float
+    legs: dict[str, float] = field(default_factory=dict)  # median ms per leg (bench_traffic.latency_legs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +187,9 @@ class Report:
             answered = f"{p.answered}/{p.requests}"
             lines.append(f"{f'  {title}':<32}{p.rate_rps:>10,.0f}/s{p.achieved_rps:>10,.0f}/s  "
                          f"{answered:<15}{p.p50:>6.1f} ms{p.p95:>8.1f} ms{p.p99:>8.1f} ms")
+            if p.legs:
+                lines.append("    medians: " + ", ".join(f"{leg.replace('_', ' ')} {ms:.1f} ms"
+                                                       for leg, ms in p.legs.items()))
         raw = self.latency[self.client.share]
         lines.append(f"{'  client / raw producer':<73}{self.client.p50 / raw.p50:>8.2f}x"
                      f"{self.client.p95 / raw.p95:>10.2f}x{self.client.p99 / raw.p99:>10.2f}x")
@@ -200,9 +204,10 @@ class Report:
         return "\n".join(lines)
 
 
-def _point_json(p: LatencyPoint) -> dict[str, float]:
+def _point_json(p: LatencyPoint) -> dict[str, object]:
     return {"p50": p.p50, "p95": p.p95, "p99": p.p99, "rate_rps": p.rate_rps,
-            "achieved_rps": p.achieved_rps, "requests": p.requests, "answered": p.answered}
+            "achieved_rps": p.achieved_rps, "requests": p.requests, "answered": p.answered,
+            "legs_p50_ms": p.legs}
 
 
 class CaseProgress:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from agents.dev.bench_results import Answers
@@ -98,6 +99,18 @@ def worker_counters(workers: Sequence[WorkerProcess]) -> dict[str, float]:
     return dict(totals)
 
 
+def worker_means(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """The mean wait in a worker's queue and the mean model call (ms) between two readings
+    of ``worker_counters``, where the workers served anything meanwhile."""
+    means = {}
+    for leg, histogram in (("worker_queue_mean", "streamserve_queue_wait_seconds"),
+                           ("model_call_mean", "streamserve_inference_latency_seconds")):
+        count = after.get(f"{histogram}_count", 0) - before.get(f"{histogram}_count", 0)
+        if count > 0:
+            means[leg] = 1000 * (after[f"{histogram}_sum"] - before.get(f"{histogram}_sum", 0)) / count
+    return means
+
+
 def output_partitions(s: Settings) -> list[TopicPartition]:
     return [TopicPartition(topic, p) for topic in (s.topics.predictions, s.topics.deadletter)
             for p in range(PARTITIONS)]
@@ -123,13 +136,44 @@ async def read_outputs(s: Settings, seen: dict[TopicPartition, int]) -> list[tup
         await consumer.stop()
 
 
-async def receive_answers(consumer: AIOKafkaConsumer, received: dict[bytes, float]) -> None:
+@dataclass(frozen=True, slots=True)
+class Arrival:
+    """An answer as the bench's reader got it: when (monotonic and epoch seconds), the
+    broker's append time (ms, the output topics are stamped LogAppendTime) and its bytes."""
+
+    monotonic: float
+    epoch: float
+    appended_ms: int
+    value: bytes | None
+
+
+async def receive_answers(consumer: AIOKafkaConsumer, received: dict[bytes, Arrival]) -> None:
     while True:
         fetched = await consumer.getmany(timeout_ms=100)
-        now = time.monotonic()
+        now, epoch = time.monotonic(), time.time()
         for records in fetched.values():
             for r in records:
-                received.setdefault(r.key, now)
+                if r.key not in received:
+                    received[r.key] = Arrival(now, epoch, r.timestamp, r.value)
+
+
+def latency_legs(sent_epoch: dict[bytes, float], received: dict[bytes, Arrival]) -> dict[str, float]:
+    """Where an answer's time went, each leg's median (ms) over the predictions: from the
+    send to the worker's answer (the broker, the worker's fetch, queue and model call:
+    a prediction's ``latency_ms`` counts from its request's timestamp, the send), from
+    there to the broker's append of the answer (the producer), and on to the reader."""
+    legs: dict[str, list[float]] = {"send_to_answer": [], "answer_to_broker": [], "broker_to_reader": []}
+    for key, arrival in received.items():
+        if key not in sent_epoch or arrival.value is None:
+            continue
+        parameters = orjson.loads(arrival.value).get("parameters")
+        if not isinstance(parameters, dict) or "latency_ms" not in parameters:
+            continue  # a dead letter
+        answered_ms = 1000 * sent_epoch[key] + parameters["latency_ms"]
+        legs["send_to_answer"].append(parameters["latency_ms"])
+        legs["answer_to_broker"].append(arrival.appended_ms - answered_ms)
+        legs["broker_to_reader"].append(1000 * arrival.epoch - arrival.appended_ms)
+    return {leg: float(np.median(ms)) for leg, ms in legs.items() if ms}
 
 
 def match_answers(s: Settings, n: int, outputs: Sequence[tuple[bytes | None, int, str]]) -> Answers:

@@ -71,6 +71,12 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
         assert case["answered_once"] == case["requests"] > 0, (name, case)
         assert case["missing"] == case["duplicates"] == case["deadletters"] == 0, (name, case)
     assert set(result["latency_ms"]) == {"25", "50", "75"}
+    for share, point in result["latency_ms"].items():  # where the time went, leg by leg
+        legs = point["legs_p50_ms"]
+        assert set(legs) == {"send_to_answer", "answer_to_broker", "broker_to_reader",
+                             "worker_queue_mean", "model_call_mean"}, (share, legs)
+        assert all(math.isfinite(ms) for ms in legs.values()), (share, legs)
+        assert positive(legs["send_to_answer"]) and positive(legs["model_call_mean"]), (share, legs)
     client = result["client_latency_ms"]
     assert client["share"] == 25 and client["rate_rps"] == result["latency_ms"]["25"]["rate_rps"]
     for share, point in [*result["latency_ms"].items(), ("client", client)]:
