@@ -36,14 +36,45 @@ class ServingFacts:
 def encode_prediction(request_id: str, model: str, version: str, answer: np.ndarray,
                       outputs: OutputSchema, facts: ServingFacts) -> bytes:
     """An Open Inference Protocol v2 response for one row of the model's answers."""
-    return orjson.dumps({
-        "id": request_id,
-        "model_name": model,
-        "model_version": version,
-        "outputs": _outputs(answer, outputs),
-        "parameters": {"route": facts.route, "batch_size": facts.batch_size,
-                       "latency_ms": round(facts.latency_ms, 3)},
-    })
+    return PredictionEncoder(model, version, outputs, facts.route, facts.batch_size).encode(
+        request_id, answer, facts.latency_ms)
+
+
+class PredictionEncoder:
+    """The responses of one version to a batch's requests: what they share (the model, the
+    version, the output names and shapes, the route, the batch size) is encoded once, so
+    each response costs only its id, numbers, label and latency. The bytes are those of
+    ``orjson.dumps`` of the response object::
+
+        {"id", "model_name", "model_version", "outputs": [...],
+         "parameters": {"route", "batch_size", "latency_ms"}}
+    """
+
+    __slots__ = ("_head", "_labels", "_middle", "_tail", "route", "version")
+
+    def __init__(self, model: str, version: str, outputs: OutputSchema, route: str,
+                 batch_size: int) -> None:
+        self.version, self.route = version, route
+        self._head = b"".join((b',"model_name":', orjson.dumps(model), b',"model_version":',
+                               orjson.dumps(version), b',"outputs":[{"name":'))
+        parameters = orjson.dumps({"route": route, "batch_size": batch_size})
+        # ... "data":[...]} + this + the latency + "}}"
+        self._tail = b"".join((b"}],", b'"parameters":', parameters[:-1], b',"latency_ms":'))
+        if outputs.is_regressor:
+            self._middle = b'"value","shape":' + orjson.dumps([outputs.targets]) + b',"datatype":"FP32","data":'
+            self._labels: tuple[bytes, ...] = ()
+        else:
+            self._middle = (b'"probabilities","shape":' + orjson.dumps([1, len(outputs.labels)])
+                            + b',"datatype":"FP32","data":')
+            self._labels = tuple(b'},{"name":"label","shape":[1],"datatype":"BYTES","data":['
+                                 + orjson.dumps(label) + b"]" for label in outputs.labels)
+
+    def encode(self, request_id: str, answer: np.ndarray, latency_ms: float) -> bytes:
+        """The response to ``request_id``: ``answer`` is the version's row for it."""
+        label = self._labels[int(answer.argmax())] if self._labels else b""
+        return b"".join((b'{"id":', orjson.dumps(request_id), self._head, self._middle,
+                         orjson.dumps(answer.tolist()), label, self._tail,
+                         orjson.dumps(round(latency_ms, 3)), b"}}"))
 
 
 def encode_sample(request_id: str, model: str, version: str, timestamp: float,

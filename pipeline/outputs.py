@@ -27,9 +27,8 @@ import orjson
 from pipeline.decode import Request
 from pipeline.drift import CodedRows
 from pipeline.messages import (
-    ServingFacts,
+    PredictionEncoder,
     encode_dead_letter,
-    encode_prediction,
     encode_sample,
     encode_shadow,
     source_headers,
@@ -86,18 +85,16 @@ def dead_letter_key(rejection: Rejection, topic: str, partition: int, offset: in
     return (rejection.id or f"{topic}:{partition}:{offset}").encode()
 
 
-def prediction(record: Incoming, request: Request, version: str, route: Route | str,
-               answer: np.ndarray, outputs: OutputSchema, batch_size: int,
+def prediction(record: Incoming, request: Request, answer: np.ndarray, encoder: PredictionEncoder,
                answered_at: float, topic: str, quota: str = "") -> Outgoing:
-    """``request``'s answer by ``version``; ``answered_at`` (epoch seconds) dates its latency."""
-    facts = ServingFacts(route=str(route), batch_size=batch_size,
-                         latency_ms=1000 * (answered_at - record.timestamp))
+    """``request``'s answer by the version ``encoder`` encodes the batch's answers of;
+    ``answered_at`` (epoch seconds) dates its latency."""
     return Outgoing(
         kind=Kind.PREDICTION, topic=topic, partition=record.partition, key=request.id.encode(),
-        value=encode_prediction(request.id, request.model, version, answer, outputs, facts),
+        value=encoder.encode(request.id, answer, 1000 * (answered_at - record.timestamp)),
         headers=source_headers(record.topic, record.partition, record.offset),
-        model=request.model, version=version, reason=None, request_timestamp=record.timestamp,
-        route=str(route), quota=quota)
+        model=request.model, version=encoder.version, reason=None,
+        request_timestamp=record.timestamp, route=encoder.route, quota=quota)
 
 
 def dead_letter(record: Incoming, rejection: Rejection, topic: str, redactor: Redactor,

@@ -126,8 +126,8 @@ class RequestServer(mode.Service):
 
     @mode.Service.task
     async def _serve(self) -> None:
-        consumer, checkpoint = self._consumer, self._checkpoint
-        assert consumer is not None and checkpoint is not None
+        checkpoint = self._checkpoint
+        assert checkpoint is not None
         try:
             while not self.should_stop:
                 timeout = _IDLE_POLL_SECONDS
@@ -137,15 +137,12 @@ class RequestServer(mode.Service):
                                                    time.monotonic())
                     if decision.take:
                         await self._serve_head(decision.take, decision.bucket)
+                        # Under overload every batch tops the queue up: no fetch here.
+                        await self._report_backlog(time.monotonic())
                         continue
                     timeout = decision.wait
-                fetched = await consumer.getmany(timeout_ms=max(0, round(timeout * 1000)),
-                                                 max_records=self._buckets[-1])
-                arrival = time.monotonic()
-                self._queue.extend((arrival, r) for records in fetched.values() for r in records)
-                if arrival - self._reported >= _REPORT_SECONDS:
-                    self._reported = arrival
-                    await self._report_backlog()
+                arrival = await self._fetched(timeout)
+                await self._report_backlog(arrival)
                 if not self._queue and checkpoint.due(arrival):
                     async with self._in_flight:
                         await checkpoint.commit(arrival)
@@ -162,6 +159,7 @@ class RequestServer(mode.Service):
         assert checkpoint is not None
         async with self._in_flight:
             head, self._queue = self._queue[:take], self._queue[take:]
+            await self._fetched()
             records = [r for _, r in head]
             started = time.monotonic()
             self._metrics.queue_wait.observe(started - head[0][0])
@@ -174,10 +172,29 @@ class RequestServer(mode.Service):
                 await checkpoint.commit(started)
         await checkpoint.keep_up()
 
-    async def _report_backlog(self) -> None:
-        """Consumer lag per partition, and the worker's own queue. The queue is bounded (a
-        fetch happens only when the policy does not serve, and takes at most one largest
-        bucket), so under overload the backlog stays in Kafka, and the lag says so."""
+    async def _fetched(self, timeout: float = 0.0) -> float:
+        """Queue what the consumer fetched (at most one largest bucket), waiting up to
+        ``timeout`` seconds for it; the time it was queued (monotonic).
+
+        Called with no wait as a batch starts too: aiokafka sends no next fetch while
+        fetched records wait in its buffer, so taking them lets the broker's next records
+        come in while the batch is served (at 25 % load they waited about 10 ms more).
+        The queue stays under two largest buckets: it holds less than one when a batch
+        starts or the policy waits."""
+        assert self._consumer is not None
+        fetched = await self._consumer.getmany(timeout_ms=max(0, round(timeout * 1000)),
+                                               max_records=self._buckets[-1])
+        arrival = time.monotonic()
+        self._queue.extend((arrival, r) for records in fetched.values() for r in records)
+        return arrival
+
+    async def _report_backlog(self, now: float) -> None:
+        """Every ``_REPORT_SECONDS``: consumer lag per partition, and the worker's own
+        queue. The queue is bounded (``_fetched``), so under overload the backlog stays in
+        Kafka, and the lag says so."""
+        if now - self._reported < _REPORT_SECONDS:
+            return
+        self._reported = now
         assert self._consumer is not None
         oldest: dict[int, int] = {}
         for _, record in self._queue:

@@ -10,6 +10,7 @@ from pipeline import outputs
 from pipeline.catalog import Catalog
 from pipeline.decode import Request, decode
 from pipeline.drift import CodedRows
+from pipeline.messages import PredictionEncoder
 from pipeline.isolation import RowFailure
 from pipeline.messages import SOURCE_OFFSET_HEADER, SOURCE_PARTITION_HEADER, SOURCE_TOPIC_HEADER
 from pipeline.outputs import Incoming, Kind, Outgoing, dead_letter_key
@@ -100,9 +101,9 @@ def test_a_dead_letter_names_its_request_and_hides_what_the_redactor_hides():
 
 
 def test_a_prediction_goes_to_its_requests_partition_keyed_by_id_with_the_source_headers():
-    out = outputs.prediction(RECORD, REQUEST, "3", Route.FALLBACK, np.array([0.25, 0.75], np.float32),
-                             LABELS, batch_size=8, answered_at=SENT_AT + 0.125,
-                             topic="s.predictions", quota="acme")
+    encoder = PredictionEncoder("m", "3", LABELS, str(Route.FALLBACK), batch_size=8)
+    out = outputs.prediction(RECORD, REQUEST, np.array([0.25, 0.75], np.float32), encoder,
+                             answered_at=SENT_AT + 0.125, topic="s.predictions", quota="acme")
     assert (out.kind, out.topic, out.partition, out.key) == \
         (Kind.PREDICTION, "s.predictions", 4, b"r-1")
     assert out.headers == SOURCE
@@ -173,8 +174,9 @@ def test_drift_rows_are_split_to_stay_under_the_message_limit():
 
 
 def test_a_refused_answer_is_replaced_by_a_minimal_dead_letter_and_a_side_output_given_up():
-    served = outputs.prediction(RECORD, REQUEST, "2", Route.STABLE, np.array([0.4, 0.6], np.float32),
-                                LABELS, 1, SENT_AT, "s.predictions", quota="acme")
+    served = outputs.prediction(RECORD, REQUEST, np.array([0.4, 0.6], np.float32),
+                                PredictionEncoder("m", "2", LABELS, str(Route.STABLE), 1), SENT_AT,
+                                "s.predictions", quota="acme")
     stand_in = outputs.stand_in(served, "MessageSizeTooLargeError()", "s.deadletter")
     assert (stand_in.kind, stand_in.topic, stand_in.key, stand_in.partition, stand_in.quota) == \
         (Kind.DEAD_LETTER, "s.deadletter", b"r-1", 4, "acme")
