@@ -64,7 +64,9 @@ class Kind(StrEnum):
     DRIFT_ROWS = "drift_rows"  # internal: served rows coded for the drift windows
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass sets each of its 12 fields through object.__setattr__,
+# which cost 2 µs of every output (3.3 against 1.2). Nothing changes one once made.
+@dataclass(slots=True)
 class Outgoing:
     kind: Kind
     topic: str
