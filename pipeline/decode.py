@@ -72,7 +72,7 @@ _ONE_KIND = bytes.maketrans(b"{}", b"[]")  # depth does not care which kind
 _PEEL_UP_TO = 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: that cost 1.5 µs a request (pipeline.outputs.Outgoing)
 class Request:
     id: str
     model: str

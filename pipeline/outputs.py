@@ -43,7 +43,7 @@ from pipeline.schema import InputSchema, OutputSchema
 DRIFT_MESSAGE_BYTES = 512 * 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen, as ``Outgoing`` (below) says why
 class Incoming:
     topic: str
     partition: int
@@ -64,8 +64,9 @@ class Kind(StrEnum):
     DRIFT_ROWS = "drift_rows"  # internal: served rows coded for the drift windows
 
 
-# Not frozen: a frozen dataclass sets each of its 12 fields through object.__setattr__,
-# which cost 2 µs of every output (3.3 against 1.2). Nothing changes one once made.
+# Not frozen: a frozen dataclass sets each field through object.__setattr__, which cost
+# 2 µs of every output (3.3 against 1.0 for these 12 fields) and as much of every request
+# read. Nothing changes one once made.
 @dataclass(slots=True)
 class Outgoing:
     kind: Kind
