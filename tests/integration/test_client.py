@@ -167,3 +167,5 @@ def test_the_demo_sends_through_the_client_and_tallies_every_answer(worker, regi
     _print_summary(plan, tally, elapsed, rate=0)
     summary = capsys.readouterr().out
     assert "requests        300" in summary and "unanswered      0" in summary
+    # Sent at once, every request falls in the first second, whose latency is told apart.
+    assert "first 1 s" in summary and "after the first second" not in summary
