@@ -56,8 +56,9 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
     result = orjson.loads(out.read_bytes())
     assert set(result) == {"device", "cases", "latency_ms", "client_latency_ms", "ratios",
                            "jit_compiles_after_warmup", "padding_waste", "cpu_us_per_request"}
-    # CPU per request over a drain: a --quick backlog may be drained between two looks
-    # (then there is no figure: None); the full run's 30,000 span many.
+    # CPU per request over a drain: a --quick backlog may be drained between two looks or
+    # within a few of the OS's clock ticks (then there is no figure: None); the full run's
+    # 30,000 span many.
     for name in set(CASES) - {"model_ceiling"}:
         cpu = result["cases"][name]["cpu_us_per_request"]
         assert cpu is None or positive(cpu), (name, result["cases"][name])

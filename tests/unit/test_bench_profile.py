@@ -49,3 +49,4 @@ def test_cpu_per_request_counts_from_the_first_answer_to_the_last():
     assert _per_answer((100, 1.0), 1100, 1.5) == 500.0  # 0.5 s over 1,000 answers
     assert _per_answer(None, 1100, 1.5) is None  # all answered before the first look
     assert _per_answer((1100, 1.0), 1100, 1.5) is None
+    assert _per_answer((100, 1.0), 1100, 1.05) is None  # five clock ticks: mostly rounding
