@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -55,10 +56,11 @@ from pipeline.tenant_quotas import TenantQuotas
 log = logging.getLogger(__name__)
 
 _BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
-# A model call shorter than this runs on the event loop itself: handing it to the model
-# thread and back costs more (about 0.4 ms a call, measured with 8 rows of a 32-feature
-# MLP) than a small model's call. A version's first call, and the call after any that
-# took longer, go to the thread: a slow model holds the loop for one call at most.
+# A model call expected to be shorter than this runs on the event loop itself: handing it
+# to the model thread and back costs more (about 0.4 ms a call, measured with 8 rows of a
+# 32-feature MLP) than a small model's call. The expectation is the version's last call,
+# scaled up by the rows when this call has more; a version's first call, and any after a
+# longer one, go to the thread.
 INLINE_CALL_SECONDS = 0.001
 
 
@@ -105,7 +107,8 @@ class InferenceService:
         self._judges: dict[tuple[str, int], CanaryJudge] = {}  # (model, spec revision)
         self._judged: set[tuple[str, int]] = set()  # canaries already rolled back or promoted
         self._pending_drift: dict[tuple[str, str], list[CodedRows]] = {}
-        self._quick: set[tuple[str, str]] = set()  # versions whose last call was short
+        # Per version: its last model call's seconds and rows.
+        self._last_call: dict[tuple[str, str], tuple[float, int]] = {}
 
     @property
     def deployment(self) -> Deployment:
@@ -132,7 +135,8 @@ class InferenceService:
         self._judges = {key: judge for key, judge in self._judges.items() if key in current}
         self._judged &= current
         self._serving = Serving.of(deployment, s, self._serving)
-        self._quick &= deployment.models.keys()
+        self._last_call = {key: last for key, last in self._last_call.items()
+                           if key in deployment.models}
         m = self._metrics
         m.loaded.clear()
         for model, spec in deployment.specs.items():
@@ -279,15 +283,13 @@ class InferenceService:
         # JAX blocks: a call that may take long runs in the executor, so that commits,
         # timers and heartbeats go on meanwhile (INLINE_CALL_SECONDS).
         key, predict = (served.model, served.version), self._faults.model(served.predict)
-        if key in self._quick:
+        last_seconds, last_rows = self._last_call.get(key, (math.inf, 1))
+        if last_seconds * max(1.0, len(rows) / last_rows) < INLINE_CALL_SECONDS:
             results, seconds = _timed_serve(predict, rows)
         else:
             results, seconds = await asyncio.get_running_loop().run_in_executor(
                 self._executor, _timed_serve, predict, rows)
-        if seconds < INLINE_CALL_SECONDS:
-            self._quick.add(key)
-        else:
-            self._quick.discard(key)
+        self._last_call[key] = seconds, len(rows)
         self._metrics.inference_latency.labels(served.model, served.version).observe(seconds)
         if self._device != "cpu":
             self._metrics.accelerator_seconds.labels(served.model, served.version,

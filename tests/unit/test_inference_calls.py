@@ -1,25 +1,28 @@
-"""Where the inference step runs a model call: a version whose calls are short runs on the
-event loop (the hop to the model thread costs more than the call); its first call, and any
-version whose last call took longer than ``INLINE_CALL_SECONDS``, runs in the model thread."""
+"""Where the inference step runs a model call: on the event loop when the version's last
+call, scaled up by the rows when this one has more, took less than ``INLINE_CALL_SECONDS``
+(the hop to the model thread costs more than such a call); else, and for a version's first
+call, in the model thread."""
 
 import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
-from agents.worker.deployment import Deployment
 from agents.worker import inference
+from agents.worker.deployment import Deployment
 from agents.worker.inference import InferenceService
 from agents.worker.metrics import Metrics
 from pipeline.config import Settings
+from pipeline.isolation import serve_isolated
 from pipeline.outputs import Kind
 from pipeline.routing import DeploymentSpec
 from tests.unit.test_inference_hostile import model, record
 
 
-def threads_of_calls(env: dict[str, str], batches: int) -> list[bool]:
-    """For each of ``batches`` one-request batches: whether its model call ran on the
-    event loop's thread; every request is answered with a prediction."""
+def threads_of_calls(sizes: list[int], env: dict[str, str] | None = None) -> list[bool]:
+    """For batches of ``sizes`` requests: whether each model call ran on the event loop's
+    thread; every request is answered with a prediction."""
     served = model("1")
+    served.warm()
     on_loop: list[bool] = []
     predict = served.predict
 
@@ -28,25 +31,35 @@ def threads_of_calls(env: dict[str, str], batches: int) -> list[bool]:
         return predict(rows)
 
     served.predict = watched
-    service = InferenceService(Settings.from_env(env), Metrics(), ThreadPoolExecutor(1))
+    service = InferenceService(Settings.from_env(env or {}), Metrics(), ThreadPoolExecutor(1))
     service.install(Deployment({("m", "1"): served}, {"m": DeploymentSpec("m", "1")}))
-    served.warm()
     loop_thread = threading.get_ident()  # asyncio.run runs the loop on this thread
 
     async def serve() -> None:
-        for i in range(batches):
-            outgoing = await service.handle([record(i)])
-            assert [o.kind for o in outgoing] == [Kind.PREDICTION]
+        for b, size in enumerate(sizes):
+            outgoing = await service.handle([record(100 * b + i) for i in range(size)])
+            assert [o.kind for o in outgoing if o.kind is not Kind.SAMPLE] == [Kind.PREDICTION] * size
     asyncio.run(serve())
     return on_loop
 
 
+def timed_per_row(monkeypatch, seconds: float) -> None:
+    """Every call takes ``seconds`` a row, as the inference step measures it."""
+    monkeypatch.setattr(inference, "_timed_serve",
+                        lambda predict, rows: (serve_isolated(predict, rows), seconds * len(rows)))
+
+
 def test_a_quick_versions_calls_run_on_the_loop_after_its_first(monkeypatch):
-    # A bound no call misses, on a machine however busy.
-    monkeypatch.setattr(inference, "INLINE_CALL_SECONDS", 60.0)
-    assert threads_of_calls({}, 4) == [False, True, True, True]
+    timed_per_row(monkeypatch, 1e-5)
+    assert threads_of_calls([1, 1, 4, 4]) == [False, True, True, True]
+
+
+def test_a_call_with_more_rows_than_the_last_goes_to_the_thread_when_it_would_be_long(monkeypatch):
+    timed_per_row(monkeypatch, 0.3 * inference.INLINE_CALL_SECONDS)
+    # 1 row: 0.3 of the bound; 8 rows expected at 2.4 of it, and measured so.
+    assert threads_of_calls([1, 1, 8, 8, 2]) == [False, True, False, False, False]
 
 
 def test_a_slow_versions_calls_stay_in_the_model_thread():
     slow_ms = 2000 * inference.INLINE_CALL_SECONDS  # every call sleeps twice the bound
-    assert threads_of_calls({"STREAMSERVE_FAULTS": f"slow_ms={slow_ms:g}"}, 3) == [False, False, False]
+    assert threads_of_calls([1, 1, 1], {"STREAMSERVE_FAULTS": f"slow_ms={slow_ms:g}"}) == [False] * 3
