@@ -13,7 +13,8 @@ fills the largest bucket, light traffic goes out early.
 
 Per batch, in this order:
   1. take the batch the policy chose from the head of the queue (per partition, a
-     prefix of what was fetched);
+     prefix of what was fetched), and queue what the consumer fetched meanwhile, so
+     that its next fetch runs while the batch is served (``_fetched``);
   2. decode, serve and encode it (``InferenceService.handle``): exactly one output per
      record, a prediction or a dead letter, whatever the input or the model does;
   3. hand every output to the producer (``Checkpoint.hand_off``) and go on with the next
