@@ -43,38 +43,33 @@ def encode_prediction(request_id: str, model: str, version: str, answer: np.ndar
 class PredictionEncoder:
     """The responses of one version to a batch's requests: what they share (the model, the
     version, the output names and shapes, the route, the batch size) is encoded once, so
-    each response costs only its id, numbers, label and latency. The bytes are those of
-    ``orjson.dumps`` of the response object::
+    each response costs only its id, numbers, label and latency. The parts are cut from
+    the response object encoded with stand-ins for those four, so the bytes are those of
+    ``orjson.dumps`` of the response (``_outputs`` says what it holds)."""
 
-        {"id", "model_name", "model_version", "outputs": [...],
-         "parameters": {"route", "batch_size", "latency_ms"}}
-    """
-
-    __slots__ = ("_head", "_labels", "_middle", "_tail", "route", "version")
+    __slots__ = ("_labels", "_parts", "route", "version")
 
     def __init__(self, model: str, version: str, outputs: OutputSchema, route: str,
                  batch_size: int) -> None:
         self.version, self.route = version, route
-        self._head = b"".join((b',"model_name":', orjson.dumps(model), b',"model_version":',
-                               orjson.dumps(version), b',"outputs":[{"name":'))
-        parameters = orjson.dumps({"route": route, "batch_size": batch_size})
-        # ... "data":[...]} + this + the latency + "}}"
-        self._tail = b"".join((b"}],", b'"parameters":', parameters[:-1], b',"latency_ms":'))
-        if outputs.is_regressor:
-            self._middle = b'"value","shape":' + orjson.dumps([outputs.targets]) + b',"datatype":"FP32","data":'
-            self._labels: tuple[bytes, ...] = ()
-        else:
-            self._middle = (b'"probabilities","shape":' + orjson.dumps([1, len(outputs.labels)])
-                            + b',"datatype":"FP32","data":')
-            self._labels = tuple(b'},{"name":"label","shape":[1],"datatype":"BYTES","data":['
-                                 + orjson.dumps(label) + b"]" for label in outputs.labels)
+        template = orjson.dumps(_response(_STAND_IN, model, version,
+                                          _output_objects(outputs, _STAND_IN, _STAND_IN), route,
+                                          batch_size, _STAND_IN))
+        stand_in = orjson.dumps(_STAND_IN)
+        # A classifier's label stands in as ["..."]: it is the label's own JSON string.
+        self._parts = template.split(stand_in)
+        if len(self._parts) != (5 if outputs.labels else 4):
+            raise ValueError(f"model {model!r}, version {version!r} or route {route!r} holds "
+                             "the encoder's stand-in; no served name may")
+        self._labels = tuple(orjson.dumps(label) for label in outputs.labels)
 
     def encode(self, request_id: str, answer: np.ndarray, latency_ms: float) -> bytes:
         """The response to ``request_id``: ``answer`` is the version's row for it."""
-        label = self._labels[int(answer.argmax())] if self._labels else b""
-        return b"".join((b'{"id":', orjson.dumps(request_id), self._head, self._middle,
-                         orjson.dumps(answer.tolist()), label, self._tail,
-                         orjson.dumps(round(latency_ms, 3)), b"}}"))
+        p, latency = self._parts, orjson.dumps(round(latency_ms, 3))
+        head = (p[0], orjson.dumps(request_id), p[1], orjson.dumps(answer.tolist()), p[2])
+        if self._labels:
+            return b"".join((*head, self._labels[int(answer.argmax())], p[3], latency, p[4]))
+        return b"".join((*head, latency, p[3]))
 
 
 def encode_sample(request_id: str, model: str, version: str, timestamp: float,
@@ -139,15 +134,31 @@ def values_agree(ours: Sequence[float] | np.ndarray, theirs: Sequence[float] | n
 
 
 def _outputs(answer: np.ndarray, outputs: OutputSchema) -> list[dict[str, Any]]:
+    label = None if outputs.is_regressor else outputs.labels[int(np.argmax(answer))]
+    return _output_objects(outputs, answer.tolist(), label)
+
+
+def _output_objects(outputs: OutputSchema, data: Any, label: Any) -> list[dict[str, Any]]:
+    """The OIP outputs of one row: a regressor's values, or a classifier's probabilities
+    (``data``) and top ``label``."""
     if outputs.is_regressor:
-        return [{"name": "value", "shape": [outputs.targets], "datatype": "FP32",
-                 "data": answer.tolist()}]
+        return [{"name": "value", "shape": [outputs.targets], "datatype": "FP32", "data": data}]
     return [
         {"name": "probabilities", "shape": [1, len(outputs.labels)], "datatype": "FP32",
-         "data": answer.tolist()},
-        {"name": "label", "shape": [1], "datatype": "BYTES",
-         "data": [outputs.labels[int(np.argmax(answer))]]},
+         "data": data},
+        {"name": "label", "shape": [1], "datatype": "BYTES", "data": [label]},
     ]
+
+
+def _response(request_id: Any, model: str, version: str, outputs: list[dict[str, Any]],
+              route: str, batch_size: int, latency_ms: Any) -> dict[str, Any]:
+    return {"id": request_id, "model_name": model, "model_version": version, "outputs": outputs,
+            "parameters": {"route": route, "batch_size": batch_size, "latency_ms": latency_ms}}
+
+
+# Stands in for a response's own parts in PredictionEncoder's template: no JSON a served
+# model, version or route encodes to holds it.
+_STAND_IN = "\x00streamserve-stand-in\x00"
 
 
 def encode_dead_letter(rejection: Rejection, original: RedactedOriginal) -> bytes:

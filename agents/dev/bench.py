@@ -70,20 +70,20 @@ from agents.dev.bench_results import (
     WorkerStats,
 )
 from agents.dev.bench_traffic import (
+    Arrival,
     PARTITIONS,
     Peer,
     Schedule,
     feature_rows,
     kill_peer,
+    latency_legs,
     match_answers,
     output_partitions,
     read_outputs,
-    Arrival,
-    latency_legs,
     receive_answers,
-    worker_means,
     start_peer,
     worker_counters,
+    worker_means,
 )
 from agents.client.stream import StreamClient
 from agents.dev.fleet import WorkerProcess

@@ -208,11 +208,12 @@ def _print_summary(plan: list[Planned], tally: DemoTally, elapsed: float, rate: 
     offered = f"offered {rate:.0f}/s" if rate else "sent as fast as possible"
     print(f"  throughput      {len(tally.answered_at) / max(elapsed, 1e-9):.0f} requests/s "
           f"({elapsed:.2f} s, {offered})")
-    for title, indices in (("latency e2e", warm), (f"  first {WARM_UP_S:g} s", cold)):
+    for title, indices, when in (("latency e2e", warm, ", after the first second"),
+                                 (f"  first {WARM_UP_S:g} s", cold, "")):
         if indices:
             ms = np.array([tally.answered_at[i] - tally.sent_at[i] for i in indices]) * 1000
             print(f"  {title:<16}p50 {np.percentile(ms, 50):.1f} ms   p99 {np.percentile(ms, 99):.1f} ms"
-                  f"   ({len(ms)} predictions{', after the first second' if indices is warm else ''})")
+                  f"   ({len(ms)} predictions{when})")
     for model in DEMO_MODELS:
         scored = [i for i in tally.predicted if plan[i].model == model]
         right = sum(tally.predicted[i] == plan[i].true_label for i in scored)
