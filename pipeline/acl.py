@@ -3,11 +3,11 @@
 ``layout`` says what each principal may do, from the topic names, the app id and three
 principals (``Principals``):
 
-- clients write requests and read predictions and dead letters; they read without a
-  consumer group, so they need none;
-- workers read requests and the control topic; write predictions, dead letters, samples,
-  drift reports, drift rows, shadow answers and audit entries (a refused model version is
-  audited); use their two consumer groups (the app id, and ``<app id>.faust`` for Faust)
+- clients write requests and labels and read predictions and dead letters; they read
+  without a consumer group, so they need none;
+- workers read requests, labels and the control topic; write predictions, dead letters,
+  samples, drift reports, drift rows, shadow answers, quality reports and audit entries (a
+  refused model version is audited); read and write the label join; use their two consumer groups (the app id, and ``<app id>.faust`` for Faust)
   and their transactional ids (``<app id>-<worker>``, exactly-once mode); and own Faust's
   internal topics, whose names start with ``<app id>.faust`` (they create them);
 - admins may do anything with the deployment's topics (they alone write the control
@@ -163,12 +163,13 @@ def layout(scope: Scope, principals: Principals = Principals(), *,
     read, write = Operation.READ, Operation.WRITE
     prefixed = PatternType.PREFIXED
     bindings = [
-        AclBinding(who.client, topic, t.requests, write),
+        *(AclBinding(who.client, topic, name, write) for name in (t.requests, t.labels)),
         *(AclBinding(who.client, topic, name, read) for name in (t.predictions, t.deadletter)),
-        *(AclBinding(who.worker, topic, name, read) for name in (t.requests, t.control, t.drift_rows)),
+        *(AclBinding(who.worker, topic, name, read)
+          for name in (t.requests, t.control, t.drift_rows, t.labels, t.label_join)),
         *(AclBinding(who.worker, topic, name, write)
           for name in (t.predictions, t.deadletter, t.samples, t.drift, t.drift_rows, t.shadow,
-                       t.audit)),
+                       t.audit, t.label_join, t.quality)),
         *(AclBinding(who.worker, group, name, read) for name in (scope.app_id, scope.faust_prefix)),
         AclBinding(who.worker, ResourceType.TRANSACTIONAL_ID, scope.transactional_prefix, write,
                    prefixed),

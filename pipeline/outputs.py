@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import zlib
 from collections import Counter
-from collections.abc import Container, Iterable
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
@@ -33,6 +33,8 @@ from pipeline.messages import (
     encode_shadow,
     source_headers,
 )
+from pipeline.quality.join import Kept
+from pipeline.quality.wire import kept_messages
 from pipeline.redaction import RedactedOriginal, Redactor
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import Route
@@ -62,6 +64,7 @@ class Kind(StrEnum):
     SAMPLE = "sample"  # a copy of a served request, redacted, beside its prediction
     SHADOW = "shadow"  # a shadow version's output: never on the predictions topic
     DRIFT_ROWS = "drift_rows"  # internal: served rows coded for the drift windows
+    KEPT = "kept"  # internal: answers kept for the join with labels
 
 
 # Not frozen: a frozen dataclass sets each field through object.__setattr__, which cost
@@ -163,6 +166,13 @@ def drift_rows(model: str, version: str, rows: CodedRows, topic: str,
             value=part.to_bytes(), headers=[], model=model, version=version, reason=None,
             request_timestamp=float(part.timestamps_ms.max()) / 1000))
     return messages
+
+
+def kept_rows(rows: Sequence[tuple[str, Kept]], topic: str, partitions: int) -> list[Outgoing]:
+    """Answers kept for the label join, each in its request id's join partition."""
+    return [Outgoing(kind=Kind.KEPT, topic=topic, partition=partition, key=b"", value=value,
+                     headers=[], model="", version="", reason=None, request_timestamp=0.0)
+            for partition, value in kept_messages(rows, partitions)]
 
 
 def stand_in(refused: Outgoing, error: str, topic: str) -> Outgoing | None:

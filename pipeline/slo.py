@@ -143,6 +143,9 @@ LAG_FLOOR = 1000            # requests: below it a growing lag is a burst, not a
 DEAD_LETTER_SHARE = 0.05    # of a model's requests, one reason: a client sending wrongly
 COST_FACTOR = 2.0           # cost per prediction against the same hour yesterday
 WARM_UP = "15m"             # a worker younger than this may still be compiling
+# Accuracy on labels: significance of each worker's binomial test, Bonferroni-corrected
+# over the workers testing a version (each tests the labels of its own join partitions).
+QUALITY_ALPHA = 0.001
 
 
 def _server_reasons() -> str:
@@ -258,6 +261,15 @@ def operational_alerts(job: str) -> list[Alert]:
               "its training data in {{ $labels.feature }} (a drift event in the last 30 minutes, "
               "or PSI at the alert tier for 15): predictions may be silently wrong.",
               "silent-prediction-drift.md"),
+        Alert("StreamserveAccuracyBelowTraining",
+              "min by (model, version) (streamserve_quality_accuracy_p_value) * count by "
+              f"(model, version) (streamserve_quality_accuracy_p_value) < {QUALITY_ALPHA}",
+              "ticket", "{{ $labels.model }}:{{ $labels.version }}: accuracy on labels below training",
+              "The answers of {{ $labels.model }} version {{ $labels.version }} are right less "
+              "often than its training accuracy (less STREAMSERVE_QUALITY_MARGIN) allows, on the "
+              "labels of the last 24 windows: an exact binomial test says so at p = {{ $value }} "
+              f"(Bonferroni over the workers), below {QUALITY_ALPHA}.",
+              "accuracy-below-training.md", for_="10m"),
         Alert("StreamserveCircuitBreakerOpen",
               "max_over_time(streamserve_breaker_state[5m]) == 2", "ticket",
               "{{ $labels.model }}:{{ $labels.version }}: circuit breaker keeps opening",

@@ -25,6 +25,7 @@ from agents.cli import (
     lifecycle,
     models,
     ops,
+    quality,
     quota,
     replay,
     serving,
@@ -35,8 +36,8 @@ from agents.cli import (
 from pipeline.config import Settings
 from pipeline.errors import StreamserveError
 
-COMMAND_GROUPS = (broker, topics, models, lifecycle, serving, drift, verify, dev, replay, ops, acl,
-                  quota, status)
+COMMAND_GROUPS = (broker, topics, models, lifecycle, serving, drift, quality, verify, dev, replay, ops,
+                  acl, quota, status)
 """The modules whose ``register(commands)`` make up ``streamserve``, in ``--help`` order."""
 
 USER_ERROR = 2  # the exit status of an OSError, and StreamserveError's default

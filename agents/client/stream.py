@@ -51,6 +51,7 @@ from pipeline.client import (
     requested_partitions,
 )
 from pipeline.config import Settings
+from pipeline.quality.labels import encode_label
 from pipeline.replies import (
     MalformedReply,
     Prediction,
@@ -318,6 +319,22 @@ class StreamClient:
                 self._pending.raw_failed()
             else:
                 self._pending.forget_at(source)
+
+    async def send_label(self, request_id: str, truth: str | float, *,
+                         time: float | None = None) -> None:
+        """Send the true outcome of request ``request_id`` to the labels topic (a class name
+        for a classifier, a number for a regressor; ``time``: when it happened, epoch
+        seconds), once Kafka has it. Workers running with STREAMSERVE_LABELS=on join it
+        with their answer (`streamserve quality report`). Raises ValueError for a label a
+        worker would refuse, RequestNotSent when Kafka does not take it."""
+        self._check_open()
+        assert self._producer is not None
+        value = encode_label(request_id, truth, time)
+        try:
+            await self._producer.send_and_wait(self.settings.topics.labels, value,
+                                               key=request_id.encode())
+        except KafkaError as e:
+            raise RequestNotSent(f"Kafka did not take the label of {request_id}: {e}") from e
 
     # -- inside ---------------------------------------------------------------------------
 

@@ -73,6 +73,9 @@ class SyncStreamClient:
     def send_raw(self, value: bytes, **options: Any) -> Prediction:
         return self._run(self._client.send_raw, value, **options)
 
+    def send_label(self, request_id: str, truth: str | float, **options: Any) -> None:
+        return self._run(self._client.send_label, request_id, truth, **options)
+
     def stream(self, requests: Iterable[PredictRequest], **options: Any) -> Iterator[Outcome]:
         """Outcomes as they settle. ``requests`` is iterated on the client's thread."""
         outcomes = self._client.stream(requests, **options)

@@ -147,8 +147,8 @@ class Checkpoint:
         codes close windows), in this order:
 
         1. take the offsets served since the last commit (per partition, one past the
-           last record handed off) and the drift codes of those rows; without either,
-           there is nothing to do;
+           last record handed off) and the drift codes of those rows (and the answers
+           kept for the label join); without either, there is nothing to do;
         2. produce: the drift codes go to the producer, after those rows' outputs
            (exactly-once: into the open transaction, beside the outputs);
         3. wait until the codes, those outputs and everything handed off before them
@@ -170,16 +170,16 @@ class Checkpoint:
         the requests since the last commit are read again (``_rewind``).
         """
         # 1.
-        offsets, drift = self._ledger.flush(now), self._inference.drift_rows()
-        if not (drift or offsets):
+        offsets, rows = self._ledger.flush(now), self._inference.flush_rows()
+        if not (rows or offsets):
             return
         if not self._settings.exactly_once:
-            await self._produce(drift, offsets)  # 2.; 3 to 5 follow in ``_complete``
+            await self._produce(rows, offsets)  # 2.; 3 to 5 follow in ``_complete``
             return
         try:
             # 2.
             await self._begin()
-            await self._send_in_transaction(drift)
+            await self._send_in_transaction(rows)
             producer = self._producer
             assert producer is not None
             # 3.
@@ -384,7 +384,7 @@ class Checkpoint:
                     await asyncio.sleep(_SEND_RETRY_SECONDS)
         self._forget_queued()
         self._ledger.rewind()
-        self._inference.drift_rows()  # their rows are served, and coded, again
+        self._inference.flush_rows()  # their rows are served, and coded, again
         self._inference.abandoned()  # and admitted again
         if self._stopping():  # the partitions' next owner reads them from the group's offsets
             return

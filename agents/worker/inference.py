@@ -47,6 +47,7 @@ from pipeline.drift import CodedRows, watched_columns
 from pipeline.isolation import RowFailure, serve_isolated
 from pipeline.messages import PredictionEncoder
 from pipeline.outputs import Incoming, Outgoing
+from pipeline.quality.wire import KeptAnswers
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import Route, RouteDecision
 from pipeline.sampling import sampled
@@ -107,6 +108,8 @@ class InferenceService:
         self._judges: dict[tuple[str, int], CanaryJudge] = {}  # (model, spec revision)
         self._judged: set[tuple[str, int]] = set()  # canaries already rolled back or promoted
         self._pending_drift: dict[tuple[str, str], list[CodedRows]] = {}
+        # The answers kept for the label join since the last flush (STREAMSERVE_LABELS).
+        self._kept = KeptAnswers() if settings.quality.enabled else None
         # Per version: its last model call's seconds and rows.
         self._last_call: dict[tuple[str, str], tuple[float, int]] = {}
 
@@ -150,6 +153,7 @@ class InferenceService:
         ``taken``: when the worker fetched the batch's oldest record (epoch seconds)."""
         serving = self._serving  # this batch's, whatever is installed while it runs
         deployment = serving.deployment
+        kept_before = len(self._kept) if self._kept is not None else 0
         admission = admit(batch, serving.catalog, self._max_bytes, self._max_features, self._recent,
                           self._quotas, now=time.time(), clock=time.monotonic(),
                           expected_seconds=expected_seconds, taken=taken,
@@ -175,6 +179,8 @@ class InferenceService:
             # These answers will not be sent (the caller dead-letters the batch untagged).
             for quota, count in admission.quota_slots.items():
                 self._quotas.release(quota, count)
+            if self._kept is not None:
+                self._kept.truncate(kept_before)
             raise
         if self._recent is not None:  # a request refused for now may be sent again with its id
             forget_retryable(self._recent, outgoing)
@@ -268,6 +274,9 @@ class InferenceService:
                      if watched_ok else np.empty(0))
         self._judge_canary(deployment, model, route, watched_charged,
                            [seconds] * len(watched_ok), predicted, served.manifest.outputs)
+        if self._kept is not None and watched_ok:
+            self._keep(items, results, watched_ok, rescued, model, (version, route),
+                       second and (second.version, second.route), done)
         coder = serving.coders.get((model, version))
         if coder is not None and watched_ok:
             sources = [items[i][0] for i in watched_ok]
@@ -367,16 +376,36 @@ class InferenceService:
             self._metrics.shadow_agreement.labels(model, shadow, agree).inc(count)
         return outgoing
 
-    def drift_rows(self) -> list[Outgoing]:
-        """The rows served since the last call, coded for drift, as one message per version.
+    def _keep(self, items: list[tuple[Incoming, Request]], results: list, answered: list[int],
+              rescued: dict[int, np.ndarray], model: str, by: tuple[str, Route],
+              second: tuple[str, Route] | None, done: float) -> None:
+        """Keep the answers of ``answered`` rows for the label join, each by the version
+        that gave it (``second`` for the rows it rescued)."""
+        assert self._kept is not None
+        deployment = self._serving.deployment
+        for answering, rows in ((by, [i for i in answered if i not in rescued]),
+                                (second, [i for i in answered if i in rescued])):
+            if rows and answering is not None:
+                version, route = answering
+                schema = deployment.models[(model, version)].manifest.outputs
+                self._kept.answered([items[i][1].id for i in rows], model, version, str(route), done,
+                                    np.stack([results[i] if i not in rescued else rescued[i]
+                                              for i in rows]), schema.is_regressor)
 
-        Called every fraction of a second rather than per batch: the drift agent's cost
-        is per message, and small batches under light load would multiply it.
+    def flush_rows(self) -> list[Outgoing]:
+        """What was served since the last call, for the side agents: the rows coded for
+        drift (one message per version) and the answers kept for the label join.
+
+        Called every fraction of a second rather than per batch: the agents' cost is per
+        message, and small batches under light load would multiply it.
         """
         messages = [message for (model, version), parts in sorted(self._pending_drift.items())
                     for message in outputs.drift_rows(model, version, CodedRows.concatenate(parts),
                                                       self._topics.drift_rows, self._drift_bytes)]
         self._pending_drift.clear()
+        if self._kept:
+            messages += outputs.kept_rows(self._kept.take(), self._topics.label_join,
+                                          self._settings.kafka.request_partitions)
         return messages
 
     def _quota_of(self, request: Request) -> str:
@@ -386,6 +415,10 @@ class InferenceService:
 
     def _dead_letter(self, serving: Serving, record: Incoming, rejection: Rejection,
                      version: str, route: Route | str = "", quota: str = "") -> Outgoing:
+        if (self._kept is not None and rejection.id is not None and rejection.model in serving.deployment.specs
+                and (not record.replay or self._settings.replay.monitoring)):
+            self._kept.dead_lettered(rejection.id, rejection.model, version, str(route), time.time(),
+                                     str(rejection.reason))
         return outputs.dead_letter(record, rejection, self._topics.deadletter,
                                    serving.dead_letter_redactor, self._max_original, version, route,
                                    quota)

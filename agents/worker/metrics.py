@@ -20,6 +20,7 @@ from prometheus_client import (
 
 from agents.worker.health import HealthChecks, serve_wsgi, with_health
 from pipeline.config import LATENCY_BUCKETS_S
+from pipeline.quality.scores import DELAY_BOUNDS
 
 
 class Metrics:
@@ -91,6 +92,35 @@ class Metrics:
             "streamserve_drift_late_rows",
             "Served rows that reached their drift windows after those closed (beyond the grace)",
             ["model", "version"], registry=r)
+        # Ground truth (agents/worker/quality.py): sums over the join partitions this worker
+        # owns, so the fleet's are their sum; every answer kept for the label horizon.
+        quality = ["model", "version", "route"]
+        self.quality_answers = Gauge("streamserve_quality_answers",
+                                     "Answers kept for the join with labels (within the label horizon)",
+                                     quality, registry=r)
+        self.quality_labelled = Gauge("streamserve_quality_labelled",
+                                      "Answers joined with a label (within the label horizon)",
+                                      quality, registry=r)
+        self.quality_correct = Gauge("streamserve_quality_correct",
+                                     "Labelled answers of a classifier whose class was the label's",
+                                     quality, registry=r)
+        self.quality_log_loss = Gauge("streamserve_quality_log_loss_sum",
+                                      "Sum of a classifier's log loss over its labelled answers",
+                                      quality, registry=r)
+        self.quality_absolute_error = Gauge("streamserve_quality_absolute_error_sum",
+                                            "Sum of a regressor's absolute error over its labelled answers",
+                                            quality, registry=r)
+        self.quality_p_value = Gauge(
+            "streamserve_quality_accuracy_p_value",
+            "Exact one-sided binomial test of a version's accuracy on the labels of this "
+            "worker's join partitions (the latest 24 windows) against its training accuracy "
+            "less STREAMSERVE_QUALITY_MARGIN: small means really below", ["model", "version"], registry=r)
+        self.labels = Counter("streamserve_labels", "Labels read, by what became of them "
+                              "(scored, correction, duplicate, malformed, unknown_id...)",
+                              ["model", "outcome"], registry=r)
+        self.label_delay = Histogram("streamserve_label_delay_seconds",
+                                     "From an answer to its label's outcome", ["model"],
+                                     buckets=DELAY_BOUNDS, registry=r)
         self.breaker_state = Gauge(
             "streamserve_breaker_state",
             "Circuit breaker of a version: 0 closed, 1 half-open (probing), 2 open",

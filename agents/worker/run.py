@@ -27,6 +27,7 @@ from agents.worker.inference import InferenceService, OutputLimits
 from agents.worker.log_limits import limit_repeats
 from agents.kafka.topics import ensure_topics, message_limit
 from agents.worker.metrics import Metrics
+from agents.worker.quality import add_quality_agents
 from agents.worker.server import RequestServer
 from models.runtime import keep_compiled
 from pipeline.canary import CanaryVerdict
@@ -94,6 +95,9 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
                               settings.registry.allow_unsigned).manifest.reference
 
     add_drift_agent(app, settings, reference_of, metrics)
+    if settings.quality.enabled:
+        add_quality_agents(app, settings, lambda model, version: verify_version(
+            registry, model, version, trusted, settings.registry.allow_unsigned).manifest, metrics)
     changelogs = [table.changelog_topic.get_topic_name() for table in app.tables.values()]
     watch = BrokerWatch(settings, metrics, [*topics.all, *changelogs], replicas)
     heartbeat.beat()  # the loop that beats next is Faust's; its heartbeat service starts first

@@ -16,7 +16,13 @@ per-model policies of STREAMSERVE_MODELS_FILE).
 
 from pipeline.config.fields import ConfigError
 from pipeline.config.kafka import Delivery, KafkaSettings, RegistrySettings, Topics
-from pipeline.config.monitoring import DriftSettings, RedactionSettings, ReplaySettings, SamplingSettings
+from pipeline.config.monitoring import (
+    DriftSettings,
+    QualitySettings,
+    RedactionSettings,
+    ReplaySettings,
+    SamplingSettings,
+)
 from pipeline.config.serving import (
     LATENCY_BUCKETS_S,
     AdmissionSettings,
@@ -44,6 +50,7 @@ __all__ = [
     "ModelPolicy",
     "RedactionSettings",
     "RegistrySettings",
+    "QualitySettings",
     "ReplaySettings",
     "SamplingSettings",
     "Settings",

@@ -42,6 +42,23 @@ class Topics:
         return f"{self.prefix}.drift-rows"
 
     @property
+    def labels(self) -> str:
+        """The true outcomes of requests, sent by clients keyed by request id."""
+        return f"{self.prefix}.labels"
+
+    @property
+    def label_join(self) -> str:
+        """Internal: the answers workers kept and the labels, each in the partition of its
+        request id's hash (``pipeline.quality.join_partition``), where they are joined."""
+        return f"{self.prefix}.label-join"
+
+    @property
+    def quality(self) -> str:
+        """Live quality on labels, per model version, route and join partition, keyed by
+        model:version."""
+        return f"{self.prefix}.quality"
+
+    @property
     def samples(self) -> str:
         return f"{self.prefix}.samples"
 
@@ -64,7 +81,7 @@ class Topics:
     def serving(self) -> tuple[str, ...]:
         """The topics with the requests' partitions."""
         return (self.requests, self.predictions, self.deadletter, self.drift, self.drift_rows,
-                self.samples, self.shadow)
+                self.samples, self.shadow, self.labels, self.label_join, self.quality)
 
     @property
     def all(self) -> tuple[str, ...]:

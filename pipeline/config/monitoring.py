@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from pipeline.config.fields import secret, setting
+from pipeline.config.fields import check, secret, setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +40,46 @@ class DriftSettings:
         0.25, "STREAMSERVE_DRIFT_ALERT_PSI", "PSI from which drift is reported as an alert.")
     consecutive: int = setting(
         2, "STREAMSERVE_DRIFT_CONSECUTIVE", "Drifting windows in a row before a drift event is raised.")
+
+
+@dataclass(frozen=True, slots=True)
+class QualitySettings:
+    """Ground truth: labels joined with the answers they judge (``pipeline.quality``)."""
+
+    enabled: bool = setting(
+        False, "STREAMSERVE_LABELS",
+        "Keep every answer for the join with labels sent to <prefix>.labels, and report live "
+        "quality to <prefix>.quality: on or off (it costs a table write per answer).")
+    horizon_s: int = setting(
+        7 * 86400, "STREAMSERVE_LABEL_HORIZON",
+        "Seconds an answer is kept waiting for its label (default 7 days); a label after that "
+        "counts as unknown_id.")
+    wait_s: int = setting(
+        3600, "STREAMSERVE_LABEL_WAIT_S",
+        "Seconds a label that came before its answer waits for it, then counts as unknown_id.")
+    report_s: float = setting(
+        5.0, "STREAMSERVE_QUALITY_REPORT_S",
+        "Seconds between quality reports to <prefix>.quality and Prometheus.")
+    window_s: int = setting(
+        3600, "STREAMSERVE_QUALITY_WINDOW_S",
+        "Width of the windows of answer time that quality trends are reported over; the "
+        "accuracy alert tests the latest 24.")
+    margin: float = setting(
+        0.05, "STREAMSERVE_QUALITY_MARGIN",
+        "How far below its training accuracy (the manifest's test_accuracy) a version's "
+        "accuracy on labels may fall before the exact binomial test behind the "
+        "StreamserveAccuracyBelowTraining alert asks whether it really did.")
+    min_labels: int = setting(
+        200, "STREAMSERVE_QUALITY_MIN_LABELS",
+        "Fewest labelled answers of a version on one worker before its accuracy is tested.")
+
+    def __post_init__(self) -> None:
+        for name, env in (("horizon_s", "STREAMSERVE_LABEL_HORIZON"), ("wait_s", "STREAMSERVE_LABEL_WAIT_S"),
+                          ("report_s", "STREAMSERVE_QUALITY_REPORT_S"),
+                          ("window_s", "STREAMSERVE_QUALITY_WINDOW_S")):
+            check(getattr(self, name) > 0, env, f"must be positive, got {getattr(self, name)}")
+        check(0 <= self.margin < 1, "STREAMSERVE_QUALITY_MARGIN", f"must lie in [0, 1), got {self.margin}")
+        check(self.min_labels >= 1, "STREAMSERVE_QUALITY_MIN_LABELS", f"must be at least 1, got {self.min_labels}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,13 @@ from typing import Any
 
 from pipeline.config.fields import ConfigError, check, derive, derived, env_fields, env_of, read_section
 from pipeline.config.kafka import KafkaSettings, RegistrySettings, Topics
-from pipeline.config.monitoring import DriftSettings, RedactionSettings, ReplaySettings, SamplingSettings
+from pipeline.config.monitoring import (
+    DriftSettings,
+    QualitySettings,
+    RedactionSettings,
+    ReplaySettings,
+    SamplingSettings,
+)
 from pipeline.config.serving import (
     AdmissionSettings,
     BatchingSettings,
@@ -70,6 +76,7 @@ class Settings:
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     redaction: RedactionSettings = field(default_factory=RedactionSettings)
     replay: ReplaySettings = field(default_factory=ReplaySettings)
+    quality: QualitySettings = field(default_factory=QualitySettings)
     faults: FaultSettings = field(default_factory=FaultSettings)
     # Every model's policy, built (and so checked) at start: "" and each model of the models file.
     _policies: dict[str, ModelPolicy] = derived()

@@ -1,28 +1,35 @@
-"""The join of labels with predictions, one request id at a time, as a value a table keeps.
+"""The join of labels with answers, one request id at a time, as a value a table keeps.
 
 A worker keeps each answer it gives (``Kept``: the version that answered, its route, the
 predicted class and probabilities or the value, or that the request was dead-lettered);
 the labels arrive later, or sometimes first. ``Entry`` is what the join holds for one
-request id; its two events return what to count::
+request id, and everything reported is derived from the entries alone: their scores
+(``Entry.scored``) and the outcomes of their labels (``Entry.counts``). So a join that
+crashed and recovered its table reports what one that never stopped does: each event
+changes an entry in one table write, and the entry remembers the last event it took
+(``offset``), so an event read again after a crash changes nothing.
 
-    Entry.on_prediction(kept, now) -> [Judged]      a label waiting for it is scored now
-    Entry.on_label(label, now)     -> [Judged]      scored, a correction, a duplicate, or waiting
-    Entry.expire(now, horizon_s, wait_s) -> [Judged] a label that waited too long: unknown_id
+Its events return what became of a label (for counters and logs)::
 
-Counted once: a prediction served again (at-least-once, after a crash) finds its entry
-already holding one and changes nothing; a label sent twice is a duplicate; a different
-label for a labelled request replaces the earlier one (``Judged.replaces`` takes the
-earlier one's scores back out).
+    Entry.on_prediction(kept, offset)      -> [Judged]  a label waiting for it is judged now
+    Entry.on_label(label, arrived, offset, source) -> [Judged]  scored, a correction...
+    Entry.expire(now, horizon_s, wait_s)   -> (drop?, [Judged])  a label that waited too long
+
+An answer served again (at-least-once) changes nothing, unless the first was a dead
+letter and a retry with the same id was answered; the same label twice is a duplicate;
+a different label for a labelled request replaces the earlier one (a correction).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 
 from pipeline.quality.labels import Label
 from pipeline.quality.outcomes import Outcome
+
+_SOURCES_KEPT = 8  # label positions an entry remembers (an id gets few labels)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,24 +58,38 @@ class Kept:
 
 @dataclass(frozen=True, slots=True)
 class Judged:
-    """One label's outcome; when scored, the prediction and the truth to score it on."""
+    """One label's outcome; when scored, the answer and the truth it was judged on."""
 
     outcome: Outcome
     kept: Kept | None = None
     truth: str | float | None = None
-    delay_s: float | None = None  # label time minus answer time (first label only)
-    replaces: str | float | None = None  # a correction: the truth scored before, taken back
 
 
 @dataclass(slots=True)
 class Entry:
     kept: Kept | None = None
     truth: str | float | None = None  # the label scored for it, once there is one
-    waiting: Label | None = None  # a label that came before its prediction
-    since: float = 0.0  # when the waiting label arrived (epoch seconds)
+    delay_s: float | None = None  # from the answer to its first label's outcome
+    waiting: Label | None = None  # a label that came before its answer
+    since: float = 0.0  # when the last label arrived (epoch seconds)
+    offset: int = -1  # the last join event this entry took: one read again is skipped
+    counts: dict[str, int] = field(default_factory=dict)  # its labels' other outcomes
+    # Where on the labels topic its latest labels were read: a label relayed again (the
+    # relay crashed before its commit) is the same label, not a duplicate.
+    sources: list[str] = field(default_factory=list)
 
-    def on_prediction(self, kept: Kept, now: float) -> list[Judged]:
-        if self.kept is not None:  # served again: the first answer is the one judged
+    @property
+    def scored(self) -> bool:
+        """Whether ``kept`` and ``truth`` count in the scores (with ``delay_s``)."""
+        return self.kept is not None and self.truth is not None
+
+    def on_prediction(self, kept: Kept, offset: int) -> list[Judged]:
+        if offset <= self.offset:
+            return []
+        self.offset = offset
+        # Served again: the first answer is the one judged, unless it was a dead letter
+        # and a retry with the same id (over its quota, say) was answered.
+        if self.kept is not None and (self.kept.dead_letter is None or kept.dead_letter is not None):
             return []
         self.kept = kept
         if self.waiting is None:
@@ -76,54 +97,64 @@ class Entry:
         label, self.waiting = self.waiting, None
         return [self._judge(label, self.since)]
 
-    def on_label(self, label: Label, now: float) -> list[Judged]:
-        if self.kept is None:
-            if self.waiting is not None:
-                earlier, self.waiting = self.waiting, label
-                self.since = now
-                return [Judged(Outcome.DUPLICATE if _truth(earlier) == _truth(label)
-                               else Outcome.CORRECTION)]
-            self.waiting, self.since = label, now
+    def on_label(self, label: Label, arrived: float, offset: int, source: str = "") -> list[Judged]:
+        if offset <= self.offset or (source and source in self.sources):
             return []
-        return [self._judge(label, now)]
+        self.offset = offset
+        if source:
+            self.sources = [*self.sources[-(_SOURCES_KEPT - 1):], source]
+        if self.kept is None:
+            earlier, self.waiting, self.since = self.waiting, label, arrived
+            if earlier is None:
+                return []
+            return [self._count(Outcome.DUPLICATE if _truth(earlier) == _truth(label)
+                                else Outcome.CORRECTION)]
+        self.since = arrived
+        return [self._judge(label, arrived)]
 
     def expire(self, now: float, horizon_s: float, wait_s: float) -> tuple[bool, list[Judged]]:
-        """Whether the entry is done with (drop it), and a waiting label given up on."""
+        """Whether the entry is done with (drop it), and a waiting label given up on. An
+        entry is kept for the horizon after its answer (or its last label, without one):
+        what it counted stays in the figures that long."""
         if self.waiting is not None and now - self.since > wait_s:
             self.waiting = None
-            return self.kept is None, [Judged(Outcome.UNKNOWN_ID)]
-        return (self.kept is not None and now - self.kept.time > horizon_s
-                and self.waiting is None), []
+            return False, [self._count(Outcome.UNKNOWN_ID)]
+        since = self.kept.time if self.kept is not None else self.since
+        return self.waiting is None and now - since > horizon_s, []
 
     def _judge(self, label: Label, arrived: float) -> Judged:
         kept = self.kept
         assert kept is not None
         truth = _truth(label)
         if kept.dead_letter is not None:
-            return Judged(Outcome.DEAD_LETTERED, kept)
+            return self._count(Outcome.DEAD_LETTERED)
         if isinstance(truth, str) != (kept.probabilities is not None):
-            return Judged(Outcome.WRONG_TYPE, kept)
+            return self._count(Outcome.WRONG_TYPE)
         if self.truth is not None:
             if self.truth == truth:
-                return Judged(Outcome.DUPLICATE, kept)
-            earlier, self.truth = self.truth, truth
-            return Judged(Outcome.CORRECTION, kept, truth, replaces=earlier)
-        self.truth = truth
+                return self._count(Outcome.DUPLICATE)
+            self.truth = truth
+            return Judged(self._count(Outcome.CORRECTION).outcome, kept, truth)
         happened = label.time if label.time is not None else arrived
-        return Judged(Outcome.SCORED, kept, truth, delay_s=max(0.0, happened - kept.time))
+        self.truth, self.delay_s = truth, max(0.0, happened - kept.time)
+        return Judged(Outcome.SCORED, kept, truth)
+
+    def _count(self, outcome: Outcome) -> Judged:
+        self.counts[outcome.value] = self.counts.get(outcome.value, 0) + 1
+        return Judged(outcome, self.kept)
 
     def to_bytes(self) -> bytes:
         waiting = self.waiting
         return orjson.dumps([
-            None if self.kept is None else self.kept.to_list(), self.truth,
+            None if self.kept is None else self.kept.to_list(), self.truth, self.delay_s,
             None if waiting is None else [waiting.id, waiting.label, waiting.value, waiting.time],
-            self.since])
+            self.since, self.offset, self.counts, self.sources])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Entry:
-        kept, truth, waiting, since = orjson.loads(raw)
-        return cls(None if kept is None else Kept.from_list(kept), truth,
-                   None if waiting is None else Label(*waiting), since)
+        kept, truth, delay_s, waiting, since, offset, counts, sources = orjson.loads(raw)
+        return cls(None if kept is None else Kept.from_list(kept), truth, delay_s,
+                   None if waiting is None else Label(*waiting), since, offset, counts, sources)
 
 
 def _truth(label: Label) -> str | float:

@@ -93,6 +93,26 @@ def decode_label(key: bytes | None, raw: bytes | None) -> Label | LabelRefusal:
     return Label(given, label, None if value is None else float(value), time)
 
 
+def encode_label(request_id: str, truth: str | float, time: float | None = None) -> bytes:
+    """A label's bytes, as ``decode_label`` reads them: ``truth`` is a classifier's class
+    (a string) or a regressor's value (a number); ``time`` when the outcome happened
+    (epoch seconds). Raises ValueError for what a worker would refuse."""
+    body: dict[str, Any] = {"id": request_id}
+    if isinstance(truth, str):
+        body["label"] = truth
+    elif isinstance(truth, int | float) and not isinstance(truth, bool):
+        body["value"] = float(truth)
+    else:
+        raise ValueError(f"a label is a class name (str) or a value (a number), not {_describe(truth)}")
+    if time is not None:
+        body["time"] = datetime.fromtimestamp(time, UTC).isoformat()
+    raw = orjson.dumps(body)
+    checked = decode_label(request_id.encode(), raw)
+    if isinstance(checked, LabelRefusal):
+        raise ValueError(checked.error)
+    return raw
+
+
 def _key_id(key: bytes | None) -> str | None:
     if not key:
         return None
@@ -119,5 +139,8 @@ def _time(given: Any) -> float | None:
 
 
 def _describe(value: Any) -> str:
-    text = orjson.dumps(value).decode() if value is not None else "null"
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = type(value).__name__
     return text if len(text) <= 40 else text[:37] + "..."

@@ -29,10 +29,10 @@ def who(name: str, operation: Operation, kind: ResourceType = TOPIC) -> list[str
     return holders(LAYOUT, kind, name, operation)
 
 
-def test_clients_write_requests_and_read_predictions_and_dead_letters_only() -> None:
+def test_clients_write_requests_and_labels_and_read_predictions_and_dead_letters_only() -> None:
     mine = {b.describe() for b in LAYOUT if b.principal == "User:client"}
-    assert mine == {"User:client WRITE topic ss.requests", "User:client READ topic ss.predictions",
-                    "User:client READ topic ss.deadletter"}
+    assert mine == {"User:client WRITE topic ss.requests", "User:client WRITE topic ss.labels",
+                    "User:client READ topic ss.predictions", "User:client READ topic ss.deadletter"}
 
 
 @pytest.mark.parametrize(("topic", "operation", "allowed"), [
@@ -46,6 +46,9 @@ def test_clients_write_requests_and_read_predictions_and_dead_letters_only() -> 
     ("ss.audit", READ, ["User:admin"]),
     ("ss.audit", WRITE, ["User:admin", "User:worker"]),  # a worker audits refused versions
     ("ss.drift-rows", READ, ["User:admin", "User:worker"]),
+    ("ss.labels", READ, ["User:admin", "User:worker"]),
+    ("ss.label-join", WRITE, ["User:admin", "User:worker"]),
+    ("ss.quality", READ, ["User:admin"]),
     ("app.faust-drift-changelog", Operation.CREATE, ["User:worker"]),
     ("app.faust-drift-changelog", READ, ["User:worker"]),
     ("other.requests", READ, []),

@@ -81,7 +81,7 @@ class FakeInference:
     def __init__(self, events: list) -> None:
         self.events = events
 
-    def drift_rows(self) -> list:
+    def flush_rows(self) -> list:
         return [output("drift")]
 
     def delivered(self, outgoing: list) -> None:

@@ -113,7 +113,7 @@ def test_every_variable_belongs_to_one_section_and_is_listed_once():
     assert {"kafka", "registry", "batching", "admission", "drift", "breaker", "canary", "slo",
             "cost", "faults"} <= set(SECTIONS)
     variables = [env for env, _, _ in Settings.documentation()]
-    assert len(variables) == len(set(variables)) == 62
+    assert len(variables) == len(set(variables)) == 69
     assert variables == [env for _, _, rows in by_section for env, _, _ in rows]
 
 
@@ -179,3 +179,10 @@ def test_secrets_stay_out_of_every_sections_repr():
                            "STREAMSERVE_SASL_PASSWORD": "pw-s3cret",
                            "STREAMSERVE_REDACTION_KEY": "key-s3cret"})
     assert "s3cret" not in repr(s) and "s3cret" not in repr(s.kafka) and "s3cret" not in repr(s.redaction)
+
+
+@pytest.mark.parametrize("variable", ["STREAMSERVE_LABEL_HORIZON", "STREAMSERVE_LABEL_WAIT_S",
+                                      "STREAMSERVE_QUALITY_REPORT_S", "STREAMSERVE_QUALITY_WINDOW_S"])
+def test_label_join_durations_must_be_positive(variable):
+    with pytest.raises(ConfigError, match=f"{variable} must be positive"):
+        Settings.from_env({variable: "0"})

@@ -89,7 +89,7 @@ def serve(env, versions):
     batch = [Incoming(settings.topics.requests, 0, offset, 1.7e9, raw)
              for offset, raw in enumerate(REQUESTS)]
     outgoing = asyncio.run(service.handle(batch))
-    return outgoing + service.drift_rows()
+    return outgoing + service.flush_rows()
 
 
 def leaked(out):

@@ -7,6 +7,7 @@ import pytest
 from sklearn.metrics import brier_score_loss, log_loss, mean_absolute_error, precision_score, recall_score
 
 from pipeline.quality import (
+    Book,
     Entry,
     Kept,
     Label,
@@ -16,6 +17,8 @@ from pipeline.quality import (
     below_training,
     canary_worse,
     decode_label,
+    encode_label,
+    merge_reports,
 )
 
 CLASSES = ("setosa", "versicolor", "virginica")
@@ -69,61 +72,98 @@ def test_a_label_that_cannot_be_read_says_what_to_fix(key, raw, outcome, says):
     assert says in refusal.error
 
 
-# The join of one request id.
+# The join of one request id. Offsets are the join topic's: each event a later one.
 
 def test_a_label_after_its_prediction_is_scored_with_its_delay():
     entry = Entry()
-    assert entry.on_prediction(kept(time=100.0), now=100.0) == []
-    [judged] = entry.on_label(label(), now=160.0)
+    assert entry.on_prediction(kept(time=100.0), offset=1) == []
+    [judged] = entry.on_label(label(), arrived=160.0, offset=2)
     assert judged.outcome is Outcome.SCORED and judged.truth == "setosa"
-    assert judged.delay_s == 60.0
+    assert entry.scored and entry.delay_s == 60.0
 
 
 def test_the_labels_own_time_dates_the_outcome():
     entry = Entry(kept=kept(time=100.0))
-    [judged] = entry.on_label(label(time=130.0), now=500.0)
-    assert judged.delay_s == 30.0
+    entry.on_label(label(time=130.0), arrived=500.0, offset=1)
+    assert entry.delay_s == 30.0
 
 
 def test_a_label_before_its_prediction_waits_and_is_scored_when_it_comes():
     entry = Entry()
-    assert entry.on_label(label("virginica"), now=50.0) == []
-    [judged] = entry.on_prediction(kept(time=100.0), now=100.0)
-    assert (judged.outcome, judged.truth) == (Outcome.SCORED, "virginica")
+    assert entry.on_label(label("virginica"), arrived=150.0, offset=1) == []
+    assert not entry.scored
+    [judged] = entry.on_prediction(kept(time=100.0), offset=2)
+    assert (judged.outcome, judged.truth, entry.delay_s) == (Outcome.SCORED, "virginica", 50.0)
+
+
+def test_an_event_read_again_changes_nothing():
+    entry = Entry()
+    entry.on_prediction(kept(), offset=5)
+    entry.on_label(label(), arrived=200.0, offset=6)
+    before = Entry.from_bytes(entry.to_bytes())
+    assert entry.on_label(label(), arrived=300.0, offset=6) == []
+    assert entry.on_label(label("virginica"), arrived=300.0, offset=2) == []
+    assert entry.on_prediction(kept(predicted=2), offset=5) == []
+    assert entry == before
+
+
+def test_a_label_relayed_again_is_the_same_label_not_a_duplicate():
+    entry = Entry(kept=kept())
+    entry.on_label(label(), arrived=1.0, offset=1, source="0:7")
+    assert entry.on_label(label(), arrived=2.0, offset=2, source="0:7") == []
+    assert entry.on_label(label(), arrived=3.0, offset=3, source="0:8")[0].outcome is Outcome.DUPLICATE
+    for i in range(20):  # it remembers a few sources, not every one
+        entry.on_label(label(), arrived=4.0, offset=4 + i, source=f"1:{i}")
+    assert len(entry.sources) == 8 and entry.counts == {"duplicate": 21}
 
 
 def test_a_prediction_served_again_changes_nothing():
     entry = Entry(kept=kept(predicted=0))
-    entry.on_label(label(), now=200.0)
-    assert entry.on_prediction(kept(predicted=2), now=300.0) == []
+    entry.on_label(label(), arrived=200.0, offset=1)
+    assert entry.on_prediction(kept(predicted=2), offset=2) == []
     assert entry.kept.predicted == 0
+
+
+def test_a_retry_answered_after_a_dead_letter_is_the_one_judged():
+    entry = Entry(kept=kept(dead_letter="quota_exceeded"))
+    entry.on_prediction(kept(predicted=2), offset=1)
+    assert entry.kept.predicted == 2 and entry.kept.dead_letter is None
+    assert entry.on_prediction(kept(dead_letter="duplicate_request"), offset=2) == []
+    assert entry.kept.dead_letter is None
 
 
 def test_the_same_label_twice_is_a_duplicate_and_a_different_one_a_correction():
     entry = Entry(kept=kept())
-    entry.on_label(label("setosa"), now=200.0)
-    [again] = entry.on_label(label("setosa"), now=210.0)
+    entry.on_label(label("setosa"), arrived=200.0, offset=1)
+    [again] = entry.on_label(label("setosa"), arrived=210.0, offset=2)
     assert again.outcome is Outcome.DUPLICATE and again.truth is None
-    [corrected] = entry.on_label(label("virginica"), now=220.0)
-    assert (corrected.outcome, corrected.truth, corrected.replaces) == \
-        (Outcome.CORRECTION, "virginica", "setosa")
-    assert corrected.outcome.scored and not again.outcome.scored
+    [corrected] = entry.on_label(label("virginica"), arrived=220.0, offset=3)
+    assert (corrected.outcome, corrected.truth, entry.truth) == (Outcome.CORRECTION, "virginica", "virginica")
+    assert entry.delay_s == 100.0  # the first label's
+    assert entry.counts == {"duplicate": 1, "correction": 1}
+    waiting = Entry()
+    waiting.on_label(label("setosa"), arrived=1.0, offset=1)
+    assert waiting.on_label(label("setosa"), arrived=2.0, offset=2)[0].outcome is Outcome.DUPLICATE
 
 
 def test_labels_that_cannot_judge_their_prediction_are_counted_by_reason():
-    assert Entry(kept=kept()).on_label(label(3.5), now=1.0)[0].outcome is Outcome.WRONG_TYPE
-    regression = Kept("m", "1", "stable", 0.0, value=2.0)
-    assert Entry(kept=regression).on_label(label("a"), now=1.0)[0].outcome is Outcome.WRONG_TYPE
+    classifier = Entry(kept=kept())
+    assert classifier.on_label(label(3.5), arrived=1.0, offset=1)[0].outcome is Outcome.WRONG_TYPE
+    regression = Entry(kept=Kept("m", "1", "stable", 0.0, value=2.0))
+    assert regression.on_label(label("a"), arrived=1.0, offset=1)[0].outcome is Outcome.WRONG_TYPE
     dead = Entry(kept=kept(dead_letter="schema_mismatch"))
-    assert dead.on_label(label(), now=1.0)[0].outcome is Outcome.DEAD_LETTERED
+    assert dead.on_label(label(), arrived=1.0, offset=1)[0].outcome is Outcome.DEAD_LETTERED
+    assert not (classifier.scored or regression.scored or dead.scored)
+    assert dead.counts == {"dead_lettered": 1}
 
 
-def test_a_label_waits_no_longer_than_its_wait_and_a_prediction_no_longer_than_the_horizon():
+def test_a_label_waits_no_longer_than_its_wait_and_an_entry_lives_for_the_horizon():
     entry = Entry()
-    entry.on_label(label(), now=0.0)
+    entry.on_label(label(), arrived=0.0, offset=1)
     assert entry.expire(now=10.0, horizon_s=1000, wait_s=60) == (False, [])
     drop, [judged] = entry.expire(now=61.0, horizon_s=1000, wait_s=60)
-    assert drop and judged.outcome is Outcome.UNKNOWN_ID
+    assert not drop and judged.outcome is Outcome.UNKNOWN_ID and entry.counts == {"unknown_id": 1}
+    assert entry.expire(now=1001.0, horizon_s=1000, wait_s=60) == (True, [])
     answered = Entry(kept=kept(time=0.0))
     assert answered.expire(now=999.0, horizon_s=1000, wait_s=60) == (False, [])
     assert answered.expire(now=1001.0, horizon_s=1000, wait_s=60) == (True, [])
@@ -131,10 +171,57 @@ def test_a_label_waits_no_longer_than_its_wait_and_a_prediction_no_longer_than_t
 
 def test_an_entry_survives_its_table_round_trip():
     entry = Entry()
-    entry.on_label(Label("r-1", None, 2.5, 10.0), now=5.0)
+    entry.on_label(Label("r-1", None, 2.5, 10.0), arrived=5.0, offset=3)
     assert Entry.from_bytes(entry.to_bytes()) == entry
-    entry = Entry(kept=kept(), truth="setosa")
+    entry = Entry(kept=kept(), truth="setosa", delay_s=4.0, offset=9, counts={"duplicate": 2},
+                  sources=["0:1", "3:9"])
     assert Entry.from_bytes(entry.to_bytes()) == entry
+
+
+# The book: figures derived from entries.
+
+def classes_of(model, version):
+    return CLASSES
+
+
+def test_a_book_follows_its_entries_and_a_rebuilt_one_equals_it():
+    book, entries = Book(3600, classes_of), {}
+    events = [("r-1", kept(time=10.0)), ("r-2", label("virginica", id_="r-2")), ("r-1", label("setosa")),
+              ("r-2", kept(predicted=2, time=20.0)), ("r-1", label("versicolor")),
+              ("r-3", kept(dead_letter="schema_mismatch")), ("r-3", label("setosa", id_="r-3")),
+              ("r-4", label("setosa", id_="r-4"))]
+    for offset, (request_id, event) in enumerate(events):
+        with book.change(entries.setdefault(request_id, Entry())) as entry:
+            if isinstance(event, Kept):
+                entry.on_prediction(event, offset)
+            else:
+                entry.on_label(event, arrived=100.0, offset=offset)
+    rebuilt = Book(3600, classes_of)
+    for entry in entries.values():
+        rebuilt.add(entry)
+    [report] = book.reports()  # r-4's label still waits: counted nowhere yet
+    assert [report] == rebuilt.reports()
+    stable = report["routes"]["stable"]
+    assert stable["answers"] == 2 and stable["total"]["labelled"] == 2
+    assert Scores.from_dict(stable["total"]).report(regressor=False)["accuracy"] == 0.5  # r-1 corrected
+    assert report["outcomes"] == {"correction": 1, "dead_lettered": 1}
+    entries["r-4"].expire(now=1e9, horizon_s=1e10, wait_s=60)
+    rebuilt.add(entries["r-4"])
+    unanswered = next(r for r in rebuilt.reports() if r["model"] == "")
+    assert unanswered["outcomes"] == {"unknown_id": 1} and unanswered["routes"] == {}
+    assert list(stable["windows"]) == ["0"]
+
+
+def test_reports_of_partitions_add_up():
+    books = [Book(3600, classes_of) for _ in range(2)]
+    for i, truth in enumerate(["setosa", "virginica", "setosa"]):
+        entry = Entry(kept=kept(time=4000.0 * i))
+        entry.on_label(label(truth), arrived=5000.0 * i, offset=1)
+        books[i % 2].add(entry)
+    [merged] = merge_reports(r for book in books for r in book.reports()).values()
+    stable = merged["routes"]["stable"]
+    assert stable["answers"] == 3 and stable["total"].labelled == 3 and stable["total"].correct == 2
+    assert sorted(stable["windows"]) == [0, 3600, 7200]
 
 
 # Scores, checked against scikit-learn's figures.
@@ -236,3 +323,11 @@ def test_the_canary_test_compares_both_arms_on_their_labels():
     assert not canary_worse((180, 200), (185, 200), alpha=0.01, min_labelled=50).worse
     finding = canary_worse((140, 200), (190, 200), alpha=0.01, min_labelled=50)
     assert finding.worse and "canary accuracy 0.7000" in finding.detail
+
+
+def test_a_label_the_client_encodes_is_the_one_decoded():
+    assert decode_label(b"r-1", encode_label("r-1", "setosa")) == Label("r-1", "setosa", None, None)
+    assert decode_label(b"r-1", encode_label("r-1", 3, time=1e9)) == Label("r-1", None, 3.0, 1e9)
+    for bad in (True, None, float("nan"), ""):
+        with pytest.raises(ValueError):
+            encode_label("r-1", bad)

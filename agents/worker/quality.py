@@ -1,0 +1,195 @@
+"""Ground truth in the Faust app: labels joined with the answers they judge, live quality out.
+
+With STREAMSERVE_LABELS on, the serving hot path keeps each answer it gives (its version,
+route, class and probabilities or value; or that the request was dead-lettered) and
+sends them with each commit to ``<prefix>.label-join`` (``InferenceService.flush_rows``),
+in the partition of each request id's hash (``pipeline.quality.wire``). Two agents do the
+rest, a few events per second each:
+
+* ``relay`` reads ``<prefix>.labels`` (clients partition it as they like), checks each
+  label (a refusal is counted by outcome and logged, never a crash), and sends it on to
+  its id's partition of the join topic;
+* ``join`` keeps one ``Entry`` per request id in a changelog-backed table, so the
+  answers and the labels of an id meet in one partition whichever comes first, and
+  keeps each partition's ``Book`` (the figures, sums over the entries) up to date.
+  An entry lives for STREAMSERVE_LABEL_HORIZON after its answer; a label waits
+  STREAMSERVE_LABEL_WAIT_S for an answer, then counts as ``unknown_id``.
+
+Every STREAMSERVE_QUALITY_REPORT_S a worker sends each of its partitions' reports to
+``<prefix>.quality`` (keyed model:version) and sets the Prometheus gauges; a reader adds
+up the latest report of every partition (``pipeline.quality.merge_reports``).
+
+Counted once: everything reported is derived from the entries, and each entry
+remembers the last join event it took, so events read again after a crash (Faust
+commits after processing) change nothing; a book is rebuilt from the recovered table
+when its partition's first event arrives after an assignment.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import faust
+import orjson
+
+from agents.worker.metrics import Metrics
+from pipeline.config import Settings
+from pipeline.quality import Book, Entry, LabelRefusal, Scores, below_training, decode_label, merge_reports
+from pipeline.quality.book import TREND_WINDOWS
+from pipeline.quality.wire import join_partition, label_message, read_kept, read_label
+from pipeline.registry import Manifest, RegistryError
+from pipeline.slo import QUALITY_ALPHA
+from pipeline.topology import changelog_configs
+
+log = logging.getLogger(__name__)
+
+# How often a partition's entries are looked over for expiry (during its events).
+_EXPIRY_EVERY_S = 10.0
+# A report larger than this drops its windows (a model of very many classes): the totals stay.
+_MAX_REPORT_BYTES = 512 * 1024
+
+
+
+def add_quality_agents(app: faust.App, settings: Settings,
+                       manifest_of: Callable[[str, str], Manifest], metrics: Metrics) -> None:
+    """Wire the label relay and join into ``app``; ``manifest_of(model, version)`` gives a
+    version's signed manifest (raising RegistryError or OSError when it cannot be read)."""
+    q, topics = settings.quality, settings.topics
+    partitions = settings.kafka.request_partitions
+    raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
+                           "value_serializer": "raw"}
+    labels_topic = app.topic(topics.labels, **raw)
+    join_topic = app.topic(topics.label_join, partitions=partitions, **raw)
+    quality_topic = app.topic(topics.quality, **raw)
+    table = app.Table("label-join", default=None, key_type=bytes, value_type=bytes,
+                      partitions=partitions, extra_topic_configs=changelog_configs(settings))
+    books: dict[int, Book] = {}
+    looked: dict[int, float] = {}  # when each partition was last looked over for expiry
+
+    @functools.cache
+    def manifest(model: str, version: str) -> Manifest | None:
+        try:
+            return manifest_of(model, version)
+        except (RegistryError, OSError) as e:
+            log.error("labels of %s:%s cannot be scored: its manifest cannot be read (%s)",
+                      model, version, e)
+            return None
+
+    def classes_of(model: str, version: str) -> tuple[str, ...] | None:
+        m = manifest(model, version)
+        return m.outputs.labels if m is not None and not m.outputs.is_regressor else None
+
+    @app.on_partitions_revoked.connect
+    async def forget(sender: faust.App, revoked: object, **kwargs: object) -> None:
+        books.clear()
+        looked.clear()
+
+    def book_for(partition: int) -> Book:
+        if partition not in books:
+            book = Book(q.window_s, classes_of)
+            for key, value in table.items():
+                if join_partition(key.decode(), partitions) == partition:
+                    book.add(Entry.from_bytes(value))
+            books[partition] = book
+        return books[partition]
+
+    def apply(book: Book, request_id: str, step: Any) -> None:
+        key = request_id.encode()
+        stored = table.get(key)
+        entry = Entry.from_bytes(stored) if stored is not None else Entry()
+        with book.change(entry):
+            judged = step(entry)
+        for j in judged:
+            metrics.labels.labels(j.kept.model if j.kept is not None else "", str(j.outcome)).inc()
+            if j.outcome == "scored" and j.kept is not None and entry.delay_s is not None:
+                metrics.label_delay.labels(j.kept.model).observe(entry.delay_s)
+        updated = entry.to_bytes()
+        if updated != stored:
+            table[key] = updated
+
+    def expire(book: Book, partition: int, now: float) -> None:
+        if now - looked.get(partition, 0.0) < min(_EXPIRY_EVERY_S, q.wait_s / 2):
+            return
+        looked[partition] = now
+        for key, value in list(table.items()):
+            if join_partition(key.decode(), partitions) != partition:
+                continue
+            entry = Entry.from_bytes(value)
+            with book.change(entry):
+                drop, judged = entry.expire(now, q.horizon_s, q.wait_s)
+            for j in judged:
+                metrics.labels.labels("", str(j.outcome)).inc()
+            if drop:
+                book.add(entry, -1)
+                del table[key]
+            elif judged:
+                table[key] = entry.to_bytes()
+
+    @app.agent(labels_topic)
+    async def relay(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            label = decode_label(event.key, event.value)
+            if isinstance(label, LabelRefusal):
+                metrics.labels.labels("", str(label.outcome)).inc()
+                log.warning("label at %s:%d refused (%s): %s", event.message.topic,
+                            event.message.partition, label.outcome, label.error)
+                continue
+            source = f"{event.message.partition}:{event.message.offset}"
+            await join_topic.send(key=label.id.encode(), value=label_message(label, time.time(), source),
+                                  partition=join_partition(label.id, partitions))
+
+    @app.agent(join_topic)
+    async def join(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            message = event.message
+            book = book_for(message.partition)
+            if event.key:
+                label, arrived, source = read_label(event.value)
+                apply(book, label.id, lambda e: e.on_label(label, arrived, message.offset, source))
+            else:
+                for request_id, kept in read_kept(event.value):
+                    apply(book, request_id, lambda e, k=kept: e.on_prediction(k, message.offset))
+            expire(book, message.partition, time.time())
+
+    @app.timer(q.report_s)
+    async def report() -> None:
+        now = time.time()
+        for gauge in (metrics.quality_answers, metrics.quality_labelled, metrics.quality_correct,
+                      metrics.quality_log_loss, metrics.quality_absolute_error, metrics.quality_p_value):
+            gauge.clear()
+        reports = [(partition, r) for partition, book in list(books.items()) for r in book.reports()]
+        for (model, version), merged in merge_reports(r for _, r in reports).items():
+            m = manifest(model, version) if model and version else None
+            training = m.metrics.get("test_accuracy") if m is not None else None
+            if training is not None and not m.outputs.is_regressor:
+                recent = Scores()
+                for part in merged["routes"].values():
+                    for window in sorted(part["windows"])[-TREND_WINDOWS:]:
+                        recent.merge(part["windows"][window])
+                finding = below_training(recent.correct, recent.labelled, training, q.margin,
+                                         alpha=QUALITY_ALPHA, min_labelled=q.min_labels)
+                if finding.p_value is not None:
+                    metrics.quality_p_value.labels(model, version).set(finding.p_value)
+        for partition, r in reports:
+            for route, part in r["routes"].items():
+                _set_gauges(metrics, r["model"], r["version"], route, part)
+            value = orjson.dumps({**r, "partition": partition, "time": now})
+            if len(value) > _MAX_REPORT_BYTES:
+                for part in r["routes"].values():
+                    part["windows"] = {}
+                value = orjson.dumps({**r, "partition": partition, "time": now})
+            await quality_topic.send(key=f"{r['model']}:{r['version']}".encode(), value=value)
+
+
+def _set_gauges(metrics: Metrics, model: str, version: str, route: str, part: dict[str, Any]) -> None:
+    total = Scores.from_dict(part["total"])
+    labels = (model, version, route)
+    metrics.quality_answers.labels(*labels).inc(part["answers"])
+    metrics.quality_labelled.labels(*labels).inc(total.labelled)
+    metrics.quality_correct.labels(*labels).inc(total.correct)
+    metrics.quality_log_loss.labels(*labels).inc(total.log_loss)
+    metrics.quality_absolute_error.labels(*labels).inc(total.absolute_error)
