@@ -13,7 +13,9 @@ rest, a few events per second each:
   answers and the labels of an id meet in one partition whichever comes first, and
   keeps each partition's ``Book`` (the figures, sums over the entries) up to date.
   An entry lives for STREAMSERVE_LABEL_HORIZON after its answer; a label waits
-  STREAMSERVE_LABEL_WAIT_S for an answer, then counts as ``unknown_id``.
+  STREAMSERVE_LABEL_WAIT_S for an answer, then counts as ``unknown_id``; a partition
+  keeps at most STREAMSERVE_LABEL_MAX_UNANSWERED labels without an answer (labels for
+  made-up ids are dropped beyond it, not kept).
 
 Every STREAMSERVE_QUALITY_REPORT_S a worker sends each of its partitions' reports to
 ``<prefix>.quality`` (keyed model:version) and sets the Prometheus gauges; a reader adds
@@ -38,7 +40,16 @@ import orjson
 
 from agents.worker.metrics import Metrics
 from pipeline.config import Settings
-from pipeline.quality import Book, Entry, LabelRefusal, Scores, below_training, decode_label, merge_reports
+from pipeline.quality import (
+    Book,
+    Entry,
+    LabelRefusal,
+    Outcome,
+    Scores,
+    below_training,
+    decode_label,
+    merge_reports,
+)
 from pipeline.quality.book import TREND_WINDOWS
 from pipeline.quality.wire import join_partition, label_message, read_kept, read_label
 from pipeline.registry import Manifest, RegistryError
@@ -149,6 +160,12 @@ def add_quality_agents(app: faust.App, settings: Settings,
             book = book_for(message.partition)
             if event.key:
                 label, arrived, source = read_label(event.value)
+                if book.unanswered >= q.max_unanswered and table.get(label.id.encode()) is None:
+                    metrics.labels.labels("", str(Outcome.DROPPED)).inc()
+                    log.warning("label of %s dropped: %d labels of this partition wait for an "
+                                "answer or matched none (STREAMSERVE_LABEL_MAX_UNANSWERED)",
+                                label.id, book.unanswered)
+                    continue
                 apply(book, label.id, lambda e: e.on_label(label, arrived, message.offset, source))
             else:
                 for request_id, kept in read_kept(event.value):

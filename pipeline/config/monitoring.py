@@ -57,6 +57,11 @@ class QualitySettings:
     wait_s: int = setting(
         3600, "STREAMSERVE_LABEL_WAIT_S",
         "Seconds a label that came before its answer waits for it, then counts as unknown_id.")
+    max_unanswered: int = setting(
+        100_000, "STREAMSERVE_LABEL_MAX_UNANSWERED",
+        "Labels without an answer (waiting for it, or counted unknown_id) one join partition "
+        "keeps; beyond it, a label for an id no worker answered is dropped (outcome dropped), "
+        "so labels for made-up ids cannot fill a worker's memory.")
     report_s: float = setting(
         5.0, "STREAMSERVE_QUALITY_REPORT_S",
         "Seconds between quality reports to <prefix>.quality and Prometheus.")
@@ -79,6 +84,8 @@ class QualitySettings:
                           ("window_s", "STREAMSERVE_QUALITY_WINDOW_S")):
             check(getattr(self, name) > 0, env, f"must be positive, got {getattr(self, name)}")
         check(0 <= self.margin < 1, "STREAMSERVE_QUALITY_MARGIN", f"must lie in [0, 1), got {self.margin}")
+        check(self.max_unanswered >= 1, "STREAMSERVE_LABEL_MAX_UNANSWERED",
+              f"must be at least 1, got {self.max_unanswered}")
         check(self.min_labels >= 1, "STREAMSERVE_QUALITY_MIN_LABELS", f"must be at least 1, got {self.min_labels}")
 
 

@@ -34,11 +34,14 @@ class Book:
         self.scores: dict[tuple[str, str, str, int], Scores] = {}  # (model, version, route, window)
         self.counts: dict[tuple[str, str, str], Counter[str]] = {}  # (model, version, route)
         self.answers: Counter[tuple[str, str, str]] = Counter()  # answers kept, not dead letters
+        self.unanswered = 0  # entries of labels no answer came for (waiting, or unknown_id)
 
     def add(self, entry: Entry, weight: int = 1) -> None:
         kept = entry.kept
         if kept is not None and kept.dead_letter is None:
             self.answers[(kept.model, kept.version, kept.route)] += weight
+        elif kept is None and (entry.waiting is not None or entry.counts):
+            self.unanswered += weight
         if entry.counts:
             who = (kept.model, kept.version, kept.route) if kept is not None else UNANSWERED
             counts = self.counts.setdefault(who, Counter())

@@ -23,7 +23,8 @@ class Outcome(StrEnum):
     UNKNOWN_ID = "unknown_id"
     # The request was dead-lettered: there is no prediction to judge.
     DEAD_LETTERED = "dead_lettered"
-    # More labels wait for their predictions than the join keeps: the oldest is dropped.
+    # A label for an id with no answer, when its partition already keeps as many such
+    # labels as STREAMSERVE_LABEL_MAX_UNANSWERED allows: not kept, counted in metrics only.
     DROPPED = "dropped"
 
     @property

@@ -3,8 +3,9 @@ open no breaker for others (the December 2026 reliability review, sections 1, 2 
 
 A worker starts on a control topic holding an unreadable record; then normal requests go
 out mixed with requests whose dead letters once grew past the broker's limit, and with a
-flood of requests whose deadline had passed; and a canary starts and is rolled back again
-and again while requests are served. Every request must get exactly one answer carrying
+flood of requests whose deadline had passed, while labels that are no labels and labels
+for made-up ids flood the label join; and a canary starts and is rolled back again and
+again while requests are served. Every request must get exactly one answer carrying
 its id (the ledger), every normal one a prediction, and the worker must stop on SIGTERM
 by itself.
 """
@@ -47,9 +48,32 @@ def oversized(run_id: str) -> list[bytes]:
             for i, pad in enumerate([b'\\"' * 300_000, b"\\u0001" * 100_000])]
 
 
+def hostile_labels(run_id: str) -> list[tuple[bytes | None, bytes]]:
+    """(key, value) of labels a worker must refuse, each counted malformed, and of labels
+    for ids no worker answered, kept only up to STREAMSERVE_LABEL_MAX_UNANSWERED."""
+    refused = [(None, b""), (None, b'{"id": "x", "label": "%s"}' % (b"a" * 10_000)),  # over 4 KiB
+               (None, b"[" * 2000 + b"]" * 2000), (None, b"\xff\xfe{"),  # too deep; not UTF-8
+               (b"someone-else", b'{"id": "%s-0", "label": "setosa"}' % run_id.encode()),
+               (None, b'{"id": "%s-1", "label": {"nested": 1}}' % run_id.encode())]
+    made_up = [(None, b'{"id": "%s-made-up-%d", "label": "setosa"}' % (run_id.encode(), i))
+               for i in range(300)]
+    return refused + made_up
+
+
+async def _send_labels(fleet: Fleet, labels: list[tuple[bytes | None, bytes]]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=fleet.bootstrap, acks="all")
+    await producer.start()
+    try:
+        for key, value in labels:
+            await producer.send(fleet.settings.topics.labels, key=key, value=value)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
 def _hostile(fleet: Fleet) -> None:
     asyncio.run(_write_control(fleet, b'{"model": "iris", "stable": "1", "revision": 99, "note": 1}'))
-    worker = fleet.start()
+    worker = fleet.start(STREAMSERVE_LABELS="on", STREAMSERVE_LABEL_MAX_UNANSWERED="10")
     normal = requests(fleet.run_id, 600)
     expired = [orjson.dumps({**orjson.loads(r), "id": f"{fleet.run_id}-late-{i}", "deadline_ms": 1})
                for i, r in enumerate(requests(fleet.run_id, 50))]
@@ -57,7 +81,12 @@ def _hostile(fleet: Fleet) -> None:
         # Expired first (with 50 of them in a row, a breaker that counted them would open),
         # then the oversized ones among the normal requests.
         fleet.send(expired + normal[:300] + oversized(fleet.run_id) + normal[300:], ensure=False)
+        asyncio.run(_send_labels(fleet, hostile_labels(fleet.run_id)))
         report, recovery_s = fleet.settle(len(normal) + len(expired) + 2)
+        malformed = _metric_lines(worker, 'streamserve_labels_total{model="",outcome="malformed"} 6.0')
+        kept = 10 * fleet.settings.kafka.request_partitions  # made-up ids kept, at most
+        dropped = _metric_at_least(worker, 'streamserve_labels_total{model="",outcome="dropped"}',
+                                   300 - kept)
         # Counted once acknowledged (exactly-once: committed), a moment after readers see them.
         too_large = _metric_lines(
             worker, 'streamserve_deadletters_total{model="",reason="too_large"} 2.0')
@@ -73,6 +102,9 @@ def _hostile(fleet: Fleet) -> None:
     # Expired before the worker took them: the senders' own, no server failure (SLO).
     assert 'streamserve_deadletters_total{model="iris",reason="arrived_late"} 50.0' in metrics
     assert 'reason="deadline_exceeded"' not in metrics
+    # Labels: every refusal counted, the made-up ids kept only up to the bound per partition.
+    assert malformed, "the six labels that are no labels were not counted as malformed"
+    assert dropped >= 300 - kept, dropped
     assert stopped != -signal.SIGKILL, "the worker did not stop on SIGTERM within 30 s"
 
 
@@ -186,6 +218,17 @@ def _metric_lines(worker, start: str, timeout: float = 60) -> list[str]:
         lines = [line for line in worker.metrics().splitlines() if line.startswith(start)]
         if lines or time.monotonic() > deadline:
             return lines
+        time.sleep(0.2)
+
+
+def _metric_at_least(worker, series: str, value: float, timeout: float = 60) -> float:
+    """The value of ``series`` once it reaches ``value`` (or what it is after ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in worker.metrics().splitlines() if line.startswith(series + " ")]
+        seen = float(lines[0].split()[-1]) if lines else 0.0
+        if seen >= value or time.monotonic() > deadline:
+            return seen
         time.sleep(0.2)
 
 

@@ -200,6 +200,7 @@ def test_a_book_follows_its_entries_and_a_rebuilt_one_equals_it():
     for entry in entries.values():
         rebuilt.add(entry)
     [report] = book.reports()  # r-4's label still waits: counted nowhere yet
+    assert book.unanswered == rebuilt.unanswered == 1
     assert [report] == rebuilt.reports()
     stable = report["routes"]["stable"]
     assert stable["answers"] == 2 and stable["total"]["labelled"] == 2
@@ -209,6 +210,7 @@ def test_a_book_follows_its_entries_and_a_rebuilt_one_equals_it():
     rebuilt.add(entries["r-4"])
     unanswered = next(r for r in rebuilt.reports() if r["model"] == "")
     assert unanswered["outcomes"] == {"unknown_id": 1} and unanswered["routes"] == {}
+
     assert list(stable["windows"]) == ["0"]
 
 
