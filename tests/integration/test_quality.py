@@ -1,8 +1,10 @@
-"""Ground truth on the real broker: answers joined with labels sent later (and some sent
-first), with a known share wrong, so the accuracy every reader shows is exact: the
-`quality report --json` command, the worker's metrics and the quality topic. Duplicates,
-a correction, a label of the wrong type, a label for a dead-lettered request, labels for
-ids never served, and a label that is no label are each counted by what became of them."""
+"""Ground truth on the real broker, in one stream of traffic: answers joined with labels
+sent later (and some sent first), a known share of them wrong, while the worker is
+killed with SIGKILL and restarted mid-stream. The accuracy every reader shows (the
+`quality report --json` command, the worker's metrics, the quality topic) is exactly
+what the answers and labels give, each label counted once; duplicates, a correction, a
+label of the wrong type, a label for a dead-lettered request, labels for ids never
+served and a label that is no label are each counted by what became of them."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import time
 import orjson
 import pytest
 
+from agents.dev.fleet import WorkerProcess
 from models.datasets import load as load_dataset
 from pipeline.quality import encode_label
 from tests.conftest import start_worker
@@ -20,16 +23,8 @@ from tests.integration.external import cli
 pytestmark = pytest.mark.integration
 
 IRIS = load_dataset("iris")
-N, WRONG, EARLY = 300, 60, 20  # answers labelled, of them labelled wrong, labels sent first
-
-
-@pytest.fixture(scope="module")
-def worker(kafka_bootstrap, registry_dir, tmp_path_factory):
-    worker = start_worker(kafka_bootstrap, registry_dir, tmp_path_factory.mktemp("quality") / "worker.log",
-                          STREAMSERVE_LABELS="on", STREAMSERVE_QUALITY_REPORT_S="1",
-                          STREAMSERVE_LABEL_WAIT_S="8")
-    yield worker
-    worker.stop()
+ROUNDS, PER = 5, 200
+CRASH_ROUND = 3
 
 
 def request(request_id: str, i: int) -> bytes:
@@ -41,123 +36,92 @@ def other(label: str) -> str:
     return next(name for name in ("setosa", "versicolor", "virginica") if name != label)
 
 
+def answers(s, round_ids: list[str]) -> dict[str, str]:
+    """The class answered to each of ``round_ids`` (after a crash, some twice: alike)."""
+    wanted, found = set(round_ids), {}
+    deadline = time.monotonic() + 90
+    while wanted - set(found):
+        assert time.monotonic() < deadline, f"{len(wanted - set(found))} requests unanswered"
+        for a in run(collect(s.bootstrap, [s.topics.predictions], expected=len(wanted), timeout=10,
+                             where=lambda a: a.value["id"] in wanted)):
+            found[a.value["id"]] = a.value["outputs"][1]["data"][0]
+    return found
+
+
 def quality(worker) -> list[dict]:
     result = cli(worker.env, "quality", "report", "iris", "--json")
     assert result.returncode == 0, result.stderr
     return [orjson.loads(line) for line in result.stdout.splitlines()]
 
 
-def test_labels_joined_with_answers_give_the_exact_accuracy_everywhere(worker):
+def test_labels_give_the_exact_accuracy_everywhere_through_a_kill_9(kafka_bootstrap, registry_dir, tmp_path):
+    env = {"STREAMSERVE_LABELS": "on", "STREAMSERVE_QUALITY_REPORT_S": "1", "STREAMSERVE_LABEL_WAIT_S": "20"}
+    worker = start_worker(kafka_bootstrap, registry_dir, tmp_path / "worker.log", **env)
+    restarted = None
     s, t = worker.settings, worker.settings.topics
-    # Labels for the first EARLY requests go out before the requests: they wait.
-    truth = {f"g-{i}": IRIS.labels[IRIS.y[i % len(IRIS.X)]] for i in range(N)}
-    run(produce(s.bootstrap, t.labels, [encode_label(f"g-{i}", truth[f"g-{i}"]) for i in range(EARLY)]))
-    bad_request = orjson.dumps({"id": "bad-1", "model": "iris", "features": {"nope": 1.0}})
-    run(produce(s.bootstrap, t.requests, [request(f"g-{i}", i) for i in range(N)] + [bad_request]))
-    answers = run(collect(s.bootstrap, [t.predictions, t.deadletter], expected=N + 1, timeout=60))
-    predicted = {r.value["id"]: r.value["outputs"][1]["data"][0] for r in answers if r.topic == t.predictions}
-    assert len(predicted) == N
-    # The labels: the model's own class for all but WRONG of them (whatever its accuracy),
-    # so the accuracy on labels is exactly (N - WRONG) / N.
-    wrong = {f"g-{i}" for i in range(EARLY, EARLY + WRONG)}
-    labels = [encode_label(i, other(predicted[i]) if i in wrong else predicted[i]) for i in
-              (f"g-{n}" for n in range(EARLY, N))]
-    early_wrong = sum(predicted[f"g-{i}"] != truth[f"g-{i}"] for i in range(EARLY))
-    corrected = "g-250"  # labelled wrong first, then right: a correction
-    labels[230:230] = [encode_label(corrected, other(predicted[corrected]))]
-    duplicates = [encode_label(f"g-{i}", predicted[f"g-{i}"]) for i in range(100, 110)]
-    odd = [encode_label("g-120", 2.5),  # a number for a classifier
-           encode_label("bad-1", "setosa"),  # its request was dead-lettered
-           *(encode_label(f"never-{i}", "setosa") for i in range(3)),  # no such request
-           b"{not a label"]
-    run(produce(s.bootstrap, t.labels, labels + duplicates + odd))
-
-    expected_accuracy = (N - WRONG - early_wrong) / N
-    deadline = time.monotonic() + 90
-    while True:
-        # Requests after the labels' wait make every partition look for expired labels.
-        run(produce(s.bootstrap, t.requests, [request(f"h-{i}-{time.monotonic()}", i) for i in range(40)]))
-        reports = quality(worker)
-        version = reports[0] if reports else {}
-        if (version.get("labelled") == N and version.get("unmatched_labels") == 3
-                and sum(version["outcomes"].values()) == 12 and version["refused_labels"] == 1):
-            break
-        assert time.monotonic() < deadline, (orjson.dumps(reports).decode()[:3000], worker.log_tail())
-        time.sleep(1)
+    ids = [[f"k{r}-{i}" for i in range(PER)] for r in range(ROUNDS)]
+    truth = {i: IRIS.labels[IRIS.y[n % len(IRIS.X)]] for r in ids for n, i in enumerate(r)}
+    final: dict[str, str] = {}  # the label each answer is judged on
+    predicted: dict[str, str] = {}
+    try:
+        # Labels that judge nothing, early: their wait runs out while the rest flows.
+        run(produce(s.bootstrap, t.labels, [encode_label(f"never-{i}", "setosa") for i in range(3)]
+                    + [encode_label("bad-1", "setosa"), b"{not a label"]))
+        run(produce(s.bootstrap, t.requests, [orjson.dumps({"id": "bad-1", "model": "iris",
+                                                            "features": {"nope": 1.0}})]))
+        for r, round_ids in enumerate(ids):
+            early = {i: truth[i] for i in round_ids[::5]}  # sent before their requests: they wait
+            run(produce(s.bootstrap, t.labels, [encode_label(i, label) for i, label in early.items()]))
+            final.update(early)
+            run(produce(s.bootstrap, t.requests, [request(i, n) for n, i in enumerate(round_ids)]))
+            if r == CRASH_ROUND:  # labels of the last round and these requests in flight
+                time.sleep(0.3)
+                worker.kill()
+                restarted = WorkerProcess.start(tmp_path / "restarted.log", worker.env)
+            predicted.update(answers(s, round_ids))
+            # The rest of the round's labels: one in four wrong.
+            later = {i: other(predicted[i]) if n % 4 == 1 else predicted[i]
+                     for n, i in enumerate(round_ids) if i not in early}
+            run(produce(s.bootstrap, t.labels, [encode_label(i, label) for i, label in later.items()]))
+            final.update(later)
+        corrected = "k0-3"  # labelled again, differently: the later label wins
+        final[corrected] = other(final[corrected])
+        run(produce(s.bootstrap, t.labels,
+                    [encode_label(corrected, final[corrected]), encode_label("k0-6", 2.5)]  # a number
+                    + [encode_label(i, final[i]) for i in ids[1][:10]]))  # sent twice
+        n = ROUNDS * PER
+        correct = sum(final[i] == predicted[i] for i in final)
+        deadline = time.monotonic() + 90
+        while True:
+            reports = quality(restarted)
+            version = reports[0] if reports else {}
+            if (version.get("labelled") == n and version.get("unmatched_labels") == 3
+                    and sum(version["outcomes"].values()) == 12 and version["refused_labels"] == 1):
+                break
+            assert time.monotonic() < deadline, (orjson.dumps(reports).decode()[:3000], restarted.log_tail())
+            run(produce(s.bootstrap, t.requests, [request(f"more-{time.monotonic()}-{i}", i) for i in range(40)]))
+            time.sleep(1)  # requests after the labels' wait: every partition looks for expired labels
+        metrics = restarted.metrics()
+        reports = run(collect(s.bootstrap, [t.quality], expected=10**9, timeout=3))
+        text = cli(restarted.env, "quality", "report", "iris").stdout
+    finally:
+        for w in (worker, restarted):
+            if w is not None:
+                w.stop()
     assert (version["model"], version["version"], version["kind"]) == ("iris", "1", "classifier")
-    assert version["accuracy"] == pytest.approx(expected_accuracy, abs=1e-12)
+    assert version["accuracy"] == pytest.approx(correct / n, abs=1e-12)
     assert version["outcomes"] == {"duplicate": 10, "correction": 1, "wrong_type": 1}
-    assert version["answers"] >= N and version["routes"]["stable"]["labelled"] == N
+    assert version["answers"] >= n and version["routes"]["stable"]["labelled"] == n
     assert version["training"]["test_accuracy"] > 0.8 and 0 <= version["log_loss"]
     assert 0 <= version["expected_calibration_error"] <= 1 and version["label_delay_p50_s"] > 0
 
-    metrics = worker.metrics()
-    assert 'streamserve_quality_labelled{model="iris",route="stable",version="1"} 300.0' in metrics
-    assert f'streamserve_quality_correct{{model="iris",route="stable",version="1"}} ' \
-           f'{float(N - WRONG - early_wrong)}' in metrics
-    assert 'streamserve_labels_total{model="",outcome="malformed"} 1.0' in metrics
-
-    reports = run(collect(s.bootstrap, [t.quality], expected=10**9, timeout=3))
+    assert f'streamserve_quality_labelled{{model="iris",route="stable",version="1"}} {float(n)}' in metrics
+    assert f'streamserve_quality_correct{{model="iris",route="stable",version="1"}} {float(correct)}' in metrics
     latest = {}
     for record in reports:
         report = record.value
         assert record.key == f"{report['model']}:{report['version']}".encode()
         if (report["model"], report["version"]) == ("iris", "1"):
             latest[report["partition"]] = report
-    assert sum(r["routes"]["stable"]["total"]["labelled"] for r in latest.values()) == N
-
-    text = cli(worker.env, "quality", "report", "iris").stdout
-    assert "version 1 (classifier)" in text and f"{expected_accuracy:.4f}" in text
-
-
-def test_a_worker_killed_mid_stream_reports_what_one_that_never_stopped_would(
-        kafka_bootstrap, registry_dir, tmp_path):
-    """Requests and labels (some labels first, some twice) flow while the worker is
-    killed with SIGKILL and restarted: the figures are exactly those the answers and
-    labels give, each label counted once (a label read again or relayed again is no
-    duplicate, an answer served again no second answer)."""
-    from agents.dev.fleet import WorkerProcess
-
-    worker = start_worker(kafka_bootstrap, registry_dir, tmp_path / "killed.log",
-                          STREAMSERVE_LABELS="on", STREAMSERVE_QUALITY_REPORT_S="1")
-    restarted = None
-    s, t = worker.settings, worker.settings.topics
-    rounds, per = 6, 300
-    truth = {f"k{r}-{i}": IRIS.labels[IRIS.y[(r + i) % len(IRIS.X)]] for r in range(rounds) for i in range(per)}
-
-    def labels(r: int, early: bool) -> list[bytes]:
-        return [encode_label(f"k{r}-{i}", truth[f"k{r}-{i}"]) for i in range(per) if (i % 5 == 0) == early]
-
-    try:
-        for r in range(rounds):
-            run(produce(s.bootstrap, t.labels, labels(r, early=True)))
-            run(produce(s.bootstrap, t.requests, [request(f"k{r}-{i}", r + i) for i in range(per)]))
-            if r:
-                run(produce(s.bootstrap, t.labels, labels(r - 1, early=False)))
-            if r == 3:  # mid-stream: labels of round 2 and requests of round 3 in flight
-                time.sleep(0.3)
-                worker.kill()
-                restarted = WorkerProcess.start(tmp_path / "restarted.log", worker.env)
-        run(produce(s.bootstrap, t.labels, labels(rounds - 1, early=False)
-                    + [encode_label(f"k0-{i}", truth[f"k0-{i}"]) for i in range(10)]))  # sent twice
-        answers = run(collect(s.bootstrap, [t.predictions], expected=rounds * per, timeout=120))
-        predicted = {r.value["id"]: r.value["outputs"][1]["data"][0] for r in answers}
-        assert len(predicted) == rounds * per
-        correct = sum(predicted[i] == truth[i] for i in truth)
-        deadline = time.monotonic() + 90
-        while True:
-            reports = quality(restarted)
-            version = reports[0] if reports else {}
-            if version.get("labelled") == rounds * per and sum(version["outcomes"].values()) >= 10:
-                break
-            assert time.monotonic() < deadline, (reports, restarted.log_tail())
-            time.sleep(1)
-        time.sleep(2)  # a second report of every partition: nothing more comes
-        version = quality(restarted)[0]
-    finally:
-        for w in (worker, restarted):
-            if w is not None:
-                w.stop()
-    assert version["labelled"] == version["answers"] == rounds * per
-    assert version["accuracy"] == pytest.approx(correct / (rounds * per), abs=1e-12)
-    assert version["outcomes"] == {"duplicate": 10} and version["unmatched_labels"] == 0
+    assert sum(r["routes"]["stable"]["total"]["labelled"] for r in latest.values()) == n
+    assert "version 1 (classifier)" in text and f"{correct / n:.4f}" in text
