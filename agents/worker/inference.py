@@ -47,6 +47,7 @@ from pipeline.drift import CodedRows, watched_columns
 from pipeline.isolation import RowFailure, serve_isolated
 from pipeline.messages import PredictionEncoder
 from pipeline.outputs import Incoming, Outgoing
+from pipeline.quality.significance import CANARY_ALPHA, canary_worse
 from pipeline.quality.wire import KeptAnswers
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import Route, RouteDecision
@@ -352,6 +353,21 @@ class InferenceService:
             self._judged.add(key)
             del self._judges[key]
             self._on_canary_verdict(model, spec.revision, verdict)
+
+    def judge_canary_on_labels(self, model: str, canary: tuple[int, int], stable: tuple[int, int]) -> None:
+        """During ``model``'s canary, judge it on labels: ``canary`` and ``stable`` are each
+        arm's (correct, labelled) answers since the canary began, on this worker's join
+        partitions. Less accurate than stable (``canary_worse``): rolled back."""
+        spec = self._serving.deployment.specs.get(model)
+        if spec is None or spec.canary is None or (model, spec.revision) in self._judged:
+            return
+        finding = canary_worse(canary, stable, CANARY_ALPHA, self._settings.canary.min_labels)
+        if finding.worse and self._on_canary_verdict is not None:
+            key = (model, spec.revision)
+            self._judged.add(key)
+            self._judges.pop(key, None)
+            self._on_canary_verdict(model, spec.revision, CanaryVerdict(
+                "rollback", f"less accurate than stable on labels: {finding.detail}"))
 
     async def _shadow(self, deployment: Deployment, model: str, shadow: str, primary: str,
                       served_group: _Served) -> list[Outgoing]:

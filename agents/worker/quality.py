@@ -18,8 +18,11 @@ rest, a few events per second each:
   made-up ids are dropped beyond it, not kept).
 
 Every STREAMSERVE_QUALITY_REPORT_S a worker sends each of its partitions' reports to
-``<prefix>.quality`` (keyed model:version) and sets the Prometheus gauges; a reader adds
-up the latest report of every partition (``pipeline.quality.merge_reports``).
+``<prefix>.quality`` (keyed model:version) and sets the Prometheus gauges (a reader adds
+up the latest report of every partition: ``pipeline.quality.merge_reports``), tests each
+version's accuracy against its training accuracy (the alert's p-value), and judges each
+canary against stable on the labels of its partitions since the canary's first window
+(``InferenceService.judge_canary_on_labels``: less accurate is rolled back).
 
 Counted once: everything reported is derived from the entries, and each entry
 remembers the last join event it took, so events read again after a crash (Faust
@@ -38,6 +41,7 @@ from typing import Any
 import faust
 import orjson
 
+from agents.worker.inference import InferenceService
 from agents.worker.metrics import Metrics
 from pipeline.config import Settings
 from pipeline.quality import (
@@ -65,10 +69,11 @@ _MAX_REPORT_BYTES = 512 * 1024
 
 
 
-def add_quality_agents(app: faust.App, settings: Settings,
-                       manifest_of: Callable[[str, str], Manifest], metrics: Metrics) -> None:
+def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable[[str, str], Manifest],
+                       inference: InferenceService, metrics: Metrics) -> None:
     """Wire the label relay and join into ``app``; ``manifest_of(model, version)`` gives a
-    version's signed manifest (raising RegistryError or OSError when it cannot be read)."""
+    version's signed manifest (raising RegistryError or OSError when it cannot be read);
+    ``inference`` serves, and judges canaries on labels too."""
     q, topics = settings.quality, settings.topics
     partitions = settings.kafka.request_partitions
     raw: dict[str, Any] = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw",
@@ -179,7 +184,9 @@ def add_quality_agents(app: faust.App, settings: Settings,
                       metrics.quality_log_loss, metrics.quality_absolute_error, metrics.quality_p_value):
             gauge.clear()
         reports = [(partition, r) for partition, book in list(books.items()) for r in book.reports()]
-        for (model, version), merged in merge_reports(r for _, r in reports).items():
+        by_version = merge_reports(r for _, r in reports)
+        _judge_canaries(inference, by_version)
+        for (model, version), merged in by_version.items():
             m = manifest(model, version) if model and version else None
             training = m.metrics.get("test_accuracy") if m is not None else None
             if training is not None and not m.outputs.is_regressor:
@@ -200,6 +207,24 @@ def add_quality_agents(app: faust.App, settings: Settings,
                     part["windows"] = {}
                 value = orjson.dumps({**r, "partition": partition, "time": now})
             await quality_topic.send(key=f"{r['model']}:{r['version']}".encode(), value=value)
+
+
+def _judge_canaries(inference: InferenceService, by_version: dict[tuple[str, str], dict[str, Any]]) -> None:
+    """Each canary's (correct, labelled) answers and stable's over the same windows (from
+    the canary's first), for ``InferenceService.judge_canary_on_labels``."""
+    for model, spec in inference.deployment.specs.items():
+        if spec.canary is None:
+            continue
+        canary = by_version.get((model, spec.canary.version), {}).get("routes", {}).get("canary")
+        stable = by_version.get((model, spec.stable), {}).get("routes", {}).get("stable")
+        if not canary or not canary["windows"] or not stable:
+            continue
+        since = min(canary["windows"])
+        arms = []
+        for windows in (canary["windows"], stable["windows"]):
+            scores = [w for start, w in windows.items() if start >= since]
+            arms.append((sum(w.correct for w in scores), sum(w.labelled for w in scores)))
+        inference.judge_canary_on_labels(model, arms[0], arms[1])
 
 
 def _set_gauges(metrics: Metrics, model: str, version: str, route: str, part: dict[str, Any]) -> None:

@@ -97,7 +97,8 @@ def run_worker(settings: Settings, metrics_port: int | None) -> None:
     add_drift_agent(app, settings, reference_of, metrics)
     if settings.quality.enabled:
         add_quality_agents(app, settings, lambda model, version: verify_version(
-            registry, model, version, trusted, settings.registry.allow_unsigned).manifest, metrics)
+            registry, model, version, trusted, settings.registry.allow_unsigned).manifest,
+            inference, metrics)
     changelogs = [table.changelog_topic.get_topic_name() for table in app.tables.values()]
     watch = BrokerWatch(settings, metrics, [*topics.all, *changelogs], replicas)
     heartbeat.beat()  # the loop that beats next is Faust's; its heartbeat service starts first

@@ -126,9 +126,15 @@ class CanarySettings:
     promote_after: int = setting(
         0, "STREAMSERVE_CANARY_PROMOTE_AFTER",
         "Promote a canary automatically after this many healthy requests (0: never).")
+    min_labels: int = setting(
+        100, "STREAMSERVE_CANARY_MIN_LABELS",
+        "With STREAMSERVE_LABELS on: labelled answers each of canary and stable need on a "
+        "worker (since the canary's first window) before the canary is judged on labels; "
+        "rollback when a one-sided Fisher exact test finds it less accurate (p < 0.01).")
     policy: CanaryPolicy = derived()
 
     def __post_init__(self) -> None:
+        check(self.min_labels >= 1, "STREAMSERVE_CANARY_MIN_LABELS", f"must be at least 1, got {self.min_labels}")
         try:
             derive(self, "policy", CanaryPolicy(
                 min_requests=self.min_requests, window=max(1000, self.min_requests),

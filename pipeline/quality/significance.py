@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 from scipy.stats import binomtest, fisher_exact
 
+# A canary found less accurate than stable at this level is rolled back.
+CANARY_ALPHA = 0.01
+
 
 @dataclass(frozen=True, slots=True)
 class Finding:

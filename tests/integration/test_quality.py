@@ -4,21 +4,28 @@ killed with SIGKILL and restarted mid-stream. The accuracy every reader shows (t
 `quality report --json` command, the worker's metrics, the quality topic) is exactly
 what the answers and labels give, each label counted once; duplicates, a correction, a
 label of the wrong type, a label for a dead-lettered request, labels for ids never
-served and a label that is no label are each counted by what became of them."""
+served and a label that is no label are each counted by what became of them. Then a
+canary that labels find worse than stable, though its errors, latency and predicted
+classes look like stable's, is rolled back on labels alone."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import orjson
 import pytest
 
 from agents.dev.fleet import WorkerProcess
+from agents.kafka.audit import read_entries
+from agents.kafka.control import read_specs
 from models.datasets import load as load_dataset
+from models.train import train_and_register
 from pipeline.quality import encode_label
-from tests.conftest import start_worker
+from pipeline.registry import Registry
+from tests.conftest import iris_registry, start_worker
 from tests.integration.clients import collect, produce, run
-from tests.integration.external import cli
+from tests.integration.external import cli, wait_for_metric
 
 pytestmark = pytest.mark.integration
 
@@ -55,8 +62,10 @@ def quality(worker) -> list[dict]:
 
 
 def test_labels_give_the_exact_accuracy_everywhere_through_a_kill_9(kafka_bootstrap, registry_dir, tmp_path):
+    root, keys = iris_registry(registry_dir, tmp_path)
+    train_and_register("iris", Registry(root), seed=1, signing_key=Path(keys["STREAMSERVE_SIGNING_KEY"]))
     env = {"STREAMSERVE_LABELS": "on", "STREAMSERVE_QUALITY_REPORT_S": "1", "STREAMSERVE_LABEL_WAIT_S": "20"}
-    worker = start_worker(kafka_bootstrap, registry_dir, tmp_path / "worker.log", **env)
+    worker = start_worker(kafka_bootstrap, root, tmp_path / "worker.log", **env)
     restarted = None
     s, t = worker.settings, worker.settings.topics
     ids = [[f"k{r}-{i}" for i in range(PER)] for r in range(ROUNDS)]
@@ -64,6 +73,10 @@ def test_labels_give_the_exact_accuracy_everywhere_through_a_kill_9(kafka_bootst
     final: dict[str, str] = {}  # the label each answer is judged on
     predicted: dict[str, str] = {}
     try:
+        deploy = cli(worker.env, "deploy", "iris", "1")  # iris 2 waits to be the canary
+        assert deploy.returncode == 0, deploy.stderr
+        wait_for_metric(worker, 'streamserve_model_loaded{model="iris",role="stable",version="1"} 1.0',
+                        "deploy iris 1")
         # Labels that judge nothing, early: their wait runs out while the rest flows.
         run(produce(s.bootstrap, t.labels, [encode_label(f"never-{i}", "setosa") for i in range(3)]
                     + [encode_label("bad-1", "setosa"), b"{not a label"]))
@@ -104,6 +117,7 @@ def test_labels_give_the_exact_accuracy_everywhere_through_a_kill_9(kafka_bootst
         metrics = restarted.metrics()
         reports = run(collect(s.bootstrap, [t.quality], expected=10**9, timeout=3))
         text = cli(restarted.env, "quality", "report", "iris").stdout
+        rolled_back = canary_worse_on_labels(restarted)
     finally:
         for w in (worker, restarted):
             if w is not None:
@@ -125,3 +139,34 @@ def test_labels_give_the_exact_accuracy_everywhere_through_a_kill_9(kafka_bootst
             latest[report["partition"]] = report
     assert sum(r["routes"]["stable"]["total"]["labelled"] for r in latest.values()) == n
     assert "version 1 (classifier)" in text and f"{correct / n:.4f}" in text
+    assert rolled_back.action == "auto_rollback" and rolled_back.source == "canary-analysis"
+    assert "less accurate than stable on labels" in rolled_back.reason, rolled_back
+
+
+def canary_worse_on_labels(worker):
+    """iris 2 as a canary, half its answers labelled wrong, stable's right: the audit entry
+    of its rollback."""
+    s, t = worker.settings, worker.settings.topics
+    result = cli(worker.env, "canary", "iris", "2", "--weight", "0.5")
+    assert result.returncode == 0, result.stderr
+    wait_for_metric(worker, 'streamserve_model_loaded{model="iris",role="canary",version="2"} 1.0',
+                    "start the canary")
+    deadline = time.monotonic() + 60
+    ids = [f"c-{i}" for i in range(600)]
+    run(produce(s.bootstrap, t.requests, [request(i, n) for n, i in enumerate(ids)]))
+    routed = {}
+    while len(routed) < len(ids):
+        assert time.monotonic() < deadline + 60, f"{len(ids) - len(routed)} canary-time requests unanswered"
+        for a in run(collect(s.bootstrap, [t.predictions], expected=len(ids), timeout=10,
+                             where=lambda a: a.value["id"].startswith("c-"))):
+            routed[a.value["id"]] = (a.value["parameters"]["route"], a.value["outputs"][1]["data"][0])
+    canary = [i for i, (route, _) in routed.items() if route == "canary"]
+    assert 150 < len(canary) < 450
+    run(produce(s.bootstrap, t.labels, [
+        encode_label(i, other(label) if route == "canary" and n % 2 else label)
+        for n, (i, (route, label)) in enumerate(sorted(routed.items()))]))
+    while (spec := run(read_specs(s))["iris"]).canary is not None:
+        assert time.monotonic() < deadline + 120, "the canary was not rolled back"
+        time.sleep(0.5)
+    assert spec.stable == "1"
+    return [e for e in run(read_entries(s)) if e.action.startswith("auto_")][-1]
