@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agents.cli.parsing import Commands, command, group
 from pipeline.config import Settings
+from pipeline.errors import UsageError
 
 
 def register(commands: Commands) -> None:
@@ -71,6 +72,14 @@ def register(commands: Commands) -> None:
                       help="the candidate's p99 latency limit (parameters.latency_ms)")
     gate.add_argument("--model", metavar="M",
                       help="model to gate (default the one the recording's requests name)")
+    gate.add_argument("--labels", type=Path, metavar="FILE",
+                      help="the true classes of the recorded requests, one JSON object per line "
+                           '({"id": "r-1", "label": "setosa"}): report each version\'s accuracy')
+    gate.add_argument("--min-accuracy", type=float, metavar="A",
+                      help="with --labels: the candidate's least accuracy (0 to 1)")
+    gate.add_argument("--max-accuracy-drop", type=float, metavar="D",
+                      help="with --labels: how far (0 to 1) the candidate's accuracy may fall "
+                           "below the baseline's")
     _pace_arguments(gate)
     gate.add_argument("--timeout", type=float, default=60.0, metavar="S",
                       help="seconds to wait for a run's replies after its last request "
@@ -161,12 +170,21 @@ def _replay_gate(settings: Settings, args: argparse.Namespace) -> int:
     from pipeline.replay import GateLimits
 
     _writable(args.html, "--html")
-    limits = GateLimits(args.max_disagreement, args.max_p99_ms)
+    if args.labels is None and (args.min_accuracy is not None or args.max_accuracy_drop is not None):
+        raise UsageError("--min-accuracy and --max-accuracy-drop judge accuracy on labels: give "
+                         "the recorded requests' labels with --labels FILE")
+    limits = GateLimits(args.max_disagreement, args.max_p99_ms, args.min_accuracy,
+                        args.max_accuracy_drop)
+    truth = None
+    if args.labels is not None:
+        from pipeline.replay import read_labels
+        with args.labels.open("rb") as lines:
+            truth = read_labels(lines)
     _, records = read_recording(args.file)
     result = asyncio.run(run_gate(settings, records, baseline=args.baseline,
                                   candidate=args.candidate, limits=limits, model=args.model,
                                   speed=None if args.max else args.speed, timeout=args.timeout,
-                                  top=args.top))
+                                  top=args.top, truth=truth))
     for run in result.runs:
         print(f"run {run.run_id}: {run.sent} requests in {run.seconds:.2f} s ({run.rate:,.1f}/s)")
     print(render_text(result.report))

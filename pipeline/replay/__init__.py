@@ -44,7 +44,7 @@ from pipeline.replay.request_fields import request_features, request_models
 from pipeline.replay.rewrite import Rewrite
 from pipeline.replay.runs import INDEX_HEADER, REPLAY_HEADER, check_run_id, new_run_id, strip_run
 from pipeline.replay.schedule import ScheduledRecord, plan, recorded_pace, schedule
-from pipeline.replay.verdict import GateCheck, GateLimits, GateVerdict, gate
+from pipeline.replay.verdict import GateCheck, GateLimits, GateVerdict, accuracy, gate, read_labels
 
 __all__ = [
     "FORMAT",
@@ -68,6 +68,7 @@ __all__ = [
     "ScheduledRecord",
     "Side",
     "TimeBound",
+    "accuracy",
     "answer_of",
     "belongs_to_run",
     "capture_range",
@@ -81,6 +82,7 @@ __all__ = [
     "new_run_id",
     "parse_bound",
     "plan",
+    "read_labels",
     "recorded_pace",
     "replay_order",
     "request_features",

@@ -28,6 +28,7 @@ from agents.ops.replay import load_side, read_recording
 from models.architectures import architecture
 from models.datasets import load as load_dataset
 from models.train import train_and_register
+from pipeline.quality import encode_label
 from pipeline.registry import Registry
 from pipeline.replay import INDEX_HEADER, REPLAY_HEADER
 from tests.conftest import iris_registry, start_worker
@@ -121,6 +122,7 @@ class Captured:
     sent: list[Sent]
     ids: list[str | None]
     disagreeing: set[str]
+    labels: Path  # each request's class as iris 1 answers it: 1 is right on all, 2 not
 
 
 async def _produce_paced(bootstrap: str, topic: str,
@@ -163,6 +165,10 @@ def captured(fleet) -> Captured:
         ids.append(request_id)
         if differs[i]:
             disagreeing.add(request_id)
+    classes = registry.manifest("iris", "1").outputs.labels
+    answered = np.asarray(architecture("mlp")(registry.load_params("iris", "1"), rows)).argmax(axis=1)
+    labels = fleet.folder / "labels.jsonl"
+    labels.write_bytes(b"\n".join(encode_label(f"{run}-{i}", classes[c]) for i, c in enumerate(answered)))
     messages.insert(5, (None, b'{"id": "' + run.encode() + b'-bad", "model": "iris\xff"}', ()))
     ids.insert(5, f"{run}-bad")
     messages.insert(9, (None, b"not json", ()))
@@ -175,7 +181,7 @@ def captured(fleet) -> Captured:
     out = fleet.ok("replay", "capture", "--from", before.isoformat(), "--to", after.isoformat(),
                    "--out", str(path))
     assert f"recorded {len(sent)} records" in out
-    return Captured(path, sent, ids, disagreeing)
+    return Captured(path, sent, ids, disagreeing, labels)
 
 
 def test_capture_records_keys_values_headers_and_timestamps_exactly(captured):
@@ -273,22 +279,39 @@ def test_the_gate_passes_a_candidate_within_its_limits(fleet, captured):
     html = fleet.folder / "gate.html"
     result = fleet.cli("replay", "gate", "--file", str(captured.path), "--baseline", "1",
                        "--candidate", "2", "--max-disagreement", "0.5", "--max-p99-ms", "60000",
-                       "--max", "--html", str(html))
+                       "--max", "--html", str(html), "--labels", str(captured.labels),
+                       "--min-accuracy", "0.5", "--max-accuracy-drop", "0.5")
     print(result.stdout, result.stderr)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "gate                PASS" in result.stdout
+    labelled = sum(1 for line in captured.labels.read_bytes().splitlines() if line)
+    candidate = 1 - len(captured.disagreeing) / labelled
+    assert (f"ok    accuracy        baseline 100.00% on {labelled} labels, candidate "
+            f"{candidate:.2%} on {labelled}") in result.stdout
     assert "gate PASS" in html.read_text()
 
 
 def test_the_gate_fails_a_candidate_past_its_limits(fleet, captured):
     result = fleet.cli("replay", "gate", "--file", str(captured.path), "--baseline", "1",
                        "--candidate", "2", "--max-disagreement", "0", "--max-p99-ms", "0.001",
-                       "--speed", "4")
+                       "--speed", "4", "--labels", str(captured.labels), "--max-accuracy-drop", "0")
     print(result.stdout)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "gate                FAIL" in result.stdout
     assert "FAIL  disagreement" in result.stdout and "FAIL  candidate p99" in result.stdout
+    assert "FAIL  accuracy drop" in result.stdout  # labels say iris 2 is wrong where it differs
     assert "ok    replies" in result.stdout
+
+
+def test_the_gate_refuses_accuracy_limits_without_labels_and_a_labels_file_it_cannot_read(fleet, captured):
+    alone = fleet.cli("replay", "gate", "--file", str(captured.path), "--baseline", "1", "--candidate",
+                      "2", "--max-disagreement", "0.1", "--max-p99-ms", "100", "--min-accuracy", "0.9")
+    assert alone.returncode == 2 and "give the recorded requests' labels with --labels" in alone.stderr
+    broken = fleet.folder / "broken.jsonl"
+    broken.write_text('{"id": "r-1", "label": "setosa"}\n{"id": "r-2"}\n')
+    refused = fleet.cli("replay", "gate", "--file", str(captured.path), "--baseline", "1", "--candidate",
+                        "2", "--max-disagreement", "0.1", "--max-p99-ms", "100", "--labels", str(broken))
+    assert refused.returncode == 2 and "labels file, line 2" in refused.stderr, refused.stderr
 
 
 def test_the_gate_refuses_a_version_the_workers_would_not_serve(fleet, captured):

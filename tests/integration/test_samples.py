@@ -1,5 +1,6 @@
 """Sampled inputs and redaction on the real broker: the rate holds, and fields marked
-sensitive leave the worker on no topic and in no log line in clear."""
+sensitive leave the worker on no topic (the label join's and the quality reports' too)
+and in no log line in clear."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def request(i: int, model: str = "breast_cancer") -> dict:
 def sampling_worker(kafka_bootstrap, registry_dir, tmp_path_factory):
     worker = start_worker(
         kafka_bootstrap, registry_dir, tmp_path_factory.mktemp("samples") / "worker.log",
-        STREAMSERVE_SAMPLE_RATE=str(RATE), STREAMSERVE_REDACTION_KEY=KEY,
+        STREAMSERVE_SAMPLE_RATE=str(RATE), STREAMSERVE_REDACTION_KEY=KEY, STREAMSERVE_LABELS="on",
+        STREAMSERVE_QUALITY_REPORT_S="1",
         STREAMSERVE_REDACT=f"{HASHED[0]}=hash,{DROPPED[0]}=drop,{MASKED[0]}=mask")
     yield worker
     worker.stop()
@@ -74,9 +76,10 @@ def test_samples_come_at_the_configured_rate_and_sensitive_fields_never_leave(sa
     assert orjson.loads(dead["schema_mismatch"]["original"])["features"][MASKED[0]] == "***"
     assert dead["malformed_json"]["original_encoding"] == "withheld"
 
-    every_topic = [t.predictions, t.deadletter, t.samples, t.drift, t.drift_rows]
+    every_topic = [t.predictions, t.deadletter, t.samples, t.drift, t.drift_rows, t.label_join, t.quality]
     everything = run(collect(s.bootstrap, every_topic, expected=10**9, timeout=5))
     assert len(everything) > n + len(samples)
+    assert {t.label_join, t.quality} <= {r.topic for r in everything}  # the join saw the answers
     for record in everything:
         seen = b"".join([record.key or b"", record.raw or b"", *record.headers.values()])
         assert not [p for p in PLANTED if p in seen], f"a planted value leaked on {record.topic}"

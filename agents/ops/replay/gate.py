@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from agents.kafka.read import read_topic
@@ -27,6 +27,7 @@ from pipeline.replay import (
     ReplayError,
     Rewrite,
     Side,
+    accuracy,
     answer_of,
     diff,
     gate,
@@ -118,9 +119,11 @@ async def check_pinnable(settings: Settings, models: Iterable[str], versions: Se
 
 async def run_gate(settings: Settings, records: Sequence[Recorded], *, baseline: str,
                    candidate: str, limits: GateLimits, model: str | None = None,
-                   speed: float | None = 1.0, timeout: float = 60.0, top: int = 10) -> GateResult:
+                   speed: float | None = 1.0, timeout: float = 60.0, top: int = 10,
+                   truth: Mapping[str, str] | None = None) -> GateResult:
     """Replay ``records`` pinned to ``baseline``, wait for every reply (or ``timeout``
-    seconds after the last request), then the same pinned to ``candidate``; diff; judge."""
+    seconds after the last request), then the same pinned to ``candidate``; diff; judge
+    (with ``truth``, the labels of the recorded requests by id, on accuracy too)."""
     if baseline == candidate:
         raise ReplayError(f"--baseline and --candidate are both {baseline}; a gate compares two "
                           "versions")
@@ -159,4 +162,5 @@ async def run_gate(settings: Settings, records: Sequence[Recorded], *, baseline:
         sides.append(Side(f"{'/'.join(sorted(models))} version {version} (run {result.run_id})",
                           key_replies(entries), requests=result.sent))
     report = diff(sides[0], sides[1], features_of(records), top)
-    return GateResult(report, gate(report, limits), (runs[0], runs[1]))
+    accuracies = None if truth is None else (accuracy(sides[0], truth), accuracy(sides[1], truth))
+    return GateResult(report, gate(report, limits, accuracies), (runs[0], runs[1]))
