@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 import time
+from pathlib import Path
 
 from agents.cli.parsing import Commands, command, group
 from pipeline.config import Settings
+from pipeline.errors import UsageError
 
 
 def register(commands: Commands) -> None:
@@ -23,14 +26,20 @@ def register(commands: Commands) -> None:
                         help="only answers since TIME (whole windows of STREAMSERVE_QUALITY_WINDOW_S, "
                              "the latest 24): ISO 8601 (UTC if no zone) or an age such as 30m, 2h, 7d")
     report.add_argument("--json", action="store_true", help="one JSON object per model version")
+    report.add_argument("--plot", type=Path, metavar="FILE.png",
+                        help="also chart accuracy (or MAE) per window, a subplot per version")
 
 
 def _report(settings: Settings, args: argparse.Namespace) -> int:
     import orjson
 
-    from agents.ops.quality_report import format_report, read_quality, summarize
+    from agents.ops.quality_report import format_report, plot_quality, read_quality, summarize
     from pipeline.audit import parse_since
 
+    # Checked before reading Kafka, so a typo costs no wait for the broker.
+    if args.plot is not None and not args.plot.parent.is_dir():
+        raise UsageError(f"cannot write {args.plot}: folder {args.plot.parent} does not exist; "
+                         "create it (mkdir -p) or choose another --plot path")
     since = None if args.since is None else parse_since(args.since, time.time())
     versions = summarize(settings, args.model, asyncio.run(read_quality(settings, args.model)), since)
     if args.json:
@@ -38,4 +47,7 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
             print(orjson.dumps(version).decode())
     else:
         print(format_report(args.model, versions))
+    if args.plot is not None and versions:
+        plot_quality(args.model, versions, args.plot)
+        print(f"wrote {args.plot} ({len(versions)} versions)", file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -31,6 +31,11 @@ DEMO_MODELS = ("iris", "breast_cancer")
 SHIFTED_MODEL, SHIFTED_FEATURE, SHIFT_SD = "breast_cancer", "mean_texture", 0.5
 DRIFT_ENV = {"STREAMSERVE_DRIFT_WINDOW_S": "2", "STREAMSERVE_DRIFT_HOP_S": "1",
              "STREAMSERVE_DRIFT_GRACE_S": "1"}
+# The true class of every other answered request goes back as a label, as a client that
+# learns outcomes would: the summary reads live accuracy from the label join.
+LABELS_ENV = {"STREAMSERVE_LABELS": "on", "STREAMSERVE_QUALITY_REPORT_S": "1"}
+LABEL_EVERY = 2
+_QUALITY_WAIT_S = 30.0
 _ANSWER_TIMEOUT = 60.0
 WARM_UP_S = 1.0  # latency is reported apart for the requests sent in the first second
 
@@ -55,6 +60,7 @@ class DemoTally:
     predicted: dict[int, str] = field(default_factory=dict)
     reasons: Counter = field(default_factory=Counter)
     wrong_reason: int = 0
+    labels_sent: Counter = field(default_factory=Counter)  # by model
 
 
 def run_demo(settings: Settings, requests: int, invalid_share: float, rate: float) -> int:
@@ -74,7 +80,8 @@ def run_demo(settings: Settings, requests: int, invalid_share: float, rate: floa
                              TrustedKeys.load(settings.registry.trusted_keys))
         log = settings.kafka.home / "demo-worker.log"
         print(f"starting a worker (log: {log}) ...", file=sys.stderr)
-        worker = WorkerProcess.start(log, {"STREAMSERVE_BROKER": settings.bootstrap, **DRIFT_ENV})
+        worker = WorkerProcess.start(log, {"STREAMSERVE_BROKER": settings.bootstrap, **DRIFT_ENV,
+                                           **LABELS_ENV})
         run = f"demo-{int(time.time())}"
         plan = _plan(registry, run, requests, invalid_share, settings.admission.max_message_bytes)
         started = time.time()
@@ -85,6 +92,7 @@ def run_demo(settings: Settings, requests: int, invalid_share: float, rate: floa
               f"({samples / max(1, len(tally.predicted)):.1%} of predictions, "
               f"STREAMSERVE_SAMPLE_RATE {settings.sampling.rate})")
         _print_drift(asyncio.run(_drift_events(settings, started)))
+        _print_quality(worker.settings, tally.labels_sent)
         return 0 if len(tally.answered_at) == len(plan) and not tally.wrong_reason else 1
     finally:
         if worker is not None:
@@ -181,6 +189,10 @@ async def _answer(client: StreamClient, index: int, planned: Planned, tally: Dem
         else:
             tally.predicted[index] = prediction.label
     tally.answered_at[index] = time.time()
+    if index in tally.predicted and index % LABEL_EVERY == 0:
+        assert planned.request is not None and planned.true_label is not None
+        await client.send_label(planned.request.id, planned.true_label)
+        tally.labels_sent[planned.model] += 1
 
 
 def _progress(sent: int, answered: int, total: int) -> None:
@@ -219,6 +231,31 @@ def _print_summary(plan: list[Planned], tally: DemoTally, elapsed: float, rate: 
         right = sum(tally.predicted[i] == plan[i].true_label for i in scored)
         if scored:
             print(f"  accuracy {model:<15}{right / len(scored):.4f} ({right}/{len(scored)})")
+
+
+def _print_quality(settings: Settings, sent: Counter) -> None:
+    """Live accuracy per model from the label join, once it has joined every label sent
+    (or after ``_QUALITY_WAIT_S``)."""
+    from agents.ops.quality_report import read_quality, summarize
+
+    deadline = time.monotonic() + _QUALITY_WAIT_S
+    while True:
+        versions = {model: summarize(settings, model, asyncio.run(read_quality(settings, model)))
+                    for model in DEMO_MODELS}
+        labelled = {model: sum(v["labelled"] for v in vs) for model, vs in versions.items()}
+        if all(labelled[m] >= sent[m] for m in DEMO_MODELS) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    print(f"  live accuracy on labels (one answer in {LABEL_EVERY} labelled, `streamserve quality report`)")
+    for model, vs in versions.items():
+        for v in vs:
+            training = v["training"].get("test_accuracy")
+            print(f"    {model}:{v['version']:<12}{_share(v['accuracy'])} on {v['labelled']} of "
+                  f"{sent[model]} labels sent; training {_share(training)}")
+
+
+def _share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 async def _count_samples(settings: Settings, run: str) -> int:

@@ -3,12 +3,14 @@
 Reads ``<prefix>.quality``, keeps the latest report of each join partition, adds them
 up (``pipeline.quality.merge_reports``) and prints, per version and route, the answers
 kept, the labelled share and the figures (``Scores.report``), with the version's
-training metrics from its manifest beside them. ``--since`` keeps only the windows of
-answer time from then on (whole windows: STREAMSERVE_QUALITY_WINDOW_S).
+training metrics from its manifest beside them, and the trend per window of answer time
+(STREAMSERVE_QUALITY_WINDOW_S); ``--since`` keeps only the windows from then on, and
+``--plot`` draws the trend.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -20,6 +22,7 @@ from pipeline.quality import Scores, merge_reports
 from pipeline.registry import Registry, RegistryError
 
 _ROUTE_ORDER = ("stable", "canary", "shadow", "pinned", "fallback")
+_BARS = "▁▂▃▄▅▆▇█"
 
 
 async def read_quality(settings: Settings, model: str) -> list[dict[str, Any]]:
@@ -41,7 +44,9 @@ def summarize(settings: Settings, model: str, reports: list[dict[str, Any]],
     """One object per version of ``model``: ``model``, ``version``, ``kind``, ``answers``,
     ``labelled``, ``labelled_share``, the figures of all its routes together (``accuracy``
     ... or ``mae`` ...), ``routes`` (each route's own), ``outcomes`` (of its labels),
-    ``unmatched_labels`` (labels whose request no worker answered, of any model: a label
+    ``trend`` per route (``[window start, labelled, accuracy or MAE]`` per window of
+    answer time, oldest first), ``unmatched_labels`` (labels whose request no worker
+    answered, of any model: a label
     names no model), ``refused_labels`` (labels of this model's requests dead-lettered
     before any version took them) and ``training`` (its manifest's metrics)."""
     merged = merge_reports(reports)
@@ -59,7 +64,8 @@ def summarize(settings: Settings, model: str, reports: list[dict[str, Any]],
             scores = part["total"] if since is None else _since(part["windows"], since)
             every.merge(scores)
             answers += part["answers"]
-            routes[route] = {"answers": part["answers"], **_figures(scores, part["answers"], regressor)}
+            routes[route] = {"answers": part["answers"], **_figures(scores, part["answers"], regressor),
+                             "trend": _trend(part["windows"], since, regressor)}
         versions.append({"model": model, "version": version, "kind": "regressor" if regressor else "classifier",
                          **_figures(every, answers, regressor), "answers": answers,
                          "routes": routes, "outcomes": dict(report["outcomes"]),
@@ -81,13 +87,14 @@ def format_report(model: str, versions: list[dict[str, Any]]) -> str:
         lines.append(f"\nversion {v['version']} ({v['kind']}); training: "
                      + (", ".join(f"{k} {val:.4g}" for k, val in sorted(v["training"].items())) or "none"))
         lines.append(f"{'ROUTE':<10}{'ANSWERS':>9}{'LABELLED':>10}{'SHARE':>7}"
-                     + "".join(f"{h:>10}" for h in header) + f"{'DELAY p50':>11}{'p95':>8}")
+                     + "".join(f"{h:>10}" for h in header) + f"{'DELAY p50':>11}{'p95':>8}  TREND")
         for route, r in v["routes"].items():
             keys = ("mae", "rmse", "bias") if regressor else (
                 "accuracy", "log_loss", "brier", "expected_calibration_error")
             lines.append(f"{route:<10}{r['answers']:>9}{r['labelled']:>10}{_share(r['labelled_share']):>7}"
                          + "".join(f"{_number(r[k]):>10}" for k in keys)
-                         + f"{_seconds(r['label_delay_p50_s']):>11}{_seconds(r['label_delay_p95_s']):>8}")
+                         + f"{_seconds(r['label_delay_p50_s']):>11}{_seconds(r['label_delay_p95_s']):>8}  "
+                         + ("" if regressor else _sparkline([f for _, _, f in r["trend"]])))
         if v["outcomes"]:
             lines.append("labels: " + ", ".join(f"{k} {n}" for k, n in sorted(v["outcomes"].items())))
         if not regressor:
@@ -97,6 +104,39 @@ def format_report(model: str, versions: list[dict[str, Any]]) -> str:
                 if classes:
                     lines.append(f"{route} per class: {classes}")
     return "\n".join(lines)
+
+
+def plot_quality(model: str, versions: list[dict[str, Any]], path: Path) -> None:
+    """Accuracy (or MAE) per window of answer time, one subplot per version, a line per
+    route, the training accuracy dashed; into a PNG."""
+    # As the drift chart: an Agg canvas without pyplot needs no display, keeps no state.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6, 2.8 * len(versions)), layout="constrained")
+    FigureCanvasAgg(figure)
+    axes = figure.subplots(len(versions), 1, squeeze=False).flat
+    for ax, v in zip(axes, versions, strict=True):
+        regressor = v["kind"] == "regressor"
+        for route, r in v["routes"].items():
+            points = [(start, figure_) for start, _, figure_ in r["trend"] if figure_ is not None]
+            if points:
+                ax.plot(*zip(*points), marker=".", label=route)
+        training = v["training"].get("test_accuracy")
+        if training is not None and not regressor:
+            ax.axhline(training, color="tab:gray", linestyle="--", label="training")
+        ax.set_ylabel("MAE" if regressor else "accuracy")
+        ax.set_title(f"{model}:{v['version']}", fontsize="medium")
+        ax.legend(fontsize="small")
+    figure.supxlabel("window of answer time (start, epoch s)")
+    figure.suptitle(f"live quality of {model} on labels")
+    figure.savefig(path, format="png")
+
+
+def _trend(windows: dict[int, Scores], since: float | None, regressor: bool) -> list[list[Any]]:
+    key = "mae" if regressor else "accuracy"
+    return [[start, scores.labelled, scores.report(regressor)[key]]
+            for start, scores in sorted(windows.items()) if since is None or start >= since]
 
 
 def _figures(scores: Scores, answers: int, regressor: bool) -> dict[str, Any]:
@@ -127,6 +167,12 @@ def _version_key(version: str) -> tuple[int, str]:
 
 def _route_key(route: str) -> tuple[int, str]:
     return (_ROUTE_ORDER.index(route) if route in _ROUTE_ORDER else len(_ROUTE_ORDER), route)
+
+
+def _sparkline(accuracies: list[float | None]) -> str:
+    """One character per window, accuracy 0 to 1; windows without labels are blank."""
+    return "".join(" " if a is None else _BARS[min(len(_BARS) - 1, int(a * len(_BARS)))]
+                   for a in accuracies)
 
 
 def _number(value: float | None) -> str:

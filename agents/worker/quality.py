@@ -81,8 +81,12 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
     labels_topic = app.topic(topics.labels, **raw)
     join_topic = app.topic(topics.label_join, partitions=partitions, **raw)
     quality_topic = app.topic(topics.quality, **raw)
+    # On disk (RocksDB, in the app's table folder under STREAMSERVE_HOME): a week of answers
+    # outgrows any heap. The URL names the files: Faust takes a table's store only when
+    # its URL has a path ("rocksdb://" alone falls back to the app's memory store).
     table = app.Table("label-join", default=None, key_type=bytes, value_type=bytes,
-                      partitions=partitions, extra_topic_configs=changelog_configs(settings))
+                      store="rocksdb:label-join", partitions=partitions,
+                      extra_topic_configs=changelog_configs(settings))
     books: dict[int, Book] = {}
     looked: dict[int, float] = {}  # when each partition was last looked over for expiry
 
