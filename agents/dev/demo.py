@@ -31,9 +31,12 @@ DEMO_MODELS = ("iris", "breast_cancer")
 SHIFTED_MODEL, SHIFTED_FEATURE, SHIFT_SD = "breast_cancer", "mean_texture", 0.5
 DRIFT_ENV = {"STREAMSERVE_DRIFT_WINDOW_S": "2", "STREAMSERVE_DRIFT_HOP_S": "1",
              "STREAMSERVE_DRIFT_GRACE_S": "1"}
-# The true class of every other answered request goes back as a label, as a client that
-# learns outcomes would: the summary reads live accuracy from the label join.
-LABELS_ENV = {"STREAMSERVE_LABELS": "on", "STREAMSERVE_QUALITY_REPORT_S": "1"}
+# The true class of every other answered request of each model goes back as a label, as a
+# client that learns outcomes would: the summary reads live accuracy from the label join.
+# Answers are kept two minutes (not a week): the join state of repeated demo runs stays
+# small, and a worker rebuilds its figures from that state when it starts.
+LABELS_ENV = {"STREAMSERVE_LABELS": "on", "STREAMSERVE_QUALITY_REPORT_S": "1",
+              "STREAMSERVE_LABEL_HORIZON": "120"}
 LABEL_EVERY = 2
 _QUALITY_WAIT_S = 30.0
 _ANSWER_TIMEOUT = 60.0
@@ -85,6 +88,7 @@ def run_demo(settings: Settings, requests: int, invalid_share: float, rate: floa
         run = f"demo-{int(time.time())}"
         plan = _plan(registry, run, requests, invalid_share, settings.admission.max_message_bytes)
         started = time.time()
+        labelled_before = _labelled(worker.settings)  # the join keeps earlier runs' answers too
         tally, elapsed = asyncio.run(_drive(settings, plan, rate))
         _print_summary(plan, tally, elapsed, rate)
         samples = asyncio.run(_count_samples(settings, run))
@@ -92,7 +96,7 @@ def run_demo(settings: Settings, requests: int, invalid_share: float, rate: floa
               f"({samples / max(1, len(tally.predicted)):.1%} of predictions, "
               f"STREAMSERVE_SAMPLE_RATE {settings.sampling.rate})")
         _print_drift(asyncio.run(_drift_events(settings, started)))
-        _print_quality(worker.settings, tally.labels_sent)
+        _print_quality(worker.settings, labelled_before, tally.labels_sent)
         return 0 if len(tally.answered_at) == len(plan) and not tally.wrong_reason else 1
     finally:
         if worker is not None:
@@ -189,7 +193,7 @@ async def _answer(client: StreamClient, index: int, planned: Planned, tally: Dem
         else:
             tally.predicted[index] = prediction.label
     tally.answered_at[index] = time.time()
-    if index in tally.predicted and index % LABEL_EVERY == 0:
+    if index in tally.predicted and index // len(DEMO_MODELS) % LABEL_EVERY == 0:
         assert planned.request is not None and planned.true_label is not None
         await client.send_label(planned.request.id, planned.true_label)
         tally.labels_sent[planned.model] += 1
@@ -233,25 +237,32 @@ def _print_summary(plan: list[Planned], tally: DemoTally, elapsed: float, rate: 
             print(f"  accuracy {model:<15}{right / len(scored):.4f} ({right}/{len(scored)})")
 
 
-def _print_quality(settings: Settings, sent: Counter) -> None:
-    """Live accuracy per model from the label join, once it has joined every label sent
+def _labelled(settings: Settings) -> dict[str, int]:
+    """Labelled answers per model, as the label join reports them now."""
+    from agents.ops.quality_report import read_quality, summarize
+
+    return {model: sum(v["labelled"] for v in summarize(settings, model, asyncio.run(
+        read_quality(settings, model)))) for model in DEMO_MODELS}
+
+
+def _print_quality(settings: Settings, before: dict[str, int], sent: Counter) -> None:
+    """Live accuracy per model from the label join, once it has joined this run's labels
     (or after ``_QUALITY_WAIT_S``)."""
     from agents.ops.quality_report import read_quality, summarize
 
     deadline = time.monotonic() + _QUALITY_WAIT_S
-    while True:
-        versions = {model: summarize(settings, model, asyncio.run(read_quality(settings, model)))
-                    for model in DEMO_MODELS}
-        labelled = {model: sum(v["labelled"] for v in vs) for model, vs in versions.items()}
-        if all(labelled[m] >= sent[m] for m in DEMO_MODELS) or time.monotonic() > deadline:
+    while _labelled(settings) != {m: before[m] + sent[m] for m in DEMO_MODELS}:
+        if time.monotonic() > deadline:
+            print(f"  live accuracy: not every label was joined within {_QUALITY_WAIT_S:.0f} s")
             break
         time.sleep(0.5)
-    print(f"  live accuracy on labels (one answer in {LABEL_EVERY} labelled, `streamserve quality report`)")
-    for model, vs in versions.items():
-        for v in vs:
+    print(f"  live accuracy on labels (one answer in {LABEL_EVERY} labelled; with earlier runs' "
+          "of the last two minutes: `streamserve quality report`)")
+    for model in DEMO_MODELS:
+        for v in summarize(settings, model, asyncio.run(read_quality(settings, model))):
             training = v["training"].get("test_accuracy")
-            print(f"    {model}:{v['version']:<12}{_share(v['accuracy'])} on {v['labelled']} of "
-                  f"{sent[model]} labels sent; training {_share(training)}")
+            print(f"    {model}:{v['version']:<12}{_share(v['accuracy'])} on {v['labelled']} labels "
+                  f"({sent[model]} from this run); training {_share(training)}")
 
 
 def _share(value: float | None) -> str:

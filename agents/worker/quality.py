@@ -32,10 +32,11 @@ when its partition's first event arrives after an assignment.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import faust
@@ -62,8 +63,14 @@ from pipeline.topology import changelog_configs
 
 log = logging.getLogger(__name__)
 
-# How often a partition's entries are looked over for expiry (during its events).
+# Rows of a kept-answers message joined between two yields to the event loop: a message
+# holds up to half a second of a partition's answers, and serving must not wait for all.
+_ROWS_BETWEEN_YIELDS = 32
+# How often, at most, a partition's waiting labels are looked at for a wait run out.
 _EXPIRY_EVERY_S = 10.0
+# How often a partition's entries are swept for those past the horizon (a whole pass
+# over the partition's table, a tenth of the horizon at most apart).
+_SWEEP_S = 3600.0
 # A report larger than this drops its windows (a model of very many classes): the totals stay.
 _MAX_REPORT_BYTES = 512 * 1024
 
@@ -88,7 +95,11 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
                       store="rocksdb:label-join", partitions=partitions,
                       extra_topic_configs=changelog_configs(settings))
     books: dict[int, Book] = {}
-    looked: dict[int, float] = {}  # when each partition was last looked over for expiry
+    # Per partition: the keys of entries whose label waits for an answer, and since when
+    # (at most STREAMSERVE_LABEL_MAX_UNANSWERED each), so a wait runs out without a scan.
+    waiting: dict[int, dict[bytes, float]] = {}
+    looked: dict[int, float] = {}  # when each partition's waiting labels were last looked at
+    swept: dict[int, float] = {}  # when each partition's entries were last swept for the horizon
 
     @functools.cache
     def manifest(model: str, version: str) -> Manifest | None:
@@ -105,20 +116,29 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
 
     @app.on_partitions_revoked.connect
     async def forget(sender: faust.App, revoked: object, **kwargs: object) -> None:
-        books.clear()
-        looked.clear()
+        for state in (books, waiting, looked, swept):
+            state.clear()
 
-    def book_for(partition: int) -> Book:
+    async def entries(partition: int) -> AsyncIterator[tuple[bytes, Entry]]:
+        """The partition's entries, yielding to the event loop as it goes: the table
+        holds up to a horizon of answers, and serving shares this loop."""
+        for n, (key, value) in enumerate(_partition_items(table, partition), 1):
+            if n % _ROWS_BETWEEN_YIELDS == 0:
+                await asyncio.sleep(0)
+            yield key, Entry.from_bytes(value)
+
+    async def book_for(partition: int, now: float) -> Book:
+        """The partition's book, rebuilt from the table the first time after an assignment."""
         if partition not in books:
-            book = Book(q.window_s, classes_of)
-            for key, value in table.items():
-                if join_partition(key.decode(), partitions) == partition:
-                    book.add(Entry.from_bytes(value))
-            books[partition] = book
+            book, held = Book(q.window_s, classes_of), {}
+            async for key, entry in entries(partition):
+                book.add(entry)
+                if entry.waiting is not None:
+                    held[key] = entry.since
+            books[partition], waiting[partition], swept[partition] = book, held, now
         return books[partition]
 
-    def apply(book: Book, request_id: str, step: Any) -> None:
-        key = request_id.encode()
+    def apply(book: Book, partition: int, key: bytes, step: Any) -> None:
         stored = table.get(key)
         entry = Entry.from_bytes(stored) if stored is not None else Entry()
         with book.change(entry):
@@ -130,24 +150,36 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
         updated = entry.to_bytes()
         if updated != stored:
             table[key] = updated
+        if entry.waiting is not None:
+            waiting[partition][key] = entry.since
+        else:
+            waiting[partition].pop(key, None)
 
-    def expire(book: Book, partition: int, now: float) -> None:
-        if now - looked.get(partition, 0.0) < min(_EXPIRY_EVERY_S, q.wait_s / 2):
-            return
-        looked[partition] = now
-        for key, value in list(table.items()):
-            if join_partition(key.decode(), partitions) != partition:
-                continue
-            entry = Entry.from_bytes(value)
-            with book.change(entry):
-                drop, judged = entry.expire(now, q.horizon_s, q.wait_s)
-            for j in judged:
-                metrics.labels.labels("", str(j.outcome)).inc()
-            if drop:
-                book.add(entry, -1)
-                del table[key]
-            elif judged:
-                table[key] = entry.to_bytes()
+    def expire(book: Book, partition: int, key: bytes, entry: Entry, now: float) -> None:
+        with book.change(entry):
+            drop, judged = entry.expire(now, q.horizon_s, q.wait_s)
+        for j in judged:
+            metrics.labels.labels("", str(j.outcome)).inc()
+        if entry.waiting is None:
+            waiting[partition].pop(key, None)
+        if drop:
+            book.add(entry, -1)
+            del table[key]
+        elif judged:
+            table[key] = entry.to_bytes()
+
+    async def expire_due(book: Book, partition: int, now: float) -> None:
+        """Labels whose wait ran out (a look every quarter wait, 10 s at most apart), and
+        once per ``_SWEEP_S`` (a tenth of the horizon at most) entries past the horizon."""
+        if now - looked.get(partition, 0.0) >= min(_EXPIRY_EVERY_S, q.wait_s / 4):
+            looked[partition] = now
+            for key, since in list(waiting[partition].items()):
+                if now - since > q.wait_s and (stored := table.get(key)) is not None:
+                    expire(book, partition, key, Entry.from_bytes(stored), now)
+        if now - swept[partition] >= min(_SWEEP_S, q.horizon_s / 10):
+            swept[partition] = now
+            async for key, entry in entries(partition):
+                expire(book, partition, key, entry, now)
 
     @app.agent(labels_topic)
     async def relay(stream: faust.StreamT) -> None:
@@ -165,8 +197,9 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
     @app.agent(join_topic)
     async def join(stream: faust.StreamT) -> None:
         async for event in stream.events():
-            message = event.message
-            book = book_for(message.partition)
+            message, now = event.message, time.time()
+            partition = message.partition
+            book = await book_for(partition, now)
             if event.key:
                 label, arrived, source = read_label(event.value)
                 if book.unanswered >= q.max_unanswered and table.get(label.id.encode()) is None:
@@ -175,15 +208,20 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
                                 "answer or matched none (STREAMSERVE_LABEL_MAX_UNANSWERED)",
                                 label.id, book.unanswered)
                     continue
-                apply(book, label.id, lambda e: e.on_label(label, arrived, message.offset, source))
+                apply(book, partition, label.id.encode(),
+                      lambda e: e.on_label(label, arrived, message.offset, source))
             else:
-                for request_id, kept in read_kept(event.value):
-                    apply(book, request_id, lambda e, k=kept: e.on_prediction(k, message.offset))
-            expire(book, message.partition, time.time())
+                for n, (request_id, kept) in enumerate(read_kept(event.value), 1):
+                    apply(book, partition, request_id.encode(),
+                          lambda e, k=kept: e.on_prediction(k, message.offset))
+                    if n % _ROWS_BETWEEN_YIELDS == 0:  # the serving loop shares this event loop
+                        await asyncio.sleep(0)
+            await expire_due(book, partition, now)
 
     @app.timer(q.report_s)
     async def report() -> None:
         now = time.time()
+        _forget_key_index(table)
         for gauge in (metrics.quality_answers, metrics.quality_labelled, metrics.quality_correct,
                       metrics.quality_log_loss, metrics.quality_absolute_error, metrics.quality_p_value):
             gauge.clear()
@@ -211,6 +249,23 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
                     part["windows"] = {}
                 value = orjson.dumps({**r, "partition": partition, "time": now})
             await quality_topic.send(key=f"{r['model']}:{r['version']}".encode(), value=value)
+
+
+def _partition_items(table: Any, partition: int) -> Iterator[tuple[bytes, bytes]]:
+    """One partition's keys and values, from its own RocksDB file: the table's public
+    ``items()`` walks every partition this worker holds (standbys too), and decodes each
+    item twice. Relies on faust-streaming's RocksDB store (pinned in pyproject.toml):
+    ``_db_for_partition`` and ``_visible_items`` (which hides the stored offset)."""
+    store = table.data
+    return store._visible_items(store._db_for_partition(partition))
+
+
+def _forget_key_index(table: Any) -> None:
+    """faust-streaming's RocksDB store remembers the partition of every key it has set or
+    read (``_key_index``), for lookups outside an event; the join looks up only within
+    its events, where the event names the partition. Emptied, so the heap does not grow
+    with every answer kept."""
+    table.data._key_index.clear()
 
 
 def _judge_canaries(inference: InferenceService, by_version: dict[tuple[str, str], dict[str, Any]]) -> None:
