@@ -390,6 +390,11 @@ class InferenceService:
                                            their_schema, self._topics.shadow))
         for agree, count in agreement.items():
             self._metrics.shadow_agreement.labels(model, shadow, agree).inc(count)
+        answered = [i for i, (record, _) in enumerate(items) if not isinstance(results[i], RowFailure)
+                    and (not record.replay or self._settings.replay.monitoring)]
+        if self._kept is not None and answered:  # judged on the labels of the same requests
+            self._kept.answered([items[i][1].id for i in answered], model, shadow, str(Route.SHADOW),
+                                time.time(), np.stack([results[i] for i in answered]), schema.is_regressor)
         return outgoing
 
     def _keep(self, items: list[tuple[Incoming, Request]], results: list, answered: list[int],

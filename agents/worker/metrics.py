@@ -119,7 +119,7 @@ class Metrics:
                               "(scored, correction, duplicate, malformed, unknown_id...)",
                               ["model", "outcome"], registry=r)
         self.label_delay = Histogram("streamserve_label_delay_seconds",
-                                     "From an answer to its label's outcome", ["model"],
+                                     "From an answer to its label's outcome", quality,
                                      buckets=DELAY_BOUNDS, registry=r)
         self.breaker_state = Gauge(
             "streamserve_breaker_state",

@@ -56,8 +56,10 @@ from pipeline.quality import (
     merge_reports,
 )
 from pipeline.quality.book import TREND_WINDOWS
+from pipeline.quality.join import Kept, shadow_key
 from pipeline.quality.wire import join_partition, label_message, read_kept, read_label
 from pipeline.registry import Manifest, RegistryError
+from pipeline.routing import Route
 from pipeline.slo import QUALITY_ALPHA
 from pipeline.topology import changelog_configs
 
@@ -138,15 +140,19 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
             books[partition], waiting[partition], swept[partition] = book, held, now
         return books[partition]
 
-    def apply(book: Book, partition: int, key: bytes, step: Any) -> None:
+    def apply(book: Book, partition: int, key: bytes, step: Any, counted: bool = True) -> Entry:
+        """``step`` on the entry of ``key`` (a new one when none), the book following it;
+        its labels' outcomes counted in the metrics unless ``counted`` is False (a shadow's
+        entry: the label was counted with its request's)."""
         stored = table.get(key)
         entry = Entry.from_bytes(stored) if stored is not None else Entry()
         with book.change(entry):
             judged = step(entry)
-        for j in judged:
-            metrics.labels.labels(j.kept.model if j.kept is not None else "", str(j.outcome)).inc()
-            if j.outcome == "scored" and j.kept is not None and entry.delay_s is not None:
-                metrics.label_delay.labels(j.kept.model).observe(entry.delay_s)
+        for j in judged if counted else ():
+            kept = j.kept
+            metrics.labels.labels(kept.model if kept is not None else "", str(j.outcome)).inc()
+            if j.outcome == "scored" and kept is not None and entry.delay_s is not None:
+                metrics.label_delay.labels(kept.model, kept.version, kept.route).observe(entry.delay_s)
         updated = entry.to_bytes()
         if updated != stored:
             table[key] = updated
@@ -154,6 +160,19 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
             waiting[partition][key] = entry.since
         else:
             waiting[partition].pop(key, None)
+        return entry
+
+    def keep_shadow(book: Book, partition: int, request_id: str, kept: Kept, offset: int) -> None:
+        """A shadow version's answer: an entry of its own, judged on its request's labels
+        (the one scored already, and those to come: the request's entry names it)."""
+        primary = apply(book, partition, request_id.encode(), lambda e: _shadowed_by(e, kept.version))
+
+        def take(entry: Entry) -> list:
+            judged = entry.on_prediction(kept, offset)
+            entry.take_truth(primary)
+            return judged
+
+        apply(book, partition, shadow_key(request_id, kept.version), take, counted=False)
 
     def expire(book: Book, partition: int, key: bytes, entry: Entry, now: float) -> None:
         with book.change(entry):
@@ -208,12 +227,18 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
                                 "answer or matched none (STREAMSERVE_LABEL_MAX_UNANSWERED)",
                                 label.id, book.unanswered)
                     continue
-                apply(book, partition, label.id.encode(),
-                      lambda e: e.on_label(label, arrived, message.offset, source))
+                primary = apply(book, partition, label.id.encode(),
+                                lambda e: e.on_label(label, arrived, message.offset, source))
+                for version in primary.shadows:  # the shadows' answers are judged on it too
+                    apply(book, partition, shadow_key(label.id, version),
+                          lambda e: e.on_label(label, arrived, message.offset, source), counted=False)
             else:
                 for n, (request_id, kept) in enumerate(read_kept(event.value), 1):
-                    apply(book, partition, request_id.encode(),
-                          lambda e, k=kept: e.on_prediction(k, message.offset))
+                    if kept.route == Route.SHADOW:
+                        keep_shadow(book, partition, request_id, kept, message.offset)
+                    else:
+                        apply(book, partition, request_id.encode(),
+                              lambda e, k=kept: e.on_prediction(k, message.offset))
                     if n % _ROWS_BETWEEN_YIELDS == 0:  # the serving loop shares this event loop
                         await asyncio.sleep(0)
             await expire_due(book, partition, now)
@@ -249,6 +274,12 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
                     part["windows"] = {}
                 value = orjson.dumps({**r, "partition": partition, "time": now})
             await quality_topic.send(key=f"{r['model']}:{r['version']}".encode(), value=value)
+
+
+def _shadowed_by(entry: Entry, version: str) -> list:
+    if version not in entry.shadows:
+        entry.shadows.append(version)
+    return []
 
 
 def _partition_items(table: Any, partition: int) -> Iterator[tuple[bytes, bytes]]:

@@ -77,11 +77,21 @@ class Entry:
     # Where on the labels topic its latest labels were read: a label relayed again (the
     # relay crashed before its commit) is the same label, not a duplicate.
     sources: list[str] = field(default_factory=list)
+    # The shadow versions that answered this request too (each has an entry of its own,
+    # ``shadow_key``), so its labels judge them as well.
+    shadows: list[str] = field(default_factory=list)
 
     @property
     def scored(self) -> bool:
         """Whether ``kept`` and ``truth`` count in the scores (with ``delay_s``)."""
         return self.kept is not None and self.truth is not None
+
+    def take_truth(self, primary: Entry) -> None:
+        """A shadow's entry, created after its request's label was scored: judged on it."""
+        if primary.truth is not None and self.truth is None and self.kept is not None \
+                and self.kept.dead_letter is None \
+                and isinstance(primary.truth, str) == (self.kept.probabilities is not None):
+            self.truth, self.delay_s = primary.truth, primary.delay_s
 
     def on_prediction(self, kept: Kept, offset: int) -> list[Judged]:
         if offset <= self.offset:
@@ -148,13 +158,20 @@ class Entry:
         return orjson.dumps([
             None if self.kept is None else self.kept.to_list(), self.truth, self.delay_s,
             None if waiting is None else [waiting.id, waiting.label, waiting.value, waiting.time],
-            self.since, self.offset, self.counts, self.sources])
+            self.since, self.offset, self.counts, self.sources, self.shadows])
 
     @classmethod
     def from_bytes(cls, raw: bytes) -> Entry:
-        kept, truth, delay_s, waiting, since, offset, counts, sources = orjson.loads(raw)
+        kept, truth, delay_s, waiting, since, offset, counts, sources, shadows = orjson.loads(raw)
         return cls(None if kept is None else Kept.from_list(kept), truth, delay_s,
-                   None if waiting is None else Label(*waiting), since, offset, counts, sources)
+                   None if waiting is None else Label(*waiting), since, offset, counts, sources,
+                   shadows)
+
+
+def shadow_key(request_id: str, version: str) -> bytes:
+    """The table key of a shadow version's answer to a request: its own entry beside the
+    request's (``0xff`` never occurs in UTF-8, so no request id can take it)."""
+    return b"\xff%s\xff%s" % (version.encode(), request_id.encode())
 
 
 def _truth(label: Label) -> str | float:

@@ -4,7 +4,8 @@ killed with SIGKILL and restarted mid-stream. The accuracy every reader shows (t
 `quality report --json` command, the worker's metrics, the quality topic) is exactly
 what the answers and labels give, each label counted once; duplicates, a correction, a
 label of the wrong type, a label for a dead-lettered request, labels for ids never
-served and a label that is no label are each counted by what became of them. Then a
+served and a label that is no label are each counted by what became of them; a shadow
+version's answers are judged on the same labels. Then a
 canary that labels find worse than stable, though its errors, latency and predicted
 classes look like stable's, is rolled back on labels alone."""
 
@@ -73,10 +74,11 @@ def test_labels_give_the_exact_accuracy_everywhere_through_a_kill_9(kafka_bootst
     final: dict[str, str] = {}  # the label each answer is judged on
     predicted: dict[str, str] = {}
     try:
-        deploy = cli(worker.env, "deploy", "iris", "1")  # iris 2 waits to be the canary
-        assert deploy.returncode == 0, deploy.stderr
-        wait_for_metric(worker, 'streamserve_model_loaded{model="iris",role="stable",version="1"} 1.0',
-                        "deploy iris 1")
+        for command in (("deploy", "iris", "1"), ("shadow", "iris", "2")):  # 2: a shadow, then a canary
+            result = cli(worker.env, *command)
+            assert result.returncode == 0, result.stderr
+        wait_for_metric(worker, 'streamserve_model_loaded{model="iris",role="shadow",version="2"} 1.0',
+                        "deploy iris 1 with 2 as its shadow")
         # Labels that judge nothing, early: their wait runs out while the rest flows.
         run(produce(s.bootstrap, t.labels, [encode_label(f"never-{i}", "setosa") for i in range(3)]
                     + [encode_label("bad-1", "setosa"), b"{not a label"]))
@@ -107,9 +109,10 @@ def test_labels_give_the_exact_accuracy_everywhere_through_a_kill_9(kafka_bootst
         deadline = time.monotonic() + 90
         while True:
             reports = quality(restarted)
-            version = reports[0] if reports else {}
+            version, shadow = reports if len(reports) == 2 else ({}, {})
             if (version.get("labelled") == n and version.get("unmatched_labels") == 3
-                    and sum(version["outcomes"].values()) == 12 and version["refused_labels"] == 1):
+                    and sum(version["outcomes"].values()) == 12 and version["refused_labels"] == 1
+                    and shadow.get("labelled") == n):
                 break
             assert time.monotonic() < deadline, (orjson.dumps(reports).decode()[:3000], restarted.log_tail())
             run(produce(s.bootstrap, t.requests, [request(f"more-{time.monotonic()}-{i}", i) for i in range(40)]))
@@ -126,6 +129,10 @@ def test_labels_give_the_exact_accuracy_everywhere_through_a_kill_9(kafka_bootst
     assert version["accuracy"] == pytest.approx(correct / n, abs=1e-12)
     assert version["outcomes"] == {"duplicate": 10, "correction": 1, "wrong_type": 1}
     assert version["answers"] >= n and version["routes"]["stable"]["labelled"] == n
+    # The shadow's answers to the same requests, judged on the same labels (never sent to clients).
+    assert list(shadow["routes"]) == ["shadow"] and shadow["routes"]["shadow"]["answers"] >= n
+    assert shadow["outcomes"] == {"duplicate": 10, "correction": 1, "wrong_type": 1}
+    assert 0.5 < shadow["accuracy"] < 1
     assert version["training"]["test_accuracy"] > 0.8 and 0 <= version["log_loss"]
     assert 0 <= version["expected_calibration_error"] <= 1 and version["label_delay_p50_s"] > 0
 
@@ -147,8 +154,9 @@ def canary_worse_on_labels(worker):
     """iris 2 as a canary, half its answers labelled wrong, stable's right: the audit entry
     of its rollback."""
     s, t = worker.settings, worker.settings.topics
-    result = cli(worker.env, "canary", "iris", "2", "--weight", "0.5")
-    assert result.returncode == 0, result.stderr
+    for command in (("shadow", "iris", "2", "--off"), ("canary", "iris", "2", "--weight", "0.5")):
+        result = cli(worker.env, *command)
+        assert result.returncode == 0, result.stderr
     wait_for_metric(worker, 'streamserve_model_loaded{model="iris",role="canary",version="2"} 1.0',
                     "start the canary")
     deadline = time.monotonic() + 60

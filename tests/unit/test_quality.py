@@ -20,6 +20,7 @@ from pipeline.quality import (
     encode_label,
     merge_reports,
 )
+from pipeline.quality.join import shadow_key
 
 CLASSES = ("setosa", "versicolor", "virginica")
 
@@ -174,8 +175,21 @@ def test_an_entry_survives_its_table_round_trip():
     entry.on_label(Label("r-1", None, 2.5, 10.0), arrived=5.0, offset=3)
     assert Entry.from_bytes(entry.to_bytes()) == entry
     entry = Entry(kept=kept(), truth="setosa", delay_s=4.0, offset=9, counts={"duplicate": 2},
-                  sources=["0:1", "3:9"])
+                  sources=["0:1", "3:9"], shadows=["2"])
     assert Entry.from_bytes(entry.to_bytes()) == entry
+
+
+def test_a_shadows_entry_takes_the_truth_its_request_was_scored_on():
+    primary = Entry(kept=kept(time=10.0))
+    primary.on_label(label("virginica"), arrived=40.0, offset=1)
+    shadow = Entry()
+    shadow.on_prediction(kept(predicted=2, route="shadow"), offset=2)
+    shadow.take_truth(primary)
+    assert (shadow.truth, shadow.delay_s, shadow.scored) == ("virginica", 30.0, True)
+    regressor = Entry(kept=Kept("m", "2", "shadow", 0.0, value=1.0))
+    regressor.take_truth(primary)  # a class cannot judge a value
+    assert regressor.truth is None
+    assert shadow_key("r-1", "2") == b"\xff2\xffr-1" and shadow_key("r-1", "2") != "r-1".encode()
 
 
 # The book: figures derived from entries.
