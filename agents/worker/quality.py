@@ -77,7 +77,6 @@ _SWEEP_S = 3600.0
 _MAX_REPORT_BYTES = 512 * 1024
 
 
-
 def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable[[str, str], Manifest],
                        inference: InferenceService, metrics: Metrics) -> None:
     """Wire the label relay and join into ``app``; ``manifest_of(model, version)`` gives a
