@@ -39,7 +39,7 @@ def register(model: str, source: Path | Any, *, settings: Settings | None = None
     version of ``model`` in the registry of ``settings`` (default: the environment's
     STREAMSERVE_REGISTRY, signed with STREAMSERVE_SIGNING_KEY, created when missing).
     ``options``: those of ``register_model`` (format, kind, features, labels, reference,
-    sensitive, params, input_shape). Raises ``ConversionError`` naming what cannot be served, and the fix."""
+    sensitive, params, input_shape, metrics). Raises ``ConversionError`` naming what cannot be served, and the fix."""
     settings = settings if settings is not None else Settings.from_env()
     return register_model(Registry(settings.registry.root), model, source,
                           signing_key=settings.registry.signing_key, **options)
@@ -51,6 +51,7 @@ def register_model(registry: Registry, model: str, source: Path | Any, *, format
                    reference: Path | np.ndarray | None = None, sensitive: Iterable[str] = (),
                    params: Path | Mapping[str, np.ndarray] | None = None,
                    input_shape: Sequence[int] | None = None,
+                   metrics: Mapping[str, float] | None = None,
                    signing_key: Path | None = None) -> Manifest:
     """Register ``source`` (a model file, or a fitted model object) as the next version of
     ``model``. ``kind``: "classifier" or "regressor" (default: what the model file says;
@@ -66,8 +67,9 @@ def register_model(registry: Registry, model: str, source: Path | Any, *, format
     parameters a ``jax.export`` function takes (an
     .npz file, or a dict of arrays with an ``Exported`` object or a JAX function).
     ``input_shape``: a JAX function's row shape, ``(features,)`` or a tensor's (it is
-    exported with a symbolic batch). Signed with
-    ``signing_key`` when given."""
+    exported with a symbolic batch). ``metrics``: what the model scored on held-out data,
+    e.g. ``{"test_accuracy": 0.93}`` (the accuracy alert on labels compares with it).
+    Signed with ``signing_key`` when given."""
     key = ensure_signing_key(signing_key) if signing_key is not None else None
     if isinstance(source, str | Path):
         source = Path(source)
@@ -93,7 +95,7 @@ def register_model(registry: Registry, model: str, source: Path | Any, *, format
         model=model, architecture=converted.architecture,
         hyperparameters={"format": converted.format, "library": converted.library,
                          **converted.details},
-        inputs=inputs, outputs=outputs, metrics={},
+        inputs=inputs, outputs=outputs, metrics=dict(metrics or {}),
         # The data this version was checked on (its training data is the library's to tell).
         lineage=lineage(checked, outputs.watched(answers),
                         code_revision=code_revision(), created_by=user(),

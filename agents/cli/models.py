@@ -77,6 +77,10 @@ def register(commands: Commands) -> None:
                      help="--format jax: the arrays f(params, x) takes (none: f(x))")
     add.add_argument("--sensitive", action="append", default=[], metavar="FIELD[,FIELD]",
                      help="mark features sensitive, as `models train --sensitive` does")
+    add.add_argument("--metric", action="append", default=[], type=_metric, metavar="NAME=VALUE",
+                     help="what the model scored on held-out data, kept in its signed manifest, "
+                          "e.g. test_accuracy=0.93 (the accuracy alert on labels compares with it); "
+                          "repeat for several")
     command(actions, "list", models_list,
             "list registered models and versions, with each one's signature status")
     show = command(actions, "show", models_show,
@@ -141,7 +145,7 @@ def models_register(settings: Settings, args: argparse.Namespace) -> int:
 
     manifest = register(args.model, args.file, settings=settings, format=args.format,
                         kind=args.kind, features=args.features, labels=args.labels, reference=args.reference,
-                        params=args.params,
+                        params=args.params, metrics=dict(args.metric),
                         sensitive=[n for names in args.sensitive for n in _names(names)])
     check = manifest.lineage["check"]
     signer = key_id(ensure_signing_key(settings.registry.signing_key).public_key())
@@ -152,6 +156,17 @@ def models_register(settings: Settings, args: argparse.Namespace) -> int:
           f"{'' if manifest.reference else _drift_off(manifest)}) in "
           f"{settings.registry.root}, signed by key {signer}")
     return 0
+
+
+def _metric(text: str) -> tuple[str, float]:
+    name, _, value = text.partition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not name.strip() or not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=NUMBER, e.g. test_accuracy=0.93")
+    return name.strip(), number
 
 
 def _drift_off(manifest: Manifest) -> str:

@@ -144,3 +144,22 @@ def test_train_refuses_to_mark_a_feature_the_model_lacks(env, capsys):
     assert status == 2 and "cannot mark 'petal_size' sensitive: the model has no such feature" in err
     assert "its features are sepal_length, sepal_width, petal_length, petal_width" in err
     assert Registry(env).versions("iris") == []
+
+
+def test_register_keeps_the_metrics_it_is_given_and_refuses_one_that_is_no_number(tmp_path, env, capsys):
+    import joblib
+    from sklearn.datasets import load_iris
+    from sklearn.linear_model import LogisticRegression
+
+    iris = load_iris()
+    joblib.dump(LogisticRegression(max_iter=500).fit(iris.data, iris.target), tmp_path / "iris.joblib")
+    features = "--features", "a,b,c,d"
+    status, out, err = run(capsys, "models", "register", "flowers", str(tmp_path / "iris.joblib"), *features,
+                           "--metric", "test_accuracy=0.93", "--metric", "f1=0.9")
+    assert status == 0, err
+    assert Registry(env).manifest("flowers", "1").metrics == {"test_accuracy": 0.93, "f1": 0.9}
+    with pytest.raises(SystemExit) as exit_:
+        run(capsys, "models", "register", "flowers", str(tmp_path / "iris.joblib"), *features,
+            "--metric", "test_accuracy=high")
+    assert exit_.value.code == 2
+    assert "'test_accuracy=high' is not NAME=NUMBER" in capsys.readouterr().err
