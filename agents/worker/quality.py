@@ -68,6 +68,8 @@ log = logging.getLogger(__name__)
 # Rows of a kept-answers message joined between two yields to the event loop: a message
 # holds up to half a second of a partition's answers, and serving must not wait for all.
 _ROWS_BETWEEN_YIELDS = 32
+# Table writes the join lets wait in Faust's changelog buffer before it waits for them.
+_CHANGELOG_BACKLOG = 100
 # How often, at most, a partition's waiting labels are looked at for a wait run out.
 _EXPIRY_EVERY_S = 10.0
 # How often a partition's entries are swept for those past the horizon (a whole pass
@@ -120,12 +122,22 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
         for state in (books, waiting, looked, swept):
             state.clear()
 
+    async def ebb() -> None:
+        """Let the serving loop run, and keep Faust's changelog buffer short: a table write
+        is queued there, and the producer's flush before each commit gives up after a
+        0.1 s pause in sending, so a long queue lets offsets be committed ahead of the
+        state they changed (a SIGKILL then loses that state: seen at 80,000 queued)."""
+        buffer = app.producer.buffer
+        while buffer.size > _CHANGELOG_BACKLOG:
+            await buffer.flush_atmost(buffer.size - _CHANGELOG_BACKLOG)
+        await asyncio.sleep(0)
+
     async def entries(partition: int) -> AsyncIterator[tuple[bytes, Entry]]:
         """The partition's entries, yielding to the event loop as it goes: the table
         holds up to a horizon of answers, and serving shares this loop."""
         for n, (key, value) in enumerate(_partition_items(table, partition), 1):
             if n % _ROWS_BETWEEN_YIELDS == 0:
-                await asyncio.sleep(0)
+                await ebb()  # a sweep may delete many
             yield key, Entry.from_bytes(value)
 
     async def book_for(partition: int, now: float) -> Book:
@@ -238,8 +250,8 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
                     else:
                         apply(book, partition, request_id.encode(),
                               lambda e, k=kept: e.on_prediction(k, message.offset))
-                    if n % _ROWS_BETWEEN_YIELDS == 0:  # the serving loop shares this event loop
-                        await asyncio.sleep(0)
+                    if n % _ROWS_BETWEEN_YIELDS == 0:
+                        await ebb()
             await expire_due(book, partition, now)
 
     @app.timer(q.report_s)
