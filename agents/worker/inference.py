@@ -275,8 +275,9 @@ class InferenceService:
                      if watched_ok else np.empty(0))
         self._judge_canary(deployment, model, route, watched_charged,
                            [seconds] * len(watched_ok), predicted, served.manifest.outputs)
-        if self._kept is not None and watched_ok:
-            self._keep(items, results, watched_ok, rescued, model, (version, route),
+        answered = [i for i in watched if i in rescued or not isinstance(results[i], RowFailure)]
+        if self._kept is not None and answered:
+            self._keep(items, results, answered, rescued, model, (version, route),
                        second and (second.version, second.route), done)
         coder = serving.coders.get((model, version))
         if coder is not None and watched_ok:

@@ -114,3 +114,19 @@ def test_without_a_fallback_a_version_is_charged_for_every_failure(versions):
     refused = fates(asyncio.run(inference.handle(batch("n-", [NORMAL]))))
     assert refused[0]["reason"] == "circuit_open"
     assert "set a fallback with `streamserve fallback m VERSION`" in refused[0]["error"]
+
+
+def test_with_labels_on_each_answer_is_kept_by_the_version_and_route_that_gave_it(versions):
+    from pipeline.quality.wire import read_kept
+
+    inference = InferenceService(Settings.from_env({"STREAMSERVE_LABELS": "on"}), Metrics(),
+                                 ThreadPoolExecutor(1))
+    inference.install(Deployment(versions, {"m": DeploymentSpec("m", "1", fallback="2")}))
+    asyncio.run(inference.handle(batch("r-", [NORMAL, FRAGILE_ONLY, HOPELESS])))
+    kept = {request_id: k for out in inference.flush_rows() if out.kind is Kind.KEPT
+            for request_id, k in read_kept(out.value)}
+    assert {i: (k.version, k.route, k.dead_letter) for i, k in kept.items()} == {
+        "r-0": ("1", "stable", None), "r-1": ("2", "fallback", None),
+        "r-2": ("1", "stable", "model_error")}  # both failed: the dead letter is the version's
+    assert kept["r-1"].predicted in (0, 1) and len(kept["r-1"].probabilities) == 2
+    assert not [o for o in inference.flush_rows() if o.kind is Kind.KEPT]  # taken once
