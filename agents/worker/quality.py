@@ -138,7 +138,7 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
         for n, (key, value) in enumerate(_partition_items(table, partition), 1):
             if n % _ROWS_BETWEEN_YIELDS == 0:
                 await ebb()  # a sweep may delete many
-            yield key, Entry.from_bytes(value)
+            yield key, _read(key, value)
 
     async def book_for(partition: int, now: float) -> Book:
         """The partition's book, rebuilt from the table the first time after an assignment."""
@@ -156,7 +156,7 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
         its labels' outcomes counted in the metrics unless ``counted`` is False (a shadow's
         entry: the label was counted with its request's)."""
         stored = table.get(key)
-        entry = Entry.from_bytes(stored) if stored is not None else Entry()
+        entry = _read(key, stored)
         with book.change(entry):
             judged = step(entry)
         for j in judged if counted else ():
@@ -205,7 +205,7 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
             looked[partition] = now
             for key, since in list(waiting[partition].items()):
                 if now - since > q.wait_s and (stored := table.get(key)) is not None:
-                    expire(book, partition, key, Entry.from_bytes(stored), now)
+                    expire(book, partition, key, _read(key, stored), now)
         if now - swept[partition] >= min(_SWEEP_S, q.horizon_s / 10):
             swept[partition] = now
             async for key, entry in entries(partition):
@@ -285,6 +285,20 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
                     part["windows"] = {}
                 value = orjson.dumps({**r, "partition": partition, "time": now})
             await quality_topic.send(key=f"{r['model']}:{r['version']}".encode(), value=value)
+
+
+def _read(key: bytes, stored: bytes | None) -> Entry:
+    """The entry stored for ``key``; a new one when none, or when it cannot be read
+    (another release's, or damaged: a crash here would restart the agent into the same
+    value forever, so it starts afresh, said in the log)."""
+    if stored is None:
+        return Entry()
+    try:
+        return Entry.from_bytes(stored)
+    except (ValueError, TypeError) as e:
+        log.error("label join entry %r unreadable (%s: %s); starting it afresh", key[:80],
+                  type(e).__name__, e)
+        return Entry()
 
 
 def _shadowed_by(entry: Entry, version: str) -> list:
