@@ -87,11 +87,13 @@ class Entry:
         return self.kept is not None and self.truth is not None
 
     def take_truth(self, primary: Entry) -> None:
-        """A shadow's entry, created after its request's label was scored: judged on it."""
+        """A shadow's entry, created after its request's label was scored: judged on it,
+        and knowing where that label was read (one relayed again is no duplicate)."""
         if primary.truth is not None and self.truth is None and self.kept is not None \
                 and self.kept.dead_letter is None \
                 and isinstance(primary.truth, str) == (self.kept.probabilities is not None):
             self.truth, self.delay_s = primary.truth, primary.delay_s
+            self.sources = list(primary.sources)
 
     def on_prediction(self, kept: Kept, offset: int) -> list[Judged]:
         if offset <= self.offset:

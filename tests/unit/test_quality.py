@@ -181,11 +181,13 @@ def test_an_entry_survives_its_table_round_trip():
 
 def test_a_shadows_entry_takes_the_truth_its_request_was_scored_on():
     primary = Entry(kept=kept(time=10.0))
-    primary.on_label(label("virginica"), arrived=40.0, offset=1)
+    primary.on_label(label("virginica"), arrived=40.0, offset=1, source="2:7")
     shadow = Entry()
     shadow.on_prediction(kept(predicted=2, route="shadow"), offset=2)
     shadow.take_truth(primary)
     assert (shadow.truth, shadow.delay_s, shadow.scored) == ("virginica", 30.0, True)
+    # The same label relayed again (the relay crashed before its commit) is no duplicate.
+    assert shadow.on_label(label("virginica"), arrived=50.0, offset=9, source="2:7") == []
     regressor = Entry(kept=Kept("m", "2", "shadow", 0.0, value=1.0))
     regressor.take_truth(primary)  # a class cannot judge a value
     assert regressor.truth is None
