@@ -98,9 +98,13 @@ def test_a_deploy_and_a_live_refusal_are_audited(audited):
     # A spec written past the command line's check: the worker refuses it while serving.
     asyncio.run(change(s, "iris", lambda spec: routing.deploy(spec, "iris", "2"), action="deploy",
                        source="test"))
-    trail = entries_until(s, lambda es: [e.action for e in es if e.subject == "iris"][-3:] ==
-                          ["deploy", "deploy", "load_refused"])
-    by_cli, _, live = trail[-3:]
+    # The test's own audit entry and the worker's refusal race to the trail (the worker
+    # reads the spec as soon as it is written): wait for both, in either order.
+    trail = [e for e in entries_until(s, lambda es: any(
+        e.action == "deploy" and e.source == "test" for e in es) and any(
+        e.action == "load_refused" and e.before is not None for e in es)) if e.subject == "iris"]
+    by_cli = next(e for e in trail if e.action == "deploy" and e.source == "cli")
+    live = next(e for e in trail if e.action == "load_refused" and e.before is not None)
     assert (by_cli.source, by_cli.who, by_cli.principal) == ("cli", WHO, "User:ANONYMOUS")
     assert by_cli.command == "main.py deploy iris 1" and by_cli.pid != audited.worker.process.pid
     assert by_cli.after["stable"] == "1" and by_cli.before is None
