@@ -7,9 +7,8 @@ import argparse
 import asyncio
 from pathlib import Path
 
-from agents.cli.parsing import Commands, command, group
+from agents.cli.parsing import Commands, check_writable, command, group
 from pipeline.config import Settings
-from pipeline.errors import UsageError
 
 
 def register(commands: Commands) -> None:
@@ -25,10 +24,7 @@ def register(commands: Commands) -> None:
 def _report(settings: Settings, args: argparse.Namespace) -> int:
     from agents.ops.drift_report import format_report, plot_reports, read_reports
 
-    # Checked before reading Kafka, so a typo costs no wait for the broker.
-    if args.plot is not None and not args.plot.parent.is_dir():
-        raise UsageError(f"cannot write {args.plot}: folder {args.plot.parent} does not exist; "
-                         "create it (mkdir -p) or choose another --plot path")
+    check_writable(args.plot, "--plot")
     version, by_feature = asyncio.run(read_reports(settings, args.model, args.version))
     print(format_report(args.model, version, by_feature))
     if args.plot is not None and by_feature:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from pathlib import Path
 
 from pipeline.config import Settings
+from pipeline.errors import UsageError
 
 Run = Callable[[Settings, argparse.Namespace], int | None]
 Commands = argparse._SubParsersAction
@@ -31,3 +33,10 @@ def group(commands: Commands, name: str, help: str, description: str | None = No
     are added to with ``command``."""
     parser = commands.add_parser(name, help=help, description=description or help)
     return parser.add_subparsers(title="actions", metavar="ACTION", required=True)
+
+
+def check_writable(path: Path | None, option: str) -> None:
+    """Refuse an output file whose folder is missing, before any slow work (reading Kafka)."""
+    if path is not None and not path.parent.is_dir():
+        raise UsageError(f"cannot write {path}: folder {path.parent} does not exist; "
+                         f"create it (mkdir -p) or choose another {option} path")

@@ -9,9 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from agents.cli.parsing import Commands, command, group
+from agents.cli.parsing import Commands, check_writable, command, group
 from pipeline.config import Settings
-from pipeline.errors import UsageError
 
 
 def register(commands: Commands) -> None:
@@ -36,10 +35,7 @@ def _report(settings: Settings, args: argparse.Namespace) -> int:
     from agents.ops.quality_report import format_report, plot_quality, read_quality, summarize
     from pipeline.audit import parse_since
 
-    # Checked before reading Kafka, so a typo costs no wait for the broker.
-    if args.plot is not None and not args.plot.parent.is_dir():
-        raise UsageError(f"cannot write {args.plot}: folder {args.plot.parent} does not exist; "
-                         "create it (mkdir -p) or choose another --plot path")
+    check_writable(args.plot, "--plot")
     since = None if args.since is None else parse_since(args.since, time.time())
     versions = summarize(settings, args.model, asyncio.run(read_quality(settings, args.model)), since)
     if args.json:
