@@ -5,6 +5,7 @@ same settings (``Settings.kafka.security``): SASL (PLAIN, SCRAM-SHA-256, SCRAM-S
 over plaintext or TLS, or TLS alone with an optional client certificate. Secrets are
 held out of ``repr`` so that a logged settings object never shows them. The TLS context
 itself is built by the I/O shell (``agents.kafka.connect.connection``): this module stays pure.
+The same settings map to aiokafka's keyword arguments and to librdkafka's properties.
 """
 
 from __future__ import annotations
@@ -95,6 +96,22 @@ class KafkaSecurity:
             options |= {"sasl_mechanism": self.sasl_mechanism,
                         "sasl_plain_username": self.username,
                         "sasl_plain_password": self.password}
+        return options
+
+    def librdkafka_options(self) -> dict[str, str]:
+        """The same security as librdkafka (confluent-kafka) configuration properties:
+        the serving path's consumer and producer are librdkafka clients."""
+        options = {"security.protocol": self.protocol}
+        if self.uses_sasl:
+            options |= {"sasl.mechanism": self.sasl_mechanism, "sasl.username": self.username,
+                        "sasl.password": self.password}
+        if self.uses_tls:
+            files = {"ssl.ca.location": self.cafile, "ssl.certificate.location": self.certfile,
+                     "ssl.key.location": self.keyfile}
+            options |= {name: str(path) for name, path in files.items() if path is not None}
+            if self.key_password:
+                options["ssl.key.password"] = self.key_password
+            options["ssl.endpoint.identification.algorithm"] = "https" if self.check_hostname else "none"
         return options
 
 

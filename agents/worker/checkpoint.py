@@ -31,23 +31,15 @@ import socket
 from collections import deque
 from collections.abc import Callable, Collection, Mapping, Sequence
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import (
-    CommitFailedError,
-    CorruptRecordException,
-    InvalidProducerEpoch,
-    InvalidProducerIdMapping,
-    KafkaError,
-    MessageSizeTooLargeError,
-    OutOfOrderSequenceNumber,
-    RecordListTooLargeError,
-    RecordTooLargeError,
-    TopicAuthorizationFailedError,
-    UnknownProducerId,
-)
-from aiokafka.structs import OffsetAndMetadata
+from confluent_kafka import KafkaException
 
-from agents.kafka.connect import connection
+from agents.kafka.librdkafka import (
+    Consumer,
+    Producer,
+    breaks_the_producer,
+    group_moved_on,
+    refused_for_good,
+)
 from agents.worker.inference import InferenceService
 from pipeline.config import Settings
 from pipeline.faults import CrashCounter
@@ -65,17 +57,8 @@ _MAX_REMEMBERED = 10_000  # exactly-once: outputs refused for good, remembered a
 # partitions until the broker aborts it; a commit happens every half second, so ten
 # seconds is generous.
 _TRANSACTION_TIMEOUT_MS = 10_000
-
-# Send errors that no retry mends: the output is replaced or given up (``_stand_ins``).
-REFUSED_FOR_GOOD = (MessageSizeTooLargeError, RecordTooLargeError, RecordListTooLargeError,
-                    CorruptRecordException, TopicAuthorizationFailedError)
-
-# Errors after which aiokafka's producer sends nothing more (its sender task ends, or its
-# sequence numbers no longer match the broker's): only a new producer, whose start bumps
-# the epoch and resets the sequences, goes on. Seen: OutOfOrderSequenceNumber on every
-# transaction after the partitions' leader was paused for 10 s.
-BREAKS_THE_PRODUCER = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch,
-                       InvalidProducerIdMapping)
+# At-least-once: an output not acknowledged in this time is sent again (``_complete``).
+_DELIVERY_TIMEOUT_MS = 30_000
 
 Sent = list[tuple[list[Outgoing], asyncio.Future]]  # outputs, and the future their ack resolves
 
@@ -84,7 +67,7 @@ class Checkpoint:
     """A worker's producer, and the commit of what it served."""
 
     def __init__(self, settings: Settings, inference: InferenceService,
-                 consumer: AIOKafkaConsumer, *, forget_queued: Callable[[], None],
+                 consumer: Consumer, *, forget_queued: Callable[[], None],
                  stopping: Callable[[], bool]) -> None:
         self._settings = settings
         self._inference = inference
@@ -93,7 +76,7 @@ class Checkpoint:
         self._stopping = stopping
         self._ledger = OffsetLedger(FLUSH_SECONDS)
         self._crashes = CrashCounter(settings.faults.plan)
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: Producer | None = None
         self._partitions: dict[str, list[int]] = {}  # output topic -> its partitions
         self._completions: deque[asyncio.Task] = deque()  # at-least-once: awaiting acks
         self._committer: asyncio.Task | None = None  # at-least-once: the commit in flight
@@ -110,10 +93,12 @@ class Checkpoint:
         """Start the producer; exactly-once: a transactional one (its start fences, and
         aborts the open transaction of, any earlier producer with this worker's id)."""
         s = self._settings
-        transactional = {"transactional_id": transactional_id(s),
-                         "transaction_timeout_ms": _TRANSACTION_TIMEOUT_MS} if s.exactly_once else {}
-        self._producer = AIOKafkaProducer(**connection(s), acks="all",
-                                          enable_idempotence=True, linger_ms=1, **transactional)
+        delivery = {"transactional.id": transactional_id(s),
+                    "transaction.timeout.ms": _TRANSACTION_TIMEOUT_MS,
+                    "message.timeout.ms": _TRANSACTION_TIMEOUT_MS} if s.exactly_once else {
+                    "message.timeout.ms": _DELIVERY_TIMEOUT_MS}
+        self._producer = Producer(s, **{"acks": "all", "enable.idempotence": True,
+                                        "linger.ms": 1}, **delivery)
         await self._producer.start()
         self._open, self._in_transaction = False, []
 
@@ -190,7 +175,7 @@ class Checkpoint:
                 raise failures[0]
             # 4.
             if offsets:
-                await producer.send_offsets_to_transaction(_kafka(offsets), self._settings.kafka.app_id)
+                await producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
             self._crash_point("after_produce")
             # 5.
             await producer.commit_transaction()
@@ -219,17 +204,21 @@ class Checkpoint:
         if self._committer is not None:
             await self._committer
 
-    async def resume(self, assigned: Collection[TopicPartition]) -> None:
-        """Resume a partition this worker committed before from no earlier than its own
+    async def resume(self, assigned: Collection[Partition]) -> dict[Partition, int]:
+        """Where a partition this worker committed before starts: no earlier than its own
         last commit (``OffsetLedger.resume_from`` says why). Only exactly-once records
         its commits: a consumer's own commit is in the group when it returns."""
-        for tp in self._ledger.resumable(assigned):
-            committed = await self._consumer.committed(tp)
+        resumable = self._ledger.resumable(assigned)
+        if not resumable:
+            return {}
+        starts = {}
+        for tp, committed in (await self._consumer.committed(resumable)).items():
             offset = self._ledger.resume_from(tp, committed)
             if offset is not None:
                 log.info("partition %d resumes from this worker's own commit %d (the group "
-                         "answered %s)", tp.partition, offset, committed)
-                self._consumer.seek(tp, offset)
+                         "answered %s)", tp[1], offset, committed)
+                starts[tp] = offset
+        return starts
 
     # At-least-once: steps 2 to 5 of the commit, for a batch's outputs too (no offsets).
 
@@ -250,7 +239,7 @@ class Checkpoint:
             for (outputs, _), r in zip(sent, results, strict=True):
                 if not isinstance(r, BaseException):
                     continue
-                if not isinstance(r, REFUSED_FOR_GOOD):
+                if not refused_for_good(r):
                     again.extend((o, r) for o in outputs)
                 elif len(outputs) == 1:
                     refused.append((outputs[0], r))
@@ -321,7 +310,7 @@ class Checkpoint:
             self._refusals.clear()  # a flood of refusals: start over rather than grow
             self._alone.clear()
         for (outputs, _), result in zip(sent, results, strict=True):
-            if not isinstance(result, REFUSED_FOR_GOOD):
+            if not refused_for_good(result):
                 continue
             if len(outputs) > 1:
                 self._alone.update(map(_identity, outputs))
@@ -333,14 +322,15 @@ class Checkpoint:
         """5. Commit the released offsets through the consumer."""
         while offsets := self._ledger.to_commit():
             try:
-                await self._consumer.commit(_kafka(offsets))
-            except CommitFailedError as e:
-                # The group moved on (a rebalance, or the broker lost this member): the
-                # partitions' next owner serves these requests again (at-least-once).
-                log.warning("offsets %s not committed (%s); their requests will be served again",
-                            {p: o for (_, p), o in offsets.items()}, e)
-                continue
-            except KafkaError as e:  # the coordinator is away for a while: keep the offsets
+                await self._consumer.commit(offsets)
+            except KafkaException as e:
+                if group_moved_on(e):
+                    # The group moved on (a rebalance, or the broker lost this member): the
+                    # partitions' next owner serves these requests again (at-least-once).
+                    log.warning("offsets %s not committed (%s); their requests will be served "
+                                "again", {p: o for (_, p), o in offsets.items()}, e)
+                    continue
+                # The coordinator is away for a while: keep the offsets.
                 if self._stopping():  # stopping: their requests are served again after
                     log.warning("committing offsets failed (%r) while stopping", e)
                     continue
@@ -355,7 +345,7 @@ class Checkpoint:
     async def _begin(self) -> None:
         if not self._open:
             assert self._producer is not None
-            await self._producer.begin_transaction()
+            self._producer.begin_transaction()
             self._open = True
 
     async def _rewind(self, error: Exception) -> None:
@@ -363,7 +353,7 @@ class Checkpoint:
         offsets; what was queued or served meanwhile is dropped with it."""
         assert self._producer is not None
         log.warning("a transaction failed (%r); aborting it and reading its requests again", error)
-        renew = isinstance(error, BREAKS_THE_PRODUCER)
+        renew = breaks_the_producer(error)
         try:
             self._in_transaction = []
             if self._open:
@@ -378,7 +368,7 @@ class Checkpoint:
                 try:
                     await self.start()
                     break
-                except KafkaError as e:
+                except KafkaException as e:
                     log.warning("a new producer cannot start yet (%r); trying again", e)
                     await self._producer.stop()
                     await asyncio.sleep(_SEND_RETRY_SECONDS)
@@ -388,61 +378,58 @@ class Checkpoint:
         self._inference.abandoned()  # and admitted again
         if self._stopping():  # the partitions' next owner reads them from the group's offsets
             return
-        for tp in self._consumer.assignment():
-            committed = await self._committed(tp)
-            # The failures that cause a rewind (a broker or coordinator restart, a commit
-            # that timed out but went through) are those in which the group may answer
-            # an offset older than this worker's own last commit: resume from the later.
-            offset = self._ledger.resume_from(tp, committed)
-            if offset is None:
-                offset = committed
-            if offset is None:
-                await self._consumer.seek_to_beginning(tp)
-            else:
-                self._consumer.seek(tp, offset)
+        assigned = self._consumer.assignment()
+        if not assigned:  # none, or a revocation: the next owner reads from the group's offsets
+            return
+        committed = await self._committed(assigned)
+        # The failures that cause a rewind (a broker or coordinator restart, a commit that
+        # timed out but went through) are those in which the group may answer an offset
+        # older than this worker's own last commit: resume from the later (None: from the
+        # beginning, as auto.offset.reset says).
+        resumed = {tp: self._ledger.resume_from(tp, offset) for tp, offset in committed.items()}
+        await self._consumer.seek({tp: offset if resumed[tp] is None else resumed[tp]
+                                   for tp, offset in committed.items()})
 
-    async def _committed(self, tp: TopicPartition) -> int | None:
-        """The group's committed offset of ``tp``, once the coordinator answers (after a
-        broker restart it may be away for a while)."""
+    async def _committed(self, partitions: Collection[Partition]) -> dict[Partition, int | None]:
+        """The group's committed offsets of ``partitions``, once the coordinator answers
+        (after a broker restart it may be away for a while)."""
         while True:
             try:
-                return await self._consumer.committed(tp)
-            except KafkaError as e:
+                return await self._consumer.committed(partitions)
+            except KafkaException as e:
                 if self._stopping():
                     raise
-                log.warning("the group's committed offset of partition %d is not known yet "
-                            "(%r); asking again", tp.partition, e)
+                log.warning("the group's committed offsets of partitions %s are not known yet "
+                            "(%r); asking again", sorted(p for _, p in partitions), e)
                 await asyncio.sleep(_SEND_RETRY_SECONDS)
 
     # Both modes.
 
     async def _send(self, outgoing: Sequence[Outgoing], alone: bool = False) -> Sent:
-        """Queue every output in the producer, one record batch per partition rather than
-        a call per record (aiokafka's per-record path costs more than serving the row);
-        with ``alone``, one batch per output (to find which one the broker refuses).
-        An output goes to its request's partition number (hashing every key in Python
-        cost a tenth of the worker's time), so a client that reads only the partitions
-        it produced to finds its replies there. Returns each batch's outputs with the
-        future its broker ack resolves."""
+        """Queue every output in the producer, one send per partition; with ``alone``, one
+        output at a time, each acknowledged (or refused) before the next is queued, so that
+        librdkafka sends it in a record batch of its own (to find which one the broker
+        refuses). An output goes to its request's partition number (hashing every key in
+        Python cost a tenth of the worker's time), so a client that reads only the
+        partitions it produced to finds its replies there. Returns each send's outputs with
+        the future its broker acks resolve."""
         producer = self._producer
         assert producer is not None
         by_partition: dict[tuple[str, int], list[Outgoing]] = {}
         for o in outgoing:
             partitions = self._partitions.get(o.topic)
             if partitions is None:
-                partitions = self._partitions[o.topic] = sorted(await producer.partitions_for(o.topic))
+                partitions = self._partitions[o.topic] = await producer.partitions_for(o.topic)
             by_partition.setdefault((o.topic, partitions[o.partition % len(partitions)]), []).append(o)
-        sent = []
+        sent: Sent = []
         for (topic, partition), outputs in by_partition.items():
-            batch, members = producer.create_batch(), []
+            if not alone:
+                sent.append((outputs, await producer.send(topic, partition, outputs)))
+                continue
             for o in outputs:
-                if (alone and members) or batch.append(
-                        key=o.key, value=o.value, timestamp=None, headers=o.headers) is None:
-                    sent.append((members, await producer.send_batch(batch, topic, partition=partition)))
-                    batch, members = producer.create_batch(), []
-                    batch.append(key=o.key, value=o.value, timestamp=None, headers=o.headers)
-                members.append(o)
-            sent.append((members, await producer.send_batch(batch, topic, partition=partition)))
+                future = await producer.send(topic, partition, [o])
+                await asyncio.wait([future])
+                sent.append(([o], future))
         return sent
 
     def _crash_point(self, point: str) -> None:
@@ -464,7 +451,3 @@ def _identity(out: Outgoing) -> tuple:
 def transactional_id(settings: Settings) -> str:
     """The exactly-once producer's id: stable across restarts when the worker has a name."""
     return f"{settings.kafka.app_id}-{settings.kafka.worker_id or f'{socket.gethostname()}-{os.getpid()}'}"
-
-
-def _kafka(offsets: Mapping[Partition, int]) -> dict[TopicPartition, OffsetAndMetadata]:
-    return {TopicPartition(*tp): OffsetAndMetadata(offset, "") for tp, offset in offsets.items()}

@@ -167,7 +167,7 @@ class _Serving(Protocol):  # what the checks read of the inference service and t
 
 class _Consuming(Protocol):
     @property
-    def assigned(self) -> Collection[Any] | None: ...
+    def assigned(self) -> Collection[int] | None: ...  # partition numbers
 
     @property
     def should_stop(self) -> bool: ...
@@ -198,7 +198,7 @@ def consumer_check(server: Callable[[], _Consuming | None]) -> Probe:
             return CheckResult(True, "joined its group; no partitions (more workers than "
                                      "partitions): idle until a rebalance gives it some")
         return CheckResult(True, f"joined its group; serving partitions "
-                                 f"{sorted(tp.partition for tp in s.assigned)}")
+                                 f"{sorted(s.assigned)}")
     return probe
 
 

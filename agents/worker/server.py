@@ -3,8 +3,9 @@
 Why not a Faust agent: Faust's stream machinery costs 60-90 µs per event before any
 model work (codecs, sensors, per-event acks), and an exception escaping ``take()``
 still commits the batch. This service runs inside the Faust worker (its lifecycle,
-signals and logging) but consumes with its own aiokafka consumer, batch by batch,
-with raw bytes and no per-event Python beyond decoding.
+signals and logging) but consumes and produces with librdkafka clients of its own
+(``agents.kafka.librdkafka`` says why and how they meet the event loop), batch by
+batch, with raw bytes and no per-event Python beyond decoding.
 
 Batching is adaptive (``pipeline.adaptive.BatchPolicy``): records queue up until a
 full bucket is there or waiting longer would break the queueing budget
@@ -13,8 +14,7 @@ fills the largest bucket, light traffic goes out early.
 
 Per batch, in this order:
   1. take the batch the policy chose from the head of the queue (per partition, a
-     prefix of what was fetched), and queue what the consumer fetched meanwhile, so
-     that its next fetch runs while the batch is served (``_fetched``);
+     prefix of what was fetched; librdkafka fetches the next records meanwhile);
   2. decode, serve and encode it (``InferenceService.handle``): exactly one output per
      record, a prediction or a dead letter, whatever the input or the model does;
   3. hand every output to the producer (``Checkpoint.hand_off``) and go on with the next
@@ -29,7 +29,8 @@ Per batch, in this order:
      the rows it makes the worker serve again are counted once by the drift agent
      (``SourceWatermarks``).
 A rebalance drops what is queued from the partitions it takes, and waits for the
-batches in flight to commit before they are given up. SIGTERM stops the loop between
+batches in flight to commit before they are given up (librdkafka calls it inside the
+fetch the serving loop waits for, so no batch is being served then). SIGTERM stops the loop between
 batches and waits for the batches in flight.
 """
 
@@ -43,17 +44,16 @@ import time
 from collections.abc import Sequence
 
 import mode
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
+from confluent_kafka import Message
 
-from agents.kafka.connect import connection
+from agents.kafka.librdkafka import Consumer
 from agents.worker.checkpoint import FLUSH_SECONDS, Checkpoint
 from agents.worker.inference import InferenceService
 from agents.worker.metrics import Metrics
 from pipeline.adaptive import BatchPolicy, CostModel
 from pipeline.batching import buckets_for, choose_bucket
 from pipeline.config import Settings
-from pipeline.offsets import unrevoked
+from pipeline.offsets import Partition, unrevoked
 from pipeline.outputs import Incoming, Outgoing
 from pipeline.replay import REPLAY_HEADER
 
@@ -81,35 +81,38 @@ class RequestServer(mode.Service):
         self._buckets = buckets_for(settings.batching.max_batch)
         self._policy = BatchPolicy(self._buckets, settings.batching.batch_timeout_ms / 1000,
                                    CostModel(_PRIOR_SECONDS_PER_ROW, _PRIOR_SECONDS_PER_BATCH))
-        self._queue: list[tuple[float, ConsumerRecord]] = []  # (local arrival, record)
+        self._queue: list[tuple[float, Incoming]] = []  # (local arrival, request)
         self._reported = 0.0  # when lag and queue were last reported
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: Consumer | None = None
         self._checkpoint: Checkpoint | None = None  # the producer and the commit
-        self._assigned: frozenset[TopicPartition] | None = None  # None until the group is joined
+        self._assigned: frozenset[int] | None = None  # None until the group is joined
 
     @property
-    def assigned(self) -> frozenset[TopicPartition] | None:
-        """The latest assignment, possibly empty (more workers than partitions); None until
-        the consumer first joined its group. Read by the readiness check (``agents.worker.health``)."""
+    def assigned(self) -> frozenset[int] | None:
+        """The partitions of the latest assignment, possibly none (more workers than
+        partitions); None until the consumer first joined its group. Read by the readiness
+        check (``agents.worker.health``)."""
         return self._assigned
 
     async def on_start(self) -> None:
         s = self._settings
         if s.faults.plan.active:
             log.warning("STREAMSERVE_FAULTS is set: injecting faults (%s)", s.faults.plan.describe())
-        # The consumer is built first (no I/O) so the checkpoint commits through it, and
-        # started last: the producer that answers its records is running by then.
-        consumer = AIOKafkaConsumer(
-            **connection(s), group_id=s.kafka.app_id, enable_auto_commit=False,
-            auto_offset_reset="earliest", isolation_level="read_committed",
-            max_poll_records=s.batching.max_batch)
+        # The consumer joins its group in the first fetch, once the producer that answers
+        # its records is running. The group's timing and assignor are aiokafka's, which the
+        # workers used before: a rolling upgrade mixes both in one group.
+        consumer = Consumer(
+            s, s.topics.requests, on_assigned=self.partitions_assigned,
+            on_revoked=self.partitions_revoked, **{
+                "group.id": s.kafka.app_id, "enable.auto.commit": False,
+                "enable.auto.offset.store": False, "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed", "partition.assignment.strategy": "roundrobin",
+                "session.timeout.ms": 10_000, "heartbeat.interval.ms": 3_000})
         self._checkpoint = Checkpoint(s, self._inference, consumer,
                                       forget_queued=self._forget_queued,
                                       stopping=lambda: self.should_stop)
         await self._checkpoint.start()
         self._consumer = consumer
-        consumer.subscribe([s.topics.requests], listener=_Rebalance(self))
-        await consumer.start()
 
     async def on_stop(self) -> None:
         # Runs before mode cancels the serving task: let it finish its batch and commit.
@@ -121,7 +124,7 @@ class RequestServer(mode.Service):
             async with self._in_flight:
                 await self._checkpoint.commit(time.monotonic())
                 await self._checkpoint.drain()
-            await self._consumer.stop()
+            await self._consumer.close()
         if self._checkpoint is not None:
             await self._checkpoint.stop()
 
@@ -160,7 +163,6 @@ class RequestServer(mode.Service):
         assert checkpoint is not None
         async with self._in_flight:
             head, self._queue = self._queue[:take], self._queue[take:]
-            await self._fetched()
             records = [r for _, r in head]
             started = time.monotonic()
             self._metrics.queue_wait.observe(started - head[0][0])
@@ -173,21 +175,29 @@ class RequestServer(mode.Service):
                 await checkpoint.commit(started)
         await checkpoint.keep_up()
 
-    async def _fetched(self, timeout: float = 0.0) -> float:
-        """Queue what the consumer fetched (at most one largest bucket), waiting up to
-        ``timeout`` seconds for it; the time it was queued (monotonic).
-
-        Called with no wait as a batch starts too: aiokafka sends no next fetch while
-        fetched records wait in its buffer, so taking them lets the broker's next records
-        come in while the batch is served (at 25 % load they waited about 10 ms more).
-        The queue stays under two largest buckets: it holds less than one when a batch
-        starts or the policy waits."""
+    async def _fetched(self, timeout: float) -> float:
+        """Queue what the consumer fetched; the time it was queued (monotonic). With an
+        empty queue, up to one largest bucket, as soon as the first record comes (up to
+        ``timeout`` seconds); else up to what fills the largest bucket, waiting up to
+        ``timeout`` (the batch policy's wait) for it. The queue never holds more than one
+        largest bucket."""
         assert self._consumer is not None
-        fetched = await self._consumer.getmany(timeout_ms=max(0, round(timeout * 1000)),
-                                               max_records=self._buckets[-1])
-        arrival = time.monotonic()
-        self._queue.extend((arrival, r) for records in fetched.values() for r in records)
+        room = self._buckets[-1] - len(self._queue)
+        fetched = await self._consumer.fetch(timeout, room, first=not self._queue)
+        arrival, now = time.monotonic(), time.time()
+        self._queue.extend((arrival, self._incoming(r, now)) for r in fetched)
         return arrival
+
+    def _incoming(self, record: Message, now: float) -> Incoming:
+        # A request stamped in the future (a sender's clock, or any CreateTime the broker
+        # took), or not stamped, is dated now: a future date would blind the drift windows
+        # and its deadline.
+        headers, tenant_header = record.headers(), self._settings.admission.tenant_header
+        stamp = record.timestamp()[1] / 1000
+        return Incoming(topic=record.topic(), partition=record.partition(), offset=record.offset(),
+                        timestamp=stamp if 0 < stamp < now else now, value=record.value(),
+                        replay=bool(headers) and any(k == REPLAY_HEADER for k, _ in headers),
+                        tenant=_header(headers, tenant_header) if headers and tenant_header else None)
 
     async def _report_backlog(self, now: float) -> None:
         """Every ``_REPORT_SECONDS``: consumer lag per partition, and the worker's own
@@ -198,25 +208,17 @@ class RequestServer(mode.Service):
         self._reported = now
         assert self._consumer is not None
         oldest: dict[int, int] = {}
-        for _, record in self._queue:
-            oldest.setdefault(record.partition, record.offset)
+        for _, request in self._queue:
+            oldest.setdefault(request.partition, request.offset)
         for tp in self._consumer.assignment():
             end = self._consumer.highwater(tp)
-            if end is not None:
-                next_to_serve = oldest.get(tp.partition, await self._consumer.position(tp))
-                self._metrics.lag.labels(str(tp.partition)).set(max(0, end - next_to_serve))
+            next_to_serve = oldest.get(tp[1], self._consumer.position(tp))
+            if end is not None and next_to_serve is not None:
+                self._metrics.lag.labels(str(tp[1])).set(max(0, end - next_to_serve))
         self._metrics.queued.set(len(self._queue))
 
-    async def _compute(self, records: Sequence[ConsumerRecord], expected_seconds: float,
+    async def _compute(self, batch: list[Incoming], expected_seconds: float,
                        taken: float) -> list[Outgoing]:
-        # A request stamped in the future (a sender's clock, or any CreateTime the broker
-        # took) is dated now: a future date would blind the drift windows and its deadline.
-        now, tenant_header = time.time(), self._settings.admission.tenant_header
-        batch = [Incoming(topic=r.topic, partition=r.partition, offset=r.offset,
-                          timestamp=min(r.timestamp / 1000, now), value=r.value,
-                          replay=bool(r.headers) and any(k == REPLAY_HEADER for k, _ in r.headers),
-                          tenant=_header(r.headers, tenant_header) if tenant_header else None)
-                 for r in records]
         try:
             return await self._inference.handle(batch, expected_seconds, taken)
         except Exception as e:  # noqa: BLE001 - never lose a batch to an unexpected failure
@@ -227,37 +229,27 @@ class RequestServer(mode.Service):
         """A rewind (exactly-once): what is fetched and not served is read again."""
         self._queue = []
 
-    async def partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+    async def partitions_revoked(self, revoked: frozenset[Partition]) -> None:
         """Finish the batches in flight (they commit), and drop what is queued from ``revoked``:
         its next owner reads it again from the committed offset."""
         assert self._checkpoint is not None
-        for tp in revoked:  # their lag is their next owner's to report
+        for _, partition in revoked:  # their lag is their next owner's to report
             with contextlib.suppress(KeyError):
-                self._metrics.lag.remove(str(tp.partition))
+                self._metrics.lag.remove(str(partition))
         async with self._in_flight:
             self._queue = unrevoked(self._queue, revoked)
             await self._checkpoint.commit(time.monotonic())
             await self._checkpoint.drain()
 
-    async def partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+    async def partitions_assigned(self, assigned: frozenset[Partition]) -> dict[Partition, int]:
         """Exactly-once: resume a partition this worker committed before from no earlier
-        than its own last commit (``Checkpoint.resume``); then serve."""
+        than its own last commit (``Checkpoint.resume``: where each starts); then serve."""
         assert self._checkpoint is not None
-        await self._checkpoint.resume(assigned)
-        log.info("serving partitions %s", sorted(tp.partition for tp in assigned))
-        self._assigned = frozenset(assigned)
+        starts = await self._checkpoint.resume(assigned)
+        self._assigned = frozenset(partition for _, partition in assigned)
+        log.info("serving partitions %s", sorted(self._assigned))
         self._metrics.ready.set(1)
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, server: RequestServer) -> None:
-        self._server = server
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._server.partitions_revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self._server.partitions_assigned(assigned)
+        return starts
 
 
 def _header(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:

@@ -4,43 +4,46 @@ import asyncio
 from types import SimpleNamespace
 
 import pytest
-from aiokafka import ConsumerRecord, TopicPartition
-from aiokafka.errors import OutOfOrderSequenceNumber, ProducerFenced
-from aiokafka.structs import OffsetAndMetadata
+from confluent_kafka import KafkaError, KafkaException
 
 from agents.worker import checkpoint as checkpoint_module
 from agents.worker.checkpoint import Checkpoint
 from pipeline.config import KafkaSettings, Settings
-from pipeline.outputs import Kind
+from pipeline.outputs import Incoming, Kind
 
-TP0 = TopicPartition("requests", 0)
+TP0 = ("requests", 0)
 
 
-class FakeProducer:
+def too_large() -> KafkaException:
+    return KafkaException(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE, "too large"))
+
+
+def fenced() -> KafkaException:
+    return KafkaException(KafkaError(KafkaError._FENCED, "fenced", fatal=True))
+
+
+class FakeProducer:  # agents.kafka.librdkafka.Producer's face
     def __init__(self, events: list, **options: object) -> None:
         self.events = events
-        self.transactional = "transactional_id" in options
+        self.transactional = "transactional.id" in options
 
     async def start(self) -> None: ...
 
     async def stop(self) -> None: ...
 
-    async def partitions_for(self, topic: str) -> set[int]:
-        return {0, 1}
+    async def partitions_for(self, topic: str) -> list[int]:
+        return [0, 1]
 
-    def create_batch(self) -> "Batch":
-        return Batch()
-
-    async def send_batch(self, batch: list, topic: str, partition: int) -> asyncio.Future:
-        self.events.append(("send", topic, len(batch)))
+    async def send(self, topic: str, partition: int, records: list) -> asyncio.Future:
+        self.events.append(("send", topic, len(records)))
         future = asyncio.get_running_loop().create_future()
         future.set_result(None)
         return future
 
-    async def begin_transaction(self) -> None:
+    def begin_transaction(self) -> None:
         self.events.append(("begin",))
 
-    async def send_offsets_to_transaction(self, offsets: dict, group_id: str) -> None:
+    async def send_offsets_to_transaction(self, offsets: dict, group_metadata: object) -> None:
         self.events.append(("offsets to transaction", offsets))
 
     async def commit_transaction(self) -> None:
@@ -50,13 +53,7 @@ class FakeProducer:
         self.events.append(("abort transaction",))
 
 
-class Batch(list):
-    def append(self, **record: object) -> int:  # aiokafka: metadata, or None when full
-        super().append(record)
-        return 1
-
-
-class FakeConsumer:
+class FakeConsumer:  # agents.kafka.librdkafka.Consumer's face
     def __init__(self, events: list, group_answer: int | None = None) -> None:
         self.events = events
         self.group_answer = group_answer
@@ -64,17 +61,17 @@ class FakeConsumer:
     async def commit(self, offsets: dict) -> None:
         self.events.append(("consumer commit", offsets))
 
-    async def committed(self, tp: TopicPartition) -> int | None:
-        return self.group_answer
+    async def committed(self, partitions) -> dict:
+        return dict.fromkeys(partitions, self.group_answer)
 
-    def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.events.append(("seek", tp, offset))
+    async def seek(self, offsets: dict) -> None:
+        self.events.extend(("seek", tp, offset) for tp, offset in offsets.items())
 
-    async def seek_to_beginning(self, tp: TopicPartition) -> None:
-        self.events.append(("seek to beginning", tp))
+    def assignment(self) -> frozenset:
+        return frozenset({TP0})
 
-    def assignment(self) -> set[TopicPartition]:
-        return {TP0}
+    def group_metadata(self) -> object:
+        return "group metadata"
 
 
 class FakeInference:
@@ -98,19 +95,16 @@ def output(topic: str) -> SimpleNamespace:
                            kind=Kind.PREDICTION)
 
 
-def record(offset: int) -> ConsumerRecord:
-    return ConsumerRecord(topic="requests", partition=0, offset=offset, timestamp=0,
-                          timestamp_type=0, key=None, value=b"", checksum=None,
-                          serialized_key_size=0, serialized_value_size=0, headers=())
+def record(offset: int) -> Incoming:
+    return Incoming(topic="requests", partition=0, offset=offset, timestamp=0.0, value=b"")
 
 
 @pytest.fixture
 def make(monkeypatch):
     async def made(delivery: str, group_answer: int | None = None):
         events: list = []
-        monkeypatch.setattr(checkpoint_module, "connection", lambda settings: {})
-        monkeypatch.setattr(checkpoint_module, "AIOKafkaProducer",
-                            lambda **options: FakeProducer(events, **options))
+        monkeypatch.setattr(checkpoint_module, "Producer",
+                            lambda settings, **options: FakeProducer(events, **options))
         settings = Settings(kafka=KafkaSettings(delivery=delivery, worker_id="w1"))
         checkpoint = Checkpoint(settings, FakeInference(events),
                                 FakeConsumer(events, group_answer), forget_queued=lambda: None,
@@ -133,7 +127,7 @@ async def test_at_least_once_commits_offsets_after_every_ack(make):
         ("delivered", 2),
         ("delivered", 1),
         ("crash point", "after_produce"),
-        ("consumer commit", {TP0: OffsetAndMetadata(7, "")}),
+        ("consumer commit", {TP0: 7}),
         ("crash point", "after_commit"),
     ]
 
@@ -147,7 +141,7 @@ async def test_exactly_once_commits_outputs_and_offsets_in_one_transaction(make)
         ("begin",),
         ("send", "predictions", 1),
         ("send", "drift", 1),
-        ("offsets to transaction", {TP0: OffsetAndMetadata(6, "")}),
+        ("offsets to transaction", {TP0: 6}),
         ("crash point", "after_produce"),
         ("commit transaction",),
         ("delivered", 2),
@@ -160,8 +154,7 @@ async def test_exactly_once_resumes_from_its_own_commit_when_the_group_answers_o
     await checkpoint.hand_off([output("predictions")], [record(5)])
     await checkpoint.commit(now=100.0)
     events.clear()
-    await checkpoint.resume({TP0, TopicPartition("requests", 1)})
-    assert events == [("seek", TP0, 6)]
+    assert await checkpoint.resume({TP0, ("requests", 1)}) == {TP0: 6}
 
 
 async def test_a_commit_is_due_every_flush_interval(make):
@@ -190,56 +183,54 @@ async def test_exactly_once_rewinds_to_its_own_commit_when_the_group_answers_old
 
 async def test_exactly_once_rewinds_when_the_broker_fenced_its_producer_during_a_hand_off(make):
     """A broker restart that outlasts the transaction timeout aborts the open transaction
-    and fences the producer: the next send raises ProducerFenced. The worker crashed on
+    and fences the producer: the next send fails for good (fatal). The worker crashed on
     it (a chaos run caught it); now a new producer takes over and the batch, whose
     outputs went nowhere, is read again rather than committed."""
     checkpoint, events = await make("exactly-once", group_answer=5)
-    fenced = checkpoint._producer
+    fenced_producer = checkpoint._producer
 
-    async def refuses(batch, topic, partition):
-        raise ProducerFenced()
+    async def refuses(topic, partition, records):
+        raise fenced()
 
     async def cannot_abort() -> None:
-        raise ProducerFenced()
-    fenced.send_batch, fenced.abort_transaction = refuses, cannot_abort
+        raise fenced()
+    fenced_producer.send, fenced_producer.abort_transaction = refuses, cannot_abort
     await checkpoint.hand_off([output("predictions")], [record(5)])
-    assert checkpoint._producer is not fenced
+    assert checkpoint._producer is not fenced_producer
     assert ("seek", TP0, 5) in events
     events.clear()
     await checkpoint.commit(now=100.0)  # nothing served since the rewind: no offsets
-    assert ("offsets to transaction", {TP0: OffsetAndMetadata(6, "")}) not in events
+    assert ("offsets to transaction", {TP0: 6}) not in events
     await checkpoint.hand_off([output("predictions")], [record(5)])  # read again
     await checkpoint.commit(now=101.0)
-    assert ("offsets to transaction", {TP0: OffsetAndMetadata(6, "")}) in events
+    assert ("offsets to transaction", {TP0: 6}) in events
 
 
-async def test_exactly_once_takes_a_new_producer_after_an_out_of_order_sequence(make):
+async def test_exactly_once_takes_a_new_producer_after_a_fatal_delivery_error(make):
     """After the partitions' leader was paused for 10 s, every transaction failed with
-    OutOfOrderSequenceNumber: the abort went through, but aiokafka's producer sends nothing
-    more after it, and the worker aborted and read again forever (a chaos run caught it).
-    A new producer (a new epoch, sequences from zero) takes over."""
+    OutOfOrderSequenceNumber: the abort went through, but the producer sent nothing more
+    after it, and the worker aborted and read again forever (a chaos run caught it). An
+    error librdkafka calls fatal takes a new producer (a new epoch, sequences from zero)."""
     checkpoint, events = await make("exactly-once", group_answer=5)
     broken = checkpoint._producer
 
-    async def out_of_order(batch, topic, partition):
+    async def out_of_order(topic, partition, records):
         future = asyncio.get_running_loop().create_future()
-        future.set_exception(OutOfOrderSequenceNumber())
+        future.set_exception(fenced())
         return future
-    broken.send_batch = out_of_order
+    broken.send = out_of_order
     await checkpoint.hand_off([output("predictions")], [record(5)])
     await checkpoint.commit(now=100.0)
     assert ("abort transaction",) in events and checkpoint._producer is not broken
     assert ("seek", TP0, 5) in events
     await checkpoint.hand_off([output("predictions")], [record(5)])  # read again, sent anew
     await checkpoint.commit(now=101.0)
-    assert ("offsets to transaction", {TP0: OffsetAndMetadata(6, "")}) in events
+    assert ("offsets to transaction", {TP0: 6}) in events
 
 
 async def test_an_answer_refused_for_good_is_replaced_and_the_commit_goes_on(make, monkeypatch):
     """Reliability review section 1: a dead letter the broker refused (too large) was sent
     again every second, forever, and no commit followed."""
-    from aiokafka.errors import MessageSizeTooLargeError
-
     from pipeline import outputs
     from pipeline.redaction import Redactor
     from pipeline.rejections import Reason, Rejection
@@ -251,21 +242,21 @@ async def test_an_answer_refused_for_good_is_replaced_and_the_commit_goes_on(mak
     sample = outputs.Outgoing(outputs.Kind.SAMPLE, "samples", 0, b"r-5", b"{}", [], "m", "1",
                               None, 0.0)
     producer = checkpoint._producer
-    real_send = producer.send_batch
+    real_send = producer.send
 
-    async def refusing(batch, topic, partition):
-        future = await real_send(batch, topic, partition)
-        if any(r["value"] in (dead.value, sample.value) for r in batch):
+    async def refusing(topic, partition, batch):
+        future = await real_send(topic, partition, batch)
+        if any(r.value in (dead.value, sample.value) for r in batch):
             future = asyncio.get_running_loop().create_future()
-            future.set_exception(MessageSizeTooLargeError())
+            future.set_exception(too_large())
         return future
-    monkeypatch.setattr(producer, "send_batch", refusing)
+    monkeypatch.setattr(producer, "send", refusing)
     monkeypatch.setattr(checkpoint_module, "_SEND_RETRY_SECONDS", 0)
     await checkpoint.hand_off([dead, sample], [record(5)])
     await checkpoint.commit(now=100.0)
     await checkpoint.drain()
     assert ("given up", "sample") in events
-    assert ("consumer commit", {TP0: OffsetAndMetadata(6, "")}) in events
+    assert ("consumer commit", {TP0: 6}) in events
     # The refused dead letter once, then its stand-in once (to the settings' topic).
     assert [e for e in events if e[0] == "send" and e[1].endswith("deadletter")] == \
         [("send", "deadletter", 1), ("send", "streamserve.deadletter", 1)]
@@ -275,8 +266,6 @@ async def test_a_refused_batch_is_sent_again_member_by_member_so_only_the_culpri
         make, monkeypatch):
     """The broker refuses a record batch whole: its other members are answers that must
     still reach their clients."""
-    from aiokafka.errors import MessageSizeTooLargeError
-
     from pipeline import outputs
     from pipeline.redaction import Redactor
     from pipeline.rejections import Reason, Rejection
@@ -289,15 +278,15 @@ async def test_a_refused_batch_is_sent_again_member_by_member_so_only_the_culpri
                                 Rejection(Reason.SCHEMA_MISMATCH, "no", id="r-6"), "deadletter",
                                 Redactor({}), max_original_bytes=65536)
     producer = checkpoint._producer
-    real_send = producer.send_batch
+    real_send = producer.send
 
-    async def refusing(batch, topic, partition):
-        future = await real_send(batch, topic, partition)
-        if any(r["value"] == big.value for r in batch):
+    async def refusing(topic, partition, batch):
+        future = await real_send(topic, partition, batch)
+        if any(r.value == big.value for r in batch):
             future = asyncio.get_running_loop().create_future()
-            future.set_exception(MessageSizeTooLargeError())
+            future.set_exception(too_large())
         return future
-    monkeypatch.setattr(producer, "send_batch", refusing)
+    monkeypatch.setattr(producer, "send", refusing)
     await checkpoint.hand_off([big, small], [record(5), record(6)])
     await checkpoint.commit(now=100.0)
     await checkpoint.drain()
@@ -305,14 +294,12 @@ async def test_a_refused_batch_is_sent_again_member_by_member_so_only_the_culpri
     # Both together (refused), then each alone (the small one delivered), then the stand-in.
     assert sends == [("send", "deadletter", 2), ("send", "deadletter", 1),
                      ("send", "deadletter", 1), ("send", "streamserve.deadletter", 1)]
-    assert ("consumer commit", {TP0: OffsetAndMetadata(7, "")}) in events
+    assert ("consumer commit", {TP0: 7}) in events
 
 
 async def test_exactly_once_replaces_an_output_refused_for_good_when_served_again(make):
     """An output the broker refuses aborts its transaction; served again, it must not
     abort every transaction after (review section 1, in exactly-once mode)."""
-    from aiokafka.errors import MessageSizeTooLargeError
-
     from pipeline import outputs
     from pipeline.redaction import Redactor
     from pipeline.rejections import Reason, Rejection
@@ -324,15 +311,15 @@ async def test_exactly_once_replaces_an_output_refused_for_good_when_served_agai
         return outputs.dead_letter(request, Rejection(Reason.TOO_LARGE, "big", id="r-5"),
                                    "deadletter", Redactor({}), max_original_bytes=65536)
     producer = checkpoint._producer
-    real_send = producer.send_batch
+    real_send = producer.send
 
-    async def refusing(batch, topic, partition):
-        future = await real_send(batch, topic, partition)
+    async def refusing(topic, partition, batch):
+        future = await real_send(topic, partition, batch)
         if topic == "deadletter":
             future = asyncio.get_running_loop().create_future()
-            future.set_exception(MessageSizeTooLargeError())
+            future.set_exception(too_large())
         return future
-    producer.send_batch = refusing
+    producer.send = refusing
     await checkpoint.hand_off([served()], [record(5)])
     await checkpoint.commit(now=100.0)  # refused: the transaction aborts, the request is read again
     assert ("abort transaction",) in events

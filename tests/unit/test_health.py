@@ -8,7 +8,6 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
-from aiokafka import TopicPartition
 
 from agents.worker.health import (
     BEAT_SECONDS,
@@ -114,9 +113,9 @@ def test_the_consumer_is_ready_once_joined_even_without_partitions():
     assert not consumer_check(lambda: server(None))().ok  # started, not yet joined
     idle = consumer_check(lambda: server(frozenset()))()
     assert idle.ok and "no partitions" in idle.detail  # more workers than partitions
-    serving = consumer_check(lambda: server(frozenset({TopicPartition("r", 2), TopicPartition("r", 0)})))()
+    serving = consumer_check(lambda: server(frozenset({2, 0})))()
     assert serving.ok and "[0, 2]" in serving.detail
-    stopping = consumer_check(lambda: server(frozenset({TopicPartition("r", 0)}), should_stop=True))()
+    stopping = consumer_check(lambda: server(frozenset({0}), should_stop=True))()
     assert not stopping.ok and "stopping" in stopping.detail
 
 

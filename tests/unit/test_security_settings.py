@@ -21,6 +21,9 @@ def test_sasl_options_carry_the_login_and_the_principal_names_the_user():
     assert s.kafka.security.aiokafka_options() == {
         "security_protocol": "SASL_PLAINTEXT", "sasl_mechanism": "SCRAM-SHA-256",
         "sasl_plain_username": "worker", "sasl_plain_password": "s3cret"}
+    assert s.kafka.security.librdkafka_options() == {
+        "security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "SCRAM-SHA-256",
+        "sasl.username": "worker", "sasl.password": "s3cret"}
 
 
 def test_the_password_is_read_from_a_file_and_never_shown(tmp_path):
@@ -56,3 +59,19 @@ def test_tls_alone_needs_no_login():
     security = KafkaSecurity(protocol="SSL")
     assert security.uses_tls and not security.uses_sasl
     assert security.aiokafka_options() == {"security_protocol": "SSL"}
+    assert security.librdkafka_options() == {"security.protocol": "SSL",
+                                             "ssl.endpoint.identification.algorithm": "https"}
+
+
+def test_tls_files_and_the_hostname_check_map_to_librdkafka(tmp_path):
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("PEM")
+    security = KafkaSecurity(protocol="SASL_SSL", sasl_mechanism="SCRAM-SHA-512", username="w",
+                             password="p", cafile=tmp_path / "ca.pem", certfile=tmp_path / "cert.pem",
+                             keyfile=tmp_path / "key.pem", key_password="k", check_hostname=False)
+    assert security.librdkafka_options() == {
+        "security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512", "sasl.username": "w",
+        "sasl.password": "p", "ssl.ca.location": str(tmp_path / "ca.pem"),
+        "ssl.certificate.location": str(tmp_path / "cert.pem"),
+        "ssl.key.location": str(tmp_path / "key.pem"), "ssl.key.password": "k",
+        "ssl.endpoint.identification.algorithm": "none"}

@@ -1,0 +1,319 @@
+"""The serving path's Kafka clients: librdkafka (confluent-kafka) behind an asyncio face.
+
+Why librdkafka for serving: on the same cores a pass-through costs aiokafka six to nine
+times librdkafka's CPU per record (`streamserve bench`, its two Kafka ceilings), and
+aiokafka's fetcher sends no fetch while fetched records wait in its buffer, so each
+batch waited for the one before. librdkafka fetches and sends from threads of its own,
+in C. Faust, the drift and label agents, the control plane and the CLI stay on aiokafka.
+
+librdkafka's calls block, and its rebalance callbacks run inside ``consume()``. So:
+
+* ``consume()`` runs in a thread of its own, and so does every seek, after it: records a
+  seek makes stale are never handed out after it (librdkafka drops those it holds);
+* a rebalance callback hands its work to the event loop and waits for it there: the
+  serving loop is then waiting for that same ``consume()``, so no batch is being served,
+  and the callback returns only once the revoked partitions' batches are committed;
+* commits, committed offsets and transactions run in another thread, so that a callback's
+  work may commit while the consume thread waits;
+* a thread of the producer's serves its delivery reports, and each batch's future is
+  resolved on the event loop when the last of its records is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import threading
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Protocol, TypeVar
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer as _Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer as _Producer,
+    TopicPartition,
+)
+
+from pipeline.config import Settings
+from pipeline.offsets import Partition
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+_CALL_TIMEOUT_S = 30.0  # a blocking call the broker does not answer fails after this
+
+# Send errors that no retry mends: the output is replaced or given up.
+_REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE,
+                               KafkaError.INVALID_MSG, KafkaError.INVALID_RECORD,
+                               KafkaError.INVALID_MSG_SIZE, KafkaError.TOPIC_AUTHORIZATION_FAILED})
+# Commit answers that mean the group moved on (a rebalance, or this member was dropped):
+# the partitions' next owner serves those requests again.
+_GROUP_MOVED_ON = frozenset({KafkaError.REBALANCE_IN_PROGRESS, KafkaError.ILLEGAL_GENERATION,
+                             KafkaError.UNKNOWN_MEMBER_ID, KafkaError._ASSIGNMENT_LOST,
+                             KafkaError.FENCED_INSTANCE_ID, KafkaError.STALE_MEMBER_EPOCH})
+
+
+def config(settings: Settings) -> dict[str, Any]:
+    """The properties every librdkafka client of ``settings`` is made with: the bootstrap
+    servers and the security of STREAMSERVE_SECURITY_* (the same as aiokafka's)."""
+    return {"bootstrap.servers": settings.bootstrap, **settings.kafka.security.librdkafka_options(),
+            "logger": logging.getLogger("librdkafka"), "error_cb": _client_error}
+
+
+def _code(error: BaseException) -> int | None:
+    if isinstance(error, KafkaException) and isinstance(error.args[0], KafkaError):
+        return error.args[0].code()
+    return None
+
+
+def refused_for_good(error: BaseException) -> bool:
+    """Whether the broker will refuse these records however often they are sent."""
+    return _code(error) in _REFUSED_FOR_GOOD
+
+
+def group_moved_on(error: BaseException) -> bool:
+    """Whether a commit failed because the partitions are no longer this member's."""
+    return _code(error) in _GROUP_MOVED_ON
+
+
+def breaks_the_producer(error: BaseException) -> bool:
+    """Whether only a new producer can go on (librdkafka's fatal errors: fenced, or its
+    sequence numbers lost)."""
+    return (isinstance(error, KafkaException) and isinstance(error.args[0], KafkaError)
+            and error.args[0].fatal())
+
+
+def _client_error(error: KafkaError) -> None:
+    if error.fatal():
+        log.error("the Kafka client failed for good: %s", error)
+    else:  # librdkafka retries by itself (brokers down, a timed-out request)
+        log.warning("Kafka client: %s", error)
+
+
+class Record(Protocol):
+    """What a producer sends: an output's key, value and headers."""
+
+    key: bytes
+    value: bytes
+    headers: Sequence[tuple[str, bytes]]
+
+
+Rebalance = Callable[[frozenset[Partition]], Awaitable[Mapping[Partition, int] | None]]
+
+
+class Consumer:
+    """A consumer in a group, subscribed to one topic; ``on_assigned`` may answer where
+    partitions start, ``on_revoked`` commits what was served of them (both coroutines)."""
+
+    def __init__(self, settings: Settings, topic: str, *, on_assigned: Rebalance,
+                 on_revoked: Rebalance, **properties: object) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._on_assigned, self._on_revoked = on_assigned, on_revoked
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix="kafka-consume")
+        self._calls = ThreadPoolExecutor(1, thread_name_prefix="kafka-commit")
+        self._assignment: frozenset[Partition] = frozenset()
+        self._consumer = _Consumer({**config(settings), **properties})
+        self._consumer.subscribe([topic], on_assign=self._assign, on_revoke=self._revoke)
+
+    def assignment(self) -> frozenset[Partition]:
+        """The partitions held; empty while a revocation is under way."""
+        return self._assignment
+
+    async def fetch(self, timeout: float, max_records: int, *, first: bool = False) -> list[Message]:
+        """Up to ``max_records`` records, waiting up to ``timeout`` seconds for them all;
+        with ``first``, only for the first (and with it, what else is there)."""
+        def consume() -> list[Message]:
+            if not first:
+                return self._consumer.consume(max_records, timeout)
+            records = self._consumer.consume(1, timeout)
+            if records and max_records > 1:
+                records += self._consumer.consume(max_records - 1, 0)
+            return records
+        fetched = await self._loop.run_in_executor(self._reads, consume)
+        records = [m for m in fetched if m.error() is None]
+        if len(records) != len(fetched):
+            for m in fetched:
+                if m.error() is not None:
+                    log.warning("reading %s [%s]: %s", m.topic(), m.partition(), m.error())
+        return records
+
+    async def commit(self, offsets: Mapping[Partition, int]) -> None:
+        """Commit ``offsets`` (the next to read, per partition) and wait for the answer."""
+        answer = await self._call(self._consumer.commit, offsets=_partitions(offsets),
+                                  asynchronous=False)
+        for tp in answer or ():
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+
+    async def committed(self, partitions: Collection[Partition]) -> dict[Partition, int | None]:
+        """The group's committed offsets (None: none committed)."""
+        answer = await self._call(self._consumer.committed, [TopicPartition(t, p) for t, p in partitions],
+                                  timeout=_CALL_TIMEOUT_S)
+        for tp in answer:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+        return {(tp.topic, tp.partition): tp.offset if tp.offset >= 0 else None for tp in answer}
+
+    async def seek(self, offsets: Mapping[Partition, int | None]) -> None:
+        """Read each partition again from its offset (None: from the beginning), after
+        the ``fetch`` in flight, whose stale records librdkafka then drops."""
+        def seek() -> None:
+            for (topic, partition), offset in offsets.items():
+                self._consumer.seek(TopicPartition(topic, partition,
+                                                   OFFSET_BEGINNING if offset is None else offset))
+        await self._loop.run_in_executor(self._reads, seek)
+
+    def highwater(self, tp: Partition) -> int | None:
+        """The partition's end as last fetched (no request)."""
+        _, high = self._consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)
+        return high if high >= 0 else None
+
+    def position(self, tp: Partition) -> int | None:
+        """The next offset ``fetch`` hands out of ``tp`` (None before the first)."""
+        [answer] = self._consumer.position([TopicPartition(*tp)])
+        return answer.offset if answer.offset >= 0 else None
+
+    def group_metadata(self) -> object:
+        """What a transaction's offsets are sent with (exactly-once)."""
+        return self._consumer.consumer_group_metadata()
+
+    async def close(self) -> None:
+        """Leave the group (revoking, and so committing, what is held)."""
+        await self._loop.run_in_executor(self._reads, self._consumer.close)
+        self._reads.shutdown()
+        self._calls.shutdown()
+
+    async def _call(self, blocking: Callable[..., T], *args: object, **kwargs: object) -> T:
+        return await self._loop.run_in_executor(self._calls, lambda: blocking(*args, **kwargs))
+
+    # Rebalance callbacks: they run in the consume thread, inside ``consume()``.
+
+    def _assign(self, consumer: _Consumer, partitions: list[TopicPartition]) -> None:
+        assigned = frozenset((tp.topic, tp.partition) for tp in partitions)
+        starts = self._on_loop(self._on_assigned(assigned)) or {}
+        for tp in partitions:
+            tp.offset = starts.get((tp.topic, tp.partition), tp.offset)
+        consumer.assign(partitions)
+        self._assignment = assigned
+
+    def _revoke(self, consumer: _Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = frozenset((tp.topic, tp.partition) for tp in partitions)
+        self._assignment -= revoked
+        self._on_loop(self._on_revoked(revoked))
+
+    def _on_loop(self, work: Awaitable[T]) -> T | None:
+        try:
+            return asyncio.run_coroutine_threadsafe(work, self._loop).result()  # type: ignore[arg-type]
+        except Exception:  # noqa: BLE001 - a rebalance goes on; the next commit tells
+            log.exception("handling a rebalance failed")
+            return None
+
+
+class Producer:
+    """An idempotent producer (``transactional.id`` in ``properties``: transactional)."""
+
+    def __init__(self, settings: Settings, **properties: object) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.transactional = "transactional.id" in properties
+        self._producer = _Producer({**config(settings), **properties})
+        self._calls = ThreadPoolExecutor(1, thread_name_prefix="kafka-transactions")
+        self._polling = True
+        self._poller = threading.Thread(target=self._poll, name="kafka-deliveries", daemon=True)
+        self._poller.start()
+
+    async def start(self) -> None:
+        """Transactional: fence, and abort the open transaction of, any earlier producer
+        with the same transactional id."""
+        if self.transactional:
+            await self._call(self._producer.init_transactions, _CALL_TIMEOUT_S)
+
+    async def stop(self) -> None:
+        """Send what is queued (10 s at most), then stop serving delivery reports."""
+        await self._call(self._producer.flush, 10)
+        self._polling = False
+        await self._loop.run_in_executor(self._calls, self._poller.join)
+        self._calls.shutdown()
+
+    async def partitions_for(self, topic: str) -> list[int]:
+        metadata = await self._call(self._producer.list_topics, topic, _CALL_TIMEOUT_S)
+        about = metadata.topics[topic]
+        if about.error is not None:
+            raise KafkaException(about.error)
+        return sorted(about.partitions)
+
+    async def send(self, topic: str, partition: int, records: Sequence[Record]) -> asyncio.Future:
+        """Queue ``records`` for one partition; the future resolves once every one is
+        acknowledged, or fails with the first error (a ``KafkaException``)."""
+        acks = _Acks(len(records), self._loop)
+        produce = self._producer.produce
+        for r in records:
+            while True:
+                try:
+                    produce(topic, r.value, r.key, partition, on_delivery=acks.delivered,
+                            headers=r.headers)
+                    break
+                except BufferError:  # librdkafka's queue is full: let it send
+                    await asyncio.sleep(0.01)
+                except KafkaException as e:  # refused before sending (e.g. too large)
+                    acks.delivered(e.args[0], None)
+                    break
+        acks.delivered(None, None)  # the guard: every record is queued
+        return acks.future
+
+    def begin_transaction(self) -> None:
+        self._producer.begin_transaction()
+
+    async def send_offsets_to_transaction(self, offsets: Mapping[Partition, int],
+                                          group_metadata: object) -> None:
+        await self._call(self._producer.send_offsets_to_transaction, _partitions(offsets),
+                         group_metadata, _CALL_TIMEOUT_S)
+
+    async def commit_transaction(self) -> None:
+        await self._call(self._producer.commit_transaction, _CALL_TIMEOUT_S)
+
+    async def abort_transaction(self) -> None:
+        await self._call(self._producer.abort_transaction, _CALL_TIMEOUT_S)
+
+    async def _call(self, blocking: Callable[..., T], *args: object) -> T:
+        return await self._loop.run_in_executor(self._calls, blocking, *args)
+
+    def _poll(self) -> None:
+        while self._polling:
+            self._producer.poll(0.05)
+
+
+class _Acks:
+    """One send's records: the future resolves when the last is acknowledged. Delivery
+    reports arrive on the producer's thread; ``next`` on a counter is atomic."""
+
+    __slots__ = ("_error", "_loop", "_seen", "_total", "future")
+
+    def __init__(self, records: int, loop: asyncio.AbstractEventLoop) -> None:
+        self._total = records + 1  # and the guard, given when every record is queued
+        self._seen = itertools.count(1)
+        self._error: KafkaError | None = None
+        self._loop = loop
+        self.future: asyncio.Future = loop.create_future()
+
+    def delivered(self, error: KafkaError | None, _message: object) -> None:
+        if error is not None and self._error is None:
+            self._error = error
+        if next(self._seen) == self._total:
+            self._loop.call_soon_threadsafe(self._resolve)
+
+    def _resolve(self) -> None:
+        if self.future.done():
+            return
+        if self._error is None:
+            self.future.set_result(None)
+        else:
+            self.future.set_exception(KafkaException(self._error))
+
+
+def _partitions(offsets: Mapping[Partition, int]) -> list[TopicPartition]:
+    return [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
