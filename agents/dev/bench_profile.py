@@ -1,7 +1,8 @@
 """``streamserve bench --profile``: where a serving worker's time goes, stage by stage.
 
 The worker drains case 3's backlog under cProfile (``STREAMSERVE_PROFILE``: its event-loop
-thread, from the end of warm-up to its stop). Each function's own time (not its callees')
+thread, from the end of warm-up to its stop; the threads librdkafka's calls block in are
+not profiled, and count in the case's CPU per request). Each function's own time (not its callees')
 goes to the stage its code belongs to, the first that matches in ``STAGES``; the model
 runs on a thread of its own, whose time comes from the worker's
 ``streamserve_inference_latency_seconds``. cProfile slows Python code by about half again
@@ -26,9 +27,12 @@ STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
                          "pipeline/redaction.py", "pipeline/sampling.py", "pipeline/replies.py",
                          "orjson.dumps")),
     ("commit", ("agents/worker/checkpoint.py", "pipeline/offsets.py", "pipeline/ledger.py")),
-    ("Kafka client (aiokafka)", ("/aiokafka/",)),
+    # librdkafka's C calls made on the loop (produce) and the asyncio face over it; its
+    # consume and delivery threads are not the event loop's (the CPU per request has them).
+    ("Kafka client (librdkafka)", ("agents/kafka/librdkafka.py", "/confluent_kafka/", "cimpl.")),
     ("metrics", ("prometheus_client", "agents/worker/metrics.py")),
-    ("drift counting and Faust", ("pipeline/drift/", "agents/worker/drift.py", "/faust/", "/mode/")),
+    ("drift counting and Faust", ("pipeline/drift/", "agents/worker/drift.py", "/faust/", "/mode/",
+                                  "/aiokafka/")),
     ("serving loop", ("agents/worker/", "pipeline/")),
     ("event loop (asyncio)", ("/asyncio/", "selectors.py")),
 )

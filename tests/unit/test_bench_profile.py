@@ -12,7 +12,10 @@ def test_code_is_put_in_its_stage_the_first_that_matches():
     assert stage_of("/repo/pipeline/decode.py", "decode_batch") == "decode"
     assert stage_of("~", "<built-in method orjson.loads>") == "decode"
     assert stage_of("~", "<built-in method orjson.dumps>") == "output building"
-    assert stage_of("/venv/site-packages/aiokafka/producer/producer.py", "send") == "Kafka client (aiokafka)"
+    assert stage_of("~", "<method 'produce' of 'cimpl.Producer' objects>") == "Kafka client (librdkafka)"
+    assert stage_of("/repo/agents/kafka/librdkafka.py", "send") == "Kafka client (librdkafka)"
+    assert stage_of("/venv/site-packages/aiokafka/producer/producer.py", "send") == \
+        "drift counting and Faust"
     assert stage_of("/repo/agents/worker/checkpoint.py", "commit") == "commit"
     assert stage_of("/repo/agents/worker/server.py", "_serve_head") == "serving loop"
     assert stage_of("~", "<method 'poll' of 'select.epoll' objects>") == WAITING

@@ -1,0 +1,73 @@
+"""The asyncio face of the serving path's librdkafka clients, without a broker: a send's
+future and the errors that decide what the checkpoint does."""
+
+import asyncio
+import threading
+
+import pytest
+from confluent_kafka import KafkaError, KafkaException
+
+from agents.kafka.librdkafka import (
+    _Acks,
+    breaks_the_producer,
+    config,
+    group_moved_on,
+    refused_for_good,
+)
+from pipeline.config import Settings
+
+
+def error(code: int, **flags: bool) -> KafkaException:
+    return KafkaException(KafkaError(code, "reason", **flags))
+
+
+async def test_a_send_resolves_once_its_last_record_is_acknowledged_from_another_thread():
+    acks = _Acks(1000, asyncio.get_running_loop())
+    reports = [threading.Thread(target=lambda: [acks.delivered(None, None) for _ in range(250)])
+               for _ in range(4)]
+    for thread in reports:
+        thread.start()
+    for thread in reports:
+        thread.join()
+    await asyncio.sleep(0.01)
+    assert not acks.future.done()  # every record acknowledged, but not yet all queued
+    acks.delivered(None, None)  # the guard: the last record was queued
+    await asyncio.wait_for(acks.future, 1)
+
+
+async def test_a_send_fails_with_the_first_error_once_every_record_is_accounted_for():
+    acks = _Acks(3, asyncio.get_running_loop())
+    acks.delivered(None, None)
+    acks.delivered(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
+    acks.delivered(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+    assert not acks.future.done()
+    acks.delivered(None, None)
+    with pytest.raises(KafkaException) as raised:
+        await asyncio.wait_for(acks.future, 1)
+    assert refused_for_good(raised.value)
+
+
+@pytest.mark.parametrize(("exception", "refused", "moved_on", "breaks"), [
+    (error(KafkaError.MSG_SIZE_TOO_LARGE), True, False, False),
+    (error(KafkaError.TOPIC_AUTHORIZATION_FAILED), True, False, False),
+    (error(KafkaError._MSG_TIMED_OUT, retriable=True), False, False, False),
+    (error(KafkaError.REBALANCE_IN_PROGRESS), False, True, False),
+    (error(KafkaError.ILLEGAL_GENERATION), False, True, False),
+    (error(KafkaError.COORDINATOR_NOT_AVAILABLE, retriable=True), False, False, False),
+    (error(KafkaError._FENCED, fatal=True), False, False, True),
+    (RuntimeError("not Kafka's"), False, False, False),
+])
+def test_errors_are_told_apart_by_what_mends_them(exception, refused, moved_on, breaks):
+    assert refused_for_good(exception) is refused
+    assert group_moved_on(exception) is moved_on
+    assert breaks_the_producer(exception) is breaks
+
+
+def test_clients_take_the_servers_and_the_security_of_the_settings():
+    s = Settings.from_env({"STREAMSERVE_BROKER": "kafka-0:9092,kafka-1:9092",
+                           "STREAMSERVE_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                           "STREAMSERVE_SASL_USERNAME": "worker", "STREAMSERVE_SASL_PASSWORD": "pw"})
+    properties = config(s)
+    assert properties["bootstrap.servers"] == "kafka-0:9092,kafka-1:9092"
+    assert properties["security.protocol"] == "SASL_PLAINTEXT"
+    assert properties["sasl.username"] == "worker" and properties["sasl.password"] == "pw"
