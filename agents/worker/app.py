@@ -4,7 +4,7 @@ Requests are served by ``RequestServer`` (see agents/worker/server.py for why it
 Faust agent), which runs inside this app's worker; the app itself runs the drift
 agent and its table (agents/worker/drift.py). The app's own consumer group is
 ``<app id>.faust``: it must differ from the serving group, because Faust's partition
-assignor and aiokafka's cannot share one group.
+assignor and the serving consumer's cannot share one group.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def create_app(settings: Settings, replicas: int) -> faust.App:
         topic_partitions=settings.kafka.request_partitions,
         topic_replication_factor=replicas,
         producer_acks=-1,
-        # As the serving consumer's (aiokafka's default): a crashed worker's drift windows
+        # As the serving consumer's (10 s): a crashed worker's drift windows
         # move to another worker within seconds, not Faust's default minute.
         broker_session_timeout=10.0,
         # Every topic and table of the app carries bytes its own code encodes.
