@@ -128,6 +128,37 @@ def cpu_seconds(pids: Sequence[int]) -> float | None:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float] | None:
+    """CPU seconds of a process's main thread (a worker's event loop) and of librdkafka's
+    threads (named ``rdk:*``) so far; None outside Linux. The rest of the process's time is
+    its other threads' (the model's, the consume and commit threads, XLA's)."""
+    ticks = {"main thread": 0, "librdkafka": 0}
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            try:
+                stat = (task / "stat").read_text()
+            except OSError:  # the thread ended meanwhile
+                continue
+            name, fields = stat[stat.index("(") + 1:stat.rindex(")")], stat.rsplit(")", 1)[1].split()
+            group = ("main thread" if task.name == str(pid)
+                     else "librdkafka" if name.startswith("rdk:") else None)
+            if group is not None:
+                ticks[group] += int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+    return {group: t / os.sysconf("SC_CLK_TCK") for group, t in ticks.items()}
+
+
+def _by_thread(first: dict[str, float] | None, last: dict[str, float] | None,
+               per_request: float | None, answers: int) -> dict[str, float] | None:
+    """A worker's CPU µs per request split by thread group (``thread_cpu_seconds``), the
+    other threads' the rest of ``per_request``."""
+    if first is None or last is None or per_request is None or answers <= 0:
+        return None
+    split = {group: (last[group] - first[group]) / answers * 1e6 for group in first}
+    return split | {"other threads": max(0.0, per_request - sum(split.values()))}
+
+
 # The OS counts CPU time in clock ticks (10 ms on Linux): a drain that took fewer than ten
 # has no figure worth printing (a quick run's 2,000 pass-throughs took 0 ticks on CI).
 _MIN_CPU_SECONDS = 0.1
@@ -446,13 +477,14 @@ class Bench:
                              ) -> tuple[dict[TopicPartition, int], float | None]:
         """Wait until the output topics hold ``n`` records; their end offsets then, and the
         processes' CPU time per answer (µs) from their first answer to the last (None where
-        the OS does not say: outside Linux)."""
+        the OS does not say: outside Linux), and for one process, that split by thread
+        (``thread_cpu_seconds``)."""
         partitions = output_partitions(s)
         consumer = AIOKafkaConsumer(**connection(s), group_id=None)
         await consumer.start()
         pids = [p.process.pid for p in processes]
         try:
-            count, changed, first = 0, time.monotonic(), None
+            count, changed, first, threads_first = 0, time.monotonic(), None, None
             while True:
                 for p in processes:
                     if p.process.poll() is not None:
@@ -462,8 +494,12 @@ class Bench:
                 answered = sum(end.values())
                 if first is None and answered:
                     first = answered, cpu_seconds(pids)
+                    threads_first = thread_cpu_seconds(pids[0]) if len(pids) == 1 else None
                 if answered >= n:
-                    return end, _per_answer(first, answered, cpu_seconds(pids))
+                    per_request = _per_answer(first, answered, cpu_seconds(pids))
+                    threads = thread_cpu_seconds(pids[0]) if threads_first else None
+                    return end, per_request, _by_thread(threads_first, threads, per_request,
+                                                        answered - first[0] if first else 0)
                 if answered > count:
                     count, changed = answered, time.monotonic()
                 elif time.monotonic() - changed > _STALL_SECONDS:
@@ -474,11 +510,12 @@ class Bench:
         finally:
             await consumer.stop()
 
-    async def _throughput(self, s: Settings, n: int, drained: tuple[dict[TopicPartition, int], float | None],
+    async def _throughput(self, s: Settings, n: int,
+                          drained: tuple[dict[TopicPartition, int], float | None, dict[str, float] | None],
                           workers: WorkerStats | None = None, since_ms: int | None = None) -> Case:
         """Read every answer back, match them to the requests and time the window they span."""
         self.progress.status("reading the answers back")
-        end, cpu_us = drained
+        end, cpu_us, by_thread = drained
         outputs = await read_outputs(s, end)
         stamps = sorted(t for _, t, _ in outputs if since_ms is None or t >= since_ms)
         if len(stamps) < 2 or stamps[-1] == stamps[0]:
@@ -486,7 +523,7 @@ class Bench:
         seconds = (stamps[-1] - stamps[0]) / 1000
         answers = match_answers(s, n, outputs)
         case = Case(self.progress.title, len(stamps) / seconds, seconds, answers, workers,
-                    {"cpu_us_per_request": cpu_us})
+                    {"cpu_us_per_request": cpu_us, "cpu_us_by_thread": by_thread})
         self.progress.done(f"{case.throughput_rps:,.0f} req/s, {answers.answered_once}/{n} answered once")
         return case
 

@@ -93,6 +93,8 @@ class Case:
         notes = []
         if self.extra.get("cpu_us_per_request") is not None:
             notes.append(f"CPU {self.extra['cpu_us_per_request']:.0f} µs/req")
+        if split := self.extra.get("cpu_us_by_thread"):
+            notes[-1] += " (" + ", ".join(f"{group} {us:.0f}" for group, us in split.items()) + ")"
         if self.workers is not None and self.workers.mean_batch is not None:
             notes.append(f"mean batch {self.workers.mean_batch:.1f}")
         if self.workers is not None and self.workers.padding_waste is not None:

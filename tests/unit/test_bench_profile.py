@@ -4,6 +4,7 @@ the CPU time per request every case reports."""
 import cProfile
 
 import orjson
+import pytest
 
 from agents.dev.bench_profile import OTHER, WAITING, Profile, stage_of
 
@@ -53,3 +54,23 @@ def test_cpu_per_request_counts_from_the_first_answer_to_the_last():
     assert _per_answer(None, 1100, 1.5) is None  # all answered before the first look
     assert _per_answer((1100, 1.0), 1100, 1.5) is None
     assert _per_answer((100, 1.0), 1100, 1.05) is None  # five clock ticks: mostly rounding
+
+
+def test_a_workers_cpu_splits_by_thread_into_main_librdkafka_and_the_rest():
+    import os
+    import threading
+
+    from agents.dev.bench import _by_thread, thread_cpu_seconds
+
+    before = thread_cpu_seconds(os.getpid())
+    sum(i * i for i in range(2_000_000))  # the main thread's
+    side = threading.Thread(target=lambda: sum(i * i for i in range(2_000_000)))
+    side.start()
+    side.join()
+    after = thread_cpu_seconds(os.getpid())
+    assert before is not None and after is not None and set(after) == {"main thread", "librdkafka"}
+    assert after["main thread"] > before["main thread"] and after["librdkafka"] == before["librdkafka"]
+    split = _by_thread({"main thread": 1.0, "librdkafka": 0.5}, {"main thread": 1.6, "librdkafka": 0.7},
+                       per_request=1000.0, answers=1000)
+    assert split == pytest.approx({"main thread": 600.0, "librdkafka": 200.0, "other threads": 200.0})
+    assert _by_thread(None, after, 1000.0, 1000) is None
