@@ -29,14 +29,16 @@ One broker, one machine, the cases one after the other, each on topics of its ow
 
 Throughput is answers / (last output's timestamp - first's); CPU per request is the serving
 processes' CPU time (user and system) from their first answer to their last, over the
-answers between. The output topics stamp
+answers between, and for one process, split by thread: its main thread (a worker's event
+loop), librdkafka's threads, the rest. The output topics stamp
 records with the broker's append time (LogAppendTime), so the clock is the same for every
-case whatever timestamps a client sets (Quix Streams copies the request's). The requests
-are produced before the process that serves them starts, so neither producing nor
-start-up competes with serving. Case 7 is the exception: a worker joining a group that
-already serves waits for the next heartbeat (up to 3 s) to get partitions, so both
-workers start on an empty topic, the requests follow once both serve, and only outputs
-stamped after the last request was acknowledged count.
+case whatever timestamps a client sets (Quix Streams copies the request's). The peers'
+requests are produced before the peer starts. Workers start on an empty topic and the
+requests follow once they serve (a librdkafka producer writes them several times faster
+than a worker serves; a worker is ready seconds after it starts serving, and a fast model
+drained a backlog written before it started before its CPU could be read; a worker that
+joins a group already serving waits for the next heartbeat, up to 3 s, for partitions):
+only outputs stamped after the last request was acknowledged count.
 """
 
 from __future__ import annotations
@@ -375,13 +377,13 @@ class Bench:
         self.progress.start("3 streamserve")
         s = await self._fresh("streamserve")
         n = self.sizes.requests
-        await self._preload(s, n)
         async with self._workers(s, {}, 1) as workers:
             before = worker_counters(workers)
+            preloaded_ms = await self._preload(s, n)
             drained = await self._await_answers(s, n, workers)
             after = worker_counters(workers)
             self.worker_stats.append(WorkerStats.between(before, after))
-            case = await self._throughput(s, n, drained, self.worker_stats[-1])
+            case = await self._throughput(s, n, drained, self.worker_stats[-1], since_ms=preloaded_ms)
             # This process's heap (JAX, the model ceiling's) is no load generator's: a full
             # collection over it paused the senders for 200 ms. Collections from here on
             # look only at what the load makes.
@@ -400,12 +402,12 @@ class Bench:
         requests to ``model``, default the bench's)."""
         self.progress.start(title)
         s = await self._fresh(slug)
-        await self._preload(s, n, model)
         async with self._workers(s, env, 1) as workers:
             before = worker_counters(workers)
+            preloaded_ms = await self._preload(s, n, model)
             drained = await self._await_answers(s, n, workers)
             self.worker_stats.append(WorkerStats.between(before, worker_counters(workers)))
-        return await self._throughput(s, n, drained, self.worker_stats[-1])
+        return await self._throughput(s, n, drained, self.worker_stats[-1], since_ms=preloaded_ms)
 
     async def two_workers(self) -> Case:
         self.progress.start("7 streamserve, 2 workers")
@@ -439,8 +441,10 @@ class Bench:
 
     async def _preload(self, s: Settings, n: int, model: str | None = None) -> int:
         """Produce ``n`` requests to ``model`` (default the bench's) with ids ``<prefix>-<i>``;
-        the time all were acknowledged (ms). With librdkafka: fast enough that a backlog
-        forms while workers serve (case 7), which a Python producer was not."""
+        the time all were acknowledged (ms). With librdkafka, several times faster than a
+        worker serves: a backlog forms while ready workers serve, and their drain after it
+        is timed (a backlog written before a worker started was drained, by a fast model,
+        before the worker was ready and its CPU could be read)."""
         self.progress.status(f"producing {n} requests")
         requests = []
         for i in range(n):
