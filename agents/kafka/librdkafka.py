@@ -24,6 +24,7 @@ librdkafka's calls block, and its rebalance callbacks run inside ``consume()``. 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import threading
@@ -220,11 +221,17 @@ class Consumer:
 
 
 class Producer:
-    """An idempotent producer (``transactional.id`` in ``properties``: transactional)."""
+    """An idempotent producer (``transactional.id`` in ``properties``: transactional).
+
+    After a fatal error (fenced; sequence numbers lost) librdkafka sends nothing more and
+    reports nothing more for the records it holds (its ``poll`` raises the error instead):
+    ``failed`` says so, and every send outstanding fails with it, so that its owner takes a
+    new producer rather than wait for acks that never come."""
 
     def __init__(self, settings: Settings, **properties: object) -> None:
         self._loop = asyncio.get_running_loop()
         self.transactional = "transactional.id" in properties
+        self.failed: KafkaError | None = None
         self._producer = _Producer({**config(settings), **properties})
         self._calls = ThreadPoolExecutor(1, thread_name_prefix="kafka-transactions")
         self._outstanding: set[asyncio.Future] = set()
@@ -238,10 +245,18 @@ class Producer:
             await self._call(self._producer.init_transactions, _CALL_TIMEOUT_S)
 
     async def stop(self) -> None:
-        """Send what is queued (10 s at most), then stop serving delivery reports."""
-        await self._call(self._producer.flush, 10)
-        self._deliveries.cancel()
-        self._calls.shutdown()
+        """Send what is queued (10 s at most), then stop serving delivery reports. A producer
+        that failed for good (fenced: the one a rewind replaces) has nothing it may still
+        send, and its flush says so: it stops all the same."""
+        try:
+            await self._call(self._producer.flush, 10)
+        except KafkaException as e:
+            log.warning("the producer stops with its queue unsent (%s)", e)
+        finally:
+            self._deliveries.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._deliveries
+            self._calls.shutdown(wait=False)
 
     async def partitions_for(self, topic: str) -> list[int]:
         metadata = await self._call(self._producer.list_topics, topic, _CALL_TIMEOUT_S)
@@ -267,6 +282,8 @@ class Producer:
                     acks.delivered(e.args[0], None)
                     break
         acks.delivered(None, None)  # the guard: every record is queued
+        if self.failed is not None and not acks.future.done():
+            acks.future.set_exception(KafkaException(self.failed))
         self._outstanding.add(acks.future)
         acks.future.add_done_callback(self._outstanding.discard)
         self._sent.set()
@@ -293,9 +310,19 @@ class Producer:
         while True:
             await self._sent.wait()
             while self._outstanding:
-                self._producer.poll(0)
+                try:
+                    self._producer.poll(0)
+                except KafkaException as e:  # a fatal error is raised by poll, not reported
+                    log.error("the Kafka producer failed for good: %s", e)
+                    self._fail_outstanding(e.args[0])
                 await asyncio.sleep(0.001)
             self._sent.clear()
+
+    def _fail_outstanding(self, error: KafkaError) -> None:
+        self.failed = error
+        for future in list(self._outstanding):
+            if not future.done():
+                future.set_exception(KafkaException(error))
 
 
 class _Acks:

@@ -88,6 +88,7 @@ class Checkpoint:
         # batch go alone, to find the one refused. Keyed by ``_identity``.
         self._refusals: dict[tuple, tuple[int, str]] = {}
         self._alone: set[tuple] = set()
+        self._renewing = asyncio.Lock()  # one producer replaces a failed one at a time
 
     async def start(self) -> None:
         """Start the producer; exactly-once: a transactional one (its start fences, and
@@ -252,6 +253,8 @@ class Checkpoint:
                 error = again[0][1]
                 log.warning("%d outputs were not acknowledged (%r); sending them again",
                             len(again), error)
+                if self._producer is not None and self._producer.failed is not None:
+                    await self._renew(self._producer)  # it sends nothing more
                 await asyncio.sleep(_SEND_RETRY_SECONDS)
                 sent += await self._send([o for o, _ in again])
         released = self._ledger.acknowledged(ticket)
@@ -353,7 +356,7 @@ class Checkpoint:
         offsets; what was queued or served meanwhile is dropped with it."""
         assert self._producer is not None
         log.warning("a transaction failed (%r); aborting it and reading its requests again", error)
-        renew = breaks_the_producer(error)
+        failed, renew = self._producer, breaks_the_producer(error)
         try:
             self._in_transaction = []
             if self._open:
@@ -363,15 +366,7 @@ class Checkpoint:
             log.warning("the producer cannot abort (%r); starting a new one", e)
             renew = True
         if renew:
-            await self._producer.stop()
-            while True:  # the broker may be away for a while: wait for it
-                try:
-                    await self.start()
-                    break
-                except KafkaException as e:
-                    log.warning("a new producer cannot start yet (%r); trying again", e)
-                    await self._producer.stop()
-                    await asyncio.sleep(_SEND_RETRY_SECONDS)
+            await self._renew(failed)
         self._forget_queued()
         self._ledger.rewind()
         self._inference.flush_rows()  # their rows are served, and coded, again
@@ -404,6 +399,22 @@ class Checkpoint:
                 await asyncio.sleep(_SEND_RETRY_SECONDS)
 
     # Both modes.
+
+    async def _renew(self, failed: Producer) -> None:
+        """A new producer in place of ``failed`` (a new epoch, sequences from zero), once:
+        the completions that saw it fail renew it together. Waits for the broker."""
+        async with self._renewing:
+            if self._producer is not failed:
+                return
+            await failed.stop()
+            while True:  # the broker may be away for a while: wait for it
+                try:
+                    await self.start()
+                    return
+                except KafkaException as e:
+                    log.warning("a new producer cannot start yet (%r); trying again", e)
+                    await self._producer.stop()
+                    await asyncio.sleep(_SEND_RETRY_SECONDS)
 
     async def _send(self, outgoing: Sequence[Outgoing], alone: bool = False) -> Sent:
         """Queue every output in the producer, one send per partition; with ``alone``, one

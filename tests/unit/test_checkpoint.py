@@ -26,6 +26,7 @@ class FakeProducer:  # agents.kafka.librdkafka.Producer's face
     def __init__(self, events: list, **options: object) -> None:
         self.events = events
         self.transactional = "transactional.id" in options
+        self.failed = None
 
     async def start(self) -> None: ...
 

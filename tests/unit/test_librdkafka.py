@@ -71,3 +71,46 @@ def test_clients_take_the_servers_and_the_security_of_the_settings():
     assert properties["bootstrap.servers"] == "kafka-0:9092,kafka-1:9092"
     assert properties["security.protocol"] == "SASL_PLAINTEXT"
     assert properties["sasl.username"] == "worker" and properties["sasl.password"] == "pw"
+
+
+async def test_a_producer_that_failed_for_good_stops_all_the_same():
+    """A chaos run: the broker fenced the exactly-once producer, the rewind that replaces it
+    stopped it first, and its flush raised the fencing again: the worker crashed."""
+    from agents.kafka.librdkafka import Producer
+
+    producer = Producer(Settings.from_env({"STREAMSERVE_BROKER": "127.0.0.1:9"}))
+
+    class Fenced:
+        def flush(self, timeout: float) -> int:
+            raise error(KafkaError._FENCED, fatal=True)
+    producer._producer = Fenced()
+    await producer.stop()  # no exception
+    assert producer._deliveries.cancelled()
+
+
+async def test_a_fatal_error_fails_every_send_outstanding_and_every_send_after():
+    """librdkafka's poll raises a fatal error (fenced) instead of reporting it, and the
+    records it holds are never reported: the serving loop waited for their acks forever
+    (a chaos run: a broker killed for longer than the transaction timeout)."""
+    from agents.kafka.librdkafka import Producer
+
+    producer = Producer(Settings.from_env({"STREAMSERVE_BROKER": "127.0.0.1:9"}))
+    fenced = KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True)
+
+    class Fenced:  # queues records, then raises the fatal error from poll
+        def produce(self, *args: object, **kwargs: object) -> None: ...
+
+        def poll(self, timeout: float) -> int:
+            raise KafkaException(fenced)
+
+        def flush(self, timeout: float) -> int:
+            return 0
+    producer._producer = Fenced()
+    record = type("Record", (), {"key": b"k", "value": b"v", "headers": []})()
+    outstanding = await producer.send("predictions", 0, [record])
+    with pytest.raises(KafkaException) as raised:
+        await asyncio.wait_for(outstanding, 1)
+    assert breaks_the_producer(raised.value) and producer.failed is fenced
+    with pytest.raises(KafkaException):  # a send after it fails at once
+        await asyncio.wait_for(await producer.send("predictions", 0, [record]), 1)
+    await producer.stop()
