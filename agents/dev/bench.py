@@ -23,7 +23,8 @@ One broker, one machine, the cases one after the other, each on topics of its ow
 4. ``streamserve_per_record``: the same with ``STREAMSERVE_MAX_BATCH=1``.
 5. ``handwritten_aiokafka`` and ``quix_streams``: the same job as a user would write it.
 6. latency: open-loop load at 25, 50 and 75 % of case 3's throughput, on case 3's worker,
-   from a raw producer; and the 25 % load through the client library (``StreamClient.stream``),
+   from a raw producer and reader (librdkafka's: the generator's own cost kept low); and the
+   25 % load through the client library (``StreamClient.stream``, on aiokafka),
    each round trip as a client sees it: beside the raw figures, the client's own cost.
 7. ``streamserve_two_workers``: two workers in one consumer group.
 
@@ -59,7 +60,7 @@ from pathlib import Path
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 
 from agents.dev.bench_profile import Profile
@@ -72,9 +73,10 @@ from agents.dev.bench_results import (
     WorkerStats,
 )
 from agents.dev.bench_traffic import (
-    Arrival,
     PARTITIONS,
+    AnswerReader,
     Peer,
+    RequestSender,
     Schedule,
     feature_rows,
     kill_peer,
@@ -82,7 +84,6 @@ from agents.dev.bench_traffic import (
     match_answers,
     output_partitions,
     read_outputs,
-    receive_answers,
     start_peer,
     worker_counters,
     worker_means,
@@ -542,35 +543,25 @@ class Bench:
         values = [self._request(key.decode(), i) for i, key in enumerate(keys)]
         sent: dict[bytes, float] = {}
         sent_epoch: dict[bytes, float] = {}
-        received: dict[bytes, Arrival] = {}
-        consumer = AIOKafkaConsumer(**connection(s), group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="latest")
-        await consumer.start()
-        consumer.assign(output_partitions(s))
-        for tp in consumer.assignment():
-            await consumer.position(tp)  # fix the start (the end) now, before anything is sent
-        reader = asyncio.create_task(receive_answers(consumer, received))
-        producer = AIOKafkaProducer(**connection(s), linger_ms=0)
-        await producer.start()
+        sender = RequestSender(s)
         schedule = Schedule(rate, count)
-        before = worker_counters(workers)
-        try:
+        async with AnswerReader(s) as reader:
+            received = reader.received
+            before = worker_counters(workers)
             async for i in schedule:
-                key, value = keys[i], values[i]
+                key = keys[i]
                 sent[key], sent_epoch[key] = time.monotonic(), time.time()
-                await producer.send(s.topics.requests, value, key=key)
+                sender.send(s.topics.requests, key, values[i])
                 if i % 500 == 0:
                     self.progress.status(f"{rate:,.0f} req/s: sent {i}/{count}, answered {len(received)}")
-            await producer.flush()
+            await sender.flush(_STALL_SECONDS)
+            if sender.failed:
+                raise BenchError(f"{self.progress.title}: {len(sender.failed)} requests not written, "
+                                 f"first: {sender.failed[0]}")
             deadline = time.monotonic() + _STALL_SECONDS
             while len(received) < count and time.monotonic() < deadline:
                 self.progress.status(f"{rate:,.0f} req/s: sent {count}, answered {len(received)}")
                 await asyncio.sleep(0.1)
-        finally:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
-            await producer.stop()
-            await consumer.stop()
         ms = [1000 * (received[key].monotonic - t) for key, t in sent.items() if key in received]
         legs = latency_legs(sent_epoch, received) | worker_means(before, worker_counters(workers))
         return self._point(share, schedule, ms, legs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
@@ -17,9 +18,11 @@ from pathlib import Path
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from confluent_kafka import Consumer as _Consumer, Producer as _Producer, TopicPartition as _TopicPartition
 
 from agents.dev.bench_results import Answers
 from agents.dev.fleet import WorkerProcess
+from agents.kafka import librdkafka
 from agents.kafka.connect import connection
 from pipeline.config import Settings
 from pipeline.registry import Manifest
@@ -147,14 +150,73 @@ class Arrival:
     value: bytes | None
 
 
-async def receive_answers(consumer: AIOKafkaConsumer, received: dict[bytes, Arrival]) -> None:
-    while True:
-        fetched = await consumer.getmany(timeout_ms=100)
-        now, epoch = time.monotonic(), time.time()
-        for records in fetched.values():
-            for r in records:
-                if r.key not in received:
-                    received[r.key] = Arrival(now, epoch, r.timestamp, r.value)
+class AnswerReader:
+    """The latency cases' reader: librdkafka's consumer, in a thread of its own, from the
+    output topics' ends as they are when it starts, keeps each answer's first arrival
+    (``received``, by key). The load generator's reader and producer are librdkafka's so
+    that they take as little of the cores the worker shares as they can: on aiokafka they
+    took most of one at 75 % of saturation, and the requests queued in the generator."""
+
+    def __init__(self, s: Settings) -> None:
+        self.received: dict[bytes, Arrival] = {}
+        self._consumer = _Consumer({**librdkafka.config(s), "group.id": f"{s.kafka.topic_prefix}-reader",
+                                    "enable.auto.commit": False})
+        self._partitions = output_partitions(s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="bench-reader", daemon=True)
+
+    async def __aenter__(self) -> AnswerReader:
+        await asyncio.to_thread(self._assign_at_ends)
+        self._thread.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self._stop.set()
+        await asyncio.to_thread(self._thread.join)
+        await asyncio.to_thread(self._consumer.close)
+
+    def _assign_at_ends(self) -> None:
+        # Each end fixed now, before anything is sent: "the end" resolved later could skip
+        # the first answers.
+        self._consumer.assign([
+            _TopicPartition(tp.topic, tp.partition,
+                            self._consumer.get_watermark_offsets(_TopicPartition(tp.topic, tp.partition),
+                                                                 timeout=10)[1])
+            for tp in self._partitions])
+
+    def _read(self) -> None:
+        while not self._stop.is_set():
+            # consume(n, t) waits for all n records or t: one record waited for, then the rest
+            # that are there, so each arrival is timed as it comes.
+            if (first := self._consumer.poll(0.1)) is None:
+                continue
+            messages = [first, *self._consumer.consume(10_000, 0)]
+            now, epoch = time.monotonic(), time.time()
+            for m in messages:
+                if m.error() is None and (key := m.key()) not in self.received:
+                    self.received[key] = Arrival(now, epoch, m.timestamp()[1], m.value())
+
+
+class RequestSender:
+    """The latency cases' producer: librdkafka's, each request sent at once (no linger),
+    partitioned by key as Java clients and aiokafka do; ``send`` never waits."""
+
+    def __init__(self, s: Settings) -> None:
+        self._producer = _Producer({**librdkafka.config(s), "linger.ms": 0,
+                                    "partitioner": "murmur2_random"})
+        self.failed: list[str] = []
+
+    def send(self, topic: str, key: bytes, value: bytes) -> None:
+        self._producer.produce(topic, value, key, on_delivery=self._delivered)
+        self._producer.poll(0)
+
+    async def flush(self, timeout: float) -> None:
+        if left := await asyncio.to_thread(self._producer.flush, timeout):
+            self.failed.append(f"{left} not acknowledged in {timeout:.0f} s")
+
+    def _delivered(self, error: object, _message: object) -> None:
+        if error is not None:
+            self.failed.append(str(error))
 
 
 def latency_legs(sent_epoch: dict[bytes, float], received: dict[bytes, Arrival]) -> dict[str, float]:
