@@ -1,12 +1,13 @@
 """``streamserve bench``: streamserve beside its ceilings and its alternatives, in one run.
 
-One module of about 550 lines because ``Bench`` is one sequence of cases sharing a broker, a
+One module of about 630 lines because ``Bench`` is one sequence of cases sharing a broker, a
 run id and a report, each documented below; what the cases send and read back is in
 ``agents.dev.bench_traffic``, the profile's stages in ``agents.dev.bench_profile``.
 
 One broker, one machine, the cases one after the other, each on topics of its own
 (4 partitions) and in a consumer group of its own:
 
+0. warm-ups, not counted: a pass-through and a worker's drain of a quarter backlog each.
 1. ``kafka_ceiling``: a raw aiokafka pass-through, no decoding, no model (agents/dev/bench_peers.py).
 1b. ``kafka_ceiling_compiled``: the same with confluent-kafka (librdkafka): what a compiled
    client gets from the same broker and cores.
@@ -229,8 +230,11 @@ class Bench:
         async with admin_client(self.settings):
             pass  # Kafka answers: the cases can start
         try:
-            # The broker's JVM compiles its hot paths during the first seconds of traffic.
+            # The broker's JVM compiles its hot paths during the first seconds of traffic, and
+            # a worker's (group commits, idempotent writes, read_committed fetches) too: the
+            # first worker's drain ran 10-15 % slower than the next ones on the same backlog.
             await self.peer("0 broker warm-up (not counted)", "passthrough", self.sizes.requests // 4)
+            await self.variant("0b worker warm-up (not counted)", "warm-up", {}, self.sizes.requests // 4)
             cases = {"kafka_ceiling": await self.peer("1 Kafka ceiling, aiokafka", "passthrough"),
                      "kafka_ceiling_compiled": await self.peer("1b Kafka ceiling, confluent-kafka",
                                                                "passthrough_confluent"),
