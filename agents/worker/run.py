@@ -8,7 +8,9 @@ import cProfile
 import gc
 import logging
 import os
+import sys
 import threading
+import traceback
 from collections.abc import Awaitable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -160,7 +162,8 @@ class _Worker(faust.Worker):
     async def _stop_on_signal(self, signal: object) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._started_up().wait(), 30)
-        deadline = threading.Timer(self.stop_grace_s, _give_up, (self.stop_grace_s,))
+        deadline = threading.Timer(self.stop_grace_s, _give_up,
+                                   (self.stop_grace_s, asyncio.get_running_loop()))
         deadline.daemon = True
         deadline.start()
         await super()._stop_on_signal(signal)
@@ -171,13 +174,47 @@ class _Worker(faust.Worker):
         return self._up
 
 
-def _give_up(grace_s: float) -> None:
-    """From a thread of its own: the loop may be stuck waiting on brokers."""
+def _give_up(grace_s: float, loop: asyncio.AbstractEventLoop) -> None:
+    """From a thread of its own: the loop may be stuck waiting on brokers. What each of
+    the worker's own tasks and every thread waits on goes to the log first: a stop that
+    hangs is the one place that says where a wait without end is."""
     log.error("the worker did not stop within STREAMSERVE_STOP_GRACE_S (%.0f s), brokers "
               "unreachable or slow: exiting now; the requests it had not committed will be "
               "served again", grace_s)
+    with contextlib.suppress(RuntimeError):  # the task set changed while it was read
+        for task in asyncio.all_tasks(loop):
+            if waits := _awaiting(task.get_coro()):
+                log.error("task %s waits in %s", task.get_name(), waits)
+    for thread_id, frame in sys._current_frames().items():
+        log.error("thread %s waits in %s", _thread_names().get(thread_id, thread_id),
+                  " <- ".join(f"{f.name} ({Path(f.filename).name}:{f.lineno})"
+                              for f in reversed(traceback.extract_stack(frame, limit=6))))
     logging.shutdown()
     os._exit(1)
+
+
+_ROOT = Path(__file__).resolve().parents[2]
+_OWN_CODE = (str(_ROOT / "agents") + os.sep, str(_ROOT / "pipeline") + os.sep)
+
+
+def _awaiting(coroutine: object) -> str:
+    """The chain of awaits a task is suspended in, through the worker's own code
+    (``agents``, ``pipeline``), outermost first; empty when it never enters it."""
+    frames = []
+    while coroutine is not None and len(frames) < 16:
+        frame = getattr(coroutine, "cr_frame", None) or getattr(coroutine, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append(frame)
+        coroutine = getattr(coroutine, "cr_await", None) or getattr(coroutine, "gi_yieldfrom", None)
+    if not any(frame.f_code.co_filename.startswith(_OWN_CODE) for frame in frames):
+        return ""
+    return " -> ".join(f"{frame.f_code.co_name} ({Path(frame.f_code.co_filename).name}:{frame.f_lineno})"
+                       for frame in frames)
+
+
+def _thread_names() -> dict[int, str]:
+    return {thread.ident: thread.name for thread in threading.enumerate() if thread.ident is not None}
 
 
 async def _beating(heartbeat: Heartbeat, work: Awaitable[T]) -> T:
