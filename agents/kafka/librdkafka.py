@@ -94,10 +94,15 @@ def breaks_the_producer(error: BaseException) -> bool:
             and error.args[0].fatal())
 
 
+# Said already: librdkafka logs each failed connection itself, and the worker's watch on
+# the cluster says once that no broker answers (logged twice, a lost cluster filled the log).
+_SAID_ELSEWHERE = frozenset({KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN})
+
+
 def _client_error(error: KafkaError) -> None:
     if error.fatal():
         log.error("the Kafka client failed for good: %s", error)
-    else:  # librdkafka retries by itself (brokers down, a timed-out request)
+    elif error.code() not in _SAID_ELSEWHERE:  # librdkafka retries by itself
         log.warning("Kafka client: %s", error)
 
 

@@ -2,6 +2,7 @@
 future and the errors that decide what the checkpoint does."""
 
 import asyncio
+import logging
 import threading
 
 import pytest
@@ -9,6 +10,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from agents.kafka.librdkafka import (
     _Acks,
+    _client_error,
     breaks_the_producer,
     config,
     group_moved_on,
@@ -114,3 +116,15 @@ async def test_a_fatal_error_fails_every_send_outstanding_and_every_send_after()
     with pytest.raises(KafkaException):  # a send after it fails at once
         await asyncio.wait_for(await producer.send("predictions", 0, [record]), 1)
     await producer.stop()
+
+
+def test_a_client_error_is_logged_once_where_nothing_else_says_it(caplog):
+    with caplog.at_level(logging.WARNING, logger="agents.kafka.librdkafka"):
+        _client_error(KafkaError(KafkaError._TRANSPORT, "127.0.0.1:9092/1: Connect failed"))
+        _client_error(KafkaError(KafkaError._ALL_BROKERS_DOWN, "3/3 brokers are down"))
+        _client_error(KafkaError(KafkaError._AUTHENTICATION, "SASL authentication failed"))
+        _client_error(KafkaError(KafkaError._FENCED, "fenced by a newer instance", fatal=True))
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [
+        ("WARNING", "Kafka client: KafkaError{code=_AUTHENTICATION,val=-169,str=\"SASL authentication failed\"}"),
+        ("ERROR", "the Kafka client failed for good: "
+                  "KafkaError{FATAL,code=_FENCED,val=-144,str=\"fenced by a newer instance\"}")]
