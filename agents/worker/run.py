@@ -176,19 +176,19 @@ class _Worker(faust.Worker):
 
 def _give_up(grace_s: float, loop: asyncio.AbstractEventLoop) -> None:
     """From a thread of its own: the loop may be stuck waiting on brokers. What each of
-    the worker's own tasks and every thread waits on goes to the log first: a stop that
-    hangs is the one place that says where a wait without end is."""
-    log.error("the worker did not stop within STREAMSERVE_STOP_GRACE_S (%.0f s), brokers "
-              "unreachable or slow: exiting now; the requests it had not committed will be "
-              "served again", grace_s)
+    the worker's own tasks and every thread waits on goes to the log first (a stop that
+    hangs is the one place that says where a wait without end is), then why it exits."""
     with contextlib.suppress(RuntimeError):  # the task set changed while it was read
         for task in asyncio.all_tasks(loop):
             if waits := _awaiting(task.get_coro()):
-                log.error("task %s waits in %s", task.get_name(), waits)
+                log.error("stop hangs: task %s waits in %s", task.get_name(), waits)
     for thread_id, frame in sys._current_frames().items():
-        log.error("thread %s waits in %s", _thread_names().get(thread_id, thread_id),
+        log.error("stop hangs: thread %s waits in %s", _thread_names().get(thread_id, thread_id),
                   " <- ".join(f"{f.name} ({Path(f.filename).name}:{f.lineno})"
                               for f in reversed(traceback.extract_stack(frame, limit=6))))
+    log.error("the worker did not stop within STREAMSERVE_STOP_GRACE_S (%.0f s), brokers "
+              "unreachable or slow: exiting now; the requests it had not committed will be "
+              "served again", grace_s)
     logging.shutdown()
     os._exit(1)
 
