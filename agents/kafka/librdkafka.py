@@ -13,8 +13,9 @@ librdkafka's calls block, and its rebalance callbacks run inside ``consume()``. 
 * a rebalance callback hands its work to the event loop and waits for it there: the
   serving loop is then waiting for that same ``consume()``, so no batch is being served,
   and the callback returns only once the revoked partitions' batches are committed;
-* commits, committed offsets and transactions run in another thread, so that a callback's
-  work may commit while the consume thread waits;
+* commits, committed offsets and transactions run in other threads, so that a callback's
+  work may commit while the consume thread waits; a transactional call that outlasts its
+  own timeout gives its producer up (librdkafka does not always keep that timeout);
 * the producer's delivery reports are served on the event loop (``poll(0)`` every
   millisecond while sends are outstanding): one Python callback per record, which on a
   thread of their own took the GIL from the serving loop a thousand times a second
@@ -49,6 +50,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _CALL_TIMEOUT_S = 30.0  # a blocking call the broker does not answer fails after this
+# librdkafka's transactional calls can block past their own timeout: send_offsets_to_transaction
+# waited for a group coordinator that had moved, for minutes (librdkafka issues 5456 and 5511;
+# a chaos run's exactly-once worker served nothing more). This much later, the producer is
+# given up as broken, and a new one fences it.
+_HUNG_AFTER_S = _CALL_TIMEOUT_S + 10
 
 # Send errors that no retry mends: the output is replaced or given up.
 _REFUSED_FOR_GOOD = frozenset({KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE,
@@ -237,8 +243,8 @@ class Producer:
         self._loop = asyncio.get_running_loop()
         self.transactional = "transactional.id" in properties
         self.failed: KafkaError | None = None
+        self.hung = False  # a transactional call did not return: it takes no more calls
         self._producer = _Producer({**config(settings), **properties})
-        self._calls = ThreadPoolExecutor(1, thread_name_prefix="kafka-transactions")
         self._outstanding: set[asyncio.Future] = set()
         self._sent = asyncio.Event()  # a send is outstanding: serve delivery reports
         self._deliveries = asyncio.create_task(self._serve_deliveries())
@@ -251,17 +257,17 @@ class Producer:
 
     async def stop(self) -> None:
         """Send what is queued (10 s at most), then stop serving delivery reports. A producer
-        that failed for good (fenced: the one a rewind replaces) has nothing it may still
-        send, and its flush says so: it stops all the same."""
+        that failed for good (fenced, or hung: the one a rewind replaces) has nothing it may
+        still send: it stops all the same."""
         try:
-            await self._call(self._producer.flush, 10)
+            if self.failed is None:
+                await self._call(self._producer.flush, 10)
         except KafkaException as e:
             log.warning("the producer stops with its queue unsent (%s)", e)
         finally:
             self._deliveries.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._deliveries
-            self._calls.shutdown(wait=False)
 
     async def partitions_for(self, topic: str) -> list[int]:
         metadata = await self._call(self._producer.list_topics, topic, _CALL_TIMEOUT_S)
@@ -309,7 +315,28 @@ class Producer:
         await self._call(self._producer.abort_transaction, _CALL_TIMEOUT_S)
 
     async def _call(self, blocking: Callable[..., T], *args: object) -> T:
-        return await self._loop.run_in_executor(self._calls, blocking, *args)
+        """``blocking(*args)`` in a thread of its own, one call at a time (the owner awaits
+        each): a daemon thread, so that a call that never returns (``_HUNG_AFTER_S``) holds
+        up neither the next producer's calls nor the process's exit."""
+        done: asyncio.Future[T] = self._loop.create_future()
+
+        def run() -> None:
+            try:
+                result = blocking(*args)
+            except BaseException as e:  # noqa: BLE001 - handed to the awaiting coroutine
+                self._loop.call_soon_threadsafe(_settle, done, None, e)
+            else:
+                self._loop.call_soon_threadsafe(_settle, done, result, None)
+        threading.Thread(target=run, name="kafka-transactions", daemon=True).start()
+        try:
+            return await asyncio.wait_for(done, _HUNG_AFTER_S)  # cancels ``done`` when late
+        except TimeoutError:
+            error = KafkaError(KafkaError._TIMED_OUT, f"{getattr(blocking, '__name__', blocking)} did "
+                               f"not return in {_HUNG_AFTER_S:.0f} s", fatal=True)
+            log.error("the Kafka producer is given up: %s", error.str())
+            self.hung = True
+            self._fail_outstanding(error)
+            raise KafkaException(error) from None
 
     async def _serve_deliveries(self) -> None:
         while True:
@@ -361,6 +388,15 @@ class _Acks:
             self.future.set_result(None)
         else:
             self.future.set_exception(KafkaException(self._error))
+
+
+def _settle(future: asyncio.Future, result: object, error: BaseException | None) -> None:
+    if future.done():  # given up on (``Producer._call``)
+        return
+    if error is None:
+        future.set_result(result)
+    else:
+        future.set_exception(error)
 
 
 def _partitions(offsets: Mapping[Partition, int]) -> list[TopicPartition]:

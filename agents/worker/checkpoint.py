@@ -361,7 +361,8 @@ class Checkpoint:
             self._in_transaction = []
             if self._open:
                 self._open = False
-                await self._producer.abort_transaction()
+                if not self._producer.hung:  # else its successor's start aborts the transaction
+                    await self._producer.abort_transaction()
         except Exception as e:  # noqa: BLE001 - fenced or fatal: only a new producer can go on
             log.warning("the producer cannot abort (%r); starting a new one", e)
             renew = True

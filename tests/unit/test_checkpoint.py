@@ -27,6 +27,7 @@ class FakeProducer:  # agents.kafka.librdkafka.Producer's face
         self.events = events
         self.transactional = "transactional.id" in options
         self.failed = None
+        self.hung = False
 
     async def start(self) -> None: ...
 
@@ -205,6 +206,24 @@ async def test_exactly_once_rewinds_when_the_broker_fenced_its_producer_during_a
     await checkpoint.hand_off([output("predictions")], [record(5)])  # read again
     await checkpoint.commit(now=101.0)
     assert ("offsets to transaction", {TP0: 6}) in events
+
+
+async def test_exactly_once_gives_a_hung_producer_up_without_asking_it_again(make):
+    """send_offsets_to_transaction outlasted its own timeout while the group coordinator
+    moved (librdkafka issue 5456): the producer is given up as hung, and the rewind does not
+    ask it to abort (that call would wait behind the hung one); a new producer's start
+    aborts the open transaction, and the requests are read again."""
+    checkpoint, events = await make("exactly-once", group_answer=5)
+    hung = checkpoint._producer
+
+    async def never_returns(offsets, group_metadata):
+        hung.hung = True
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "did not return in 40 s", fatal=True))
+    hung.send_offsets_to_transaction = never_returns
+    await checkpoint.hand_off([output("predictions")], [record(5)])
+    await checkpoint.commit(now=100.0)
+    assert ("abort transaction",) not in events and checkpoint._producer is not hung
+    assert ("seek", TP0, 5) in events
 
 
 async def test_exactly_once_takes_a_new_producer_after_a_fatal_delivery_error(make):

@@ -128,3 +128,41 @@ def test_a_client_error_is_logged_once_where_nothing_else_says_it(caplog):
         ("WARNING", "Kafka client: KafkaError{code=_AUTHENTICATION,val=-169,str=\"SASL authentication failed\"}"),
         ("ERROR", "the Kafka client failed for good: "
                   "KafkaError{FATAL,code=_FENCED,val=-144,str=\"fenced by a newer instance\"}")]
+
+
+async def test_a_transactional_call_that_never_returns_gives_its_producer_up(monkeypatch):
+    """librdkafka's send_offsets_to_transaction blocked past its own timeout while the group
+    coordinator moved (librdkafka issues 5456, 5511): a chaos run's exactly-once worker
+    served nothing for minutes, and its stop hung on the same call."""
+    from agents.kafka import librdkafka
+
+    monkeypatch.setattr(librdkafka, "_HUNG_AFTER_S", 0.2)
+    producer = librdkafka.Producer(Settings.from_env({"STREAMSERVE_BROKER": "127.0.0.1:9"}))
+    never = threading.Event()
+    flushed = []
+
+    class Hung:
+        def produce(self, *args: object, **kwargs: object) -> None: ...
+
+        def poll(self, timeout: float) -> int:
+            return 0
+
+        def send_offsets_to_transaction(self, *args: object) -> None:
+            never.wait()
+
+        def flush(self, timeout: float) -> int:
+            flushed.append(timeout)
+            return 0
+    producer._producer = Hung()
+    record = type("Record", (), {"key": b"k", "value": b"v", "headers": []})()
+    outstanding = await producer.send("t", 0, [record])
+
+    with pytest.raises(KafkaException) as raised:
+        await producer.send_offsets_to_transaction({("t", 0): 1}, object())
+    assert raised.value.args[0].fatal() and breaks_the_producer(raised.value) and producer.hung
+    assert "send_offsets_to_transaction did not return in 0 s" in raised.value.args[0].str()
+    with pytest.raises(KafkaException):  # its acks would never come
+        await outstanding
+    await asyncio.wait_for(producer.stop(), 1)  # not behind the hung call
+    assert flushed == []
+    never.set()
