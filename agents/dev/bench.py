@@ -92,7 +92,6 @@ from agents.dev.bench_traffic import (
 )
 from agents.client.stream import StreamClient
 from agents.dev.fleet import WorkerProcess
-from agents.kafka import librdkafka
 from agents.kafka.connect import connection
 from agents.kafka.topics import admin_client, cluster
 from pipeline.client import PredictRequest
@@ -565,10 +564,9 @@ class Bench:
                 sender.send(s.topics.requests, key, values[i])
                 if i % 500 == 0:
                     self.progress.status(f"{rate:,.0f} req/s: sent {i}/{count}, answered {len(received)}")
-            await sender.flush(_STALL_SECONDS)
-            if sender.failed:
-                raise BenchError(f"{self.progress.title}: {len(sender.failed)} requests not written, "
-                                 f"first: {sender.failed[0]}")
+            if failed := await asyncio.to_thread(sender.flush, _STALL_SECONDS):
+                raise BenchError(f"{self.progress.title}: {len(failed)} requests not written, "
+                                 f"first: {failed[0]}")
             deadline = time.monotonic() + _STALL_SECONDS
             while len(received) < count and time.monotonic() < deadline:
                 self.progress.status(f"{rate:,.0f} req/s: sent {count}, answered {len(received)}")
@@ -612,22 +610,8 @@ class Bench:
 
 
 def _produce_all(s: Settings, topic: str, records: Sequence[tuple[bytes, bytes]]) -> list[str]:
-    """Write ``records`` (key, value) to ``topic``, partitioned by key as Java clients and
-    aiokafka do; the errors of those not written."""
-    from confluent_kafka import Producer
-
-    failed: list[str] = []
-    producer = Producer({**librdkafka.config(s), "linger.ms": 5, "partitioner": "murmur2_random"})
-
-    def delivered(error: object, _message: object) -> None:
-        if error is not None:
-            failed.append(str(error))
+    """Write ``records`` (key, value) to ``topic``; the errors of those not written."""
+    sender = RequestSender(s)
     for key, value in records:
-        while True:
-            try:
-                producer.produce(topic, value, key, on_delivery=delivered)
-                break
-            except BufferError:  # its queue is full: let it send
-                producer.poll(0.05)
-    left = producer.flush(60)
-    return failed + [f"{left} not acknowledged in 60 s"] * bool(left)
+        sender.send(topic, key, value)
+    return sender.flush(60)

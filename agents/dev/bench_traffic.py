@@ -198,8 +198,9 @@ class AnswerReader:
 
 
 class RequestSender:
-    """The latency cases' producer: librdkafka's, as a client of it is by default (5 ms
-    linger), partitioned by key as Java clients and aiokafka do; ``send`` never waits."""
+    """The bench's producer of requests (the backlogs and the latency cases): librdkafka's,
+    as a client of it is by default (5 ms linger), partitioned by key as Java clients and
+    aiokafka do; ``send`` waits only while librdkafka's queue is full."""
 
     def __init__(self, s: Settings) -> None:
         # Not less: with linger 0 librdkafka sends a request per record, and at 4,000 a
@@ -211,12 +212,19 @@ class RequestSender:
         self.failed: list[str] = []
 
     def send(self, topic: str, key: bytes, value: bytes) -> None:
-        self._producer.produce(topic, value, key, on_delivery=self._delivered)
+        while True:
+            try:
+                self._producer.produce(topic, value, key, on_delivery=self._delivered)
+                break
+            except BufferError:  # its queue is full: let it send
+                self._producer.poll(0.05)
         self._producer.poll(0)
 
-    async def flush(self, timeout: float) -> None:
-        if left := await asyncio.to_thread(self._producer.flush, timeout):
+    def flush(self, timeout: float) -> list[str]:
+        """Wait (blocking) until every request is acknowledged; the errors of those not written."""
+        if left := self._producer.flush(timeout):
             self.failed.append(f"{left} not acknowledged in {timeout:.0f} s")
+        return self.failed
 
     def _delivered(self, error: object, _message: object) -> None:
         if error is not None:
