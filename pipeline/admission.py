@@ -1,6 +1,6 @@
 """Admission: which of a batch's records go to a model, and why each of the others does not.
 
-Each record passes, in this order: decode (``pipeline.decode``), the dedupe window
+Each record passes, in this order: decode (``pipeline.fast_decode``), the dedupe window
 (``pipeline.dedupe``), its tenant's quota (``pipeline.tenant_quotas``), its deadline. The
 first check it fails is its ``Rejection``; an admitted request joins the group of its
 (model, version, route), served together. The order matters: a repeat takes no quota
@@ -30,9 +30,9 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 
-from pipeline.catalog import Catalog
-from pipeline.decode import Request, decode
+from pipeline.decode import Request
 from pipeline.dedupe import RecentIds
+from pipeline.fast_decode import FastDecoder
 from pipeline.outputs import Incoming, Kind, Outgoing
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import Route
@@ -63,7 +63,7 @@ class Admission:
     refusals: list[Refusal] = field(default_factory=list)  # quota refusals, for the metrics
 
 
-def admit(batch: Sequence[Incoming], catalog: Catalog, max_bytes: int, max_features: int | None,
+def admit(batch: Sequence[Incoming], decoder: FastDecoder,
           recent: RecentIds | None, quotas: TenantQuotas | None, now: float, clock: float,
           expected_seconds: float = 0.0, tenants_from_records: bool = False,
           taken: float | None = None) -> Admission:
@@ -75,7 +75,7 @@ def admit(batch: Sequence[Incoming], catalog: Catalog, max_bytes: int, max_featu
     header), never what its body claims."""
     admission = Admission()
     for record in batch:
-        decoded = decode(record.value, catalog, max_bytes, max_features)
+        decoded = decoder.decode(record.value)
         if isinstance(decoded, Request) and tenants_from_records:
             decoded = replace(decoded, tenant=record.tenant)
         if isinstance(decoded, Request) and recent is not None and recent.seen_before(

@@ -59,7 +59,7 @@ _MAX_LISTED = 10
 _NUMERIC_DATATYPES = frozenset(
     {"FP16", "FP32", "FP64", "INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"}
 )
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 _FLAT = 'a request is one flat object: {"id": ..., "model": ..., "features": {...}}'
 # The request forms nest at most 5 deep (an OIP tensor's [[...]] data). This leaves room
 # for a client's own fields and keeps both parsers far below their recursion limits.
@@ -224,7 +224,7 @@ def _parse_lenient(raw: bytes,
             return Rejection(Reason.NON_FINITE,
                              f"the request holds a number beyond the 64-bit float range "
                              f"({where}); send finite numbers (features must fit float32: "
-                             f"±{_FLOAT32_MAX:.4g})")
+                             f"±{FLOAT32_MAX:.4g})")
         return Rejection(Reason.MALFORMED_JSON, f"the request is not valid JSON: {strict_error}")
     if not isinstance(body, dict):
         return _not_an_object(body)
@@ -336,7 +336,7 @@ def _tabular_row(body: dict[str, Any], schema: InputSchema,
     # One chained comparison per value accepts exactly the finite float32 range (NaN
     # fails every comparison); anything else gets the precise check and message.
     for value in row:
-        if type(value) is not float or not -_FLOAT32_MAX <= value <= _FLOAT32_MAX:
+        if type(value) is not float or not -FLOAT32_MAX <= value <= FLOAT32_MAX:
             return [_number(name, v) for name, v in zip(schema.names, row)]
     return row
 
@@ -451,9 +451,9 @@ def _number(name: str, value: Any) -> float:
         number = float(value)
     except OverflowError:  # an integer literal of more than 308 digits
         number = math.inf
-    if not -_FLOAT32_MAX <= number <= _FLOAT32_MAX:  # also false for NaN
+    if not -FLOAT32_MAX <= number <= FLOAT32_MAX:  # also false for NaN
         raise _Invalid.quoting(Reason.NON_FINITE, name, _number_text(value), lambda v: (
-            f"feature {name!r} is {v}, not a finite float32 (at most ±{_FLOAT32_MAX:.4g}); "
+            f"feature {name!r} is {v}, not a finite float32 (at most ±{FLOAT32_MAX:.4g}); "
             "send finite numbers (impute missing values before sending)"))
     return number
 

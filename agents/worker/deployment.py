@@ -2,7 +2,7 @@
 
 ``Deployment`` is the loaded versions and each model's spec (``agents.worker.deployer``
 builds it); ``Serving`` adds what the inference step derives from it and the settings:
-the catalog requests are checked against, each model's policy (its redaction marked with
+the catalog requests are checked against and its decoder, each model's policy (its redaction marked with
 the sensitive features of its loaded versions), the dead-letter redactor, the breakers
 and the drift coders. The inference step swaps a new ``Serving`` in whole, and each batch
 keeps the one it started with.
@@ -18,6 +18,7 @@ from pipeline.breaker import CircuitBreaker
 from pipeline.catalog import Catalog
 from pipeline.config import ModelPolicy, Settings
 from pipeline.drift import MatrixCounter, watched_references
+from pipeline.fast_decode import FastDecoder
 from pipeline.redaction import Redactor
 from pipeline.routing import DeploymentSpec
 
@@ -42,6 +43,7 @@ class Serving:
 
     deployment: Deployment
     catalog: Catalog
+    decoder: FastDecoder  # the catalog's, with the settings' limits
     policies: Mapping[str, ModelPolicy]  # per served model
     dead_letter_redactor: Redactor  # every model's rules: a dead letter may name any model
     breakers: Mapping[tuple[str, str], CircuitBreaker]
@@ -68,8 +70,11 @@ class Serving:
             redactor = redactor.merged(policy.redactor)
         breakers = before.breakers if before is not None else {}
         coders = before.coders if before is not None else {}
+        catalog = deployment.catalog
         return cls(
-            deployment, deployment.catalog, policies, redactor,
+            deployment, catalog,
+            FastDecoder(catalog, s.admission.max_message_bytes, s.admission.max_features),
+            policies, redactor,
             breakers={key: breakers.get(key) or CircuitBreaker(s.breaker.config)
                       for key in deployment.models},
             # Drift is coded for versions trained with reference statistics (the drift

@@ -41,7 +41,7 @@ from pipeline.batching import padded_size
 from pipeline.breaker import BreakerState
 from pipeline.canary import CanaryJudge, CanaryVerdict
 from pipeline.config import Settings
-from pipeline.decode import Request, decode
+from pipeline.decode import Request
 from pipeline.dedupe import RecentIds
 from pipeline.drift import CodedRows, watched_columns
 from pipeline.isolation import RowFailure, serve_isolated
@@ -87,11 +87,9 @@ class InferenceService:
                  limits: OutputLimits = OutputLimits()) -> None:
         self._settings = settings
         self._topics = settings.topics
-        self._max_bytes = settings.admission.max_message_bytes
         # An original escaped into a dead letter grows at most sevenfold (\u00XX per byte).
-        self._max_original = min(self._max_bytes, limits.dead_letter // 7)
+        self._max_original = min(settings.admission.max_message_bytes, limits.dead_letter // 7)
         self._drift_bytes = min(outputs.DRIFT_MESSAGE_BYTES, limits.drift_rows // 2)
-        self._max_features = settings.admission.max_features
         self._faults = settings.faults.plan
         self._device = jax.default_backend()  # "cpu", "gpu" or "tpu": what model calls cost
         metrics.price_per_hour.labels("cpu").set(settings.cost.price_cpu_hour)
@@ -155,9 +153,8 @@ class InferenceService:
         serving = self._serving  # this batch's, whatever is installed while it runs
         deployment = serving.deployment
         kept_before = len(self._kept) if self._kept is not None else 0
-        admission = admit(batch, serving.catalog, self._max_bytes, self._max_features, self._recent,
-                          self._quotas, now=time.time(), clock=time.monotonic(),
-                          expected_seconds=expected_seconds, taken=taken,
+        admission = admit(batch, serving.decoder, self._recent, self._quotas, now=time.time(),
+                          clock=time.monotonic(), expected_seconds=expected_seconds, taken=taken,
                           tenants_from_records=bool(self._settings.admission.tenant_header))
         for refusal in admission.refusals:
             self._metrics.quota_rejections.labels(refusal.quota, refusal.limit).inc()
@@ -453,7 +450,7 @@ class InferenceService:
         message = f"the worker failed to serve this batch: {type(error).__name__}: {error}"
         dead = []
         for record in batch:
-            decoded = decode(record.value, serving.catalog, self._max_bytes, self._max_features)
+            decoded = serving.decoder.decode(record.value)
             dead.append(self._dead_letter(serving, record, Rejection(
                 Reason.MODEL_ERROR, message, id=decoded.id, model=decoded.model), version=""))
         if self._recent is not None:

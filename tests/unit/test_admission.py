@@ -6,6 +6,7 @@ from pipeline.admission import admit, forget_retryable
 from pipeline.catalog import Catalog
 from pipeline.decode import Request
 from pipeline.dedupe import RecentIds
+from pipeline.fast_decode import FastDecoder
 from pipeline.outputs import Incoming, Kind, Outgoing
 from pipeline.rejections import Reason
 from pipeline.routing import DeploymentSpec, Route
@@ -24,7 +25,7 @@ def record(offset: int, **body) -> Incoming:
 
 def run(batch, recent=None, quotas=None, now=SENT_AT + 0.05, clock=100.0, expected_seconds=0.0,
         tenants_from_records=False, taken=None):
-    return admit(batch, CATALOG, 65536, None, recent, quotas, now=now, clock=clock,
+    return admit(batch, FastDecoder(CATALOG, 65536, None), recent, quotas, now=now, clock=clock,
                  expected_seconds=expected_seconds, tenants_from_records=tenants_from_records,
                  taken=taken)
 

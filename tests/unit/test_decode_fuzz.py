@@ -1,4 +1,5 @@
-"""Property tests of ``decode``: whatever the bytes, it returns a well-formed value.
+"""Property tests of ``decode``: whatever the bytes, it returns a well-formed value, and
+the worker's ``FastDecoder`` returns the same.
 
 Three sources of input: arbitrary bytes; arbitrary JSON (written by Python's json, so with
 NaN, Infinity, integers of hundreds of digits and escaped lone surrogates); and valid
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from pipeline.catalog import Catalog
 from pipeline.decode import MAX_DEPTH, MAX_ID_LENGTH, MAX_NAME_LENGTH, Request, decode
+from pipeline.fast_decode import FastDecoder
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import Canary, DeploymentSpec
 from pipeline.schema import Feature, InputSchema
@@ -25,6 +27,7 @@ IRIS = InputSchema(tuple(Feature(n) for n in NAMES))
 CATALOG = Catalog({"iris": {"1": IRIS, "2": IRIS, "3": IRIS}},
                   {"iris": DeploymentSpec("iris", "2", canary=Canary("3", 0.3), fallback="1")})
 MAX_BYTES = 65536
+FAST = FastDecoder(CATALOG, MAX_BYTES, None)
 FLOAT32_MAX = 3.4028234663852886e38
 # Few examples, so that the whole file runs in a few seconds; STREAMSERVE_FUZZ_EXAMPLES=20000
 # fuzzes longer. Failing examples are kept in .hypothesis/ (git-ignored by its own file).
@@ -73,8 +76,10 @@ def no_duplicates(pairs):
 
 
 def check(raw: bytes) -> Request | Rejection:
-    """``decode(raw)``, asserting that what it returns can be served or dead-lettered."""
+    """``decode(raw)``, asserting that what it returns can be served or dead-lettered, and
+    that the fast decoder returns the same."""
     result = decode(raw, CATALOG, MAX_BYTES)
+    assert FAST.decode(raw) == result
     assert type(result) in (Request, Rejection), result
     if isinstance(result, Rejection):
         assert isinstance(result.reason, Reason)
