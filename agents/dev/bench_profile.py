@@ -18,7 +18,8 @@ from pathlib import Path
 # stage: path fragments of its code (and names of built-ins, whose file is "~")
 STAGES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("waiting (I/O, the model thread)", ("select.epoll", "select.select", "_thread.lock")),
-    ("decode", ("pipeline/decode.py", "pipeline/schema.py", "orjson.loads")),
+    ("decode", ("pipeline/decode.py", "pipeline/fast_decode.py", "pipeline/schema.py",
+                "orjson.loads", "msgspec.")),
     ("admission (routing, dedupe, quotas, breakers)",
      ("pipeline/admission.py", "pipeline/dedupe.py", "pipeline/tenant_quotas.py",
       "pipeline/routing/", "pipeline/breaker.py", "pipeline/canary.py")),

@@ -33,7 +33,7 @@ import numpy as np
 
 from agents.kafka.topics import DEFAULT_MESSAGE_LIMIT
 from agents.worker.deployment import Deployment, Serving, roles
-from agents.worker.metrics import Metrics
+from agents.worker.metrics import Metrics, observe_all
 from models.runtime import ServingModel
 from pipeline import messages, outputs
 from pipeline.admission import admit, forget_retryable
@@ -471,9 +471,7 @@ class InferenceService:
         for model, count in counted.samples.items():
             m.samples.labels(model).inc(count)
         for model, seconds in counted.latencies.items():
-            histogram = m.e2e_latency.labels(model)
-            for s in seconds:
-                histogram.observe(s)
+            observe_all(m.e2e_latency.labels(model), seconds)
         for quota, count in counted.answered.items():
             self._quotas.release(quota, count)
 

@@ -7,8 +7,10 @@ the outcome so the identity can be checked from one series.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from wsgiref.simple_server import WSGIServer
 
+import numpy as np
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -178,3 +180,23 @@ class Metrics:
         /healthz and /readyz (``agents.worker.health``); ``shutdown()`` on the result stops it."""
         app = make_wsgi_app(self.registry)
         return serve_wsgi(app if health is None else with_health(health, app), port)
+
+
+def observe_all(histogram: Histogram, values: Sequence[float]) -> None:
+    """``histogram.observe(v)`` for each of ``values`` (finite), in one pass.
+
+    prometheus_client has no bulk observe, and one call per answer cost a twentieth of a
+    worker's event loop. This adds to the children ``observe`` adds to (its bucket
+    counters and sum, private to prometheus_client 0.26, pinned): a value counts in the
+    first bucket whose bound is at least the value, as there. tests/unit/test_metrics.py
+    checks the exposition against ``observe``'s, so an upgrade that moves them fails it.
+    """
+    if not values:
+        return
+    seen = np.asarray(values, dtype=np.float64)
+    counts = np.bincount(np.searchsorted(histogram._upper_bounds, seen, side="left"),
+                         minlength=len(histogram._buckets))
+    histogram._sum.inc(float(seen.sum()))
+    for bucket, count in zip(histogram._buckets, counts.tolist(), strict=True):
+        if count:
+            bucket.inc(count)
