@@ -22,8 +22,11 @@ LATENCY_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.
 class BatchingSettings:
     """Micro-batching: how many requests one model call takes and how long they wait."""
 
+    # 256, not 64: a backlog drained 1.2 to 1.9 times as fast (streamserve bench,
+    # synthetic32): the per-batch work (model call, hand-off, commit bookkeeping) spread
+    # over four times the rows. The queueing budget still bounds a light load's wait.
     max_batch: int = setting(
-        64, "STREAMSERVE_MAX_BATCH",
+        256, "STREAMSERVE_MAX_BATCH",
         "Most requests in one model call; padding buckets are the powers of two up to it.")
     batch_timeout_ms: int = setting(
         5, "STREAMSERVE_BATCH_TIMEOUT_MS",
