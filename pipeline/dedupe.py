@@ -45,6 +45,8 @@ class RecentIds:
         self.max_ids, self.window_s = max_ids, window_s
         # id -> (first seen, where it was read); in order of first sighting, oldest first.
         self._seen: OrderedDict[str, tuple[float, Hashable | None]] = OrderedDict()
+        # A batch's ids are checked at one clock reading: the expired are swept once.
+        self._swept_at: float | None = None
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -87,8 +89,9 @@ class RecentIds:
         return f"the last {self.window_s:g} s (and {count})"
 
     def _forget_expired(self, now: float) -> None:
-        if self.window_s is None:
+        if self.window_s is None or now == self._swept_at:
             return
+        self._swept_at = now
         # Oldest first: stop at the first id still in the window. With a clock that
         # steps back, ids are kept longer, never forgotten early.
         horizon = now - self.window_s

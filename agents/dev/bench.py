@@ -114,7 +114,10 @@ class BenchError(StreamserveError, RuntimeError):
 
 
 QUICK = Sizes(requests=2_000, per_record_requests=500, latency_seconds=2.0, timing_seconds=0.1)
-FULL = Sizes(requests=30_000, per_record_requests=5_000, latency_seconds=10.0, timing_seconds=1.0)
+# 100,000 a drain (4 to 5 s of streamserve): drains of 30,000 (about 1.3 s) gave the same
+# worker 19,700 and 29,800 req/s within minutes, a pause of the broker's JVM or the
+# other core's work counting for a third of a drain.
+FULL = Sizes(requests=100_000, per_record_requests=5_000, latency_seconds=10.0, timing_seconds=1.0)
 
 
 # ---------------------------------------------------------------------- results
