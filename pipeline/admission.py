@@ -74,35 +74,37 @@ def admit(batch: Sequence[Incoming], decoder: FastDecoder,
     ``tenants_from_records``, a request's tenant is its record's (a trusted gateway's
     header), never what its body claims."""
     admission = Admission()
+    groups, rejected = admission.groups, admission.rejected
     for record in batch:
         decoded = decoder.decode(record.value)
-        if isinstance(decoded, Request) and tenants_from_records:
+        if isinstance(decoded, Rejection):
+            rejected.append((record, decoded))
+            continue
+        if tenants_from_records:
             decoded = replace(decoded, tenant=record.tenant)
-        if isinstance(decoded, Request) and recent is not None and recent.seen_before(
+        if recent is not None and recent.seen_before(
                 decoded.id, clock, (record.topic, record.partition, record.offset)):
-            decoded = recent.rejection(decoded.id, decoded.model)
+            rejected.append((record, recent.rejection(decoded.id, decoded.model)))
+            continue
         quota = None
-        if isinstance(decoded, Request) and quotas is not None:
+        if quotas is not None:
             refusal = quotas.admit(decoded.tenant, clock)
             if refusal is not None:
                 admission.refusals.append(refusal)
-                decoded = replace(refusal.rejection, id=decoded.id, model=decoded.model)
-            else:
-                quota = quotas.governing(decoded.tenant)
-        if isinstance(decoded, Request) and _expired(decoded, record, now + expected_seconds):
+                rejected.append((record, replace(refusal.rejection, id=decoded.id,
+                                                 model=decoded.model)))
+                continue
+            quota = quotas.governing(decoded.tenant)
+        if decoded.deadline_ms is not None and _expired(decoded, record, now + expected_seconds):
             if quota:  # answered now: its slot is free again
                 quotas.release(quota, 1)
-                quota = None
             if not _expired(decoded, record, now):
                 admission.slow[(decoded.model, decoded.version, decoded.route)] += 1
-            decoded = _late(decoded, record, now, now if taken is None else taken)
+            rejected.append((record, _late(decoded, record, now, now if taken is None else taken)))
+            continue
         if quota:
             admission.quota_slots[quota] += 1
-        if isinstance(decoded, Rejection):
-            admission.rejected.append((record, decoded))
-        else:
-            admission.groups.setdefault((decoded.model, decoded.version, decoded.route),
-                                        []).append((record, decoded))
+        groups.setdefault((decoded.model, decoded.version, decoded.route), []).append((record, decoded))
     return admission
 
 
