@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pipeline.rejections import Reason, Rejection
 from pipeline.routing import DeploymentSpec, Route, RouteDecision, route
@@ -20,16 +20,25 @@ class Catalog:
 
     schemas: Mapping[str, Mapping[str, InputSchema]]
     specs: Mapping[str, DeploymentSpec]
+    # A model without a canary routes every request that pins no version alike: to stable.
+    _unpinned: dict[str, tuple[RouteDecision, InputSchema]] = field(
+        init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for model, spec in self.specs.items():
             missing = spec.versions() - set(self.schemas.get(model, {}))
             if missing:
                 raise ValueError(f"{model}'s spec names versions not loaded: {sorted(missing)}")
+        object.__setattr__(self, "_unpinned", {
+            model: (decision, self.schemas[model][decision.version])
+            for model, spec in self.specs.items() if spec.canary is None
+            for decision in [route(spec, "")] if isinstance(decision, RouteDecision)})
 
     def resolve(self, model: str, pinned: str | None,
                 request_id: str) -> tuple[RouteDecision, InputSchema] | Rejection:
         """The version and route serving ``request_id`` (sticky: a hash of the id), and its schema."""
+        if pinned is None and model in self._unpinned:  # per request: skip the routing
+            return self._unpinned[model]
         spec = self.specs.get(model)
         if spec is None:
             served = ", ".join(sorted(self.specs)) or "none"

@@ -72,8 +72,7 @@ class FastDecoder:
             self._forms[struct] = _Form(model, colons)
         # A lone tagged struct does not require its tag; in a union each does. The precise
         # decoder refuses the empty name, which tags the struct that completes the union.
-        self._structs = (msgspec.json.Decoder(Union[(*self._forms, _Unnamed)])  # noqa: UP007
-                         if self._forms else None)
+        self._structs = msgspec.json.Decoder(Union[(*self._forms, _Unnamed)])  # noqa: UP007
 
     def decode(self, raw: bytes | None) -> Request | Rejection:
         """As ``pipeline.decode.decode``; never raises for bad input."""
@@ -82,8 +81,6 @@ class FastDecoder:
 
     def _fast(self, raw: bytes) -> Request | None:
         """``raw``'s request when it has the common form and is valid; else None."""
-        if self._structs is None:
-            return None
         try:
             parsed: Any = self._structs.decode(raw)
         except (msgspec.DecodeError, RecursionError):  # ValidationError is a DecodeError
@@ -91,24 +88,33 @@ class FastDecoder:
         form = self._forms.get(type(parsed))
         if form is None:
             return None
-        version, tenant = parsed.version, parsed.tenant
-        colons = form.colons + parsed.id.count(":")
-        if version is not None:
-            colons += 1 + (version.count(":") if isinstance(version, str) else 0)
-        if tenant is not None:
-            colons += 1 + tenant.count(":")
-        if parsed.deadline_ms is not None:
-            colons += 1
+        request_id, version, deadline_ms, tenant = (parsed.id, parsed.version, parsed.deadline_ms,
+                                                    parsed.tenant)
+        colons = form.colons + request_id.count(":")
+        if version is not None or deadline_ms is not None or tenant is not None:
+            colons += _optional_colons(version, deadline_ms, tenant)
         if raw.count(b":") != colons:
             return None
         resolved = self._catalog.resolve(form.model, None if version is None else str(version),
-                                         parsed.id)
+                                         request_id)
         if isinstance(resolved, Rejection):
             return None
-        decision, _ = resolved
-        return Request(parsed.id, form.model, decision.version,
+        decision = resolved[0]
+        return Request(request_id, form.model, decision.version,
                        list(msgspec.structs.astuple(parsed.features)), decision.route,
-                       deadline_ms=parsed.deadline_ms, tenant=tenant)
+                       deadline_ms, tenant)
+
+
+def _optional_colons(version: str | int | None, deadline_ms: int | None, tenant: str | None) -> int:
+    """The ':' bytes of the optional keys given, and of their strings."""
+    colons = 0
+    if version is not None:
+        colons += 1 + (version.count(":") if isinstance(version, str) else 0)
+    if deadline_ms is not None:
+        colons += 1
+    if tenant is not None:
+        colons += 1 + tenant.count(":")
+    return colons
 
 
 class _Unnamed(msgspec.Struct, tag_field="model", tag=""):

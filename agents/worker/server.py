@@ -192,12 +192,13 @@ class RequestServer(mode.Service):
         # A request stamped in the future (a sender's clock, or any CreateTime the broker
         # took), or not stamped, is dated now: a future date would blind the drift windows
         # and its deadline.
-        headers, tenant_header = record.headers(), self._settings.admission.tenant_header
-        stamp = record.timestamp()[1] / 1000
-        return Incoming(topic=record.topic(), partition=record.partition(), offset=record.offset(),
-                        timestamp=stamp if 0 < stamp < now else now, value=record.value(),
-                        replay=bool(headers) and any(k == REPLAY_HEADER for k, _ in headers),
-                        tenant=_header(headers, tenant_header) if headers and tenant_header else None)
+        headers, stamp = record.headers(), record.timestamp()[1] / 1000
+        tenant_header = self._settings.admission.tenant_header
+        # topic, partition, offset, timestamp, value, replay, tenant: positional, per record
+        return Incoming(record.topic(), record.partition(), record.offset(),
+                        stamp if 0 < stamp < now else now, record.value(),
+                        bool(headers) and any(k == REPLAY_HEADER for k, _ in headers),
+                        _header(headers, tenant_header) if headers and tenant_header else None)
 
     async def _report_backlog(self, now: float) -> None:
         """Every ``_REPORT_SECONDS``: consumer lag per partition, and the worker's own

@@ -21,6 +21,16 @@ def test_requests_follow_the_spec_and_pins_name_a_deployed_version():
     assert CATALOG.resolve("x", None, "a").reason is Reason.UNKNOWN_MODEL
 
 
+def test_without_a_canary_every_unpinned_request_goes_where_route_sends_it():
+    spec = DeploymentSpec("m", "2", fallback="1")
+    catalog = Catalog({"m": {"1": SCHEMA, "2": InputSchema((Feature("b"),))}}, {"m": spec})
+    for request_id in ("a", "b", "r-17", "x" * 256):
+        assert catalog.resolve("m", None, request_id) == (route(spec, request_id),
+                                                          InputSchema((Feature("b"),)))
+    assert catalog.resolve("m", "1", "a") == (RouteDecision("1", Route.PINNED), SCHEMA)
+    assert catalog.resolve("m", "9", "a").reason is Reason.UNKNOWN_VERSION
+
+
 def test_the_fallback_is_where_an_open_breaker_sends_traffic():
     assert CATALOG.fallback("m") == RouteDecision("1", Route.FALLBACK)
     assert Catalog({"m": {"2": SCHEMA}}, {"m": DeploymentSpec("m", "2")}).fallback("m") is None
