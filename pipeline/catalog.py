@@ -29,10 +29,12 @@ class Catalog:
             missing = spec.versions() - set(self.schemas.get(model, {}))
             if missing:
                 raise ValueError(f"{model}'s spec names versions not loaded: {sorted(missing)}")
-        object.__setattr__(self, "_unpinned", {
-            model: (decision, self.schemas[model][decision.version])
-            for model, spec in self.specs.items() if spec.canary is None
-            for decision in [route(spec, "")] if isinstance(decision, RouteDecision)})
+        unpinned = {}
+        for model, spec in self.specs.items():
+            decision = route(spec, "")  # without a canary, the same for every id
+            if spec.canary is None and isinstance(decision, RouteDecision):
+                unpinned[model] = decision, self.schemas[model][decision.version]
+        object.__setattr__(self, "_unpinned", unpinned)
 
     def resolve(self, model: str, pinned: str | None,
                 request_id: str) -> tuple[RouteDecision, InputSchema] | Rejection:

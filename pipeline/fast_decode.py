@@ -8,7 +8,7 @@ model (its feature names fixed, each a number), with no Python per field. Whatev
 structs refuse, and whatever may hide something the precise decoder (``pipeline.decode``)
 refuses, goes to the precise decoder, which says what is wrong. So both return equal
 results for every input (the decoder fuzz tests check each fuzzed request with both), and
-this one is only faster: about 2 µs a request of 32 features against 9.
+this one is only faster: 4.5 µs a request of 32 features against 9.7, 2.3 of 4 against 3.8.
 
 What a struct lets through and is checked here:
 

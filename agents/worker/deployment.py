@@ -2,9 +2,9 @@
 
 ``Deployment`` is the loaded versions and each model's spec (``agents.worker.deployer``
 builds it); ``Serving`` adds what the inference step derives from it and the settings:
-the catalog requests are checked against and its decoder, each model's policy (its redaction marked with
-the sensitive features of its loaded versions), the dead-letter redactor, the breakers
-and the drift coders. The inference step swaps a new ``Serving`` in whole, and each batch
+the catalog requests are checked against and its decoder, each model's policy (its
+redaction marked with the sensitive features of its loaded versions), the dead-letter
+redactor, the breakers and the drift coders. The inference step swaps a new ``Serving`` in whole, and each batch
 keeps the one it started with.
 """
 
