@@ -28,6 +28,9 @@ One broker, one machine, the cases one after the other, each on topics of its ow
    from a raw producer and reader (librdkafka's: the generator's own cost kept low); and the
    25 % load through the client library (``StreamClient.stream``, on aiokafka),
    each round trip as a client sees it: beside the raw figures, the client's own cost.
+6f. the latency floor: the same loads answered by a compiled pass-through that sends each
+   request back as soon as it reads it (``echo_confluent``): what the broker, the two hops
+   and the load generator cost a round trip on this machine, below which no worker goes.
 7. ``streamserve_two_workers``: two workers in one consumer group.
 
 Throughput is answers / (last output's timestamp - first's); CPU per request is the serving
@@ -242,6 +245,7 @@ class Bench:
                                                                "passthrough_confluent"),
                      "model_ceiling": self.model_ceiling()}
             cases["streamserve"], latency, client = await self.streamserve_and_latency()
+            floor = await self.latency_floor({share: p.rate_rps for share, p in latency.items()})
             cases["streamserve_per_record"] = await self.variant(
                 "4 streamserve, max_batch=1", "per-record", {"STREAMSERVE_MAX_BATCH": "1"},
                 self.sizes.per_record_requests)
@@ -258,7 +262,7 @@ class Bench:
             profile = await self.profiled() if self._profile else None
         finally:
             await self._delete_topics()
-        return Report(device, self.model, self.sizes, cases, latency, client,
+        return Report(device, self.model, self.sizes, cases, latency, floor, client,
                       sum(self.worker_stats[1:], self.worker_stats[0]), self.load, profile)
 
     def _registered(self) -> Manifest:
@@ -408,6 +412,18 @@ class Bench:
             self.worker_stats.append(WorkerStats.between(after, worker_counters(workers)))
         return case, latency, client
 
+    async def latency_floor(self, rates: dict[int, float]) -> dict[int, LatencyPoint]:
+        """Case 6f: each share's load (``rates``) answered by the compiled pass-through."""
+        s = await self._fresh("latency-floor")
+        peer = start_peer("echo_confluent", s, self.model, self.logs / f"{s.kafka.topic_prefix}.log")
+        try:
+            first = min(rates)  # its load, not counted, also waits for the peer to join its group
+            await self._latency_point(s, first, rates[first], [], warm_up=True, floor=True)
+            return {share: await self._latency_point(s, share, rate, [], floor=True)
+                    for share, rate in rates.items()}
+        finally:
+            kill_peer(peer.process)
+
     async def variant(self, title: str, slug: str, env: dict[str, str], n: int,
                       model: str | None = None) -> Case:
         """One worker like case 3's but with ``env`` set: the same backlog drained (of
@@ -544,13 +560,16 @@ class Bench:
         return case
 
     async def _latency_point(self, s: Settings, share: int, rate: float,
-                             workers: Sequence[WorkerProcess], warm_up: bool = False) -> LatencyPoint:
+                             workers: Sequence[WorkerProcess], warm_up: bool = False,
+                             floor: bool = False) -> LatencyPoint:
         """Send at ``rate`` on schedule, never waiting for answers; time each answer's
         arrival, and where its time went (``latency_legs``, and the ``workers``' mean queue
-        wait and model call meanwhile). ``warm_up``: for a fifth of the time, not counted."""
+        wait and model call meanwhile). ``warm_up``: for a fifth of the time, not counted;
+        ``floor``: answered by the latency floor's pass-through."""
         name = "warm-up" if warm_up else f"lat{share}"
-        self.progress.start(f"6 latency warm-up at {share} % (not counted)" if warm_up
-                            else f"6 latency at {share} %")
+        case = "6f latency floor" if floor else "6 latency"
+        self.progress.start(f"{case} warm-up at {share} % (not counted)" if warm_up
+                            else f"{case} at {share} %")
         count = max(1, int(rate * self.sizes.latency_seconds / (5 if warm_up else 1)))
         keys = [f"{s.kafka.topic_prefix}-{name}-{i}".encode() for i in range(count)]
         values = [self._request(key.decode(), i) for i, key in enumerate(keys)]

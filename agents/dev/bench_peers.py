@@ -10,6 +10,10 @@ reads ``P.requests`` in consumer group ``G`` and writes one record per request t
   producer settings (acks=all, idempotence, linger 1 ms).
 - ``passthrough_confluent``: the same with confluent-kafka (librdkafka, compiled): what the
   broker and a compiled client can do on this machine, beside what aiokafka can.
+- ``echo_confluent``: the latency floor: librdkafka, each record sent back as soon as it
+  is read (the first record fetched, then whatever else has come), no wait for its acks
+  and offsets committed in the background: what the broker, two hops and a compiled
+  client add to a round trip on this machine, with no work at all.
 - ``handwritten``: what a user writes with aiokafka: one record at a time, orjson,
   a one-row float32 array into the jitted model, orjson out, commit every so often.
 - ``quix``: the same job written the Quix Streams way: ``Application``, topics,
@@ -25,6 +29,7 @@ import asyncio
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import orjson
@@ -67,17 +72,39 @@ def passthrough_confluent(bootstrap: str, prefix: str, group: str) -> None:
     topic = f"{prefix}.predictions"
     while True:
         records = consumer.consume(_FETCH_RECORDS, timeout=0.1)
-        for record in records:
-            if record.error() is None:
-                while True:
-                    try:
-                        producer.produce(topic, record.value(), record.key())
-                        break
-                    except BufferError:  # librdkafka's queue is full: let it send
-                        producer.poll(0.01)
+        _send_back(producer, topic, records)
         if records:
             producer.flush()
             consumer.commit(asynchronous=False)
+
+
+def echo_confluent(bootstrap: str, prefix: str, group: str) -> None:
+    from confluent_kafka import Consumer, Producer
+
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest",
+                         "socket.nagle.disable": True})
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True,
+                         "linger.ms": 1, "socket.nagle.disable": True})
+    consumer.subscribe([f"{prefix}.requests"])
+    topic = f"{prefix}.predictions"
+    while True:
+        records = consumer.consume(1, timeout=0.1)
+        if records:
+            records += consumer.consume(_FETCH_RECORDS - 1, 0)
+        _send_back(producer, topic, records)
+        producer.poll(0)  # serve the acks
+
+
+def _send_back(producer: Any, topic: str, records: Sequence[Any]) -> None:
+    """Each record's bytes to ``topic``, keyed as it was."""
+    for record in records:
+        if record.error() is None:
+            while True:
+                try:
+                    producer.produce(topic, record.value(), record.key())
+                    break
+                except BufferError:  # librdkafka's queue is full: let it send
+                    producer.poll(0.01)
 
 
 def scorer(registry: Path, model: str) -> Callable[[dict], dict]:
@@ -142,15 +169,17 @@ def quix(bootstrap: str, prefix: str, group: str, score: Callable[[dict], dict])
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m agents.dev.bench_peers")
-    parser.add_argument("kind", choices=("passthrough", "passthrough_confluent", "handwritten", "quix"))
+    parser.add_argument("kind", choices=("passthrough", "passthrough_confluent", "echo_confluent",
+                                         "handwritten", "quix"))
     for option in ("--bootstrap", "--prefix", "--group", "--registry", "--model"):
         parser.add_argument(option, required=True)
     args = parser.parse_args(argv)
     if args.kind == "passthrough":
         asyncio.run(passthrough(args.bootstrap, args.prefix, args.group))
         return
-    if args.kind == "passthrough_confluent":
-        passthrough_confluent(args.bootstrap, args.prefix, args.group)
+    if args.kind in ("passthrough_confluent", "echo_confluent"):
+        (passthrough_confluent if args.kind == "passthrough_confluent" else echo_confluent)(
+            args.bootstrap, args.prefix, args.group)
         return
     score = scorer(Path(args.registry), args.model)
     if args.kind == "handwritten":

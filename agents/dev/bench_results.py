@@ -134,6 +134,7 @@ class Report:
     sizes: Sizes
     cases: dict[str, Case]
     latency: dict[int, LatencyPoint]  # from a raw producer
+    latency_floor: dict[int, LatencyPoint]  # the same loads, answered by a compiled pass-through
     client: LatencyPoint  # the same load through the client library, at one share
     workers: WorkerStats  # summed over every streamserve worker and case
     load: float  # the machine's 1-minute load average before the run
@@ -164,6 +165,7 @@ class Report:
             "device": self.device,
             "cases": {name: case.to_json() for name, case in self.cases.items()},
             "latency_ms": {str(p.share): _point_json(p) for p in self.latency.values()},
+            "latency_floor_ms": {str(p.share): _point_json(p) for p in self.latency_floor.values()},
             "client_latency_ms": {"share": self.client.share, **_point_json(self.client)},
             "ratios": self.ratios(),
             "cpu_us_per_request": self.cases["streamserve"].extra.get("cpu_us_per_request"),
@@ -183,7 +185,8 @@ class Report:
             lines.append(f"{case.title:<32}{case.throughput_rps:>10,.0f}/s  {answered:<15}{case.notes()}")
         lines += ["", (f"{'6 LATENCY, OPEN LOOP':<32}{'OFFERED':>12}{'KEPT':>12}  {'ANSWERED':<15}"
                        f"{'P50':>9}{'P95':>11}{'P99':>11}")]
-        points = [(f"{p.share} % of case 3", p) for p in self.latency.values()]
+        points = [point for p in self.latency.values() for point in (
+            (f"{p.share} % of case 3", p), (f"{p.share} %, floor (6f)", self.latency_floor[p.share]))]
         points.append((f"{self.client.share} %, through the client", self.client))
         for title, p in points:
             answered = f"{p.answered}/{p.requests}"

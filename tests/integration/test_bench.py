@@ -54,8 +54,9 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
     assert "JAX on" in run.stdout and "RATIOS" in run.stdout, run.stdout
 
     result = orjson.loads(out.read_bytes())
-    assert set(result) == {"device", "cases", "latency_ms", "client_latency_ms", "ratios",
-                           "jit_compiles_after_warmup", "padding_waste", "cpu_us_per_request"}
+    assert set(result) == {"device", "cases", "latency_ms", "latency_floor_ms", "client_latency_ms",
+                           "ratios", "jit_compiles_after_warmup", "padding_waste",
+                           "cpu_us_per_request"}
     # CPU per request over a drain: a --quick backlog may be drained between two looks or
     # within a few of the OS's clock ticks (then there is no figure: None); the full run's
     # 30,000 span many.
@@ -80,7 +81,12 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
         assert positive(legs["send_to_answer"]) and positive(legs["model_call_mean"]), (share, legs)
     client = result["client_latency_ms"]
     assert client["share"] == 25 and client["rate_rps"] == result["latency_ms"]["25"]["rate_rps"]
-    for share, point in [*result["latency_ms"].items(), ("client", client)]:
+    floor = result["latency_floor_ms"]  # the same loads, answered by a pass-through
+    assert set(floor) == set(result["latency_ms"])
+    assert all(point["rate_rps"] == result["latency_ms"][share]["rate_rps"] and not point["legs_p50_ms"]
+               for share, point in floor.items()), floor
+    for share, point in [*result["latency_ms"].items(), ("client", client),
+                         *((f"floor {share}", point) for share, point in floor.items())]:
         assert all(positive(point[p]) for p in ("p50", "p95", "p99", "achieved_rps")), (share, point)
         assert point["p50"] <= point["p95"] <= point["p99"], (share, point)
         assert point["answered"] == point["requests"], (share, point)
