@@ -71,7 +71,11 @@ def register(commands: Commands) -> None:
     gate.add_argument("--max-p99-ms", type=float, required=True, metavar="Y",
                       help="the candidate's p99 latency limit (parameters.latency_ms)")
     gate.add_argument("--model", metavar="M",
-                      help="model to gate (default the one the recording's requests name)")
+                      help="model to gate: only its requests are replayed (default the one the "
+                           "recording's requests name)")
+    gate.add_argument("--retarget", action="store_true",
+                      help="with --model: replay every request, each sent to M whatever model it "
+                           "names (a recording of another model's traffic)")
     gate.add_argument("--labels", type=Path, metavar="FILE",
                       help="the true classes of the recorded requests, one JSON object per line "
                            '({"id": "r-1", "label": "setosa"}): report each version\'s accuracy')
@@ -183,6 +187,7 @@ def _replay_gate(settings: Settings, args: argparse.Namespace) -> int:
     _, records = read_recording(args.file)
     result = asyncio.run(run_gate(settings, records, baseline=args.baseline,
                                   candidate=args.candidate, limits=limits, model=args.model,
+                                  retarget=args.retarget,
                                   speed=None if args.max else args.speed, timeout=args.timeout,
                                   top=args.top, truth=truth))
     for run in result.runs:

@@ -9,6 +9,7 @@ import orjson
 
 from agents.kafka.read import read_topic
 from agents.kafka.topics import ensure_topics
+from agents.ops.times import duration_text, utc, utc_text
 from pipeline.config import Settings
 
 _BARS = "▁▂▃▄▅▆▇█"
@@ -16,6 +17,8 @@ _TREND = 24  # windows in the sparkline
 _SCALE = 0.5  # PSI at the top of the sparkline: twice the alert tier
 _COLUMNS = 4  # subplots per row of the plot
 _STATUS_COLOURS = {"drift": "tab:orange", "alert": "tab:red"}  # windows and their lines
+# The latest window's verdict, most in need of a look first.
+_CONCERN = {"alert": 0, "drift": 1, "stable": 2, "insufficient": 3}
 
 
 async def read_reports(settings: Settings, model: str,
@@ -43,11 +46,12 @@ async def read_reports(settings: Settings, model: str,
 def format_report(model: str, version: str | None, by_feature: dict[str, list[dict]]) -> str:
     if not by_feature:
         return f"no drift reports for {model}{'' if version is None else ':' + version} yet"
-    last_end = max(history[-1]["window_end"] for history in by_feature.values())
-    lines = [f"drift of {model}:{version}, {len(by_feature)} features, "
-             f"windows up to {last_end} (event time, s)",
+    latest = max((history[-1] for history in by_feature.values()), key=lambda r: r["window_end"])
+    lines = [f"drift of {model}:{version}, {len(by_feature)} features, windows of "
+             f"{duration_text(latest['window_end'] - latest['window_start'])} up to "
+             f"{utc_text(latest['window_end'])} (event time), most concerning first",
              f"{'FEATURE':<26}{'PSI':>8}{'KL(r|c)':>9}{'KL(c|r)':>9}{'M':>7}  {'VERDICT':<13}TREND"]
-    for feature, history in sorted(by_feature.items()):
+    for feature, history in by_concern(by_feature):
         latest = history[-1]
         status = latest["verdict"]["status"] + (" EVENT" if any(r["event"] for r in history) else "")
         lines.append(f"{feature:<26}{_number(latest['psi']):>8}{_number(latest['kl_ref_cur']):>9}"
@@ -71,8 +75,8 @@ def plot_reports(model: str, version: str | None, by_feature: dict[str, list[dic
     figure = Figure(figsize=(4 * columns, 2.5 * rows), layout="constrained")
     FigureCanvasAgg(figure)
     axes = list(figure.subplots(rows, columns, sharex=True, squeeze=False).flat)
-    for ax, (feature, history) in zip(axes, sorted(by_feature.items())):
-        ends = [r["window_end"] for r in history]
+    for ax, (feature, history) in zip(axes, by_concern(by_feature)):
+        ends = [utc(r["window_end"]) for r in history]
         # NaN breaks the line, so a window too small to judge shows as a gap.
         psi = [math.nan if v is None else v for v in map(_judged_psi, history)]
         ax.plot(ends, psi, color="tab:blue", marker=".")
@@ -92,10 +96,22 @@ def plot_reports(model: str, version: str | None, by_feature: dict[str, list[dic
         axes[i].set_visible(False)
         # The shared axis shows tick labels on the bottom row only, which this cell left.
         axes[i - columns].tick_params(axis="x", labelbottom=True)
-    figure.supxlabel("window end (event time, s)")
-    figure.suptitle(f"PSI per window of {model}:{version}\n"
+    figure.supxlabel("window end (event time, UTC)")
+    figure.suptitle(f"PSI per window of {model}:{version}, most concerning first\n"
                     f"orange: drift (dashed: latest threshold), red: alert (dashed: alert tier)")
     figure.savefig(path, format="png")
+
+
+def by_concern(by_feature: dict[str, list[dict]]) -> list[tuple[str, list[dict]]]:
+    """The features most in need of a look first: by their latest window's verdict (alert,
+    drift, stable, too few rows to judge), then those with a drift event in their history,
+    then by the latest PSI, largest first; by name among equals."""
+    def concern(item: tuple[str, list[dict]]) -> tuple[int, bool, float, str]:
+        feature, history = item
+        latest = history[-1]
+        return (_CONCERN.get(latest["verdict"]["status"], len(_CONCERN)),
+                not any(r["event"] for r in history), -(_judged_psi(latest) or 0.0), feature)
+    return sorted(by_feature.items(), key=concern)
 
 
 def sparkline(values: list[float | None]) -> str:

@@ -17,6 +17,7 @@ import orjson
 
 from agents.kafka.read import read_topic
 from agents.kafka.topics import ensure_topics
+from agents.ops.times import utc
 from pipeline.config import Settings
 from pipeline.quality import Scores, merge_reports
 from pipeline.registry import Registry, RegistryError
@@ -119,7 +120,7 @@ def plot_quality(model: str, versions: list[dict[str, Any]], path: Path) -> None
     for ax, v in zip(axes, versions, strict=True):
         regressor = v["kind"] == "regressor"
         for route, r in v["routes"].items():
-            points = [(start, figure_) for start, _, figure_ in r["trend"] if figure_ is not None]
+            points = [(utc(start), figure_) for start, _, figure_ in r["trend"] if figure_ is not None]
             if points:
                 ax.plot(*zip(*points), marker=".", label=route)
         training = v["training"].get("test_accuracy")
@@ -128,7 +129,7 @@ def plot_quality(model: str, versions: list[dict[str, Any]], path: Path) -> None
         ax.set_ylabel("MAE" if regressor else "accuracy")
         ax.set_title(f"{model}:{v['version']}", fontsize="medium")
         ax.legend(fontsize="small")
-    figure.supxlabel("window of answer time (start, epoch s)")
+    figure.supxlabel("window of answer time (start, UTC)")
     figure.suptitle(f"live quality of {model} on labels")
     figure.savefig(path, format="png")
 

@@ -40,7 +40,7 @@ from pipeline.replay.comparison import (
 )
 from pipeline.replay.errors import ReplayError
 from pipeline.replay.recording import FORMAT, FORMAT_VERSION, Recorded, RecordingHeader, replay_order
-from pipeline.replay.request_fields import request_features, request_models
+from pipeline.replay.request_fields import gated, request_features, request_models
 from pipeline.replay.rewrite import Rewrite
 from pipeline.replay.runs import INDEX_HEADER, REPLAY_HEADER, check_run_id, new_run_id, strip_run
 from pipeline.replay.schedule import ScheduledRecord, plan, recorded_pace, schedule
@@ -76,6 +76,7 @@ __all__ = [
     "describe_bound",
     "diff",
     "gate",
+    "gated",
     "in_time_range",
     "key_replies",
     "max_abs_difference",

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agents.kafka.read import read_topic
@@ -31,8 +31,8 @@ from pipeline.replay import (
     answer_of,
     diff,
     gate,
+    gated,
     key_replies,
-    request_models,
 )
 from pipeline.replies import SourcePosition, source_position
 
@@ -96,32 +96,31 @@ class _Replies:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def check_pinnable(settings: Settings, models: Iterable[str], versions: Sequence[str]) -> None:
+async def check_pinnable(settings: Settings, model: str, versions: Sequence[str]) -> None:
     """Refuse a gate whose versions the workers would not serve when pinned (a request may
     pin the stable, canary or fallback version), naming the command that fixes it."""
     from agents.kafka.control import read_specs  # imported when a gate runs: it loads JAX
 
-    specs = await read_specs(settings)
-    for model in sorted(models):
-        spec = specs.get(model)
-        if spec is None:
-            raise ReplayError(
-                f"{model} has no deployment spec, so workers serve only its newest version; deploy "
-                f"the baseline and make the candidate pinnable first: streamserve deploy {model} "
-                f"{versions[0]} && streamserve fallback {model} {versions[1]}")
-        missing = [v for v in versions if v not in spec.serving_versions()]
-        if missing:
-            raise ReplayError(
-                f"{model} version {missing[0]} is not served ({spec.describe()}); a replay can pin "
-                f"only the stable, canary or fallback version: e.g. streamserve fallback {model} "
-                f"{missing[0]} (it then answers only pinned requests and breaker fallbacks)")
+    spec = (await read_specs(settings)).get(model)
+    if spec is None:
+        raise ReplayError(
+            f"{model} has no deployment spec, so workers serve only its newest version; deploy "
+            f"the baseline and make the candidate pinnable first: streamserve deploy {model} "
+            f"{versions[0]} && streamserve fallback {model} {versions[1]}")
+    missing = [v for v in versions if v not in spec.serving_versions()]
+    if missing:
+        raise ReplayError(
+            f"{model} version {missing[0]} is not served ({spec.describe()}); a replay can pin "
+            f"only the stable, canary or fallback version: e.g. streamserve fallback {model} "
+            f"{missing[0]} (it then answers only pinned requests and breaker fallbacks)")
 
 
 async def run_gate(settings: Settings, records: Sequence[Recorded], *, baseline: str,
                    candidate: str, limits: GateLimits, model: str | None = None,
-                   speed: float | None = 1.0, timeout: float = 60.0, top: int = 10,
-                   truth: Mapping[str, str] | None = None) -> GateResult:
-    """Replay ``records`` pinned to ``baseline``, wait for every reply (or ``timeout``
+                   retarget: bool = False, speed: float | None = 1.0, timeout: float = 60.0,
+                   top: int = 10, truth: Mapping[str, str] | None = None) -> GateResult:
+    """Replay ``records`` (of ``model``, or all sent to it with ``retarget``:
+    ``pipeline.replay.gated``) pinned to ``baseline``, wait for every reply (or ``timeout``
     seconds after the last request), then the same pinned to ``candidate``; diff; judge
     (with ``truth``, the labels of the recorded requests by id, on accuracy too)."""
     if baseline == candidate:
@@ -129,14 +128,9 @@ async def run_gate(settings: Settings, records: Sequence[Recorded], *, baseline:
                           "versions")
     if not records:
         raise ReplayError("the recording holds no records; capture a time range with traffic")
-    models = {model} if model is not None else request_models(r.value for r in records)
-    if not models:
-        raise ReplayError("no request in the recording names a model; pass --model")
-    if len(models) > 1:
-        raise ReplayError(f"the recording holds requests for {', '.join(sorted(models))}; a gate "
-                          "pins one model's versions: pass --model")
+    records, model = gated(records, model, retarget)
     await ensure_topics(settings)
-    await check_pinnable(settings, models, (baseline, candidate))
+    await check_pinnable(settings, model, (baseline, candidate))
     token = secrets.token_hex(3)
     replies = _Replies(settings)
     await replies.start()
@@ -145,7 +139,8 @@ async def run_gate(settings: Settings, records: Sequence[Recorded], *, baseline:
         for role, version in (("baseline", baseline), ("candidate", candidate)):
             run_id = f"gate-{token}-{role}"
             result = await replay(settings, records, speed=speed, run_id=run_id,
-                                  rewrite=Rewrite(prefix=run_id, model=model, version=version))
+                                  rewrite=Rewrite(prefix=run_id, model=model if retarget else None,
+                                                  version=version))
             await replies.wait_for(result.positions, timeout, f"{role} {version}")
             runs.append(result)
     finally:
@@ -159,7 +154,7 @@ async def run_gate(settings: Settings, records: Sequence[Recorded], *, baseline:
                       if found is not None else None)
             if answer is not None:
                 entries.append((position, answer, f"#{index}"))
-        sides.append(Side(f"{'/'.join(sorted(models))} version {version} (run {result.run_id})",
+        sides.append(Side(f"{model} version {version} (run {result.run_id})",
                           key_replies(entries), requests=result.sent))
     report = diff(sides[0], sides[1], features_of(records), top)
     accuracies = None if truth is None else (accuracy(sides[0], truth), accuracy(sides[1], truth))

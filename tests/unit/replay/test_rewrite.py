@@ -4,14 +4,17 @@
 from __future__ import annotations
 
 import datetime
+import re
 
 import orjson
 import pytest
 
 from pipeline.replay import (
+    Recorded,
     ReplayError,
     Rewrite,
     check_run_id,
+    gated,
     new_run_id,
     request_features,
     request_models,
@@ -73,3 +76,28 @@ def test_requests_give_their_features_and_models():
     assert request_features(b"junk") is None
     assert request_models([tabular("a"), oip("b"), b"junk", None,
                            orjson.dumps({"id": "c", "model": "cancer"})]) == {"iris", "cancer"}
+
+
+def recorded(*values):
+    return [Recorded("streamserve.requests", 0, i, 0, None, v) for i, v in enumerate(values)]
+
+
+def test_a_gate_replays_only_the_requests_of_the_model_it_pins():
+    records = recorded(tabular("a"), orjson.dumps({"id": "c", "model": "cancer"}), b"junk", oip("b"))
+    kept, model = gated(records, "iris")
+    assert model == "iris" and [r.offset for r in kept] == [0, 2, 3]  # junk names none: kept
+    assert gated(records, "iris", retarget=True) == (records, "iris")
+    assert gated(recorded(tabular("a"), b"junk"), None) == (recorded(tabular("a"), b"junk"), "iris")
+
+
+@pytest.mark.parametrize(("values", "model", "retarget", "error"), [
+    ((b"junk",), None, False, "names a model; pass --model"),
+    ((tabular("a"), orjson.dumps({"id": "c", "model": "cancer"})), None, False,
+     "requests for cancer, iris; a gate pins one model's versions: pass --model"),
+    ((tabular("a"),), "flowers", False, "no request in the recording names flowers (they name iris); "
+                                        "pass --retarget"),
+    ((tabular("a"),), None, True, "--retarget needs --model"),
+])
+def test_a_gate_says_which_requests_it_cannot_pin(values, model, retarget, error):
+    with pytest.raises(ReplayError, match=re.escape(error)):
+        gated(recorded(*values), model, retarget)
