@@ -91,16 +91,20 @@ def dead_letter_key(rejection: Rejection, topic: str, partition: int, offset: in
     return (rejection.id or f"{topic}:{partition}:{offset}").encode()
 
 
-def prediction(record: Incoming, request: Request, answer: np.ndarray, encoder: PredictionEncoder,
-               answered_at: float, topic: str, quota: str = "") -> Outgoing:
-    """``request``'s answer by the version ``encoder`` encodes the batch's answers of;
-    ``answered_at`` (epoch seconds) dates its latency."""
-    return Outgoing(
-        kind=Kind.PREDICTION, topic=topic, partition=record.partition, key=request.id.encode(),
-        value=encoder.encode(request.id, answer, 1000 * (answered_at - record.timestamp)),
-        headers=source_headers(record.topic, record.partition, record.offset),
-        model=request.model, version=encoder.version, reason=None,
-        request_timestamp=record.timestamp, route=encoder.route, quota=quota)
+def predictions(answered: Sequence[tuple[Incoming, Request]], answers: np.ndarray,
+                encoder: PredictionEncoder, answered_at: float, topic: str,
+                quotas: Sequence[str] | None = None) -> list[Outgoing]:
+    """The predictions for ``answered`` requests: ``answers`` holds a row for each, in order,
+    by the version ``encoder`` encodes the batch's answers of; ``answered_at`` (epoch
+    seconds) dates their latency; ``quotas``: each request's tenant quota (None: none)."""
+    values = encoder.encode([request.id for _, request in answered], answers,
+                            [1000 * (answered_at - record.timestamp) for record, _ in answered])
+    version, route = encoder.version, encoder.route
+    return [Outgoing(Kind.PREDICTION, topic, record.partition, request.id.encode(), value,
+                     source_headers(record.topic, record.partition, record.offset), request.model,
+                     version, None, record.timestamp, route, quota)
+            for (record, request), value, quota in zip(
+                answered, values, [""] * len(answered) if quotas is None else quotas, strict=True)]
 
 
 def dead_letter(record: Incoming, rejection: Rejection, topic: str, redactor: Redactor,

@@ -43,8 +43,8 @@ from pipeline.canary import CanaryJudge, CanaryVerdict
 from pipeline.config import Settings
 from pipeline.decode import Request
 from pipeline.dedupe import RecentIds
-from pipeline.drift import CodedRows, watched_columns
-from pipeline.isolation import RowFailure, serve_isolated
+from pipeline.drift import ServedRows, watched_columns
+from pipeline.isolation import Answers, RowFailure, serve_isolated
 from pipeline.messages import PredictionEncoder
 from pipeline.outputs import Incoming, Outgoing
 from pipeline.quality.significance import CANARY_ALPHA, canary_worse
@@ -76,7 +76,7 @@ class OutputLimits:
 
 
 # A served group: its requests, their rows and each row's result.
-_Served = tuple[list[tuple[Incoming, Request]], np.ndarray, list[np.ndarray | RowFailure]]
+_Served = tuple[list[tuple[Incoming, Request]], np.ndarray, Answers]
 
 
 class InferenceService:
@@ -106,7 +106,7 @@ class InferenceService:
         self._queueing_budget_s = settings.batching.batch_timeout_ms / 1000
         self._judges: dict[tuple[str, int], CanaryJudge] = {}  # (model, spec revision)
         self._judged: set[tuple[str, int]] = set()  # canaries already rolled back or promoted
-        self._pending_drift: dict[tuple[str, str], list[CodedRows]] = {}
+        self._pending_drift: dict[tuple[str, str], ServedRows] = {}  # coded at each flush
         # The answers kept for the label join since the last flush (STREAMSERVE_LABELS).
         self._kept = KeptAnswers() if settings.quality.enabled else None
         # Per version: its last model call's seconds and rows.
@@ -218,91 +218,99 @@ class InferenceService:
             version, route = fallback.version, fallback.route
         served = deployment.models[(model, version)]
         rows = np.array([request.row for _, request in items], dtype=np.float32)
-        results, seconds = await self._predict(served, rows)
-        failed = [i for i, result in enumerate(results) if isinstance(result, RowFailure)]
+        answers, seconds = await self._predict(served, rows)
+        failures = answers.failures  # the version's: a rescued row's stays, beside its rescue
         rescued: dict[int, np.ndarray] = {}  # row -> the second version's answer
-        if failed and second is not None:
+        if failures and second is not None:
+            failed = sorted(failures)
             retried, _ = await self._predict(deployment.models[(model, second.version)], rows[failed])
-            for i, result in zip(failed, retried, strict=True):
-                if isinstance(result, RowFailure):
-                    results[i] = RowFailure(
+            for j, i in enumerate(failed):
+                if j in retried.failures:
+                    failures[i] = RowFailure(
                         f"versions {version} and {second.version} of {model} both failed on this "
-                        f"request, so its inputs are at fault: {results[i].error}")
+                        f"request, so its inputs are at fault: {failures[i].error}")
                 else:
-                    rescued[i] = result
+                    rescued[i] = retried.values[j]
             self._feed_breaker(serving, model, second.version, len(rescued), 0)
-        charged = len(rescued) if second is not None else len(failed)
+        charged = len(rescued) if second is not None else len(failures)
         self._metrics.batch_size.labels(model, version).observe(len(rows))
         self._metrics.padding_rows.labels(model, version).inc(
             padded_size(len(rows), served.buckets) - len(rows))
         policy = serving.policies[model]
         done = time.time()
-        encoder = PredictionEncoder(model, version, served.manifest.outputs, str(route), len(rows))
-        rescuer = None if not rescued else PredictionEncoder(
-            model, second.version, deployment.models[(model, second.version)].manifest.outputs,
-            str(second.route), len(rows))
+        quotas = None if self._quotas is None else [self._quota_of(request) for _, request in items]
+        # The answers by the version, then by the second one, each encoded in one go; the
+        # outputs follow the batch's order.
+        ok = answers.answered(range(len(items)))
+        predictions = iter(outputs.predictions(
+            [items[i] for i in ok], answers.values if len(ok) == len(items) else answers.values[ok],
+            PredictionEncoder(model, version, served.manifest.outputs, str(route), len(rows)), done,
+            self._topics.predictions, quotas and [quotas[i] for i in ok]))
+        rescues = iter(outputs.predictions(
+            [items[i] for i in rescued], np.array(list(rescued.values())), PredictionEncoder(
+                model, second.version, deployment.models[(model, second.version)].manifest.outputs,
+                str(second.route), len(rows)), done, self._topics.predictions,
+            quotas and [quotas[i] for i in rescued])) if rescued else iter(())
         outgoing = []
-        for i, ((record, request), result) in enumerate(zip(items, results, strict=True)):
-            by, by_route, answer, encoding = version, route, result, encoder
+        for i, (record, request) in enumerate(items):
             if i in rescued:
-                by, by_route, answer, encoding = second.version, second.route, rescued[i], rescuer
-            if isinstance(answer, RowFailure):
-                log.warning("model %s:%s failed on request %s: %s", model, by, request.id,
-                            answer.error)
-                rejection = Rejection(Reason.MODEL_ERROR, answer.error, id=request.id, model=model)
-                outgoing.append(self._dead_letter(serving, record, rejection, by, by_route,
-                                                  quota=self._quota_of(request)))
+                by, answer = second.version, rescued[i]
+                outgoing.append(next(rescues))
+            elif i in failures:
+                failure = failures[i]
+                log.warning("model %s:%s failed on request %s: %s", model, version, request.id,
+                            failure.error)
+                rejection = Rejection(Reason.MODEL_ERROR, failure.error, id=request.id, model=model)
+                outgoing.append(self._dead_letter(serving, record, rejection, version, route,
+                                                  quota=quotas[i] if quotas else ""))
                 continue
-            outgoing.append(outputs.prediction(record, request, answer, encoding, done,
-                                               self._topics.predictions,
-                                               quota=self._quota_of(request)))
+            else:
+                by, answer = version, answers.values[i]
+                outgoing.append(next(predictions))
             if policy.sample_rate and sampled(request.id, policy.sample_rate):
                 schema = deployment.models[(model, by)].manifest.outputs
                 outgoing.append(outputs.sample(record, request, served.manifest.inputs, answer, schema,
                                                policy.redactor, self._topics.samples))
-        ok = [i for i, result in enumerate(results) if not isinstance(result, RowFailure)]
         self._feed_breaker(serving, model, version, len(ok), charged)
         # Replayed requests test a version: they say nothing of live traffic or the canary.
-        watched = [i for i, (record, _) in enumerate(items)
-                   if not record.replay or self._settings.replay.monitoring]
-        watched_ok = [i for i in watched if not isinstance(results[i], RowFailure)]
+        watched = ([i for i, (record, _) in enumerate(items)
+                    if not record.replay or self._settings.replay.monitoring])
+        watched_ok = answers.answered(watched)
         watched_charged = sum(1 for i in watched if i in rescued) if second is not None else \
             len(watched) - len(watched_ok)
-        predicted = (served.manifest.outputs.watched(np.stack([results[i] for i in watched_ok]))
+        predicted = (served.manifest.outputs.watched(answers.values[watched_ok])
                      if watched_ok else np.empty(0))
         self._judge_canary(deployment, model, route, watched_charged,
                            [seconds] * len(watched_ok), predicted, served.manifest.outputs)
-        answered = [i for i in watched if i in rescued or not isinstance(results[i], RowFailure)]
-        if self._kept is not None and answered:
-            self._keep(items, results, answered, rescued, model, (version, route),
+        if self._kept is not None and (watched_ok or rescued):
+            self._keep(deployment, items, answers, watched, rescued, model, (version, route),
                        second and (second.version, second.route), done)
         coder = serving.coders.get((model, version))
         if coder is not None and watched_ok:
             sources = [items[i][0] for i in watched_ok]
-            self._pending_drift.setdefault((model, version), []).append(CodedRows(
-                coder.codes(watched_columns(rows[watched_ok], predicted)),
+            self._pending_drift.setdefault((model, version), ServedRows(coder)).add(
+                watched_columns(rows[watched_ok], predicted),
                 np.array([r.partition for r in sources], np.int32),
                 np.array([r.offset for r in sources], np.int64),
-                np.array([round(r.timestamp * 1000) for r in sources], np.int64)))
-        return (items, rows, results), outgoing
+                np.array([round(r.timestamp * 1000) for r in sources], np.int64))
+        return (items, rows, answers), outgoing
 
-    async def _predict(self, served: ServingModel,
-                       rows: np.ndarray) -> tuple[list[np.ndarray | RowFailure], float]:
+    async def _predict(self, served: ServingModel, rows: np.ndarray) -> tuple[Answers, float]:
         # JAX blocks: a call that may take long runs in the executor, so that commits,
         # timers and heartbeats go on meanwhile (INLINE_CALL_SECONDS).
         key, predict = (served.model, served.version), self._faults.model(served.predict)
         last_seconds, last_rows = self._last_call.get(key, (math.inf, 1))
         if last_seconds * max(1.0, len(rows) / last_rows) < INLINE_CALL_SECONDS:
-            results, seconds = _timed_serve(predict, rows)
+            answers, seconds = _timed_serve(predict, rows)
         else:
-            results, seconds = await asyncio.get_running_loop().run_in_executor(
+            answers, seconds = await asyncio.get_running_loop().run_in_executor(
                 self._executor, _timed_serve, predict, rows)
         self._last_call[key] = seconds, len(rows)
         self._metrics.inference_latency.labels(served.model, served.version).observe(seconds)
         if self._device != "cpu":
             self._metrics.accelerator_seconds.labels(served.model, served.version,
                                                      self._device).inc(seconds)
-        return results, seconds
+        return answers, seconds
 
     def _feed_breaker(self, serving: Serving, model: str, version: str, successes: int,
                       failures: int) -> None:
@@ -370,15 +378,15 @@ class InferenceService:
     async def _shadow(self, deployment: Deployment, model: str, shadow: str, primary: str,
                       served_group: _Served) -> list[Outgoing]:
         """The shadow version's answers to the same rows, to the shadow topic, with agreement."""
-        items, rows, primary_results = served_group
+        items, rows, primary_answers = served_group
         served = deployment.models[(model, shadow)]
-        results, _ = await self._predict(served, rows)
+        answers, _ = await self._predict(served, rows)
         schema = served.manifest.outputs
         their_schema = deployment.models[(model, primary)].manifest.outputs
         agreement: Counter[str] = Counter()
         outgoing = []
-        for (record, request), theirs, ours in zip(items, primary_results, results, strict=True):
-            agree = None
+        for i, (record, request) in enumerate(items):
+            theirs, ours, agree = primary_answers.of(i), answers.of(i), None
             if not isinstance(theirs, RowFailure) and not isinstance(ours, RowFailure):
                 agree, difference = messages.agreement(ours, schema, theirs, their_schema)
                 if difference is not None:
@@ -388,28 +396,28 @@ class InferenceService:
                                            their_schema, self._topics.shadow))
         for agree, count in agreement.items():
             self._metrics.shadow_agreement.labels(model, shadow, agree).inc(count)
-        answered = [i for i, (record, _) in enumerate(items) if not isinstance(results[i], RowFailure)
-                    and (not record.replay or self._settings.replay.monitoring)]
+        answered = answers.answered([i for i, (record, _) in enumerate(items)
+                                     if not record.replay or self._settings.replay.monitoring])
         if self._kept is not None and answered:  # judged on the labels of the same requests
             self._kept.answered([items[i][1].id for i in answered], model, shadow, str(Route.SHADOW),
-                                time.time(), np.stack([results[i] for i in answered]), schema.is_regressor)
+                                time.time(), answers.values[answered], schema.is_regressor)
         return outgoing
 
-    def _keep(self, items: list[tuple[Incoming, Request]], results: list, answered: list[int],
-              rescued: dict[int, np.ndarray], model: str, by: tuple[str, Route],
-              second: tuple[str, Route] | None, done: float) -> None:
-        """Keep the answers of ``answered`` rows for the label join, each by the version
+    def _keep(self, deployment: Deployment, items: list[tuple[Incoming, Request]],
+              answers: Answers, watched: list[int], rescued: dict[int, np.ndarray], model: str,
+              by: tuple[str, Route], second: tuple[str, Route] | None, done: float) -> None:
+        """Keep the answers to the ``watched`` rows for the label join, each by the version
         that gave it (``second`` for the rows it rescued)."""
         assert self._kept is not None
-        deployment = self._serving.deployment
-        for answering, rows in ((by, [i for i in answered if i not in rescued]),
-                                (second, [i for i in answered if i in rescued])):
+        own, theirs = answers.answered(watched), [i for i in watched if i in rescued]
+        for answering, rows, values in (
+                (by, own, answers.values[own]),
+                (second, theirs, np.array([rescued[i] for i in theirs]))):
             if rows and answering is not None:
                 version, route = answering
                 schema = deployment.models[(model, version)].manifest.outputs
                 self._kept.answered([items[i][1].id for i in rows], model, version, str(route), done,
-                                    np.stack([results[i] if i not in rescued else rescued[i]
-                                              for i in rows]), schema.is_regressor)
+                                    values, schema.is_regressor)
 
     def flush_rows(self) -> list[Outgoing]:
         """What was served since the last call, for the side agents: the rows coded for
@@ -418,8 +426,8 @@ class InferenceService:
         Called every fraction of a second rather than per batch: the agents' cost is per
         message, and small batches under light load would multiply it.
         """
-        messages = [message for (model, version), parts in sorted(self._pending_drift.items())
-                    for message in outputs.drift_rows(model, version, CodedRows.concatenate(parts),
+        messages = [message for (model, version), served in sorted(self._pending_drift.items())
+                    for message in outputs.drift_rows(model, version, served.coded(),
                                                       self._topics.drift_rows, self._drift_bytes)]
         self._pending_drift.clear()
         if self._kept:
@@ -489,11 +497,10 @@ class InferenceService:
             self._quotas.release_all()
 
 
-def _timed_serve(predict: Callable[[np.ndarray], np.ndarray],
-                 rows: np.ndarray) -> tuple[list[np.ndarray | RowFailure], float]:
+def _timed_serve(predict: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> tuple[Answers, float]:
     """Serve ``rows`` and say how long the model took, timed in the model thread: the event
     loop's delays in picking up the result are not the version's (canary analysis
     compares versions on this time)."""
     started = time.perf_counter()
-    results = serve_isolated(predict, rows)
-    return results, time.perf_counter() - started
+    answers = serve_isolated(predict, rows)
+    return answers, time.perf_counter() - started

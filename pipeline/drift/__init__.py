@@ -3,8 +3,9 @@
 The flow, with the conventions of docs/design.md, "Drift conventions"::
 
     training:  reference_for(column, name) -> FeatureReference   (stored in the manifest)
-    serving:   MatrixCounter.codes(watched_columns(...)) -> codes (once per batch of rows)
-               CodedRows(codes, partitions, offsets, timestamps)  (shipped to the window owner)
+    serving:   ServedRows(coder).add(watched_columns(...), ...)   (per batch of rows)
+               ServedRows.coded() -> CodedRows                    (per flush: MatrixCounter.codes
+                   once, shipped to the window owner with each row's partition, offset, time)
     windows:   DeliveryRuns.deliver(...) -> offsets to read again  (messages the stream skipped)
                SourceWatermarks.fresh(rows) -> mask               (each request counted once)
                MatrixCounter.tally(codes) -> MatrixCounts         (per pane)
@@ -45,7 +46,7 @@ from pipeline.drift.reference import (
     reference_for_predictions,
     references_for,
 )
-from pipeline.drift.rows import CodedRows, DeliveryRuns, SourceWatermarks
+from pipeline.drift.rows import CodedRows, DeliveryRuns, ServedRows, SourceWatermarks
 from pipeline.drift.verdict import DriftConfig, DriftEvent, DriftTracker, Verdict, judge
 from pipeline.drift.windows import ClosedWindow, PaneWindow, pane_index
 
@@ -69,6 +70,7 @@ __all__ = [
     "MatrixCounts",
     "PaneWindow",
     "DeliveryRuns",
+    "ServedRows",
     "SourceWatermarks",
     "Verdict",
     "compare",

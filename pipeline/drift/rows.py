@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.drift.errors import DriftError
+from pipeline.drift.matrix import MatrixCounter
 
 _FORMAT = 1
 _HEADER = struct.Struct("<BIH")
@@ -81,6 +82,29 @@ class CodedRows:
 
         codes = take("u1", n * f).reshape(n, f)
         return cls(codes, take("<i4", n), take("<i8", n), take("<i8", n))
+
+
+class ServedRows:
+    """A version's served rows since the last flush, kept uncoded: ``MatrixCounter.codes``
+    costs about 35 µs a call whatever its rows (32 features), so a worker codes them once
+    per flush instead of once per batch (under light load, a batch is a request or two)."""
+
+    __slots__ = ("_coder", "_parts")
+
+    def __init__(self, coder: MatrixCounter) -> None:
+        self._coder = coder
+        self._parts: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
+
+    def add(self, watched: np.ndarray, partitions: np.ndarray, offsets: np.ndarray,
+            timestamps_ms: np.ndarray) -> None:
+        """Rows' watched columns (``watched_columns``), and each one's partition, offset
+        and event time, as ``CodedRows`` holds them."""
+        self._parts.append((watched, partitions, offsets, timestamps_ms))
+
+    def coded(self) -> CodedRows:
+        """Every row added, coded in one call."""
+        watched, partitions, offsets, stamps = (np.concatenate(column) for column in zip(*self._parts))
+        return CodedRows(self._coder.codes(watched), partitions, offsets, stamps)
 
 
 class SourceWatermarks:

@@ -5,6 +5,7 @@ from pipeline.drift import (
     CodedRows,
     DriftError,
     DriftMonitor,
+    ServedRows,
     reference_for_labels,
     references_for,
     watched_columns,
@@ -120,6 +121,20 @@ def test_coded_rows_survive_the_wire():
     for name in ("codes", "partitions", "offsets", "timestamps_ms"):
         assert np.array_equal(getattr(received, name), getattr(sent, name))
     assert m.counter.tally(received.codes) == m.counter(np.column_stack([rows, [0, 1]]).astype(np.float32))
+
+
+def test_rows_coded_at_the_flush_equal_the_batches_coded_one_by_one():
+    m, rng = monitor(), np.random.default_rng(3)
+    batches = [(rng.normal(size=(n, 3)).astype(np.float32), rng.integers(0, 2, n), second)
+               for second, n in enumerate((1, 5, 40))]
+    served = ServedRows(m.counter)
+    for rows, classes, second in batches:
+        one = coded(m, rows, classes, second, partition=second)
+        served.add(watched_columns(rows, classes), one.partitions, one.offsets, one.timestamps_ms)
+    whole = CodedRows.concatenate([coded(m, *batch, partition=batch[2]) for batch in batches])
+    flushed = served.coded()
+    for name in ("codes", "partitions", "offsets", "timestamps_ms"):
+        assert np.array_equal(getattr(flushed, name), getattr(whole, name))
 
 
 def test_truncated_coded_rows_are_refused_with_the_reason():

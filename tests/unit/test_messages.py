@@ -37,20 +37,21 @@ def test_the_batch_encoder_writes_the_bytes_of_the_whole_response_object():
     rng = np.random.default_rng(7)
     for outputs in (OutputSchema(("a", 'quo"te', "ü\u2028")), OutputSchema(targets=1),
                     OutputSchema(targets=3)):
-        for i in range(200):
-            answer = rng.normal(scale=10.0 ** rng.integers(-8, 8), size=outputs.width).astype(np.float32)
-            request_id, latency = f'r-{i}"\\é\u2028', float(rng.exponential(10))
-            whole = orjson.dumps({
-                "id": request_id, "model_name": 'm"x', "model_version": "v3",
-                "outputs": ([{"name": "value", "shape": [outputs.targets], "datatype": "FP32",
-                              "data": answer.tolist()}] if outputs.is_regressor else
-                            [{"name": "probabilities", "shape": [1, outputs.width], "datatype": "FP32",
-                              "data": answer.tolist()},
-                             {"name": "label", "shape": [1], "datatype": "BYTES",
-                              "data": [outputs.labels[int(np.argmax(answer))]]}]),
-                "parameters": {"route": "canary", "batch_size": 17, "latency_ms": round(latency, 3)}})
-            assert PredictionEncoder('m"x', "v3", outputs, "canary", 17).encode(
-                request_id, answer, latency) == whole
+        answers = np.stack([rng.normal(scale=10.0 ** rng.integers(-8, 8), size=outputs.width)
+                            for _ in range(200)]).astype(np.float32)
+        ids = [f'r-{i}"\\é\u2028' for i in range(200)]
+        latencies = rng.exponential(10, size=200).tolist()
+        wholes = [orjson.dumps({
+            "id": request_id, "model_name": 'm"x', "model_version": "v3",
+            "outputs": ([{"name": "value", "shape": [outputs.targets], "datatype": "FP32",
+                          "data": answer.tolist()}] if outputs.is_regressor else
+                        [{"name": "probabilities", "shape": [1, outputs.width], "datatype": "FP32",
+                          "data": answer.tolist()},
+                         {"name": "label", "shape": [1], "datatype": "BYTES",
+                          "data": [outputs.labels[int(np.argmax(answer))]]}]),
+            "parameters": {"route": "canary", "batch_size": 17, "latency_ms": round(latency, 3)}})
+            for request_id, answer, latency in zip(ids, answers, latencies, strict=True)]
+        assert PredictionEncoder('m"x', "v3", outputs, "canary", 17).encode(ids, answers, latencies) == wholes
 
 
 def test_dead_letter_keeps_utf8_original_as_text():

@@ -102,8 +102,8 @@ def test_a_dead_letter_names_its_request_and_hides_what_the_redactor_hides():
 
 def test_a_prediction_goes_to_its_requests_partition_keyed_by_id_with_the_source_headers():
     encoder = PredictionEncoder("m", "3", LABELS, str(Route.FALLBACK), batch_size=8)
-    out = outputs.prediction(RECORD, REQUEST, np.array([0.25, 0.75], np.float32), encoder,
-                             answered_at=SENT_AT + 0.125, topic="s.predictions", quota="acme")
+    [out] = outputs.predictions([(RECORD, REQUEST)], np.array([[0.25, 0.75]], np.float32), encoder,
+                                answered_at=SENT_AT + 0.125, topic="s.predictions", quotas=["acme"])
     assert (out.kind, out.topic, out.partition, out.key) == \
         (Kind.PREDICTION, "s.predictions", 4, b"r-1")
     assert out.headers == SOURCE
@@ -174,9 +174,9 @@ def test_drift_rows_are_split_to_stay_under_the_message_limit():
 
 
 def test_a_refused_answer_is_replaced_by_a_minimal_dead_letter_and_a_side_output_given_up():
-    served = outputs.prediction(RECORD, REQUEST, np.array([0.4, 0.6], np.float32),
-                                PredictionEncoder("m", "2", LABELS, str(Route.STABLE), 1), SENT_AT,
-                                "s.predictions", quota="acme")
+    [served] = outputs.predictions([(RECORD, REQUEST)], np.array([[0.4, 0.6]], np.float32),
+                                   PredictionEncoder("m", "2", LABELS, str(Route.STABLE), 1), SENT_AT,
+                                   "s.predictions", quotas=["acme"])
     stand_in = outputs.stand_in(served, "MessageSizeTooLargeError()", "s.deadletter")
     assert (stand_in.kind, stand_in.topic, stand_in.key, stand_in.partition, stand_in.quota) == \
         (Kind.DEAD_LETTER, "s.deadletter", b"r-1", 4, "acme")
