@@ -16,6 +16,9 @@ One broker, one machine, the cases one after the other, each on topics of its ow
    2·Σ(in·out) flops per row (models with weight matrices); and, for a model registered
    from another library's file (still there, unchanged), that library's own batched
    predictor on the same rows.
+2b. the serving step in this process, without Kafka (``agents.dev.bench_step``): the CPU a
+   worker's decode, admission, model call and outputs cost per request, at batches of 1,
+   16 and 256.
 3. ``streamserve``: one worker with the configured settings (the defaults, unless set).
 3b. ``streamserve_drift_off``: the same with drift counting off (``STREAMSERVE_DRIFT=off``).
 3c. ``streamserve_builtin`` (``--model`` other than the built-in ``synthetic32``): the same
@@ -69,6 +72,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 
 from agents.dev.bench_profile import Profile
+from agents.dev.bench_step import serving_step
 from agents.dev.bench_results import (
     Case,
     CaseProgress,
@@ -244,6 +248,7 @@ class Bench:
                      "kafka_ceiling_compiled": await self.peer("1b Kafka ceiling, confluent-kafka",
                                                                "passthrough_confluent"),
                      "model_ceiling": self.model_ceiling()}
+            step = await self.serving_step()
             cases["streamserve"], latency, client = await self.streamserve_and_latency()
             floor = await self.latency_floor({share: p.rate_rps for share, p in latency.items()})
             cases["streamserve_per_record"] = await self.variant(
@@ -262,7 +267,7 @@ class Bench:
             profile = await self.profiled() if self._profile else None
         finally:
             await self._delete_topics()
-        return Report(device, self.model, self.sizes, cases, latency, floor, client,
+        return Report(device, self.model, self.sizes, cases, step, latency, floor, client,
                       sum(self.worker_stats[1:], self.worker_stats[0]), self.load, profile)
 
     def _registered(self) -> Manifest:
@@ -334,6 +339,17 @@ class Bench:
                     extra={"best_bucket": best, "bucket_1_rps": rates[1], "flop_bound_rps": flop_bound,
                            "gflops": gflops, "flops_per_row": flops_per_row,
                            "library": library and library[0], "library_rps": library and library[1]})
+
+    async def serving_step(self) -> dict[int, float]:
+        from models.runtime import ServingModel
+        from pipeline.batching import buckets_for
+
+        self.progress.start("2b serving step, in-process (no Kafka)")
+        served = ServingModel.load(Registry(self.settings.registry.root), self.model, self.version,
+                                   buckets_for(self.settings.batching.max_batch))
+        costs = await serving_step(self.settings, served, self.rows, self.sizes.timing_seconds)
+        self.progress.done(", ".join(f"{us:,.1f} µs a request at {size}" for size, us in costs.items()))
+        return costs
 
     def _library_rate(self, manifest: Manifest, x: np.ndarray) -> tuple[str, float] | None:
         """A registered model's own library on the same rows (its batched predictor, with the

@@ -133,6 +133,7 @@ class Report:
     model: str
     sizes: Sizes
     cases: dict[str, Case]
+    serving_step: dict[int, float]  # batch size -> CPU µs a request, in-process (agents.dev.bench_step)
     latency: dict[int, LatencyPoint]  # from a raw producer
     latency_floor: dict[int, LatencyPoint]  # the same loads, answered by a compiled pass-through
     client: LatencyPoint  # the same load through the client library, at one share
@@ -169,6 +170,7 @@ class Report:
             "client_latency_ms": {"share": self.client.share, **_point_json(self.client)},
             "ratios": self.ratios(),
             "cpu_us_per_request": self.cases["streamserve"].extra.get("cpu_us_per_request"),
+            "serving_step_cpu_us_per_request": {str(size): us for size, us in self.serving_step.items()},
             "jit_compiles_after_warmup": round(self.workers.jit_compiles),
             "padding_waste": self.workers.padding_waste,
         } | ({"profile_us_per_request": self.profile.us_per_request()} if self.profile else {})
@@ -183,6 +185,9 @@ class Report:
         for case in self.cases.values():
             answered = f"{case.answers.answered_once}/{case.answers.requests}" if case.answers else ""
             lines.append(f"{case.title:<32}{case.throughput_rps:>10,.0f}/s  {answered:<15}{case.notes()}")
+        lines += ["", "2b SERVING STEP, in-process (no Kafka): CPU "
+                  + ", ".join(f"{us:,.1f} µs a request at batches of {size}"
+                              for size, us in self.serving_step.items())]
         lines += ["", (f"{'6 LATENCY, OPEN LOOP':<32}{'OFFERED':>12}{'KEPT':>12}  {'ANSWERED':<15}"
                        f"{'P50':>9}{'P95':>11}{'P99':>11}")]
         points = [point for p in self.latency.values() for point in (

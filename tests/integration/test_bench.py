@@ -56,7 +56,10 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
     result = orjson.loads(out.read_bytes())
     assert set(result) == {"device", "cases", "latency_ms", "latency_floor_ms", "client_latency_ms",
                            "ratios", "jit_compiles_after_warmup", "padding_waste",
-                           "cpu_us_per_request"}
+                           "cpu_us_per_request", "serving_step_cpu_us_per_request"}
+    step = result["serving_step_cpu_us_per_request"]  # per request: a batch's own cost shared out
+    assert set(step) == {"1", "16", "256"} and all(positive(us) for us in step.values()), step
+    assert step["1"] > step["256"], step
     # CPU per request over a drain: a --quick backlog may be drained between two looks or
     # within a few of the OS's clock ticks (then there is no figure: None); the full run's
     # 30,000 span many.
