@@ -122,9 +122,19 @@ class InferenceService:
         return self._queueing_budget_s
 
     async def warm(self, models: Sequence[ServingModel]) -> None:
-        """Run each of ``models`` once per bucket in the model thread, before it serves."""
+        """Run each of ``models`` once per bucket in the model thread, before it serves; then
+        time a call of one row, which decides where its first serving call runs
+        (``INLINE_CALL_SECONDS``). Without it a new version's calls started in the thread,
+        where a call's time holds its waits for the busy event loop, while the versions
+        beside it ran on the loop: a canary judged on those times against its stable was
+        rolled back for calls of 11 ms against 0.4 (seen in a chaos run)."""
+        loop = asyncio.get_running_loop()
         for served in models:
-            await asyncio.get_running_loop().run_in_executor(self._executor, served.warm)
+            await loop.run_in_executor(self._executor, served.warm)
+            row = np.zeros((1, served.n_features), np.float32)
+            _, seconds = await loop.run_in_executor(self._executor, _timed_serve,
+                                                    self._faults.model(served.predict), row)
+            self._last_call[(served.model, served.version)] = seconds, 1
 
     def install(self, deployment: Deployment) -> None:
         """Serve ``deployment`` from the next batch on (its versions loaded and warm)."""
@@ -239,36 +249,27 @@ class InferenceService:
         policy = serving.policies[model]
         done = time.time()
         quotas = None if self._quotas is None else [self._quota_of(request) for _, request in items]
-        # The answers by the version, then by the second one, each encoded in one go; the
-        # outputs follow the batch's order.
         ok = answers.answered(range(len(items)))
-        predictions = iter(outputs.predictions(
-            [items[i] for i in ok], answers.values if len(ok) == len(items) else answers.values[ok],
-            PredictionEncoder(model, version, served.manifest.outputs, str(route), len(rows)), done,
-            self._topics.predictions, quotas and [quotas[i] for i in ok]))
-        rescues = iter(outputs.predictions(
-            [items[i] for i in rescued], np.array(list(rescued.values())), PredictionEncoder(
-                model, second.version, deployment.models[(model, second.version)].manifest.outputs,
-                str(second.route), len(rows)), done, self._topics.predictions,
-            quotas and [quotas[i] for i in rescued])) if rescued else iter(())
+        replies = self._predictions(deployment, model, (version, route), items, ok,
+                                    answers.values if len(ok) == len(items) else answers.values[ok],
+                                    done, quotas)
+        if rescued:
+            replies |= self._predictions(deployment, model, (second.version, second.route), items,
+                                         list(rescued), np.array(list(rescued.values())), done, quotas)
         outgoing = []
         for i, (record, request) in enumerate(items):
-            if i in rescued:
-                by, answer = second.version, rescued[i]
-                outgoing.append(next(rescues))
-            elif i in failures:
-                failure = failures[i]
-                log.warning("model %s:%s failed on request %s: %s", model, version, request.id,
-                            failure.error)
-                rejection = Rejection(Reason.MODEL_ERROR, failure.error, id=request.id, model=model)
+            reply = replies.get(i)
+            if reply is None:  # failed on every version it was tried on
+                error = failures[i].error
+                log.warning("model %s:%s failed on request %s: %s", model, version, request.id, error)
+                rejection = Rejection(Reason.MODEL_ERROR, error, id=request.id, model=model)
                 outgoing.append(self._dead_letter(serving, record, rejection, version, route,
                                                   quota=quotas[i] if quotas else ""))
                 continue
-            else:
-                by, answer = version, answers.values[i]
-                outgoing.append(next(predictions))
+            outgoing.append(reply)
             if policy.sample_rate and sampled(request.id, policy.sample_rate):
-                schema = deployment.models[(model, by)].manifest.outputs
+                schema = deployment.models[(model, reply.version)].manifest.outputs
+                answer = rescued[i] if i in rescued else answers.values[i]
                 outgoing.append(outputs.sample(record, request, served.manifest.inputs, answer, schema,
                                                policy.redactor, self._topics.samples))
         self._feed_breaker(serving, model, version, len(ok), charged)
@@ -294,6 +295,18 @@ class InferenceService:
                 np.array([r.offset for r in sources], np.int64),
                 np.array([round(r.timestamp * 1000) for r in sources], np.int64))
         return (items, rows, answers), outgoing
+
+    def _predictions(self, deployment: Deployment, model: str, by: tuple[str, Route],
+                     items: list[tuple[Incoming, Request]], rows: list[int], values: np.ndarray,
+                     done: float, quotas: list[str] | None) -> dict[int, Outgoing]:
+        """The predictions of version and route ``by`` for the group's ``rows`` (``values``:
+        its answers to them, in order), by row, encoded in one pass."""
+        version, route = by
+        encoder = PredictionEncoder(model, version, deployment.models[(model, version)].manifest.outputs,
+                                    str(route), len(items))
+        return dict(zip(rows, outputs.predictions(
+            [items[i] for i in rows], values, encoder, done, self._topics.predictions,
+            None if quotas is None else [quotas[i] for i in rows]), strict=True))
 
     async def _predict(self, served: ServingModel, rows: np.ndarray) -> tuple[Answers, float]:
         # JAX blocks: a call that may take long runs in the executor, so that commits,
