@@ -251,8 +251,7 @@ class InferenceService:
         quotas = None if self._quotas is None else [self._quota_of(request) for _, request in items]
         ok = answers.answered(range(len(items)))
         replies = self._predictions(deployment, model, (version, route), items, ok,
-                                    answers.values if len(ok) == len(items) else answers.values[ok],
-                                    done, quotas)
+                                    answers.values[ok], done, quotas)
         if rescued:
             replies |= self._predictions(deployment, model, (second.version, second.route), items,
                                          list(rescued), np.array(list(rescued.values())), done, quotas)
@@ -297,16 +296,16 @@ class InferenceService:
         return (items, rows, answers), outgoing
 
     def _predictions(self, deployment: Deployment, model: str, by: tuple[str, Route],
-                     items: list[tuple[Incoming, Request]], rows: list[int], values: np.ndarray,
+                     items: list[tuple[Incoming, Request]], answered: list[int], values: np.ndarray,
                      done: float, quotas: list[str] | None) -> dict[int, Outgoing]:
-        """The predictions of version and route ``by`` for the group's ``rows`` (``values``:
-        its answers to them, in order), by row, encoded in one pass."""
+        """The predictions of version and route ``by`` for the group's ``answered`` rows
+        (``values``: its answers to them, in order), by row, encoded in one pass."""
         version, route = by
         encoder = PredictionEncoder(model, version, deployment.models[(model, version)].manifest.outputs,
                                     str(route), len(items))
-        return dict(zip(rows, outputs.predictions(
-            [items[i] for i in rows], values, encoder, done, self._topics.predictions,
-            None if quotas is None else [quotas[i] for i in rows]), strict=True))
+        return dict(zip(answered, outputs.predictions(
+            [items[i] for i in answered], values, encoder, done, self._topics.predictions,
+            None if quotas is None else [quotas[i] for i in answered]), strict=True))
 
     async def _predict(self, served: ServingModel, rows: np.ndarray) -> tuple[Answers, float]:
         # JAX blocks: a call that may take long runs in the executor, so that commits,
