@@ -4,6 +4,7 @@ the JSON (contract: scripts read its keys) and the progress line."""
 from __future__ import annotations
 
 import os
+import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ class Sizes:
     per_record_requests: int  # for case 4, an order of magnitude slower than the others
     latency_seconds: float  # of load per latency point
     timing_seconds: float  # per in-process measurement
+    drift_pairs: int  # case 3b's alternating drains with drift counting on and off
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +141,8 @@ class Report:
     client: LatencyPoint  # the same load through the client library, at one share
     workers: WorkerStats  # summed over every streamserve worker and case
     load: float  # the machine's 1-minute load average before the run
+    # Case 3b's drains with drift counting on and off, in the order run: (on, off) req/s.
+    drift_pairs: tuple[tuple[float, float], ...] = ()
     profile: Profile | None = None  # --profile: where case 3's worker spends its time
 
     def ratios(self) -> dict[str, float | None]:
@@ -150,12 +154,17 @@ class Report:
                 "vs_handwritten": rps["streamserve"] / rps["handwritten_aiokafka"],
                 "vs_quix": rps["streamserve"] / rps["quix_streams"],
                 "two_workers": rps["streamserve_two_workers"] / rps["streamserve"],
-                "drift_on_vs_off": rps["streamserve"] / rps["streamserve_drift_off"],
+                "drift_on_vs_off": self.drift_on_vs_off,
                 "vs_builtin_mlp": (rps["streamserve"] / rps["streamserve_builtin"]
                                    if "streamserve_builtin" in rps else None),
                 "model_vs_flop_bound": rps["model_ceiling"] / flop_bound if flop_bound else None,
                 "client_vs_raw_p50": self.client.p50 / self.latency[self.client.share].p50,
                 "client_vs_raw_p99": self.client.p99 / self.latency[self.client.share].p99}
+
+    @property
+    def drift_on_vs_off(self) -> float:
+        """The median of case 3b's pairs' throughput ratios, drift counting on over off."""
+        return statistics.median(on / off for on, off in self.drift_pairs)
 
     def incomplete(self) -> list[str]:
         """Titles of the cases where a request was not answered exactly once."""
@@ -169,6 +178,7 @@ class Report:
             "latency_floor_ms": {str(p.share): _point_json(p) for p in self.latency_floor.values()},
             "client_latency_ms": {"share": self.client.share, **_point_json(self.client)},
             "ratios": self.ratios(),
+            "drift_pairs_rps": [list(pair) for pair in self.drift_pairs],
             "cpu_us_per_request": self.cases["streamserve"].extra.get("cpu_us_per_request"),
             "serving_step_cpu_us_per_request": {str(size): us for size, us in self.serving_step.items()},
             "jit_compiles_after_warmup": round(self.workers.jit_compiles),
@@ -185,6 +195,9 @@ class Report:
         for case in self.cases.values():
             answered = f"{case.answers.answered_once}/{case.answers.requests}" if case.answers else ""
             lines.append(f"{case.title:<32}{case.throughput_rps:>10,.0f}/s  {answered:<15}{case.notes()}")
+        lines += ["", "3b DRIFT COUNTING, drains on and off in turn: "
+                  + ", ".join(f"{on:,.0f}/{off:,.0f}" for on, off in self.drift_pairs)
+                  + f" req/s; on/off {self.drift_on_vs_off:.3f} (the median pair's)"]
         lines += ["", "2b SERVING STEP, in-process (no Kafka): CPU "
                   + ", ".join(f"{us:,.1f} µs a request at batches of {size}"
                               for size, us in self.serving_step.items())]

@@ -56,7 +56,7 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
     result = orjson.loads(out.read_bytes())
     assert set(result) == {"device", "cases", "latency_ms", "latency_floor_ms", "client_latency_ms",
                            "ratios", "jit_compiles_after_warmup", "padding_waste",
-                           "cpu_us_per_request", "serving_step_cpu_us_per_request"}
+                           "cpu_us_per_request", "serving_step_cpu_us_per_request", "drift_pairs_rps"}
     step = result["serving_step_cpu_us_per_request"]  # per request: a batch's own cost shared out
     assert set(step) == {"1", "16", "256"} and all(positive(us) for us in step.values()), step
     assert step["1"] > step["256"], step
@@ -93,6 +93,10 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
         assert all(positive(point[p]) for p in ("p50", "p95", "p99", "achieved_rps")), (share, point)
         assert point["p50"] <= point["p95"] <= point["p99"], (share, point)
         assert point["answered"] == point["requests"], (share, point)
+    # --quick: one pair of drains, drift counting on then off; the off one is case 3b
+    [[on, off]] = result["drift_pairs_rps"]
+    assert positive(on) and off == result["cases"]["streamserve_drift_off"]["throughput_rps"]
+    assert result["ratios"]["drift_on_vs_off"] == on / off
     assert set(result["ratios"]) == set(RATIOS)
     assert all(positive(v) for v in result["ratios"].values()), result["ratios"]
     assert result["jit_compiles_after_warmup"] == 0
