@@ -8,6 +8,12 @@ consumer is positioned (partitions assigned, positions at the end fixed) before 
 request goes out, so no reply can slip past it; it reads without a consumer group, so two
 clients each see every reply and each settles only its own (``PendingReplies``).
 
+Both are librdkafka's (``agents.kafka.librdkafka``), as the worker's serving clients are:
+on aiokafka, a client's own Python cost per request (its producer and its reader took
+25 to 45 µs a record in a pass-through) made one client fall seconds behind at 6,000 to
+8,000 requests a second beside a worker and a broker on two cores (``streamserve bench``,
+case 6 through the client). Their threads are librdkafka's and one that reads.
+
 A request costs the client a future and a timer, not a task: it queues for the client's one
 sender task, which hands requests to the producer in order, and the reader settles the
 future its caller awaits (or the timer fails it with ``PredictionTimeout``).
@@ -30,11 +36,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Collection, 
 from dataclasses import dataclass
 from typing import Any, Self, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import KafkaError
-from aiokafka.structs import RecordMetadata
+from confluent_kafka import KafkaException, Message
 
-from agents.kafka.connect import KafkaAccessError, connection, start_producer, unreachable
+from agents.kafka.connect import KafkaAccessError, unreachable
+from agents.kafka.librdkafka import Producer, Reader
 from pipeline.client import (
     ClientClosed,
     Outcome,
@@ -63,6 +68,12 @@ from pipeline.replies import (
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+# A reader's wait for the first reply of a read (a close waits for it at most once), and
+# the most replies a read hands over.
+_READ_WAIT_S = 0.1
+_READ_RECORDS = 10_000
+# How long the client's start waits for a broker to answer before it says none does.
+_CONNECT_S = 10.0
 
 
 class StreamClient:
@@ -85,8 +96,8 @@ class StreamClient:
         self._chosen_partitions = None if partitions is None else sorted(set(partitions))
         self._partitions: list[int] | None = None  # explicit request partitions, once started
         self._pending = PendingReplies()
-        self._producer: AIOKafkaProducer | None = None
-        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: Producer | None = None
+        self._consumer: Reader | None = None
         self._reader: asyncio.Task[None] | None = None
         self._sender: asyncio.Task[None] | None = None
         self._queue: deque[_Queued] = deque()  # requests for the sender, oldest first
@@ -115,16 +126,16 @@ class StreamClient:
         if self._failure is not None:
             raise self._failure
         topics = self.settings.topics
-        consumer = AIOKafkaConsumer(
-            **connection(self.settings), group_id=None, enable_auto_commit=False,
-            isolation_level="read_committed", auto_offset_reset="latest",
-            client_id=f"streamserve-{self.id_prefix}")
-        producer = None
+        # Requests go where Kafka's keyed partitioner puts their ids, as Java clients and
+        # aiokafka put them (librdkafka's own default hashes keys differently).
+        producer = Producer(self.settings, **{"acks": "all", "enable.idempotence": True, "linger.ms": 5,
+                                              "partitioner": "murmur2_random",
+                                              "client.id": f"streamserve-{self.id_prefix}"})
+        consumer = None
         try:
             try:
-                await consumer.start()
-                existing = await consumer.topics()
-            except KafkaError as e:
+                existing = await producer.topics(_CONNECT_S)
+            except KafkaException as e:
                 raise await unreachable(self.settings, e) from e
             missing = [t for t in (topics.requests, topics.predictions, topics.deadletter)
                        if t not in existing]
@@ -133,26 +144,22 @@ class StreamClient:
                     f"topic {missing[0]} does not exist on {self.settings.bootstrap}; a worker "
                     f"(`streamserve worker`) creates the serving topics of prefix "
                     f"{self.settings.kafka.topic_prefix!r}: start one, or check STREAMSERVE_TOPIC_PREFIX")
-            producer = await start_producer(self.settings)
-            request_partitions = sorted(await producer.partitions_for(topics.requests))
             try:
-                wanted = requested_partitions(self._chosen_partitions, request_partitions)
+                wanted = requested_partitions(self._chosen_partitions, existing[topics.requests])
             except ValueError as e:
                 raise ValueError(f"{e} (of {topics.requests})") from None
             assignment = []
             for topic in (topics.predictions, topics.deadletter):
-                count = len(await producer.partitions_for(topic))
-                assignment += [TopicPartition(topic, p) for p in
+                count = len(existing[topic])
+                assignment += [(topic, p) for p in
                                (range(count) if self._chosen_partitions is None
                                 else reply_partitions(wanted, count))]
-            consumer.assign(assignment)
-            await consumer.seek_to_end(*assignment)
-            for tp in assignment:  # resolve the end offsets now: a reply comes after them
-                await consumer.position(tp)
+            consumer = Reader(self.settings, f"streamserve-{self.id_prefix}")
+            await consumer.start(assignment)
         except BaseException:
-            if producer is not None:
-                await producer.stop()
-            await consumer.stop()
+            await producer.stop()
+            if consumer is not None:
+                await consumer.close()
             raise
         self._partitions = None if self._chosen_partitions is None else wanted
         self._producer, self._consumer = producer, consumer
@@ -181,7 +188,7 @@ class StreamClient:
         if producer is not None:
             await producer.stop()
         if consumer is not None:
-            await consumer.stop()
+            await consumer.close()
 
     # -- requests -------------------------------------------------------------------------
 
@@ -293,7 +300,7 @@ class StreamClient:
                      else choose_partition(key if key is not None else value, self._partitions))
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[Prediction] = loop.create_future()
-        delivered: asyncio.Future[RecordMetadata] = loop.create_future()
+        delivered: asyncio.Future[Message] = loop.create_future()
         topic = self.settings.topics.requests
         limit = self._limit(timeout)
         sent_at = self._pending.raw_sending()
@@ -303,10 +310,10 @@ class StreamClient:
                 self._enqueue(_Queued(value, key, partition, delivered,
                                       functools.partial(_pass_on, delivered)))
                 try:
-                    metadata = await delivered
-                except KafkaError as e:
+                    written = await delivered
+                except KafkaException as e:
                     raise RequestNotSent(f"Kafka did not take the request: {e}") from e
-                source = SourcePosition(topic, metadata.partition, metadata.offset)
+                source = SourcePosition(topic, written.partition(), written.offset())
                 self._pending.expect_at(source, waiter, sent_at)
                 return await waiter
         except TimeoutError:
@@ -329,11 +336,10 @@ class StreamClient:
         worker would refuse, RequestNotSent when Kafka does not take it."""
         self._check_open()
         assert self._producer is not None
-        value = encode_label(request_id, truth, time)
+        label = _Record(encode_label(request_id, truth, time), request_id.encode())
         try:
-            await self._producer.send_and_wait(self.settings.topics.labels, value,
-                                               key=request_id.encode())
-        except KafkaError as e:
+            await (await self._producer.send(self.settings.topics.labels, None, [label]))
+        except KafkaException as e:
             raise RequestNotSent(f"Kafka did not take the label of {request_id}: {e}") from e
 
     # -- inside ---------------------------------------------------------------------------
@@ -372,15 +378,15 @@ class StreamClient:
         self._queue.append(queued)
         self._queued.set()
 
-    async def _send_queued(self, producer: AIOKafkaProducer) -> None:
+    async def _send_queued(self, producer: Producer) -> None:
         """Hand the queued requests to the producer, oldest first, and each one's delivery
         to its callback.
 
         One sender rather than every request awaiting the producer itself: the producer's
-        send waits while a partition's batch is full, and every waiting send then wakes at
-        each drain, most only to wait again, a herd that grows with the backlog (a client a
-        few thousand requests behind collapsed). A request already settled when its turn
-        comes (timed out, abandoned) is not sent.
+        send waits while its queue is full, and every waiting send would then wake at each
+        drain, most only to wait again, a herd that grows with the backlog (a client a few
+        thousand requests behind collapsed). A request already settled when its turn comes
+        (timed out, abandoned) is not sent.
         """
         topic = self.settings.topics.requests
         while True:
@@ -390,8 +396,7 @@ class StreamClient:
                 queued = self._queue[0]  # left queued while it is sent: close() fails it
                 if not queued.owner.done():
                     try:
-                        delivery = await producer.send(topic, queued.value, key=queued.key,
-                                                       partition=queued.partition)
+                        delivery = await producer.send(topic, queued.partition, [queued])
                     except Exception as e:  # noqa: BLE001 - that request's failure, not the sender's
                         delivery = asyncio.get_running_loop().create_future()
                         delivery.set_exception(e)
@@ -411,24 +416,22 @@ class StreamClient:
             raise RuntimeError("the client is not started: use `async with StreamClient(settings) "
                                "as client:` or `await client.start()` first")
 
-    async def _read_replies(self, consumer: AIOKafkaConsumer) -> None:
+    async def _read_replies(self, consumer: Reader) -> None:
         deadletter = self.settings.topics.deadletter
         try:
             while True:
-                batch = await consumer.getmany(timeout_ms=1000)
-                for tp, records in batch.items():
-                    dead = tp.topic == deadletter
-                    for record in records:
-                        source = source_position(record.headers)
-                        if not self._pending.wants(record.key, source):
-                            continue
-                        try:
-                            reply = parse_reply(record.value, dead_letter=dead, headers=record.headers)
-                        except MalformedReply as e:
-                            log.warning("skipping %s:%d:%d: %s", tp.topic, tp.partition,
-                                        record.offset, e)
-                            continue
-                        self._pending.settle(reply)
+                for record in await consumer.read(_READ_WAIT_S, _READ_RECORDS):
+                    headers = record.headers() or ()
+                    if not self._pending.wants(record.key(), source_position(headers)):
+                        continue
+                    try:
+                        reply = parse_reply(record.value(), dead_letter=record.topic() == deadletter,
+                                            headers=headers)
+                    except MalformedReply as e:
+                        log.warning("skipping %s:%d:%d: %s", record.topic(), record.partition(),
+                                    record.offset(), e)
+                        continue
+                    self._pending.settle(reply)
         except asyncio.CancelledError:
             raise
         except Exception as e:
@@ -447,7 +450,17 @@ class _Queued:
     key: bytes | None
     partition: int | None
     owner: asyncio.Future[Any]
-    delivered: Callable[[asyncio.Future[RecordMetadata]], None]
+    delivered: Callable[[asyncio.Future[Message]], None]
+    headers: None = None  # a request has none
+
+
+@dataclass(frozen=True, slots=True)
+class _Record:
+    """A label to send."""
+
+    value: bytes
+    key: bytes
+    headers: None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -472,19 +485,19 @@ def _time_out(reply: asyncio.Future[Prediction], request_id: str, limit: float, 
 
 
 def _fail_undelivered(reply: asyncio.Future[Prediction], request_id: str,
-                      delivery: asyncio.Future[RecordMetadata]) -> None:
+                      delivery: asyncio.Future[Message]) -> None:
     # No reply comes before its request's delivery, so only the reply is awaited; a failed
     # delivery fails it instead.
     if delivery.cancelled() or (error := delivery.exception()) is None or reply.done():
         return
-    if isinstance(error, KafkaError):
+    if isinstance(error, KafkaException):
         failure = RequestNotSent(f"Kafka did not take request {request_id}: {error}")
         failure.__cause__ = error
         error = failure
     reply.set_exception(error)
 
 
-def _pass_on(target: asyncio.Future[RecordMetadata], delivery: asyncio.Future[RecordMetadata]) -> None:
+def _pass_on(target: asyncio.Future[Message], delivery: asyncio.Future[Message]) -> None:
     if delivery.cancelled():
         target.cancel()
         return

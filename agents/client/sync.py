@@ -2,7 +2,7 @@
 
 It wraps a ``StreamClient`` (``agents.client.stream``) whose event loop runs in a thread of
 its own, so its calls block and it works where a loop already runs (as in Jupyter); apart
-so that the asyncio client holds no threads.
+so that the asyncio client runs on its caller's loop.
 """
 
 from __future__ import annotations

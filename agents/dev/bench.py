@@ -31,7 +31,7 @@ One broker, one machine, the cases one after the other, each on topics of its ow
 6. latency: open-loop load at 25, 50 and 75 % of case 3's throughput, on case 3's worker
    (after a fifth of a point's load at 25 %, not counted: the first seconds run slower),
    from a raw producer and reader (librdkafka's: the generator's own cost kept low); and the
-   25 % load through the client library (``StreamClient.stream``, on aiokafka),
+   25 % load through the client library (``StreamClient.stream``, on librdkafka),
    each round trip as a client sees it: beside the raw figures, the client's own cost.
 6f. the latency floor: the same loads answered by a compiled pass-through that sends each
    request back as soon as it reads it (``echo_confluent``): what the broker, the two hops

@@ -20,8 +20,6 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from confluent_kafka import (
     Consumer as _Consumer,
-    KafkaError,
-    KafkaException,
     Producer as _Producer,
     TopicPartition as _TopicPartition,
 )
@@ -35,9 +33,6 @@ from pipeline.registry import Manifest
 from pipeline.schema import Feature
 
 PARTITIONS = 4  # of every topic the bench makes
-# What a partition's leader answers until a new topic is ready there.
-_NOT_READY = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
-                        KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION})
 
 
 class Schedule:
@@ -187,21 +182,9 @@ class AnswerReader:
     def _assign_at_ends(self) -> None:
         # Each end fixed now, before anything is sent: "the end" resolved later could skip
         # the first answers.
-        self._consumer.assign([_TopicPartition(tp.topic, tp.partition, self._end(tp.topic, tp.partition))
+        self._consumer.assign([_TopicPartition(tp.topic, tp.partition,
+                                               librdkafka.end_offset(self._consumer, tp.topic, tp.partition))
                                for tp in self._partitions])
-
-    def _end(self, topic: str, partition: int) -> int:
-        # Right after its topic is made, a partition's leader may not answer yet
-        # (NOT_LEADER_FOR_PARTITION): retriable errors are asked again, for up to 10 s.
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                return self._consumer.get_watermark_offsets(_TopicPartition(topic, partition), timeout=10)[1]
-            except KafkaException as e:
-                if not (isinstance(e.args[0], KafkaError) and e.args[0].code() in _NOT_READY) \
-                        or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
 
     def _read(self) -> None:
         while not self._stop.is_set():

@@ -29,6 +29,7 @@ import contextlib
 import itertools
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Protocol, TypeVar
@@ -49,6 +50,7 @@ from pipeline.offsets import Partition
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+_UNASSIGNED = -1  # produce()'s partition for "the partitioner's choice" (RD_KAFKA_PARTITION_UA)
 _CALL_TIMEOUT_S = 30.0  # a blocking call the broker does not answer fails after this
 # librdkafka's transactional calls can block past their own timeout: send_offsets_to_transaction
 # waited for a group coordinator that had moved, for minutes (librdkafka issues 5456 and 5511;
@@ -117,7 +119,7 @@ class Record(Protocol):
 
     key: bytes
     value: bytes
-    headers: Sequence[tuple[str, bytes]]
+    headers: Sequence[tuple[str, bytes]] | None
 
 
 Rebalance = Callable[[frozenset[Partition]], Awaitable[Mapping[Partition, int] | None]]
@@ -144,20 +146,8 @@ class Consumer:
     async def fetch(self, timeout: float, max_records: int, *, first: bool = False) -> list[Message]:
         """Up to ``max_records`` records, waiting up to ``timeout`` seconds for them all;
         with ``first``, only for the first (and with it, what else is there)."""
-        def consume() -> list[Message]:
-            if not first:
-                return self._consumer.consume(max_records, timeout)
-            records = self._consumer.consume(1, timeout)
-            if records and max_records > 1:
-                records += self._consumer.consume(max_records - 1, 0)
-            return records
-        fetched = await self._loop.run_in_executor(self._reads, consume)
-        records = [m for m in fetched if m.error() is None]
-        if len(records) != len(fetched):
-            for m in fetched:
-                if m.error() is not None:
-                    log.warning("reading %s [%s]: %s", m.topic(), m.partition(), m.error())
-        return records
+        return await self._loop.run_in_executor(self._reads, _consume, self._consumer, timeout,
+                                                max_records, first)
 
     async def commit(self, offsets: Mapping[Partition, int]) -> None:
         """Commit ``offsets`` (the next to read, per partition) and wait for the answer."""
@@ -231,6 +221,74 @@ class Consumer:
             return None
 
 
+class Reader:
+    """A consumer outside any group: reads the partitions it is given from their ends as
+    they are when it starts (``start``), ``read_committed``; ``read`` waits only for the
+    first record. Its reads and its close run in a thread of its own."""
+
+    def __init__(self, settings: Settings, name: str, **properties: object) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._reads = ThreadPoolExecutor(1, thread_name_prefix="kafka-read")
+        # librdkafka wants a group id for any consumer; one that only assigns partitions and
+        # commits nothing never names it to the cluster.
+        self._consumer = _Consumer({**config(settings), "client.id": name, "group.id": name,
+                                    "enable.auto.commit": False, "enable.auto.offset.store": False,
+                                    "isolation.level": "read_committed", **properties})
+
+    async def start(self, partitions: Collection[Partition]) -> None:
+        """Read ``partitions`` from their ends: fixed now, so that nothing written after
+        this returns is missed ("the end", resolved later, could pass the first records)."""
+        def assign() -> None:
+            self._consumer.assign([TopicPartition(topic, partition, end_offset(self._consumer, topic, partition))
+                                   for topic, partition in partitions])
+        await self._loop.run_in_executor(self._reads, assign)
+
+    async def read(self, timeout: float, max_records: int) -> list[Message]:
+        """What has come, up to ``max_records``, waiting up to ``timeout`` seconds for the first."""
+        return await self._loop.run_in_executor(self._reads, _consume, self._consumer, timeout,
+                                                max_records, True)
+
+    async def close(self) -> None:
+        await self._loop.run_in_executor(self._reads, self._consumer.close)
+        self._reads.shutdown()
+
+
+# What a partition's leader answers until a new topic is ready there.
+_NOT_READY = frozenset({KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+                        KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._UNKNOWN_PARTITION})
+
+
+def end_offset(consumer: _Consumer, topic: str, partition: int, wait_s: float = 10.0) -> int:
+    """The partition's end offset (blocking). Right after a topic is made, its partitions'
+    leaders may not answer yet: that is asked again for up to ``wait_s`` seconds."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=wait_s)[1]
+        except KafkaException as e:
+            if _code(e) not in _NOT_READY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def _consume(consumer: _Consumer, timeout: float, max_records: int, first: bool) -> list[Message]:
+    """Up to ``max_records`` records, waiting up to ``timeout`` seconds for them all; with
+    ``first``, only for the first (and with it, what else is there). Errors are logged and
+    left out."""
+    if first:
+        fetched = consumer.consume(1, timeout)
+        if fetched and max_records > 1:
+            fetched += consumer.consume(max_records - 1, 0)
+    else:
+        fetched = consumer.consume(max_records, timeout)
+    records = [m for m in fetched if m.error() is None]
+    if len(records) != len(fetched):
+        for m in fetched:
+            if m.error() is not None:
+                log.warning("reading %s [%s]: %s", m.topic(), m.partition(), m.error())
+    return records
+
+
 class Producer:
     """An idempotent producer (``transactional.id`` in ``properties``: transactional).
 
@@ -269,6 +327,13 @@ class Producer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._deliveries
 
+    async def topics(self, timeout: float = _CALL_TIMEOUT_S) -> dict[str, list[int]]:
+        """Every topic the cluster lists, with its partitions (a ``KafkaException`` when no
+        broker answers within ``timeout`` seconds)."""
+        metadata = await self._call(self._producer.list_topics, None, timeout)
+        return {name: sorted(about.partitions) for name, about in metadata.topics.items()
+                if about.error is None}
+
     async def partitions_for(self, topic: str) -> list[int]:
         metadata = await self._call(self._producer.list_topics, topic, _CALL_TIMEOUT_S)
         about = metadata.topics[topic]
@@ -276,11 +341,14 @@ class Producer:
             raise KafkaException(about.error)
         return sorted(about.partitions)
 
-    async def send(self, topic: str, partition: int, records: Sequence[Record]) -> asyncio.Future:
-        """Queue ``records`` for one partition; the future resolves once every one is
-        acknowledged, or fails with the first error (a ``KafkaException``)."""
+    async def send(self, topic: str, partition: int | None, records: Sequence[Record]) -> asyncio.Future:
+        """Queue ``records`` for one partition (None: where the producer's partitioner puts
+        each key); the future resolves once every one is acknowledged, with the last one's
+        ``Message`` (its partition and offset), or fails with the first error (a
+        ``KafkaException``)."""
         acks = _Acks(len(records), self._loop)
         produce = self._producer.produce
+        partition = _UNASSIGNED if partition is None else partition
         for r in records:
             while True:
                 try:
@@ -362,19 +430,22 @@ class _Acks:
     reports arrive on the event loop, or on the thread of a blocking call that serves
     them too (a transaction's commit flushes): ``next`` on a counter is atomic."""
 
-    __slots__ = ("_error", "_loop", "_loop_thread", "_seen", "_total", "future")
+    __slots__ = ("_error", "_last", "_loop", "_loop_thread", "_seen", "_total", "future")
 
     def __init__(self, records: int, loop: asyncio.AbstractEventLoop) -> None:
         self._total = records + 1  # and the guard, given when every record is queued
         self._seen = itertools.count(1)
         self._error: KafkaError | None = None
+        self._last: Message | None = None
         self._loop = loop
         self._loop_thread = threading.get_ident()  # made on the event loop
         self.future: asyncio.Future = loop.create_future()
 
-    def delivered(self, error: KafkaError | None, _message: object) -> None:
+    def delivered(self, error: KafkaError | None, message: Message | None) -> None:
         if error is not None and self._error is None:
             self._error = error
+        if message is not None:
+            self._last = message
         if next(self._seen) == self._total:
             if threading.get_ident() == self._loop_thread:
                 self._resolve()
@@ -385,7 +456,7 @@ class _Acks:
         if self.future.done():
             return
         if self._error is None:
-            self.future.set_result(None)
+            self.future.set_result(self._last)
         else:
             self.future.set_exception(KafkaException(self._error))
 

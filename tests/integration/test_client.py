@@ -20,6 +20,7 @@ from pipeline.client import (
     DeadLetterError,
     PredictionTimeout,
     PredictRequest,
+    RequestNotSent,
 )
 from pipeline.registry import Registry
 
@@ -85,6 +86,21 @@ async def test_raw_requests_get_their_replies_even_without_a_readable_id(worker)
         good = PredictRequest("iris", row(IRIS, 120), id=f"raw-{uuid.uuid4().hex}")
         prediction = await client.send_raw(good.encode())
         assert prediction.id == good.id and prediction.label == "virginica"
+
+
+async def test_a_request_kafka_cannot_take_fails_as_not_sent_and_the_client_goes_on(worker):
+    # Beyond any Kafka message's size: refused before it is sent, saying why, and the
+    # client's next request is served.
+    async with StreamClient(worker.settings, timeout=30) as client:
+        with pytest.raises(RequestNotSent, match="(?i)did not take the request.*too large"):
+            await client.send_raw(b"x" * 2_000_000)
+        assert (await client.predict("iris", row(IRIS, 0))).label == "setosa"
+
+
+async def test_a_client_pointed_at_no_broker_says_so(worker):
+    nowhere = replace(worker.settings, kafka=replace(worker.settings.kafka, broker="127.0.0.1:1"))
+    with pytest.raises(KafkaAccessError, match="cannot reach Kafka at 127.0.0.1:1"):
+        await StreamClient(nowhere).start()
 
 
 async def test_no_reply_in_time_raises_the_timeout_and_a_late_reply_is_ignored(worker):

@@ -240,17 +240,17 @@ def test_the_pure_part_loads_no_kafka_library_and_leaves_the_io_classes_to_the_s
 # -- the client's sender, on a fake producer -----------------------------------------------
 
 class HeldProducer:
-    """A producer whose sends wait until ``released``, as aiokafka's do while a partition's
-    batch is full; each delivery fails with ``failure`` when one is given."""
+    """A producer whose sends wait until ``released``, as librdkafka's do while its queue
+    is full; each delivery fails with ``failure`` when one is given."""
 
     def __init__(self, failure: Exception | None = None) -> None:
         self.sent: list[bytes] = []
         self.released = asyncio.Event()
         self.failure = failure
 
-    async def send(self, topic, value, key=None, partition=None):
+    async def send(self, topic, partition, records):
         await self.released.wait()
-        self.sent.append(key)
+        self.sent += [record.key for record in records]
         delivery = asyncio.get_running_loop().create_future()
         if self.failure is None:
             delivery.set_result(None)
@@ -290,14 +290,15 @@ async def test_a_request_whose_time_runs_out_before_its_turn_is_never_sent():
 
 
 async def test_a_failed_delivery_fails_its_request_as_not_sent():
-    from aiokafka.errors import KafkaTimeoutError
+    from confluent_kafka import KafkaError, KafkaException
 
     from pipeline.client import RequestNotSent
 
-    producer = HeldProducer(KafkaTimeoutError())
+    timed_out = KafkaException(KafkaError(KafkaError._MSG_TIMED_OUT))
+    producer = HeldProducer(timed_out)
     producer.released.set()
     client = client_on(producer)
     results = await client.predict_many("iris", [IRIS, IRIS], return_exceptions=True)
-    assert all(isinstance(r, RequestNotSent) and isinstance(r.__cause__, KafkaTimeoutError)
-               for r in results)
+    assert all(isinstance(r, RequestNotSent) and r.__cause__ is timed_out
+               and "timed out" in str(r) for r in results)
     await client.close()
