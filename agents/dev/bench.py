@@ -18,11 +18,12 @@ One broker, one machine, the cases one after the other, each on topics of its ow
    predictor on the same rows.
 2b. the serving step in this process, without Kafka (``agents.dev.bench_step``): the CPU a
    worker's decode, admission, model call and outputs cost per request, at batches of 1,
-   16 and 256.
+   16 and 256; and drift monitoring's share of it: the drift codes the step computes at
+   its flushes, and the drift agent's counting of them (``drift_share_of_serving``).
 3. ``streamserve``: one worker with the configured settings (the defaults, unless set).
 3b. ``streamserve_drift_off``: the same with drift counting off (``STREAMSERVE_DRIFT=off``),
-   in drains on and off in turn (three pairs; one with ``--quick``): the ratio is the median
-   pair's, the case the off drain of that pair.
+   in drains on and off in turn (three pairs, every other one off first; one pair with
+   ``--quick``): the ratio is the median pair's, the case the off drain of that pair.
 3c. ``streamserve_builtin`` (``--model`` other than the built-in ``synthetic32``): the same
    worker settings and backlog serving the built-in MLP instead, so a model of one's own
    is measured beside it in one run (is the model the bottleneck?).
@@ -75,7 +76,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import NewTopic
 
 from agents.dev.bench_profile import Profile
-from agents.dev.bench_step import serving_step
+from agents.dev.bench_step import StepCosts, serving_step
 from agents.dev.bench_results import (
     Case,
     CaseProgress,
@@ -348,10 +349,12 @@ class Bench:
                            "gflops": gflops, "flops_per_row": flops_per_row,
                            "library": library and library[0], "library_rps": library and library[1]})
 
-    async def serving_step(self) -> dict[int, float]:
+    async def serving_step(self) -> StepCosts:
         self.progress.start("2b serving step, in-process (no Kafka)")
         costs = await serving_step(self.settings, self._served, self.rows, self.sizes.timing_seconds)
-        self.progress.done(", ".join(f"{us:,.1f} µs a request at {size}" for size, us in costs.items()))
+        share = costs.drift_share
+        self.progress.done(", ".join(f"{us:,.1f} µs a request at {size}" for size, us in costs.per_request_us.items())
+                           + ("" if share is None else f"; drift monitoring {100 * share:.1f} % of it"))
         return costs
 
     def _library_rate(self, manifest: Manifest, x: np.ndarray) -> tuple[str, float] | None:
@@ -461,13 +464,17 @@ class Bench:
         drain of the pair whose on/off ratio is the median, and every pair's throughputs.
         Pairs, because one drain apart from the other says nothing here: on two shared
         cores one drain runs up to a third faster than the next of the same worker (single
-        drains gave on/off 0.69 where three pairs of the same code gave 1.20, 1.11, 1.00)."""
+        drains gave on/off 0.69 where three pairs of the same code gave 1.20, 1.11, 1.00).
+        Every other pair runs off first: the drains of a run often speed up as it goes on
+        (26,955 to 44,903 req/s over six), which would favour whichever runs second."""
         pairs = []
         for i in range(1, self.sizes.drift_pairs + 1):
-            on, off = [await self.variant(f"3b drift counting {state}, pair {i} of {self.sizes.drift_pairs}",
-                                          f"drift-{state}", {"STREAMSERVE_DRIFT": state}, self.sizes.requests)
-                       for state in ("on", "off")]
-            pairs.append((on, off))
+            order = ("on", "off") if i % 2 else ("off", "on")
+            drained = {state: await self.variant(f"3b drift counting {state}, pair {i} of "
+                                                 f"{self.sizes.drift_pairs}", f"drift-{state}",
+                                                 {"STREAMSERVE_DRIFT": state}, self.sizes.requests)
+                       for state in order}
+            pairs.append((drained["on"], drained["off"]))
         by_ratio = sorted(pairs, key=lambda pair: pair[0].throughput_rps / pair[1].throughput_rps)
         median_off = by_ratio[(len(by_ratio) - 1) // 2][1]
         return (replace(median_off, title="3b streamserve, drift counting off"),

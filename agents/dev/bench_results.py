@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 from agents.dev.bench_profile import Profile
+from agents.dev.bench_step import StepCosts
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +136,7 @@ class Report:
     model: str
     sizes: Sizes
     cases: dict[str, Case]
-    serving_step: dict[int, float]  # batch size -> CPU µs a request, in-process (agents.dev.bench_step)
+    serving_step: StepCosts  # CPU µs a request, in-process (agents.dev.bench_step)
     latency: dict[int, LatencyPoint]  # from a raw producer
     latency_floor: dict[int, LatencyPoint]  # the same loads, answered by a compiled pass-through
     client: LatencyPoint  # the same load through the client library, at one share
@@ -180,7 +181,11 @@ class Report:
             "ratios": self.ratios(),
             "drift_pairs_rps": [list(pair) for pair in self.drift_pairs],
             "cpu_us_per_request": self.cases["streamserve"].extra.get("cpu_us_per_request"),
-            "serving_step_cpu_us_per_request": {str(size): us for size, us in self.serving_step.items()},
+            "serving_step_cpu_us_per_request": {str(size): us for size, us in
+                                                self.serving_step.per_request_us.items()},
+            "drift_coding_cpu_us_per_request": self.serving_step.drift_coding_us,
+            "drift_counting_cpu_us_per_request": self.serving_step.drift_counting_us,
+            "drift_share_of_serving": self.serving_step.drift_share,
             "jit_compiles_after_warmup": round(self.workers.jit_compiles),
             "padding_waste": self.workers.padding_waste,
         } | ({"profile_us_per_request": self.profile.us_per_request()} if self.profile else {})
@@ -198,9 +203,13 @@ class Report:
         lines += ["", "3b DRIFT COUNTING, drains on and off in turn: "
                   + ", ".join(f"{on:,.0f}/{off:,.0f}" for on, off in self.drift_pairs)
                   + f" req/s; on/off {self.drift_on_vs_off:.3f} (the median pair's)"]
+        step = self.serving_step
         lines += ["", "2b SERVING STEP, in-process (no Kafka): CPU "
                   + ", ".join(f"{us:,.1f} µs a request at batches of {size}"
-                              for size, us in self.serving_step.items())]
+                              for size, us in step.per_request_us.items())
+                  + ("" if step.drift_share is None else
+                     f"; drift monitoring {step.drift_coding_us:.2f} µs a request to code (in the step) "
+                     f"and {step.drift_counting_us:.2f} to count, {100 * step.drift_share:.1f} % of it")]
         lines += ["", (f"{'6 LATENCY, OPEN LOOP':<32}{'OFFERED':>12}{'KEPT':>12}  {'ANSWERED':<15}"
                        f"{'P50':>9}{'P95':>11}{'P99':>11}")]
         points = [point for p in self.latency.values() for point in (

@@ -9,6 +9,12 @@ client, its commit and the broker's share of the cores, which case 3's CPU per r
 holds too. A batch of one shows the cost of a batch; 256 (the default largest) the cost
 of a request under load. Process CPU time, so a model call handed to the model thread
 counts too.
+
+Beside it, what the drift agent spends counting those requests (``drift_counting``): the
+drift-rows messages the step's flushes made, counted by a ``DriftMonitor`` as the agent
+counts them (``agents.worker.drift``), and its state encoded as the agent stores it after
+each. A drain with drift counting on against one with it off cannot show a cost of a few
+per cent on shared cores, where one drain runs up to a third faster than the next.
 """
 
 from __future__ import annotations
@@ -16,6 +22,9 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import orjson
 
 from agents.worker.deployment import Deployment
 from agents.worker.inference import InferenceService
@@ -23,7 +32,8 @@ from agents.worker.metrics import Metrics
 from models.runtime import ServingModel
 from pipeline.client import PredictRequest
 from pipeline.config import Settings
-from pipeline.outputs import Incoming
+from pipeline.drift import CodedRows, DriftMonitor
+from pipeline.outputs import Incoming, Outgoing
 from pipeline.routing import DeploymentSpec
 
 STEP_BATCHES = (1, 16, 256)
@@ -31,10 +41,31 @@ FLUSH_EVERY = 1000  # requests between two drift flushes
 _PARTITIONS = 4
 
 
+@dataclass(frozen=True, slots=True)
+class StepCosts:
+    per_request_us: dict[int, float]  # batch size -> the serving step's CPU µs a request
+    # Of the step's CPU a request at the largest batches, its flushes': the served rows'
+    # drift codes, computed once per flush.
+    drift_coding_us: float
+    # The drift agent's CPU µs to count a request the step served (None: drift counting is
+    # off, or the model has no drift reference).
+    drift_counting_us: float | None
+
+    @property
+    def drift_share(self) -> float | None:
+        """Drift monitoring's CPU (coding and counting) over the step's at the largest
+        batches: what drift counting costs a worker's throughput, at most."""
+        if self.drift_counting_us is None:
+            return None
+        largest = self.per_request_us[max(self.per_request_us)]
+        return (self.drift_coding_us + self.drift_counting_us) / (largest + self.drift_counting_us)
+
+
 async def serving_step(settings: Settings, served: ServingModel,
-                       rows: Sequence[Mapping[str, object]], seconds: float) -> dict[int, float]:
+                       rows: Sequence[Mapping[str, object]], seconds: float) -> StepCosts:
     """CPU µs per request of the serving step, at each of ``STEP_BATCHES``, each measured
-    for about ``seconds`` of CPU after a warm-up."""
+    for about ``seconds`` of CPU after a warm-up; and of counting the drift rows of the
+    requests it served."""
     with ThreadPoolExecutor(1, thread_name_prefix="model") as executor:
         service = InferenceService(settings, Metrics(), executor)
         service.install(Deployment({(served.model, served.version): served},
@@ -54,19 +85,39 @@ async def serving_step(settings: Settings, served: ServingModel,
             service.delivered(await service.handle(records, 0.0, time.time()))
             return time.process_time() - started
 
-        costs = {}
+        costs, flushed = {}, []
         for size in STEP_BATCHES:
             for _ in range(max(1, 256 // size)):  # warm-up: caches, the first calls' paths
                 await step(size)
-            spent, served_requests = 0.0, 0
+            spent, flushing, served_requests = 0.0, 0.0, 0
             while spent < seconds or served_requests < 10 * size:
                 spent += await step(size)
                 served_requests += size
                 if served_requests % FLUSH_EVERY < size:
                     started = time.process_time()
-                    service.flush_rows()
-                    spent += time.process_time() - started
+                    flushed += service.flush_rows()
+                    flushing += time.process_time() - started
+            spent += flushing
             costs[size] = spent / served_requests * 1e6
-        service.flush_rows()
-        return costs
+        flushed += service.flush_rows()
+        drift_rows = [m for m in flushed if m.topic == settings.topics.drift_rows]
+        return StepCosts(costs, flushing / served_requests * 1e6,
+                         drift_counting(settings, served, drift_rows))
+
+
+def drift_counting(settings: Settings, served: ServingModel, messages: Sequence[Outgoing]) -> float | None:
+    """CPU µs a request to count ``messages`` (drift rows of ``served``) into a version's
+    windows and encode its state after each, as the drift agent does."""
+    if not messages or not served.manifest.reference:
+        return None
+    policy = settings.policy(served.model)
+    monitor = DriftMonitor.from_manifest_reference(served.manifest.reference, policy.drift_window_s,
+                                                   policy.drift_hop_s, policy.drift, policy.drift_grace_s)
+    counted, started = 0, time.process_time()
+    for message in messages:
+        coded = CodedRows.from_bytes(message.value)
+        monitor.on_rows(coded)
+        orjson.dumps({"monitor": monitor.snapshot(), "rows_offset": counted})
+        counted += len(coded)
+    return (time.process_time() - started) / counted * 1e6
 

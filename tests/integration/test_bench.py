@@ -56,10 +56,16 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
     result = orjson.loads(out.read_bytes())
     assert set(result) == {"device", "cases", "latency_ms", "latency_floor_ms", "client_latency_ms",
                            "ratios", "jit_compiles_after_warmup", "padding_waste",
-                           "cpu_us_per_request", "serving_step_cpu_us_per_request", "drift_pairs_rps"}
+                           "cpu_us_per_request", "serving_step_cpu_us_per_request", "drift_pairs_rps",
+                           "drift_coding_cpu_us_per_request", "drift_counting_cpu_us_per_request",
+                           "drift_share_of_serving"}
     step = result["serving_step_cpu_us_per_request"]  # per request: a batch's own cost shared out
     assert set(step) == {"1", "16", "256"} and all(positive(us) for us in step.values()), step
     assert step["1"] > step["256"], step
+    # drift monitoring's coding (in the step) and counting (the agent's): a share of serving
+    coding, counting = (result[f"drift_{part}_cpu_us_per_request"] for part in ("coding", "counting"))
+    assert 0 < coding < step["256"] and 0 < counting < step["256"], result
+    assert result["drift_share_of_serving"] == (coding + counting) / (step["256"] + counting)
     # CPU per request over a drain: a --quick backlog may be drained between two looks or
     # within a few of the OS's clock ticks (then there is no figure: None); the full run's
     # 30,000 span many.
