@@ -1,10 +1,13 @@
-"""The serving path's Kafka clients: librdkafka (confluent-kafka) behind an asyncio face.
+"""The serving path's Kafka clients, and the client library's: librdkafka (confluent-kafka)
+behind an asyncio face.
 
 Why librdkafka for serving: on the same cores a pass-through costs aiokafka six to nine
 times librdkafka's CPU per record (`streamserve bench`, its two Kafka ceilings), and
 aiokafka's fetcher sends no fetch while fetched records wait in its buffer, so each
 batch waited for the one before. librdkafka fetches and sends from threads of its own,
 in C. Faust, the drift and label agents, the control plane and the CLI stay on aiokafka.
+The client library's requests and replies (``agents.client.stream``) go through the
+``Producer`` and a ``Reader`` here: on aiokafka a client fell seconds behind a worker.
 
 librdkafka's calls block, and its rebalance callbacks run inside ``consume()``. So:
 
