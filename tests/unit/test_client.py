@@ -64,6 +64,27 @@ def test_request_features_are_checked_and_copied_as_floats():
         PredictRequest("m", [1.0, 2.0])
 
 
+@pytest.mark.parametrize("row", [{"a": 1.5, "b": -2.0}, {"a": 1e308, "b": 1e308},  # sum overflows
+                                 {"a": 1.0, "b": float("inf")}, {"a": float("nan"), "b": 1.0},
+                                 {"a": 1.0, 2: 1.0}, {}])
+def test_plain_float_rows_are_checked_as_every_other_row(row):
+    # Named plain floats take a shortcut; with one value of another type they take the
+    # per-feature loop: both decide alike (values accepted, the same error raised).
+    def outcome(features):
+        try:
+            return PredictRequest("m", features).features
+        except (TypeError, ValueError) as e:
+            return type(e), str(e)
+    slow = {**row, "z": np.float64(0.0)}  # np.float64: not a plain float, so the loop
+    expected = outcome(slow)
+    got = outcome(row)
+    if isinstance(expected, dict):
+        assert got == {k: v for k, v in expected.items() if k != "z"}
+        assert all(type(v) is float for v in got.values())
+    else:
+        assert got == expected
+
+
 @pytest.mark.parametrize("changes", [{"model": ""}, {"version": 3}, {"id": ""}, {"id": "x" * 257},
                                      {"deadline_ms": 0}, {"deadline_ms": 1.5}, {"tenant": ""}])
 def test_request_refuses_what_the_worker_would_dead_letter(changes):
