@@ -24,9 +24,8 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import orjson
-
 from agents.worker.deployment import Deployment
+from agents.worker.drift import stored_state
 from agents.worker.inference import InferenceService
 from agents.worker.metrics import Metrics
 from models.runtime import ServingModel
@@ -85,7 +84,7 @@ async def serving_step(settings: Settings, served: ServingModel,
             service.delivered(await service.handle(records, 0.0, time.time()))
             return time.process_time() - started
 
-        costs, flushed = {}, []
+        costs, coding, flushed = {}, {}, []
         for size in STEP_BATCHES:
             for _ in range(max(1, 256 // size)):  # warm-up: caches, the first calls' paths
                 await step(size)
@@ -97,12 +96,11 @@ async def serving_step(settings: Settings, served: ServingModel,
                     started = time.process_time()
                     flushed += service.flush_rows()
                     flushing += time.process_time() - started
-            spent += flushing
-            costs[size] = spent / served_requests * 1e6
+            costs[size] = (spent + flushing) / served_requests * 1e6
+            coding[size] = flushing / served_requests * 1e6
         flushed += service.flush_rows()
         drift_rows = [m for m in flushed if m.topic == settings.topics.drift_rows]
-        return StepCosts(costs, flushing / served_requests * 1e6,
-                         drift_counting(settings, served, drift_rows))
+        return StepCosts(costs, coding[max(coding)], drift_counting(settings, served, drift_rows))
 
 
 def drift_counting(settings: Settings, served: ServingModel, messages: Sequence[Outgoing]) -> float | None:
@@ -117,7 +115,7 @@ def drift_counting(settings: Settings, served: ServingModel, messages: Sequence[
     for message in messages:
         coded = CodedRows.from_bytes(message.value)
         monitor.on_rows(coded)
-        orjson.dumps({"monitor": monitor.snapshot(), "rows_offset": counted})
+        stored_state(monitor, counted)
         counted += len(coded)
     return (time.process_time() - started) / counted * 1e6
 

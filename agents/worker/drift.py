@@ -148,14 +148,19 @@ def add_drift_agent(app: faust.App, settings: Settings,
                         closed += await count(key, model, version, monitored, record.offset,
                                               record.value)
             closed += await count(key, model, version, monitored, message.offset, event.value)
-            await _store(state, event, key.encode(), orjson.dumps(
-                {"monitor": monitored.monitor.snapshot(), "rows_offset": monitored.last_offset}))
+            await _store(state, event, key.encode(), stored_state(monitored.monitor, monitored.last_offset))
             for report in closed:
                 for feature in report.features:
                     await reports_topic.send(key=f"{key}:{feature.report.feature}".encode(),
                                              value=orjson.dumps(_report_json(model, version, report,
                                                                              feature)))
                     _export(metrics, model, version, feature)
+
+
+def stored_state(monitor: DriftMonitor, last_offset: int | None) -> bytes:
+    """A version's table value: its monitor's state and the offset of the last coded-rows
+    message counted into it."""
+    return orjson.dumps({"monitor": monitor.snapshot(), "rows_offset": last_offset})
 
 
 class _Monitored:
