@@ -65,7 +65,10 @@ def quality(worker) -> list[dict]:
 def test_labels_give_the_exact_accuracy_everywhere_through_a_kill_9(kafka_bootstrap, registry_dir, tmp_path):
     root, keys = iris_registry(registry_dir, tmp_path)
     train_and_register("iris", Registry(root), seed=1, signing_key=Path(keys["STREAMSERVE_SIGNING_KEY"]))
-    env = {"STREAMSERVE_LABELS": "on", "STREAMSERVE_QUALITY_REPORT_S": "1", "STREAMSERVE_LABEL_WAIT_S": "20"}
+    # The canary is to be judged on its labels alone: on a shared machine its model time
+    # once outran stable's (6.3 against 0.3 ms at p99) and rolled it back first.
+    env = {"STREAMSERVE_LABELS": "on", "STREAMSERVE_QUALITY_REPORT_S": "1", "STREAMSERVE_LABEL_WAIT_S": "20",
+           "STREAMSERVE_CANARY_MAX_P99_RATIO": "1000"}
     worker = start_worker(kafka_bootstrap, root, tmp_path / "worker.log", **env)
     restarted = None
     s, t = worker.settings, worker.settings.topics
