@@ -6,6 +6,7 @@ Everything it starts it stops again, on success, on failure and on Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from models.datasets import load as load_dataset
 from models.train import servable_version
 from pipeline.client import DeadLetterError, PredictionTimeout, PredictRequest
 from pipeline.config import Settings
+from pipeline.quality.book import TREND_WINDOWS
 from pipeline.registry import Registry
 from pipeline.signing import TrustedKeys
 
@@ -32,9 +34,11 @@ SHIFTED_MODEL, SHIFTED_FEATURE, SHIFT_SD = "breast_cancer", "mean_texture", 0.5
 DRIFT_ENV = {"STREAMSERVE_DRIFT_WINDOW_S": "2", "STREAMSERVE_DRIFT_HOP_S": "1",
              "STREAMSERVE_DRIFT_GRACE_S": "1"}
 # The true class of every other answered request of each model goes back as a label, as a
-# client that learns outcomes would: the summary reads live accuracy from the label join.
-# Answers are kept two minutes (not a week): the join state of repeated demo runs stays
-# small, and a worker rebuilds its figures from that state when it starts.
+# client that learns outcomes would: the summary reads live accuracy from the label join,
+# on this run's windows of answer time (``_quality_env``). Answers are kept two minutes
+# (not a week): the join state of repeated demo runs stays small, and a worker rebuilds
+# its figures from that state when it starts. An earlier run's answers leave the join's
+# totals while this run is joined, so only this run's windows tell what it joined.
 LABELS_ENV = {"STREAMSERVE_LABELS": "on", "STREAMSERVE_QUALITY_REPORT_S": "1",
               "STREAMSERVE_LABEL_HORIZON": "120"}
 LABEL_EVERY = 2
@@ -84,11 +88,10 @@ def run_demo(settings: Settings, requests: int, invalid_share: float, rate: floa
         log = settings.kafka.home / "demo-worker.log"
         print(f"starting a worker (log: {log}) ...", file=sys.stderr)
         worker = WorkerProcess.start(log, {"STREAMSERVE_BROKER": settings.bootstrap, **DRIFT_ENV,
-                                           **LABELS_ENV})
+                                           **_quality_env(requests, rate)})
         run = f"demo-{int(time.time())}"
         plan = _plan(registry, run, requests, invalid_share, settings.admission.max_message_bytes)
         started = time.time()
-        labelled_before = _labelled(worker.settings)  # the join keeps earlier runs' answers too
         tally, elapsed = asyncio.run(_drive(settings, plan, rate))
         _print_summary(plan, tally, elapsed, rate)
         samples = asyncio.run(_count_samples(settings, run))
@@ -96,7 +99,7 @@ def run_demo(settings: Settings, requests: int, invalid_share: float, rate: floa
               f"({samples / max(1, len(tally.predicted)):.1%} of predictions, "
               f"STREAMSERVE_SAMPLE_RATE {settings.sampling.rate})")
         _print_drift(asyncio.run(_drift_events(settings, started)))
-        _print_quality(worker.settings, labelled_before, tally.labels_sent)
+        _print_quality(worker.settings, started, tally.labels_sent)
         return 0 if len(tally.answered_at) == len(plan) and not tally.wrong_reason else 1
     finally:
         if worker is not None:
@@ -237,32 +240,43 @@ def _print_summary(plan: list[Planned], tally: DemoTally, elapsed: float, rate: 
             print(f"  accuracy {model:<15}{right / len(scored):.4f} ({right}/{len(scored)})")
 
 
-def _labelled(settings: Settings) -> dict[str, int]:
-    """Labelled answers per model, as the label join reports them now."""
+def _quality_env(requests: int, rate: float) -> dict[str, str]:
+    """The label join's settings: windows of answer time narrow enough to tell this run's
+    answers from an earlier run's, and few enough that the reports keep them all (as
+    fast as possible: taken to be 2,000 requests a second, slower than the demo sends)."""
+    seconds = requests / (rate or 2000)
+    window = max(1, math.ceil(seconds / (TREND_WINDOWS - 2)))
+    return {**LABELS_ENV, "STREAMSERVE_QUALITY_WINDOW_S": str(window)}
+
+
+def _this_run(settings: Settings, since: float) -> dict[str, list[dict]]:
+    """Each model's figures per version on the answers of the windows from ``since`` on."""
     from agents.ops.quality_report import read_quality, summarize
 
-    return {model: sum(v["labelled"] for v in summarize(settings, model, asyncio.run(
-        read_quality(settings, model)))) for model in DEMO_MODELS}
+    window = settings.quality.window_s
+    first = since // window * window  # the window this run's first answer falls in
+    return {model: summarize(settings, model, asyncio.run(read_quality(settings, model)), since=first)
+            for model in DEMO_MODELS}
 
 
-def _print_quality(settings: Settings, before: dict[str, int], sent: Counter) -> None:
-    """Live accuracy per model from the label join, once it has joined this run's labels
-    (or after ``_QUALITY_WAIT_S``)."""
-    from agents.ops.quality_report import read_quality, summarize
-
+def _print_quality(settings: Settings, since: float, sent: Counter) -> None:
+    """Live accuracy per model from the label join on this run's answers, once it has
+    joined this run's labels (or after ``_QUALITY_WAIT_S``)."""
     deadline = time.monotonic() + _QUALITY_WAIT_S
-    while _labelled(settings) != {m: before[m] + sent[m] for m in DEMO_MODELS}:
+    figures = _this_run(settings, since)
+    while any(sum(v["labelled"] for v in figures[m]) < sent[m] for m in DEMO_MODELS):
         if time.monotonic() > deadline:
             print(f"  live accuracy: not every label was joined within {_QUALITY_WAIT_S:.0f} s")
             break
         time.sleep(0.5)
-    print(f"  live accuracy on labels (one answer in {LABEL_EVERY} labelled; with earlier runs' "
-          "of the last two minutes: `streamserve quality report`)")
-    for model in DEMO_MODELS:
-        for v in summarize(settings, model, asyncio.run(read_quality(settings, model))):
+        figures = _this_run(settings, since)
+    print(f"  live accuracy on this run's labels (one answer in {LABEL_EVERY} labelled; "
+          "all kept answers': `streamserve quality report`)")
+    for model, versions in figures.items():
+        for v in versions:
             training = v["training"].get("test_accuracy")
             print(f"    {model}:{v['version']:<12}{_share(v['accuracy'])} on {v['labelled']} labels "
-                  f"({sent[model]} from this run); training {_share(training)}")
+                  f"of {sent[model]} sent; training {_share(training)}")
 
 
 def _share(value: float | None) -> str:
