@@ -1,6 +1,7 @@
 """The client library's pure part: requests, reply parsing, correlation; no broker."""
 
 import asyncio
+import re
 import subprocess
 import sys
 from concurrent.futures import Future
@@ -107,6 +108,8 @@ def test_request_ids_are_unique_under_one_prefix_per_client():
     assert ids.prefix.startswith("client-") and RequestIds().prefix != ids.prefix
     many = {ids.next() for _ in range(1000)}
     assert len(many) == 1000 and all(i.startswith(ids.prefix + "-") and len(i) <= 256 for i in many)
+    # <prefix>-<32 hex digits>, as the README and `verify --id-prefix` describe them.
+    assert all(re.fullmatch(re.escape(ids.prefix) + "-[0-9a-f]{32}", i) for i in many)
     assert RequestIds("nb").next().startswith("nb-")
     with pytest.raises(ValueError, match="id_prefix"):
         RequestIds("")
