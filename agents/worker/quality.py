@@ -141,14 +141,19 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
             yield key, _read(key, value)
 
     async def book_for(partition: int, now: float) -> Book:
-        """The partition's book, rebuilt from the table the first time after an assignment."""
+        """The partition's book, rebuilt from the table the first time after an assignment.
+        The rebuild is a sweep too: entries past the horizon (left by a worker that stopped
+        before its next sweep) are dropped, not counted until this worker's first sweep;
+        a short horizon's table holds more of those than live ones."""
         if partition not in books:
             book, held = Book(q.window_s, classes_of), {}
+            waiting[partition] = held  # ``expire`` keeps it
             async for key, entry in entries(partition):
                 book.add(entry)
+                expire(book, partition, key, entry, now)
                 if entry.waiting is not None:
                     held[key] = entry.since
-            books[partition], waiting[partition], swept[partition] = book, held, now
+            books[partition], swept[partition] = book, now
         return books[partition]
 
     def apply(book: Book, partition: int, key: bytes, step: Any, counted: bool = True) -> Entry:

@@ -11,6 +11,7 @@ classes look like stable's, is rolled back on labels alone."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from agents.kafka.control import read_specs
 from models.datasets import load as load_dataset
 from models.train import train_and_register
 from pipeline.quality import encode_label
+from pipeline.quality.wire import join_partition
 from pipeline.registry import Registry
 from tests.conftest import iris_registry, start_worker
 from tests.integration.clients import collect, produce, run
@@ -181,3 +183,40 @@ def canary_worse_on_labels(worker):
         time.sleep(0.5)
     assert spec.stable == "1"
     return [e for e in run(read_entries(s)) if e.action.startswith("auto_")][-1]
+
+
+def test_a_worker_given_the_join_counts_no_answer_past_the_horizon(kafka_bootstrap, registry_dir, tmp_path):
+    """A worker rebuilds a join partition's figures from its table when it first takes the
+    partition: answers past STREAMSERVE_LABEL_HORIZON that the last worker left (it stopped
+    before its next sweep) are dropped then, not counted in its figures until a sweep."""
+    root, _ = iris_registry(registry_dir, tmp_path)
+    horizon = 8
+    env = {"STREAMSERVE_LABELS": "on", "STREAMSERVE_QUALITY_REPORT_S": "1",
+           "STREAMSERVE_LABEL_HORIZON": str(horizon)}
+    worker = start_worker(kafka_bootstrap, root, tmp_path / "worker.log", **env)
+    s, t = worker.settings, worker.settings.topics
+    stable = '{model="iris",route="stable",version="1"}'
+    old = [f"old-{i}" for i in range(40)]
+    try:
+        run(produce(s.bootstrap, t.requests, [request(i, n) for n, i in enumerate(old)]))
+        run(produce(s.bootstrap, t.labels, [encode_label(i, label) for i, label in answers(s, old).items()]))
+        wait_for_metric(worker, f"streamserve_quality_labelled{stable} 40.0", "join the 40 labels")
+    finally:
+        worker.stop()
+    stopped = time.monotonic()
+    partitions = s.kafka.request_partitions
+    new = [next(f"new-{p}-{n}" for n in range(1000) if join_partition(f"new-{p}-{n}", partitions) == p)
+           for p in range(partitions)]  # one answer in each join partition: each is rebuilt
+    time.sleep(max(0.0, stopped + horizon + 1 - time.monotonic()))  # the old answers' horizon passes
+    restarted = WorkerProcess.start(tmp_path / "restarted.log", worker.env)
+    try:
+        run(produce(s.bootstrap, t.requests, [request(i, n) for n, i in enumerate(new)]))
+        answers(s, new)
+        deadline = time.monotonic() + 60
+        while not re.search(rf"streamserve_quality_answers{re.escape(stable)} [1-9]", metrics := restarted.metrics()):
+            assert time.monotonic() < deadline, restarted.log_tail()
+            time.sleep(0.2)
+    finally:
+        restarted.stop()
+    assert f"streamserve_quality_answers{stable} {float(len(new))}" in metrics, metrics
+    assert f"streamserve_quality_labelled{stable} 0.0" in metrics, metrics
