@@ -62,6 +62,7 @@ import hashlib
 import importlib.util
 import logging
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -105,6 +106,7 @@ from agents.client.stream import StreamClient
 from agents.dev.fleet import WorkerProcess
 from agents.kafka.connect import connection
 from agents.kafka.topics import admin_client, cluster
+from agents.worker.app import data_folder
 from models.runtime import ServingModel
 from pipeline.batching import buckets_for
 from pipeline.client import PredictRequest
@@ -237,6 +239,7 @@ class Bench:
         self.progress = CaseProgress()
         self.worker_stats: list[WorkerStats] = []
         self._cases = 0
+        self._case_settings: list[Settings] = []  # each case's, for the state it leaves
         self._profile = profile
 
     async def run(self) -> Report:
@@ -273,6 +276,8 @@ class Bench:
             profile = await self.profiled() if self._profile else None
         finally:
             await self._delete_topics()
+            for case in self._case_settings:  # each case's worker state; its logs stay
+                shutil.rmtree(data_folder(case), ignore_errors=True)
         return Report(device, self.model, self.sizes, cases, step, latency, floor, client,
                       sum(self.worker_stats[1:], self.worker_stats[0]), self.load, drift_pairs, profile)
 
@@ -304,6 +309,7 @@ class Bench:
                    for name in (s.topics.predictions, s.topics.deadletter)])
         if errors := [f"{topic} (error code {code})" for topic, code, *_ in response.topic_errors if code]:
             raise BenchError(f"{self.progress.title}: cannot create its topics ({'; '.join(errors)})")
+        self._case_settings.append(s)
         return s
 
     def _request(self, request_id: str, i: int, model: str | None = None) -> bytes:

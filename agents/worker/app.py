@@ -9,6 +9,8 @@ assignor and the serving consumer's cannot share one group.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import faust
 from faust.auth import SASLCredentials, SSLCredentials
 
@@ -29,19 +31,28 @@ def broker_credentials(settings: Settings) -> SASLCredentials | SSLCredentials |
     return SSLCredentials(context) if context is not None else None
 
 
+def app_id(settings: Settings) -> str:
+    return f"{settings.kafka.app_id}.faust"
+
+
+def data_folder(settings: Settings) -> Path:
+    """Where the app keeps its tables' files (the label join's RocksDB), under STREAMSERVE_HOME."""
+    return settings.kafka.home / "faust" / f"{app_id(settings)}-data"
+
+
 def create_app(settings: Settings, replicas: int) -> faust.App:
     """The app; its own topics (the drift table's changelog, its leader topic) get
     ``replicas`` replicas, as every topic streamserve creates."""
-    data = settings.kafka.home / "faust"
-    data.mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder of datadir
+    data = data_folder(settings)
+    data.parent.mkdir(parents=True, exist_ok=True)  # Faust makes only the last folder of datadir
     return faust.App(
-        f"{settings.kafka.app_id}.faust",
+        app_id(settings),
         broker=faust_broker_url(settings.bootstrap),
         broker_credentials=broker_credentials(settings),
         store="memory://",
         # Faust makes a data folder even for memory stores: under STREAMSERVE_HOME, not in
         # whatever folder the worker was started from.
-        datadir=str(data / "{conf.id}-data"),
+        datadir=str(data),
         web_enabled=False,  # metrics come from prometheus_client; one port per worker is enough
         topic_partitions=settings.kafka.request_partitions,
         topic_replication_factor=replicas,

@@ -52,6 +52,10 @@ def test_quick_bench_writes_every_contract_key(kafka_bootstrap, registry_dir, tm
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=180, check=False)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "JAX on" in run.stdout and "RATIOS" in run.stdout, run.stdout
+    # Its workers' state (each case's Faust data folder) goes with its topics; logs stay.
+    home = tmp_path / "home"
+    assert (home / "faust").is_dir() and not list((home / "faust").iterdir())
+    assert list(home.glob("bench/*/*.log"))
 
     result = orjson.loads(out.read_bytes())
     assert set(result) == {"device", "cases", "latency_ms", "latency_floor_ms", "client_latency_ms",
