@@ -190,7 +190,7 @@ def test_a_worker_given_the_join_counts_no_answer_past_the_horizon(kafka_bootstr
     partition: answers past STREAMSERVE_LABEL_HORIZON that the last worker left (it stopped
     before its next sweep) are dropped then, not counted in its figures until a sweep."""
     root, _ = iris_registry(registry_dir, tmp_path)
-    horizon = 8
+    horizon = 15  # seconds: far longer than the old answers take to be joined with their labels
     env = {"STREAMSERVE_LABELS": "on", "STREAMSERVE_QUALITY_REPORT_S": "1",
            "STREAMSERVE_LABEL_HORIZON": str(horizon)}
     worker = start_worker(kafka_bootstrap, root, tmp_path / "worker.log", **env)
