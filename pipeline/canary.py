@@ -6,7 +6,10 @@ class; a regressor's first target value). The verdict, once
 both arms hold ``min_requests`` outcomes, is "rollback" when the canary
 
 - fails more: canary error rate - stable error rate > ``max_error_rate_increase``;
-- is slower: canary p99 > ``max_p99_ratio`` x stable p99 + ``p99_slack_ms``;
+- is slower: canary p99 > ``max_p99_ratio`` x stable p99 + ``p99_slack_ms``, in at least
+  ``min_slow_calls`` of its model calls: every request of a batch takes its call's time,
+  so one slow call (a pause, a busy neighbour) is one event, however many requests it
+  carried (as Flagger rolls back only after a number of failed checks);
 - predicts differently: PSI(stable classes -> canary classes) > ``max_output_psi``
   (``pipeline.drift.compare``: the same smoothing as drift); for a regressor, PSI over
   four bins cut at the quartiles of stable's values (ten bins would make the noise of
@@ -47,6 +50,7 @@ class CanaryPolicy:
     max_error_rate_increase: float = 0.05
     max_p99_ratio: float = 2.0
     p99_slack_ms: float = 5.0
+    min_slow_calls: int = 3
     max_output_psi: float = 0.25
     promote_after: int | None = None
 
@@ -57,6 +61,8 @@ class CanaryPolicy:
         if not 0 <= self.max_error_rate_increase < 1:
             raise ValueError(f"max_error_rate_increase is a share in [0, 1), e.g. 0.05 for 5 points, "
                              f"got {self.max_error_rate_increase}")
+        if self.min_slow_calls < 1:
+            raise ValueError(f"need min_slow_calls >= 1, got {self.min_slow_calls}")
         if not 1 <= self.max_p99_ratio < math.inf or not 0 <= self.p99_slack_ms < math.inf:
             raise ValueError(f"need max_p99_ratio >= 1 and p99_slack_ms >= 0 (finite), got "
                              f"{self.max_p99_ratio} and {self.p99_slack_ms}")
@@ -79,28 +85,39 @@ class CanaryVerdict:
 
 
 class _Arm:
-    """One arm's last ``window`` outcomes in ring arrays: a NaN latency marks an error."""
+    """One arm's last ``window`` outcomes in ring arrays: a NaN latency marks an error;
+    ``call`` numbers the model call (the batch) each came from."""
 
-    __slots__ = ("filled", "latency", "output", "pos", "total")
+    __slots__ = ("call", "calls", "filled", "latency", "output", "pos", "total")
 
     def __init__(self, window: int) -> None:
         self.latency = np.full(window, np.nan)
         self.output = np.full(window, np.nan)
+        self.call = np.zeros(window, np.int64)
+        self.calls = 0
         self.pos = 0
         self.filled = 0
         self.total = 0
 
     def add(self, latency: np.ndarray, output: np.ndarray) -> None:
+        """One call's outcomes."""
         window = self.latency.size
         n = latency.size
         self.total += n
+        self.calls += 1
         if n > window:
             latency, output, n = latency[-window:], output[-window:], window
         idx = (self.pos + np.arange(n)) % window
         self.latency[idx] = latency
         self.output[idx] = output
+        self.call[idx] = self.calls
         self.pos = (self.pos + n) % window
         self.filled = min(self.filled + n, window)
+
+    def slow_calls(self, bound_ms: float) -> int:
+        """The calls with an outcome slower than ``bound_ms``."""
+        slow = self.latency[:self.filled] * 1000 > bound_ms  # an error's NaN is not slow
+        return int(np.unique(self.call[:self.filled][slow]).size)
 
     def errors(self) -> int:
         return int(np.count_nonzero(np.isnan(self.latency[:self.filled])))
@@ -189,9 +206,12 @@ class CanaryJudge:
                 f"{s_rate:.1%} ({s_err} of {stable.filled}) by {(c_rate - s_rate) * 100:.1f} points "
                 f"> {p.max_error_rate_increase * 100:g} allowed")
         s_p99, c_p99 = stable.p99_ms(), canary.p99_ms()
-        if s_p99 is not None and c_p99 is not None and c_p99 > p.max_p99_ratio * s_p99 + p.p99_slack_ms:
-            return self._rollback(f"canary p99 {c_p99:.1f} ms > {p.max_p99_ratio:g} x stable p99 "
-                                  f"{s_p99:.1f} ms + {p.p99_slack_ms:g} ms {over}")
+        if s_p99 is not None and c_p99 is not None:
+            bound = p.max_p99_ratio * s_p99 + p.p99_slack_ms
+            if c_p99 > bound and (slow := canary.slow_calls(bound)) >= p.min_slow_calls:
+                return self._rollback(f"canary p99 {c_p99:.1f} ms > {p.max_p99_ratio:g} x stable p99 "
+                                      f"{s_p99:.1f} ms + {p.p99_slack_ms:g} ms, in {slow} of its "
+                                      f"model calls {over}")
         s_counts, c_counts, binned = self._counts(stable, canary)
         psi = compare(s_counts, c_counts).psi if s_counts.sum() and c_counts.sum() else None
         if psi is not None and psi > p.max_output_psi:

@@ -123,6 +123,10 @@ class CanarySettings:
     max_p99_ratio: float = setting(
         2.0, "STREAMSERVE_CANARY_MAX_P99_RATIO",
         "Rollback when the canary's p99 model time exceeds this many times stable's (+5 ms).")
+    min_slow_calls: int = setting(
+        3, "STREAMSERVE_CANARY_MIN_SLOW_CALLS",
+        "Model calls of the canary slower than that p99 bound before it is rolled back for "
+        "latency: a call's time is every request's of its batch, and one slow call is one event.")
     max_output_psi: float = setting(
         0.25, "STREAMSERVE_CANARY_MAX_OUTPUT_PSI",
         "Rollback when the PSI between the canary's and stable's predicted classes exceeds this.")
@@ -142,6 +146,7 @@ class CanarySettings:
             derive(self, "policy", CanaryPolicy(
                 min_requests=self.min_requests, window=max(1000, self.min_requests),
                 max_error_rate_increase=self.max_error_increase, max_p99_ratio=self.max_p99_ratio,
+                min_slow_calls=self.min_slow_calls,
                 max_output_psi=self.max_output_psi, promote_after=self.promote_after or None))
         except ValueError as e:
             raise ConfigError(f"STREAMSERVE_CANARY_* settings: {e}") from None

@@ -82,8 +82,33 @@ def test_a_latency_breach_rolls_back_with_the_figures():
         judge.observe(CANARY, 0, [0.0412] * 100, [0] * 100)
     verdict = judge.verdict()
     assert verdict.action == "rollback"
-    assert verdict.reason == ("canary p99 41.2 ms > 2 x stable p99 12.0 ms + 5 ms over the last "
-                              "1000 canary and 1000 stable requests")
+    assert verdict.reason == ("canary p99 41.2 ms > 2 x stable p99 12.0 ms + 5 ms, in 10 of its model "
+                              "calls over the last 1000 canary and 1000 stable requests")
+
+
+def test_one_slow_call_is_one_event_however_many_requests_it_carried():
+    # Every request of a batch takes its call's time: one call paused for 6.3 ms carries
+    # a fifth of the canary's requests, and its p99, past 2 x 0.3 + 5 ms.
+    judge = CanaryJudge(CanaryPolicy(), n_classes=3)
+    for _ in range(10):
+        judge.observe(STABLE, 0, [0.0003] * 20, [0] * 20)
+    for _ in range(4):
+        judge.observe(CANARY, 0, [0.0003] * 40, [0] * 40)
+    judge.observe(CANARY, 0, [0.0063] * 40, [0] * 40)
+    verdict = judge.verdict()
+    assert verdict.action == "healthy" and "p99 6.3 ms vs 0.3 ms" in verdict.reason
+    judge.observe(CANARY, 0, [0.0063], [0])
+    assert judge.verdict().action == "healthy"  # two slow calls
+    judge.observe(CANARY, 0, [0.0003] * 5 + [0.0063], [0] * 6)  # a third
+    verdict = judge.verdict()
+    assert verdict.action == "rollback" and "in 3 of its model calls" in verdict.reason
+    strict = CanaryJudge(CanaryPolicy(min_slow_calls=1), n_classes=3)  # every slow call counts
+    for _ in range(10):
+        strict.observe(STABLE, 0, [0.0003] * 20, [0] * 20)
+    for _ in range(4):
+        strict.observe(CANARY, 0, [0.0003] * 40, [0] * 40)
+    strict.observe(CANARY, 0, [0.0063] * 40, [0] * 40)
+    assert strict.verdict().action == "rollback"
 
 
 def test_latency_within_ratio_and_slack_is_healthy():
@@ -173,7 +198,7 @@ def test_bad_observations_are_refused(args, match):
 @pytest.mark.parametrize("kwargs", [
     {"min_requests": 0}, {"min_requests": 2000}, {"max_error_rate_increase": -0.1},
     {"max_p99_ratio": 0.5}, {"p99_slack_ms": -1}, {"max_output_psi": 0},
-    {"promote_after": 10},
+    {"promote_after": 10}, {"min_slow_calls": 0},
 ])
 def test_invalid_policies_are_refused(kwargs):
     with pytest.raises(ValueError):

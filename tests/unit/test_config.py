@@ -113,7 +113,7 @@ def test_every_variable_belongs_to_one_section_and_is_listed_once():
     assert {"kafka", "registry", "batching", "admission", "drift", "breaker", "canary", "slo",
             "cost", "faults"} <= set(SECTIONS)
     variables = [env for env, _, _ in Settings.documentation()]
-    assert len(variables) == len(set(variables)) == 71
+    assert len(variables) == len(set(variables)) == 72
     assert variables == [env for _, _, rows in by_section for env, _, _ in rows]
 
 
