@@ -86,15 +86,20 @@ def test_a_latency_breach_rolls_back_with_the_figures():
                               "calls over the last 1000 canary and 1000 stable requests")
 
 
-def test_one_slow_call_is_one_event_however_many_requests_it_carried():
-    # Every request of a batch takes its call's time: one call paused for 6.3 ms carries
-    # a fifth of the canary's requests, and its p99, past 2 x 0.3 + 5 ms.
-    judge = CanaryJudge(CanaryPolicy(), n_classes=3)
+def one_paused_call(policy: CanaryPolicy) -> CanaryJudge:
+    """Stable at 0.3 ms; the canary too, but for one call paused for 6.3 ms: every request
+    of a batch takes its call's time, so it carries a fifth of the canary's requests, and
+    its p99, past 2 x 0.3 + 5 ms."""
+    judge = CanaryJudge(policy, n_classes=3)
     for _ in range(10):
         judge.observe(STABLE, 0, [0.0003] * 20, [0] * 20)
-    for _ in range(4):
-        judge.observe(CANARY, 0, [0.0003] * 40, [0] * 40)
-    judge.observe(CANARY, 0, [0.0063] * 40, [0] * 40)
+    for latency in [0.0003] * 4 + [0.0063]:
+        judge.observe(CANARY, 0, [latency] * 40, [0] * 40)
+    return judge
+
+
+def test_one_slow_call_is_one_event_however_many_requests_it_carried():
+    judge = one_paused_call(CanaryPolicy())
     verdict = judge.verdict()
     assert verdict.action == "healthy" and "p99 6.3 ms vs 0.3 ms" in verdict.reason
     judge.observe(CANARY, 0, [0.0063], [0])
@@ -102,13 +107,7 @@ def test_one_slow_call_is_one_event_however_many_requests_it_carried():
     judge.observe(CANARY, 0, [0.0003] * 5 + [0.0063], [0] * 6)  # a third
     verdict = judge.verdict()
     assert verdict.action == "rollback" and "in 3 of its model calls" in verdict.reason
-    strict = CanaryJudge(CanaryPolicy(min_slow_calls=1), n_classes=3)  # every slow call counts
-    for _ in range(10):
-        strict.observe(STABLE, 0, [0.0003] * 20, [0] * 20)
-    for _ in range(4):
-        strict.observe(CANARY, 0, [0.0003] * 40, [0] * 40)
-    strict.observe(CANARY, 0, [0.0063] * 40, [0] * 40)
-    assert strict.verdict().action == "rollback"
+    assert one_paused_call(CanaryPolicy(min_slow_calls=1)).verdict().action == "rollback"
 
 
 def test_latency_within_ratio_and_slack_is_healthy():
