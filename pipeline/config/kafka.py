@@ -103,7 +103,9 @@ class KafkaSettings:
         Path(".streamserve"), "STREAMSERVE_HOME", "Folder for the local broker's jars, data and logs.")
     topic_prefix: str = setting("streamserve", "STREAMSERVE_TOPIC_PREFIX", "Prefix of every topic name.")
     app_id: str = setting(
-        "streamserve", "STREAMSERVE_APP_ID", "Faust application id: the consumer group that workers share.")
+        "streamserve", "STREAMSERVE_APP_ID",
+        "Faust application id: the consumer group that workers share; it names their tables' "
+        "topics and folder too (letters, digits, '.', '_' and '-').")
     request_partitions: int = setting(
         4, "STREAMSERVE_REQUEST_PARTITIONS",
         "Partitions of each serving topic when streamserve creates it: the most "
@@ -178,8 +180,10 @@ class KafkaSettings:
               f"must not exceed STREAMSERVE_REPLICATION_FACTOR ({self.replication_factor}): no write "
               "with acks=all could ever be acknowledged")
         check(self.stop_grace_s > 0, "STREAMSERVE_STOP_GRACE_S", "must be more than 0 seconds")
-        check(bool(self.topic_prefix) and all(c.isalnum() or c in "._-" for c in self.topic_prefix),
-              "STREAMSERVE_TOPIC_PREFIX", "must be non-empty and use only letters, digits, '.', '_' and '-'")
+        for name, env in ((self.topic_prefix, "STREAMSERVE_TOPIC_PREFIX"),
+                          (self.app_id, "STREAMSERVE_APP_ID")):  # the app's tables' topics, its folder
+            check(bool(name) and all(c.isalnum() or c in "._-" for c in name), env,
+                  "must be non-empty and use only letters, digits, '.', '_' and '-'")
         derive(self, "topics", Topics(self.topic_prefix))
         try:
             derive(self, "security", KafkaSecurity(

@@ -25,6 +25,7 @@ def test_environment_overrides():
     ({"STREAMSERVE_MAX_BATCH": "lots"}, "STREAMSERVE_MAX_BATCH='lots' must be a whole number"),
     ({"STREAMSERVE_MAX_BATCH": "0"}, "STREAMSERVE_MAX_BATCH must be between 1 and 4096"),
     ({"STREAMSERVE_TOPIC_PREFIX": "a b"}, "STREAMSERVE_TOPIC_PREFIX must be non-empty"),
+    ({"STREAMSERVE_APP_ID": "a{b}"}, "STREAMSERVE_APP_ID must be non-empty"),
     ({"STREAMSERVE_LOCAL_BROKER_PORT": "70000"}, "STREAMSERVE_LOCAL_BROKER_PORT must be a port"),
     ({"STREAMSERVE_BROKER": "  "}, "STREAMSERVE_BROKER must be host:port"),
     ({"STREAMSERVE_REPLICATION_FACTOR": "0"}, "STREAMSERVE_REPLICATION_FACTOR must be at least 1, or -1"),
