@@ -191,6 +191,8 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
         apply(book, partition, shadow_key(request_id, kept.version), take, counted=False)
 
     def expire(book: Book, partition: int, key: bytes, entry: Entry, now: float) -> None:
+        if not entry.due(now, q.horizon_s, q.wait_s):  # most are not: spare the book's sums
+            return
         with book.change(entry):
             drop, judged = entry.expire(now, q.horizon_s, q.wait_s)
         for j in judged:

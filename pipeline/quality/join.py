@@ -131,8 +131,15 @@ class Entry:
         if self.waiting is not None and now - self.since > wait_s:
             self.waiting = None
             return False, [self._count(Outcome.UNKNOWN_ID)]
+        return self.due(now, horizon_s, wait_s), []
+
+    def due(self, now: float, horizon_s: float, wait_s: float) -> bool:
+        """Whether ``expire`` would change the entry: a waiting label past its wait, or
+        the entry past the horizon."""
+        if self.waiting is not None:
+            return now - self.since > wait_s
         since = self.kept.time if self.kept is not None else self.since
-        return self.waiting is None and now - since > horizon_s, []
+        return now - since > horizon_s
 
     def _judge(self, label: Label, arrived: float) -> Judged:
         kept = self.kept
