@@ -31,6 +31,15 @@ def predictions_served(worker) -> float:
                                             worker.metrics(), re.M))
 
 
+def wait_served(worker, target: float, timeout: float) -> None:
+    """Wait until the worker's counter says ``target`` predictions were served."""
+    deadline = time.monotonic() + timeout
+    while predictions_served(worker) < target:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{target} predictions not reached in {timeout} s")
+        time.sleep(0.05)
+
+
 def drain_rate(worker, target: float, timeout: float = 120) -> float:
     """Predictions per second from the first to the ``target``-th, from the worker's counter."""
     start = predictions_served(worker)
@@ -87,8 +96,8 @@ def test_a_burst_ten_times_over_saturation_drains_with_bounded_memory(
         # this process a core while the worker served them (p99 336 ms once in CI).
         served = predictions_served(worker)
         trickle = requests(f"{fleet.run_id}-after", 200)
-        fleet.send(trickle, rate=100)
-        drain_rate(worker, served + len(trickle), timeout=60)
+        fleet.send(trickle, rate=100)  # paced: often all served by the time it returns
+        wait_served(worker, served + len(trickle), timeout=60)
         answered = run(collect(fleet.bootstrap, [fleet.settings.topics.predictions], expected=200,
                                timeout=60, where=lambda r: r.value["id"].startswith(f"{fleet.run_id}-after")))
     finally:
