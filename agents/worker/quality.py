@@ -15,7 +15,11 @@ rest, a few events per second each:
   An entry lives for STREAMSERVE_LABEL_HORIZON after its answer; a label waits
   STREAMSERVE_LABEL_WAIT_S for an answer, then counts as ``unknown_id``; a partition
   keeps at most STREAMSERVE_LABEL_MAX_UNANSWERED labels without an answer (labels for
-  made-up ids are dropped beyond it, not kept).
+  made-up ids are dropped beyond it, not kept). The entries due are found in an index
+  ordered by due time (``pipeline.quality.join.expiry_key``), beside the entries in the
+  partition's RocksDB but not in the changelog, remade when a book is rebuilt: the
+  entries not due are never read, where a pass over the table read a horizon of answers
+  (a week's by default) every hour, on the serving event loop.
 
 Every STREAMSERVE_QUALITY_REPORT_S a worker sends each of its partitions' reports to
 ``<prefix>.quality`` (keyed model:version) and sets the Prometheus gauges (a reader adds
@@ -36,7 +40,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import faust
@@ -56,7 +60,15 @@ from pipeline.quality import (
     merge_reports,
 )
 from pipeline.quality.book import TREND_WINDOWS
-from pipeline.quality.join import Kept, shadow_key
+from pipeline.quality.join import (
+    EXPIRY_END,
+    EXPIRY_PREFIX,
+    Kept,
+    expiry_bound,
+    expiry_key,
+    indexed_key,
+    shadow_key,
+)
 from pipeline.quality.wire import join_partition, label_message, read_kept, read_label
 from pipeline.registry import Manifest, RegistryError
 from pipeline.routing import Route
@@ -65,16 +77,15 @@ from pipeline.topology import changelog_configs
 
 log = logging.getLogger(__name__)
 
-# Rows of a kept-answers message joined between two yields to the event loop: a message
-# holds up to half a second of a partition's answers, and serving must not wait for all.
+# Rows of a kept-answers message (or entries due) joined between two yields to the event
+# loop: a message holds up to half a second of a partition's answers, and serving must
+# not wait for all.
 _ROWS_BETWEEN_YIELDS = 32
 # Table writes the join lets wait in Faust's changelog buffer before it waits for them.
 _CHANGELOG_BACKLOG = 100
-# How often, at most, a partition's waiting labels are looked at for a wait run out.
+# How often, at most, a partition's expiry index is looked at for entries due (a wait or
+# a horizon run out): a quarter of the wait and a tenth of the horizon at most apart.
 _EXPIRY_EVERY_S = 10.0
-# How often a partition's entries are swept for those past the horizon (a whole pass
-# over the partition's table, a tenth of the horizon at most apart).
-_SWEEP_S = 3600.0
 # A report larger than this drops its windows (a model of very many classes): the totals stay.
 _MAX_REPORT_BYTES = 512 * 1024
 
@@ -98,11 +109,8 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
                       store="rocksdb:label-join", partitions=partitions,
                       extra_topic_configs=changelog_configs(settings))
     books: dict[int, Book] = {}
-    # Per partition: the keys of entries whose label waits for an answer, and since when
-    # (at most STREAMSERVE_LABEL_MAX_UNANSWERED each), so a wait runs out without a scan.
-    waiting: dict[int, dict[bytes, float]] = {}
-    looked: dict[int, float] = {}  # when each partition's waiting labels were last looked at
-    swept: dict[int, float] = {}  # when each partition's entries were last swept for the horizon
+    looked: dict[int, float] = {}  # when each partition's expiry index was last looked at
+    look_every = min(_EXPIRY_EVERY_S, q.wait_s / 4, q.horizon_s / 10)
 
     @functools.cache
     def manifest(model: str, version: str) -> Manifest | None:
@@ -119,7 +127,7 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
 
     @app.on_partitions_revoked.connect
     async def forget(sender: faust.App, revoked: object, **kwargs: object) -> None:
-        for state in (books, waiting, looked, swept):
+        for state in (books, looked):
             state.clear()
 
     async def ebb() -> None:
@@ -132,28 +140,35 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
             await buffer.flush_atmost(buffer.size - _CHANGELOG_BACKLOG)
         await asyncio.sleep(0)
 
-    async def entries(partition: int) -> AsyncIterator[tuple[bytes, Entry]]:
-        """The partition's entries, yielding to the event loop as it goes: the table
-        holds up to a horizon of answers, and serving shares this loop."""
-        for n, (key, value) in enumerate(_partition_items(table, partition), 1):
-            if n % _ROWS_BETWEEN_YIELDS == 0:
-                await ebb()  # a sweep may delete many
-            yield key, _read(key, value)
+    def due_key(key: bytes, entry: Entry) -> bytes:
+        return expiry_key(entry.next_due(q.horizon_s, q.wait_s), key)
+
+    def reindex(partition: int, key: bytes, before: bytes | None, entry: Entry) -> None:
+        """The entry of ``key`` changed: its index key follows its due time (``before``:
+        its key before the change; None for a new entry)."""
+        after = due_key(key, entry)
+        if after != before:
+            db = _partition_db(table, partition)
+            if before is not None:
+                db.delete(before)
+            db.put(after, b"")
 
     async def book_for(partition: int, now: float) -> Book:
-        """The partition's book, rebuilt from the table the first time after an assignment.
-        The rebuild is a sweep too: entries past the horizon (left by a worker that stopped
-        before its next sweep) are dropped, not counted until this worker's first sweep;
-        a short horizon's table holds more of those than live ones."""
+        """The partition's book, rebuilt from the table the first time after an assignment,
+        and its expiry index with it (a table recovered from the changelog has none; one
+        left on this disk may be stale). Entries past the horizon (left by a worker that
+        stopped before they came due) are dropped as it goes, not counted until then.
+        It reads every entry, yielding to the event loop as it goes: serving shares it."""
         if partition not in books:
-            book, held = Book(q.window_s, classes_of), {}
-            waiting[partition] = held  # ``expire`` keeps it
-            async for key, entry in entries(partition):
+            book, db = Book(q.window_s, classes_of), _partition_db(table, partition)
+            db.delete_range(EXPIRY_PREFIX, EXPIRY_END)
+            for n, (key, value) in enumerate(_partition_items(table, partition), 1):
+                entry = _read(key, value)
                 book.add(entry)
-                expire(book, partition, key, entry, now)
-                if entry.waiting is not None:
-                    held[key] = entry.since
-            books[partition], swept[partition] = book, now
+                settle(book, partition, key, entry, now)
+                if n % _ROWS_BETWEEN_YIELDS == 0:
+                    await ebb()  # it may delete many
+            books[partition] = book
         return books[partition]
 
     def apply(book: Book, partition: int, key: bytes, step: Any, counted: bool = True) -> Entry:
@@ -162,6 +177,7 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
         entry: the label was counted with its request's)."""
         stored = table.get(key)
         entry = _read(key, stored)
+        before = None if stored is None else due_key(key, entry)
         with book.change(entry):
             judged = step(entry)
         for j in judged if counted else ():
@@ -172,10 +188,7 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
         updated = entry.to_bytes()
         if updated != stored:
             table[key] = updated
-        if entry.waiting is not None:
-            waiting[partition][key] = entry.since
-        else:
-            waiting[partition].pop(key, None)
+            reindex(partition, key, before, entry)
         return entry
 
     def keep_shadow(book: Book, partition: int, request_id: str, kept: Kept, offset: int) -> None:
@@ -190,33 +203,44 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
 
         apply(book, partition, shadow_key(request_id, kept.version), take, counted=False)
 
+    def settle(book: Book, partition: int, key: bytes, entry: Entry, now: float) -> None:
+        """The entry of ``key``, not indexed: expired if due, else indexed."""
+        if entry.due(now, q.horizon_s, q.wait_s):
+            expire(book, partition, key, entry, now)
+        else:
+            _partition_db(table, partition).put(due_key(key, entry), b"")
+
     def expire(book: Book, partition: int, key: bytes, entry: Entry, now: float) -> None:
-        if not entry.due(now, q.horizon_s, q.wait_s):  # most are not: spare the book's sums
-            return
+        """The entry of ``key``, due: a waiting label given up on, or dropped."""
+        before = due_key(key, entry)
         with book.change(entry):
             drop, judged = entry.expire(now, q.horizon_s, q.wait_s)
         for j in judged:
             metrics.labels.labels("", str(j.outcome)).inc()
-        if entry.waiting is None:
-            waiting[partition].pop(key, None)
         if drop:
             book.add(entry, -1)
             del table[key]
+            _partition_db(table, partition).delete(before)
         elif judged:
             table[key] = entry.to_bytes()
+            reindex(partition, key, before, entry)
 
     async def expire_due(book: Book, partition: int, now: float) -> None:
-        """Labels whose wait ran out (a look every quarter wait, 10 s at most apart), and
-        once per ``_SWEEP_S`` (a tenth of the horizon at most) entries past the horizon."""
-        if now - looked.get(partition, 0.0) >= min(_EXPIRY_EVERY_S, q.wait_s / 4):
-            looked[partition] = now
-            for key, since in list(waiting[partition].items()):
-                if now - since > q.wait_s and (stored := table.get(key)) is not None:
-                    expire(book, partition, key, _read(key, stored), now)
-        if now - swept[partition] >= min(_SWEEP_S, q.horizon_s / 10):
-            swept[partition] = now
-            async for key, entry in entries(partition):
-                expire(book, partition, key, entry, now)
+        """The entries due, from the partition's expiry index: an index key whose entry's
+        due time moved later (a label came) gives way to the entry's own."""
+        if now - looked.get(partition, 0.0) < look_every:
+            return
+        looked[partition] = now
+        db, bound = _partition_db(table, partition), expiry_bound(now)
+        for n, (index_key, _) in enumerate(db.items(from_key=EXPIRY_PREFIX), 1):
+            if index_key >= bound:
+                break
+            db.delete(index_key)
+            key = indexed_key(index_key)
+            if (stored := table.get(key)) is not None:
+                settle(book, partition, key, _read(key, stored), now)
+            if n % _ROWS_BETWEEN_YIELDS == 0:
+                await ebb()
 
     @app.agent(labels_topic)
     async def relay(stream: faust.StreamT) -> None:
@@ -314,13 +338,21 @@ def _shadowed_by(entry: Entry, version: str) -> list:
     return []
 
 
+def _partition_db(table: Any, partition: int) -> Any:
+    """The RocksDB (a ``rocksdict.Rdict``) of one partition of ``table``, where the expiry
+    index is kept beside the entries, outside Faust's changelog. Relies on
+    faust-streaming's RocksDB store (pinned in pyproject.toml): ``_db_for_partition``."""
+    return table.data._db_for_partition(partition)
+
+
 def _partition_items(table: Any, partition: int) -> Iterator[tuple[bytes, bytes]]:
-    """One partition's keys and values, from its own RocksDB file: the table's public
-    ``items()`` walks every partition this worker holds (standbys too), and decodes each
-    item twice. Relies on faust-streaming's RocksDB store (pinned in pyproject.toml):
-    ``_db_for_partition`` and ``_visible_items`` (which hides the stored offset)."""
-    store = table.data
-    return store._visible_items(store._db_for_partition(partition))
+    """One partition's entries, keys and values, from its own RocksDB file: the table's
+    public ``items()`` walks every partition this worker holds (standbys too), and decodes
+    each item twice. Relies on faust-streaming's RocksDB store, as ``_partition_db``:
+    ``_visible_items`` hides the stored offset; the expiry index is skipped here."""
+    for key, value in table.data._visible_items(_partition_db(table, partition)):
+        if not key.startswith(EXPIRY_PREFIX):
+            yield key, value
 
 
 def _forget_key_index(table: Any) -> None:

@@ -22,6 +22,7 @@ a different label for a labelled request replaces the earlier one (a correction)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import orjson
@@ -136,10 +137,14 @@ class Entry:
     def due(self, now: float, horizon_s: float, wait_s: float) -> bool:
         """Whether ``expire`` would change the entry: a waiting label past its wait, or
         the entry past the horizon."""
+        return now > self.next_due(horizon_s, wait_s)
+
+    def next_due(self, horizon_s: float, wait_s: float) -> float:
+        """When ``expire`` changes the entry next (epoch seconds): its waiting label's wait
+        runs out, or its horizon, from its answer (or its last label, without one)."""
         if self.waiting is not None:
-            return now - self.since > wait_s
-        since = self.kept.time if self.kept is not None else self.since
-        return now - since > horizon_s
+            return self.since + wait_s
+        return (self.kept.time if self.kept is not None else self.since) + horizon_s
 
     def _judge(self, label: Label, arrived: float) -> Judged:
         kept = self.kept
@@ -175,6 +180,31 @@ class Entry:
         return cls(None if kept is None else Kept.from_list(kept), truth, delay_s,
                    None if waiting is None else Label(*waiting), since, offset, counts, sources,
                    shadows)
+
+
+# The expiry index, in the table's own key space but never in its changelog: one key per
+# entry, ``0xfe``, its due time in big-endian milliseconds, then the entry's key. So keys
+# sort by due time, all after every request id (``0xfe`` never occurs in UTF-8) and before
+# every shadow's key, and the entries due are found without reading the others.
+EXPIRY_PREFIX = b"\xfe"
+EXPIRY_END = b"\xff"  # the first key after the index
+_LAST_MS = 2**64 - 1  # a horizon of ages is due at the end of the index
+
+
+def expiry_key(due: float, key: bytes) -> bytes:
+    """The index key of the entry of ``key``, due at ``due`` (epoch seconds); rounded up,
+    so that the entry is due once its index key is."""
+    return EXPIRY_PREFIX + min(math.ceil(due * 1000) + 1, _LAST_MS).to_bytes(8, "big") + key
+
+
+def indexed_key(index_key: bytes) -> bytes:
+    """The entry's key an ``expiry_key`` names."""
+    return index_key[len(EXPIRY_PREFIX) + 8:]
+
+
+def expiry_bound(now: float) -> bytes:
+    """The first index key not due at ``now``: those below it are."""
+    return EXPIRY_PREFIX + min(int(now * 1000) + 1, _LAST_MS).to_bytes(8, "big")
 
 
 def shadow_key(request_id: str, version: str) -> bytes:

@@ -185,10 +185,12 @@ def canary_worse_on_labels(worker):
     return [e for e in run(read_entries(s)) if e.action.startswith("auto_")][-1]
 
 
-def test_a_worker_given_the_join_counts_no_answer_past_the_horizon(kafka_bootstrap, registry_dir, tmp_path):
-    """A worker rebuilds a join partition's figures from its table when it first takes the
-    partition: answers past STREAMSERVE_LABEL_HORIZON that the last worker left (it stopped
-    before its next sweep) are dropped then, not counted in its figures until a sweep."""
+def test_answers_past_the_horizon_leave_the_figures_while_a_worker_runs_and_after_a_restart(
+        kafka_bootstrap, registry_dir, tmp_path):
+    """Answers past STREAMSERVE_LABEL_HORIZON leave the figures while the worker runs (its
+    expiry index finds them; no pass over the table), and when a worker takes a join
+    partition that the last one left with answers past it (it stopped before they came
+    due: its rebuild drops them)."""
     root, _ = iris_registry(registry_dir, tmp_path)
     horizon = 15  # seconds: far longer than the old answers take to be joined with their labels
     env = {"STREAMSERVE_LABELS": "on", "STREAMSERVE_QUALITY_REPORT_S": "1",
@@ -196,27 +198,40 @@ def test_a_worker_given_the_join_counts_no_answer_past_the_horizon(kafka_bootstr
     worker = start_worker(kafka_bootstrap, root, tmp_path / "worker.log", **env)
     s, t = worker.settings, worker.settings.topics
     stable = '{model="iris",route="stable",version="1"}'
-    old = [f"old-{i}" for i in range(40)]
+    partitions = s.kafka.request_partitions
+
+    def one_per_partition(prefix: str) -> list[str]:  # one answer in each join partition: each looks
+        return [next(f"{prefix}-{p}-{n}" for n in range(1000) if join_partition(f"{prefix}-{p}-{n}", partitions) == p)
+                for p in range(partitions)]
+
+    def figures_become(w, answered: int, labelled: int) -> None:
+        wanted = (f"streamserve_quality_answers{stable} {float(answered)}",
+                  f"streamserve_quality_labelled{stable} {float(labelled)}")
+        deadline = time.monotonic() + 60
+        while not all(line in (metrics := w.metrics()) for line in wanted):
+            assert time.monotonic() < deadline, (re.findall(r"^streamserve_quality_\w+\{.*", metrics, re.M),
+                                                 w.log_tail())
+            time.sleep(0.2)
+
+    old, live = [f"old-{i}" for i in range(40)], one_per_partition("live")
     try:
         run(produce(s.bootstrap, t.requests, [request(i, n) for n, i in enumerate(old)]))
+        answered = time.monotonic()
         run(produce(s.bootstrap, t.labels, [encode_label(i, label) for i, label in answers(s, old).items()]))
-        wait_for_metric(worker, f"streamserve_quality_labelled{stable} 40.0", "join the 40 labels")
+        figures_become(worker, 40, 40)
+        time.sleep(max(0.0, answered + horizon + 1 - time.monotonic()))  # the old answers' horizon passes
+        run(produce(s.bootstrap, t.requests, [request(i, n) for n, i in enumerate(live)]))
+        answers(s, live)
+        figures_become(worker, len(live), 0)
     finally:
         worker.stop()
     stopped = time.monotonic()
-    partitions = s.kafka.request_partitions
-    new = [next(f"new-{p}-{n}" for n in range(1000) if join_partition(f"new-{p}-{n}", partitions) == p)
-           for p in range(partitions)]  # one answer in each join partition: each is rebuilt
-    time.sleep(max(0.0, stopped + horizon + 1 - time.monotonic()))  # the old answers' horizon passes
+    time.sleep(max(0.0, stopped + horizon + 1 - time.monotonic()))  # the live answers' horizon passes
     restarted = WorkerProcess.start(tmp_path / "restarted.log", worker.env)
     try:
+        new = one_per_partition("new")
         run(produce(s.bootstrap, t.requests, [request(i, n) for n, i in enumerate(new)]))
         answers(s, new)
-        deadline = time.monotonic() + 60
-        while not re.search(rf"streamserve_quality_answers{re.escape(stable)} [1-9]", metrics := restarted.metrics()):
-            assert time.monotonic() < deadline, restarted.log_tail()
-            time.sleep(0.2)
+        figures_become(restarted, len(new), 0)
     finally:
         restarted.stop()
-    assert f"streamserve_quality_answers{stable} {float(len(new))}" in metrics, metrics
-    assert f"streamserve_quality_labelled{stable} 0.0" in metrics, metrics

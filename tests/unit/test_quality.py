@@ -20,7 +20,7 @@ from pipeline.quality import (
     encode_label,
     merge_reports,
 )
-from pipeline.quality.join import shadow_key
+from pipeline.quality.join import expiry_bound, expiry_key, indexed_key, shadow_key
 
 CLASSES = ("setosa", "versicolor", "virginica")
 
@@ -168,6 +168,35 @@ def test_a_label_waits_no_longer_than_its_wait_and_an_entry_lives_for_the_horizo
     answered = Entry(kept=kept(time=0.0))
     assert answered.expire(now=999.0, horizon_s=1000, wait_s=60) == (False, [])
     assert answered.expire(now=1001.0, horizon_s=1000, wait_s=60) == (True, [])
+
+
+def test_an_entry_is_next_due_when_its_wait_or_its_horizon_runs_out():
+    waiting = Entry()
+    waiting.on_label(label(), arrived=50.0, offset=1)
+    assert waiting.next_due(horizon_s=1000, wait_s=60) == 110.0  # its label's wait
+    waiting.expire(now=111.0, horizon_s=1000, wait_s=60)
+    assert waiting.next_due(horizon_s=1000, wait_s=60) == 1050.0  # then the horizon, from the label
+    answered = Entry(kept=kept(time=100.0))
+    assert answered.next_due(horizon_s=1000, wait_s=60) == 1100.0
+    for now in (1099.0, 1100.0, 1100.5):
+        assert answered.due(now, 1000, 60) == (now > 1100.0)
+
+
+def test_the_expiry_index_orders_entries_by_due_time_apart_from_every_entry_key():
+    ids = [b"r-1", "r-\u00e9".encode(), "\U0010ffff".encode()]  # the last: UTF-8's greatest
+    shadows = [shadow_key("r-1", "2"), shadow_key("", "")]
+    index = sorted(expiry_key(due, key) for due, key in [(2.5, ids[0]), (1.0, shadows[0]), (1e12, ids[1])])
+    assert [indexed_key(k) for k in index] == [shadows[0], ids[0], ids[1]]
+    assert max(ids) < min(index) and max(index) < min(shadows)  # its own range of the table
+    assert expiry_key(1e30, b"r-1") > expiry_key(1e12, b"r-1")  # a horizon of ages still fits
+
+
+@pytest.mark.parametrize("due", [100.0, 100.0004, 100.0005, 100.9999])
+def test_an_index_key_is_below_the_bound_only_once_its_entry_is_due(due):
+    key = expiry_key(due, b"r-1")
+    for now in (due - 0.001, due, due + 0.0005):
+        assert not key < expiry_bound(now)
+    assert key < expiry_bound(due + 0.003)
 
 
 def test_an_entry_survives_its_table_round_trip():
