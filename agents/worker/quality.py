@@ -18,8 +18,8 @@ rest, a few events per second each:
   made-up ids are dropped beyond it, not kept). The entries due are found in an index
   ordered by due time (``pipeline.quality.join.expiry_key``), beside the entries in the
   partition's RocksDB but not in the changelog, remade when a book is rebuilt: the
-  entries not due are never read, where a pass over the table read a horizon of answers
-  (a week's by default) every hour, on the serving event loop.
+  entries not due are never read (a pass over the table would read a horizon of
+  answers, a week's by default, to find the few due, on the serving event loop).
 
 Every STREAMSERVE_QUALITY_REPORT_S a worker sends each of its partitions' reports to
 ``<prefix>.quality`` (keyed model:version) and sets the Prometheus gauges (a reader adds
