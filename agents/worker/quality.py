@@ -204,26 +204,19 @@ def add_quality_agents(app: faust.App, settings: Settings, manifest_of: Callable
         apply(book, partition, shadow_key(request_id, kept.version), take, counted=False)
 
     def settle(book: Book, partition: int, key: bytes, entry: Entry, now: float) -> None:
-        """The entry of ``key``, not indexed: expired if due, else indexed."""
+        """The entry of ``key``, not indexed: expired if due (a waiting label given up on,
+        or the entry dropped), then indexed at its next due time unless dropped."""
         if entry.due(now, q.horizon_s, q.wait_s):
-            expire(book, partition, key, entry, now)
-        else:
-            _partition_db(table, partition).put(due_key(key, entry), b"")
-
-    def expire(book: Book, partition: int, key: bytes, entry: Entry, now: float) -> None:
-        """The entry of ``key``, due: a waiting label given up on, or dropped."""
-        before = due_key(key, entry)
-        with book.change(entry):
-            drop, judged = entry.expire(now, q.horizon_s, q.wait_s)
-        for j in judged:
-            metrics.labels.labels("", str(j.outcome)).inc()
-        if drop:
-            book.add(entry, -1)
-            del table[key]
-            _partition_db(table, partition).delete(before)
-        elif judged:
-            table[key] = entry.to_bytes()
-            reindex(partition, key, before, entry)
+            with book.change(entry):
+                drop, judged = entry.expire(now, q.horizon_s, q.wait_s)
+            for j in judged:
+                metrics.labels.labels("", str(j.outcome)).inc()
+            if drop:
+                book.add(entry, -1)
+                del table[key]
+                return
+            table[key] = entry.to_bytes()  # due and kept: a waiting label was given up on
+        _partition_db(table, partition).put(due_key(key, entry), b"")
 
     async def expire_due(book: Book, partition: int, now: float) -> None:
         """The entries due, from the partition's expiry index: an index key whose entry's
